@@ -1,0 +1,76 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * safetensors reader: single files and sharded model directories.
+ *
+ * A file is `[u64 LE N][N bytes JSON header][data]`. Files are mapped
+ * read-only (MAP_PRIVATE, PROT_READ) once and shared by every sequence; a
+ * tensor is a pointer into that mapping, never a copy. Every header is
+ * hostile input: the length, each dtype, shape and data_offsets are checked
+ * with overflow-checked arithmetic (offsets in range, non-overlapping,
+ * byte size == product(shape) * dtype size, JSON size limit) before any
+ * tensor is exposed.
+ */
+#ifndef RESIDENT_ENGINE_SAFETENSORS_H
+#define RESIDENT_ENGINE_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/error.h"
+
+#define ST_MAX_DIMS        8
+#define ST_HEADER_MAX      (100u << 20)   /* 100 MiB JSON header limit */
+
+enum st_dtype {
+    ST_DTYPE_F64, ST_DTYPE_F32, ST_DTYPE_F16, ST_DTYPE_BF16,
+    ST_DTYPE_I64, ST_DTYPE_I32, ST_DTYPE_I16, ST_DTYPE_I8,
+    ST_DTYPE_U8,  ST_DTYPE_BOOL,
+    ST_DTYPE_COUNT
+};
+
+struct st_tensor {
+    const char   *name;                 /* NUL-terminated, owned by the set   */
+    enum st_dtype dtype;
+    uint32_t      ndim;                 /* 0..ST_MAX_DIMS                     */
+    int64_t       shape[ST_MAX_DIMS];
+    uint64_t      numel;                /* product(shape)                     */
+    uint64_t      nbytes;               /* numel * st_dtype_size(dtype)       */
+    const void   *data;                 /* inside the read-only mapping       */
+    uint32_t      file;                 /* index of the shard it lives in     */
+};
+
+struct st_set;                          /* opaque: one or more mapped files   */
+
+/* Size in bytes of one element, 0 for an invalid dtype. */
+size_t st_dtype_size(enum st_dtype dtype);
+const char *st_dtype_name(enum st_dtype dtype);
+
+/* Open one .safetensors file. */
+int st_set_open_file(const char *path, struct st_set **out, struct engine_error *err);
+
+/* Open a model directory: `model.safetensors.index.json` (sharded) if present,
+ * else `model.safetensors`, else every `*.safetensors` in the directory.
+ * Tensor names must be unique across shards; the index's weight_map must name
+ * only existing shards and each tensor must be in the shard it names. */
+int st_set_open_dir(const char *dir, struct st_set **out, struct engine_error *err);
+
+void st_set_free(struct st_set *set);
+
+/* Lookup by exact name; NULL when absent. O(1) average (hash table). */
+const struct st_tensor *st_set_find(const struct st_set *set, const char *name);
+
+size_t st_set_count(const struct st_set *set);
+const struct st_tensor *st_set_at(const struct st_set *set, size_t i);
+
+/* Bytes mapped in total and the path of shard `file` (for messages). */
+uint64_t st_set_mapped_bytes(const struct st_set *set);
+const char *st_set_file_path(const struct st_set *set, uint32_t file);
+
+/* Parse a header held in memory (the fuzz entry point). `buf`/`len` is the
+ * whole file image; on success calls `cb` once per tensor (the `data` field
+ * points into `buf`). Returns 0 or -errno with `err` set. */
+typedef int (*st_tensor_cb)(void *ctx, const struct st_tensor *t);
+int st_parse_buffer(const uint8_t *buf, size_t len, const char *what,
+                    st_tensor_cb cb, void *ctx, struct engine_error *err);
+
+#endif
