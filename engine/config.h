@@ -84,6 +84,9 @@ struct model_config {
     bool     gen_do_sample;
 };
 
+/* Reset to "nothing parsed": zeros, token ids -1, gen_* unset (< 0). */
+void model_config_init(struct model_config *cfg);
+
 /* Parse config.json text (the fuzz entry point). `what` names the file in
  * messages. */
 int model_config_parse(const char *json, size_t len, const char *what,

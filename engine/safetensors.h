@@ -20,6 +20,8 @@
 
 #define ST_MAX_DIMS        8
 #define ST_HEADER_MAX      (100u << 20)   /* 100 MiB JSON header limit */
+#define ST_TENSORS_MAX     (1u << 20)     /* per set; the W4A16 35B has ~100k */
+#define ST_FILES_MAX       4096u          /* shards per set                   */
 
 enum st_dtype {
     ST_DTYPE_F64, ST_DTYPE_F32, ST_DTYPE_F16, ST_DTYPE_BF16,
@@ -66,9 +68,33 @@ const struct st_tensor *st_set_at(const struct st_set *set, size_t i);
 uint64_t st_set_mapped_bytes(const struct st_set *set);
 const char *st_set_file_path(const struct st_set *set, uint32_t file);
 
+/* Lookup by a printf-formatted name ("model.layers.%d.mlp.gate.weight");
+ * NULL when absent or when the name would exceed 511 bytes. */
+const struct st_tensor *st_set_findf(const struct st_set *set, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+uint32_t st_set_file_count(const struct st_set *set);
+
+/* Loader report: tensors and bytes per dtype, files and bytes mapped. */
+struct st_set_stats {
+    uint32_t files;
+    uint64_t tensors;
+    uint64_t tensor_bytes;              /* sum of nbytes                      */
+    uint64_t mapped_bytes;              /* == st_set_mapped_bytes()           */
+    uint64_t count_by_dtype[ST_DTYPE_COUNT];
+    uint64_t bytes_by_dtype[ST_DTYPE_COUNT];
+};
+void st_set_get_stats(const struct st_set *set, struct st_set_stats *out);
+
+/* One-line human summary ("2 files, 1234 tensors, ... ; BF16: 12 (3.0 MiB)")
+ * into buf. Returns 0, or -ENOSPC when truncated (buf still terminated). */
+int st_set_format_report(const struct st_set *set, char *buf, size_t size);
+
 /* Parse a header held in memory (the fuzz entry point). `buf`/`len` is the
  * whole file image; on success calls `cb` once per tensor (the `data` field
- * points into `buf`). Returns 0 or -errno with `err` set. */
+ * points into `buf`; `name` is valid only during the call). Tensors come in
+ * header order. A non-zero return from `cb` stops the walk and is returned.
+ * Returns 0 or -errno with `err` set. */
 typedef int (*st_tensor_cb)(void *ctx, const struct st_tensor *t);
 int st_parse_buffer(const uint8_t *buf, size_t len, const char *what,
                     st_tensor_cb cb, void *ctx, struct engine_error *err);
