@@ -1,0 +1,2 @@
+"""Fixed prose recorded in MANIFEST.json."""
+NOTES = {}
