@@ -3,7 +3,7 @@
  * config.json / generation_config.json tests. A 35B-A3B-shaped wrapper
  * config is the base; each bad case is one mutation of it (a field set,
  * replaced or deleted through json-c), and the error message must name
- * the file and the JSON field path. Fixture directories under tests/data
+ * the file and the JSON field path. Fixture directories under tests/data/models
  * are loaded when present.
  */
 #include <errno.h>
@@ -21,6 +21,7 @@
 #include <json-c/json.h>
 
 #include "engine/config.h"
+#include "engine/safetensors.h"
 
 static const char base_config[] =
     "{"
@@ -546,7 +547,7 @@ static void check_fixture(const char *name)
 {
     const char *root = getenv("RESIDENT_SOURCE_ROOT");
     char dir[1024];
-    snprintf(dir, sizeof(dir), "%s/tests/data/%s", root ? root : ".", name);
+    snprintf(dir, sizeof(dir), "%s/tests/data/models/%s", root ? root : ".", name);
     struct stat st;
     if (stat(dir, &st) != 0) {
         printf("SKIP %s: fixture directory %s is absent\n", name, dir);
@@ -563,6 +564,16 @@ static void check_fixture(const char *name)
         assert_true(cfg.quant.present);
         assert_int_equal(cfg.quant.group_size, 32);
     }
+    /* The config and the weights must agree on the embedding shape. */
+    struct st_set *set = NULL;
+    if (st_set_open_dir(dir, &set, &err) < 0)
+        fail_msg("%s: %s", name, err.msg);
+    const struct st_tensor *emb = st_set_find(set, "model.language_model.embed_tokens.weight");
+    assert_non_null(emb);
+    assert_int_equal(emb->ndim, 2);
+    assert_int_equal(emb->shape[0], cfg.vocab_size);
+    assert_int_equal(emb->shape[1], cfg.hidden_size);
+    st_set_free(set);
 }
 
 static void test_fixture_w4g32(void **state)
@@ -573,6 +584,16 @@ static void test_fixture_w4g32(void **state)
 static void test_fixture_bf16(void **state)
 {
     check_fixture("tiny-bf16");
+}
+
+static void test_fixture_w4g32_fused(void **state)
+{
+    check_fixture("tiny-w4g32-fused");
+}
+
+static void test_fixture_w4g32_partial(void **state)
+{
+    check_fixture("tiny-w4g32-partial");
 }
 
 int main(void)
@@ -588,6 +609,8 @@ int main(void)
         cmocka_unit_test(test_load_dir),
         cmocka_unit_test(test_fixture_w4g32),
         cmocka_unit_test(test_fixture_bf16),
+        cmocka_unit_test(test_fixture_w4g32_fused),
+        cmocka_unit_test(test_fixture_w4g32_partial),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }

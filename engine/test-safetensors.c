@@ -5,7 +5,7 @@
  * then every validation rule is exercised with a hostile variant whose
  * error message must name the file, tensor or limit involved. Run under
  * ASan/UBSan in CI, so an out-of-bounds read fails the test too. When
- * the fixtures tests/data/tiny-w4g32 and tests/data/tiny-bf16 exist they
+ * the fixtures under tests/data/models (tiny-w4g32, tiny-bf16, ...) exist they
  * are opened as real model directories.
  */
 #include <errno.h>
@@ -547,7 +547,7 @@ static void check_fixture(const char *name)
 {
     const char *root = getenv("RESIDENT_SOURCE_ROOT");
     char dir[1024];
-    snprintf(dir, sizeof(dir), "%s/tests/data/%s", root ? root : ".", name);
+    snprintf(dir, sizeof(dir), "%s/tests/data/models/%s", root ? root : ".", name);
     struct stat st;
     if (stat(dir, &st) != 0) {
         printf("SKIP %s: fixture directory %s is absent\n", name, dir);
@@ -579,6 +579,16 @@ static void test_fixture_bf16(void **state)
     check_fixture("tiny-bf16");
 }
 
+static void test_fixture_w4g32_fused(void **state)
+{
+    check_fixture("tiny-w4g32-fused");
+}
+
+static void test_fixture_w4g32_partial(void **state)
+{
+    check_fixture("tiny-w4g32-partial");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -594,6 +604,8 @@ int main(void)
         cmocka_unit_test(test_bad_dirs),
         cmocka_unit_test(test_fixture_w4g32),
         cmocka_unit_test(test_fixture_bf16),
+        cmocka_unit_test(test_fixture_w4g32_fused),
+        cmocka_unit_test(test_fixture_w4g32_partial),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }
