@@ -1,0 +1,134 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Decode matrix-vector product with W4A16 g32 weights, read in the
+ * checkpoint's own packed layout (no second copy, no repacking):
+ *
+ *     y[b][r] = sum_c W[r][c] * x[b][c]        b < B (1..8 batch columns)
+ *
+ * Why it is shaped like this. At batch 1..8 the product is bound by reading
+ * the weights once: 0.5 byte per weight + 2 bytes of scale per 32. One group
+ * of 32 columns of one row is exactly 16 bytes (4 int32 words), so a lane
+ * owns whole groups and every weight load is one 16-byte load; the lanes of
+ * one row read consecutive groups, i.e. a contiguous, coalesced stretch of
+ * 16 * lpr bytes (lpr = lanes per row, 8..32, chosen by the host so that
+ * narrow matrices such as the expert down projection, K = 512 = 16 groups,
+ * still keep every lane busy). Each lane works on R rows at once so the 32
+ * activations of its group are loaded once (from L1/L2) and used R times.
+ *
+ * The nibble -> float conversion is the expensive part on a GPU with
+ * 4.8 TB/s of memory (H200: ~10^13 weights/s to keep up with). Instead of
+ * shift + mask + int->float + subtract per weight, each nibble is masked
+ * into bits 16..19 of the mantissa of 1.0f, giving f = 1 + n/128 with one
+ * logic op, and
+ *     sum (n - 8) x  =  128 * (sum f x - sum x) - 8 * sum x,
+ * where sum x is shared by all R rows. The cancellation in (sum f x - sum x)
+ * costs ~5 of fp32's 24 bits, far below the bf16 precision of the weights.
+ * The scale multiplies the group's partial sum once (fp32), whereas the CPU
+ * reference rounds every dequantised weight to bf16; the difference is
+ * within bf16 rounding of the products and is what the tests' tolerance
+ * covers.
+ *
+ * Expert slices: grid.y selects a slice; with `ids` the slice's weights are
+ * expert ids[y] of a stacked [E][rows][K/8] tensor (MoE decode, one launch
+ * for all top-k experts); x and y move by x_slice / y_slice floats per slice.
+ */
+#include "kernels/gpu/compat.h"
+
+#define GEMV_WARPS 4
+
+template <int B, int R>
+static __device__ __forceinline__ void
+gemv_w4g32(const unsigned int *GPU_RESTRICT wq, const unsigned short *GPU_RESTRICT ws,
+           const float *GPU_RESTRICT x, float *GPU_RESTRICT y, int n_rows, int k, int lpr,
+           const int *GPU_RESTRICT ids, long long x_slice, long long y_slice)
+{
+    const int groups = k >> 5;
+    const int lane = gpu_lane(), warp = gpu_tid_x() / GPU_WARP;
+    const int sub = lane & (lpr - 1), slot = lane / lpr, slots = GPU_WARP / lpr;
+    const int row0 = ((gpu_bid_x() * GEMV_WARPS + warp) * slots + slot) * R;
+    const int z = gpu_bid_y();
+    const long long e = ids ? (long long)ids[z] : (long long)z;
+
+    wq += e * (long long)n_rows * (k >> 3);
+    ws += e * (long long)n_rows * groups;
+    x += z * x_slice;
+    y += z * y_slice;
+
+    float acc[R][B];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int b = 0; b < B; b++)
+            acc[r][b] = 0.0f;
+
+    for (int g = sub; g < groups; g += lpr) {
+        gpu_u32x4 w[R];
+        float s[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            int row = row0 + r < n_rows ? row0 + r : n_rows - 1;
+            w[r] = ((const gpu_u32x4 *)(wq + (long long)row * (k >> 3)))[g];
+            s[r] = gpu_bf16_to_f32(ws[(long long)row * groups + g]);
+        }
+#pragma unroll
+        for (int b = 0; b < B; b++) {
+            const gpu_f32x4 *xp = (const gpu_f32x4 *)(x + (long long)b * k + (g << 5));
+            float xv[32];
+            float xs = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                gpu_f32x4 t = xp[j];
+                xv[4 * j + 0] = t.x;
+                xv[4 * j + 1] = t.y;
+                xv[4 * j + 2] = t.z;
+                xv[4 * j + 3] = t.w;
+                xs += (t.x + t.y) + (t.z + t.w);
+            }
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                unsigned int wr[4] = { w[r].x, w[r].y, w[r].z, w[r].w };
+                float d = 0.0f;
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    unsigned int u = wr[j];
+#pragma unroll
+                    for (int i = 0; i < 8; i++) {
+                        unsigned int v = i < 4 ? u << (16 - 4 * i) : u >> (4 * i - 16);
+                        float f = gpu_as_float((v & 0x000F0000u) | 0x3F800000u);
+                        d += f * xv[8 * j + i];
+                    }
+                }
+                acc[r][b] += s[r] * (128.0f * (d - xs) - 8.0f * xs);
+            }
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int b = 0; b < B; b++)
+            for (int m = lpr >> 1; m > 0; m >>= 1)
+                acc[r][b] += gpu_shfl_xor_f(acc[r][b], m);
+
+    if (sub == 0) {
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            if (row0 + r < n_rows)
+#pragma unroll
+                for (int b = 0; b < B; b++)
+                    y[(long long)b * n_rows + row0 + r] = acc[r][b];
+    }
+}
+
+#define GEMV_INST(B, R)                                                                   \
+    GPU_KERNEL(gemv_w4g32_b##B##_r##R, GEMV_WARPS * GPU_WARP)                             \
+    (const unsigned int *wq, const unsigned short *ws, const float *x, float *y,          \
+     int n_rows, int k, int lpr, const int *ids, long long x_slice, long long y_slice)    \
+    {                                                                                     \
+        gemv_w4g32<B, R>(wq, ws, x, y, n_rows, k, lpr, ids, x_slice, y_slice);            \
+    }
+
+GEMV_INST(1, 1) GEMV_INST(2, 1) GEMV_INST(3, 1) GEMV_INST(4, 1)
+GEMV_INST(5, 1) GEMV_INST(6, 1) GEMV_INST(7, 1) GEMV_INST(8, 1)
+GEMV_INST(1, 4) GEMV_INST(2, 4) GEMV_INST(3, 4) GEMV_INST(4, 4)
+GEMV_INST(5, 4) GEMV_INST(6, 4) GEMV_INST(7, 4) GEMV_INST(8, 4)
