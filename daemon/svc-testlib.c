@@ -103,6 +103,9 @@ int svc_testlib_proc_status(pid_t pid, const char *key, char *out, size_t len)
             while (*v == ' ' || *v == '\t')
                 v++;
             v[strcspn(v, "\n")] = '\0';
+            /* "Groups:" ends in a blank; values never do. */
+            for (size_t e = strlen(v); e > 0 && (v[e - 1] == ' ' || v[e - 1] == '\t'); e--)
+                v[e - 1] = '\0';
             snprintf(out, len, "%s", v);
             r = 0;
             break;

@@ -319,6 +319,7 @@ int main(int argc, char **argv)
 {
     char dir[256];
 
+    setvbuf(stdout, NULL, _IOLBF, 0);   /* forked children _exit() */
     if (argc == 3 && !strcmp(argv[1], "serve"))
         return serve(argv[2]);
     T_CHECK(svc_testlib_tmpdir(dir, sizeof(dir)) == 0);

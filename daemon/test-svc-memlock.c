@@ -228,6 +228,7 @@ static void test_permitted_only(void)
 
 int main(void)
 {
+    setvbuf(stdout, NULL, _IOLBF, 0);   /* forked children _exit() */
     test_parse();
     test_lock_now();
     test_lock_onfault();

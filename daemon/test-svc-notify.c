@@ -198,6 +198,7 @@ int main(void)
 {
     char dir[256];
 
+    setvbuf(stdout, NULL, _IOLBF, 0);   /* forked children _exit() */
     T_CHECK(svc_testlib_tmpdir(dir, sizeof(dir)) == 0);
     test_without_systemd();
     test_watchdog_env();
