@@ -151,12 +151,16 @@ int svc_fdstore_finish(struct svc_fdstore_region *r)
         return -EALREADY;
     h->flags |= SVC_FDSTORE_F_COMPLETE;
     h->header_hash = header_hash(h);
-    /* FUTURE_WRITE: no new writable mapping, no write(2); our own mapping
-     * keeps write access, so take it away ourselves right after. */
+    /* FUTURE_WRITE: no new writable mapping, no write(2).  Our own mapping
+     * predates the seal and could still be mprotect()ed back to writable,
+     * so replace it, at the same address, by a read-only mapping made after
+     * the seal (the kernel then withholds VM_MAYWRITE).  The pages are the
+     * same shmem pages: nothing is copied.  Any mlock on the old mapping is
+     * gone with it, so lock after finish(). */
     if (fcntl(r->fd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) < 0)
         return svc_log_errno(-errno, "sealing fd-store memfd read-only: %s (needs Linux 5.1)", strerror(errno));
-    if (mprotect(r->base, r->size, PROT_READ) < 0)
-        return svc_log_errno(-errno, "mprotect fd-store mapping read-only: %s", strerror(errno));
+    if (mmap(r->base, r->size, PROT_READ, MAP_SHARED | MAP_FIXED, r->fd, 0) == MAP_FAILED)
+        return svc_log_errno(-errno, "remapping fd-store container read-only: %s", strerror(errno));
     r->writable = false;
     return 0;
 }

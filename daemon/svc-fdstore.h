@@ -21,8 +21,9 @@
  *                          kernel has it), sized, sealed SHRINK|GROW at once,
  *                          mapped read-write; the engine fills the payload
  *   svc_fdstore_finish()   mark COMPLETE, checksum the header, seal
- *                          FUTURE_WRITE|SEAL, mprotect our mapping read-only:
- *                          from here on nobody can change a byte
+ *                          FUTURE_WRITE|SEAL, replace our mapping in place by
+ *                          a read-only one: from here on nobody, us included,
+ *                          can change a byte (lock the payload after this)
  *   svc_fdstore_push()     hand it to systemd's fd store
  *   --- crash / restart ---
  *   svc_activation_take_fd(&act, "resident-weights")
@@ -111,7 +112,8 @@ int svc_fdstore_identity_add_file(struct svc_fdstore_identity *id, int dirfd, co
 int svc_fdstore_create(const char *name, const struct svc_fdstore_identity *id,
                        size_t payload_size, struct svc_fdstore_region *out);
 
-/* Payload complete: seal and make read-only (see above). */
+/* Payload complete: seal and make read-only (see above).  r->base and
+ * r->payload keep their addresses; an mlock taken before is dropped. */
 int svc_fdstore_finish(struct svc_fdstore_region *r);
 
 /* FDSTORE=1 + FDNAME=<fdname> (must start with "resident-").  Without a
