@@ -1,0 +1,409 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * resident-engine: the offline command-line face of the engine. The public
+ * `resident` tool execs it for these subcommands, so their arguments and
+ * outputs are a contract:
+ *
+ *   resident-engine logits --model DIR --ids 1,2,3 --out FILE [--threads N]
+ *       one prefill; FILE = float32 little-endian [n_ids][vocab_size]
+ *   resident-engine generate --model DIR --ids 1,2,3 -n N
+ *       [--temp T] [--top-p P] [--top-k K] [--min-p P] [--seed S]
+ *       [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]
+ *       [--stop ID,...] [--real-vocab N] [--threads N]
+ *       prints the generated ids on one line, comma-separated (greedy when no
+ *       sampling flag is given; stops after an eos / stop id, which is printed)
+ *   resident-engine info --model DIR [--threads N]
+ *       the loader report and per-sequence state size
+ *
+ * Exit status 0 on success, 1 on any error (message on stderr), 2 on usage
+ * errors. Subcommands live in one table; add a row to add one.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/model.h"
+#include "engine/sample.h"
+
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+               "logits files are written as native little-endian floats");
+
+#define EXIT_USAGE 2
+
+struct cmd {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *usage;
+};
+
+static int parse_i64(const char *s, const char *what, int64_t lo, int64_t hi, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, "resident-engine: %s '%s' is not an integer in %" PRId64 "..%" PRId64 "\n",
+                what, s, lo, hi);
+        return -EINVAL;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_f32(const char *s, const char *what, float *out)
+{
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end) {
+        fprintf(stderr, "resident-engine: %s '%s' is not a number\n", what, s);
+        return -EINVAL;
+    }
+    *out = v;
+    return 0;
+}
+
+/* "1,2,3" -> ids (malloc'd). */
+static int parse_ids(const char *s, int32_t **out, int64_t *n_out)
+{
+    int64_t cap = 1;
+    for (const char *p = s; *p; p++)
+        cap += *p == ',';
+    int32_t *ids = malloc((size_t)cap * sizeof(*ids));
+    char *copy = strdup(s);
+    if (!ids || !copy) {
+        free(ids);
+        free(copy);
+        fprintf(stderr, "resident-engine: out of memory\n");
+        return -ENOMEM;
+    }
+    int64_t n = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int64_t v;
+        if (parse_i64(tok, "token id", 0, INT32_MAX, &v)) {
+            free(ids);
+            free(copy);
+            return -EINVAL;
+        }
+        ids[n++] = (int32_t)v;
+    }
+    free(copy);
+    if (n == 0) {
+        free(ids);
+        fprintf(stderr, "resident-engine: --ids needs at least one id\n");
+        return -EINVAL;
+    }
+    *out = ids;
+    *n_out = n;
+    return 0;
+}
+
+struct common {
+    const char *model;
+    const char *ids_arg;
+    int32_t     threads;
+    int32_t     real_vocab;
+};
+
+static int load(const struct common *c, int64_t capacity, struct model **m)
+{
+    struct model_params p = MODEL_PARAMS_DEFAULT;
+    struct engine_error err = { 0 };
+    p.n_threads = c->threads;
+    p.real_vocab = c->real_vocab;
+    p.max_context = capacity;
+    int rc = model_load(c->model, &p, m, &err);
+    if (rc)
+        fprintf(stderr, "resident-engine: cannot load model '%s': %s\n", c->model, err.msg);
+    return rc;
+}
+
+enum {
+    OPT_MODEL = 1000, OPT_IDS, OPT_OUT, OPT_THREADS, OPT_TEMP, OPT_TOP_P, OPT_TOP_K,
+    OPT_MIN_P, OPT_SEED, OPT_REP, OPT_PRES, OPT_FREQ, OPT_STOP, OPT_REAL_VOCAB,
+};
+
+static const struct option long_opts[] = {
+    { "model", required_argument, NULL, OPT_MODEL },
+    { "ids", required_argument, NULL, OPT_IDS },
+    { "out", required_argument, NULL, OPT_OUT },
+    { "threads", required_argument, NULL, OPT_THREADS },
+    { "temp", required_argument, NULL, OPT_TEMP },
+    { "top-p", required_argument, NULL, OPT_TOP_P },
+    { "top-k", required_argument, NULL, OPT_TOP_K },
+    { "min-p", required_argument, NULL, OPT_MIN_P },
+    { "seed", required_argument, NULL, OPT_SEED },
+    { "repetition-penalty", required_argument, NULL, OPT_REP },
+    { "presence-penalty", required_argument, NULL, OPT_PRES },
+    { "frequency-penalty", required_argument, NULL, OPT_FREQ },
+    { "stop", required_argument, NULL, OPT_STOP },
+    { "real-vocab", required_argument, NULL, OPT_REAL_VOCAB },
+    { NULL, 0, NULL, 0 },
+};
+
+struct opts {
+    struct common        c;
+    const char          *out;
+    int64_t              n;                /* -1 = not given                 */
+    struct sample_params sp;
+    bool                 sampling;         /* any sampling flag given        */
+    bool                 temp_given;
+    const char          *stop;
+};
+
+static int parse_opts(int argc, char **argv, struct opts *o)
+{
+    struct sample_params sp = SAMPLE_PARAMS_DEFAULT;
+    *o = (struct opts){ .c = { .threads = 1 }, .n = -1, .sp = sp };
+    int64_t v;
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "n:", long_opts, NULL)) != -1) {
+        int rc = 0;
+        switch (ch) {
+        case OPT_MODEL: o->c.model = optarg; break;
+        case OPT_IDS:   o->c.ids_arg = optarg; break;
+        case OPT_OUT:   o->out = optarg; break;
+        case OPT_STOP:  o->stop = optarg; break;
+        case OPT_THREADS:
+            rc = parse_i64(optarg, "--threads", 1, 64, &v);
+            o->c.threads = (int32_t)v;
+            break;
+        case OPT_REAL_VOCAB:
+            rc = parse_i64(optarg, "--real-vocab", 1, INT32_MAX, &v);
+            o->c.real_vocab = (int32_t)v;
+            break;
+        case 'n':
+            rc = parse_i64(optarg, "-n", 0, INT32_MAX, &o->n);
+            break;
+        case OPT_TEMP:
+            rc = parse_f32(optarg, "--temp", &o->sp.temperature);
+            o->sampling = o->temp_given = true;
+            break;
+        case OPT_TOP_P: rc = parse_f32(optarg, "--top-p", &o->sp.top_p); o->sampling = true; break;
+        case OPT_MIN_P: rc = parse_f32(optarg, "--min-p", &o->sp.min_p); o->sampling = true; break;
+        case OPT_TOP_K:
+            rc = parse_i64(optarg, "--top-k", 0, INT32_MAX, &v);
+            o->sp.top_k = (int32_t)v;
+            o->sampling = true;
+            break;
+        case OPT_SEED:
+            rc = parse_i64(optarg, "--seed", 0, INT64_MAX, &v);
+            o->sp.seed = (uint64_t)v;
+            o->sampling = true;
+            break;
+        case OPT_REP:  rc = parse_f32(optarg, "--repetition-penalty", &o->sp.repetition_penalty); break;
+        case OPT_PRES: rc = parse_f32(optarg, "--presence-penalty", &o->sp.presence_penalty); break;
+        case OPT_FREQ: rc = parse_f32(optarg, "--frequency-penalty", &o->sp.frequency_penalty); break;
+        default:
+            return -EINVAL;
+        }
+        if (rc)
+            return rc;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "resident-engine: unexpected argument '%s'\n", argv[optind]);
+        return -EINVAL;
+    }
+    if (!o->c.model) {
+        fprintf(stderr, "resident-engine: --model DIR is required\n");
+        return -EINVAL;
+    }
+    /* a sampling flag without --temp samples at temperature 1 */
+    if (o->sampling && !o->temp_given)
+        o->sp.temperature = 1.0f;
+    return 0;
+}
+
+static int cmd_logits(int argc, char **argv)
+{
+    struct opts o;
+    if (parse_opts(argc, argv, &o))
+        return EXIT_USAGE;
+    if (!o.c.ids_arg || !o.out) {
+        fprintf(stderr, "resident-engine logits: --ids and --out are required\n");
+        return EXIT_USAGE;
+    }
+    int32_t *ids;
+    int64_t n;
+    if (parse_ids(o.c.ids_arg, &ids, &n))
+        return EXIT_USAGE;
+    struct model *m = NULL;
+    struct model_seq *s = NULL;
+    float *logits = NULL;
+    FILE *f = NULL;
+    int status = EXIT_FAILURE;
+    struct engine_error err = { 0 };
+    if (load(&o.c, n, &m))
+        goto out;
+    const size_t V = (size_t)model_vocab(m);
+    logits = malloc((size_t)n * V * sizeof(float));
+    if (!logits) {
+        fprintf(stderr, "resident-engine: out of memory for %" PRId64 " x %zu logits\n", n, V);
+        goto out;
+    }
+    if (model_seq_new(m, n, &s, &err) ||
+        model_prefill(m, s, ids, n, &(struct model_prefill_params){ .logits = logits, .all_logits = true },
+                      &err)) {
+        fprintf(stderr, "resident-engine logits: %s\n", err.msg);
+        goto out;
+    }
+    f = fopen(o.out, "wb");
+    if (!f || fwrite(logits, sizeof(float) * V, (size_t)n, f) != (size_t)n || fflush(f)) {
+        fprintf(stderr, "resident-engine logits: cannot write '%s': %s\n", o.out, strerror(errno));
+        goto out;
+    }
+    status = fclose(f) ? EXIT_FAILURE : EXIT_SUCCESS;
+    f = NULL;
+    if (status)
+        fprintf(stderr, "resident-engine logits: cannot write '%s': %s\n", o.out, strerror(errno));
+out:
+    if (f)
+        fclose(f);
+    free(logits);
+    free(ids);
+    model_seq_free(s);
+    model_free(m);
+    return status;
+}
+
+static int cmd_generate(int argc, char **argv)
+{
+    struct opts o;
+    if (parse_opts(argc, argv, &o))
+        return EXIT_USAGE;
+    if (!o.c.ids_arg || o.n < 0) {
+        fprintf(stderr, "resident-engine generate: --ids and -n are required\n");
+        return EXIT_USAGE;
+    }
+    int32_t *ids;
+    int64_t n_ids;
+    if (parse_ids(o.c.ids_arg, &ids, &n_ids))
+        return EXIT_USAGE;
+    int32_t *stop_ids = NULL;
+    int64_t n_stop = 0;
+    if (o.stop && parse_ids(o.stop, &stop_ids, &n_stop)) {
+        free(ids);
+        return EXIT_USAGE;
+    }
+    struct model *m = NULL;
+    struct model_seq *s = NULL;
+    struct sampler *smp = NULL;
+    float *logits = NULL;
+    int status = EXIT_FAILURE;
+    struct engine_error err = { 0 };
+    struct sample_stop stop;
+    if (load(&o.c, n_ids + (o.n > 0 ? o.n : 1), &m))
+        goto out;
+    sample_stop_init(&stop, model_get_config(m));
+    for (int64_t i = 0; i < n_stop; i++)
+        if (sample_stop_add(&stop, stop_ids[i])) {
+            fprintf(stderr, "resident-engine generate: more than %d stop ids\n", SAMPLE_MAX_STOP);
+            goto out;
+        }
+    o.sp.vocab_limit = model_real_vocab(m);
+    if (!o.sampling)
+        o.sp.temperature = 0.0f;
+    logits = malloc((size_t)model_vocab(m) * sizeof(float));
+    if (!logits) {
+        fprintf(stderr, "resident-engine: out of memory\n");
+        goto out;
+    }
+    if (sampler_new(&o.sp, model_vocab(m), &smp, &err) ||
+        model_seq_new(m, n_ids + (o.n > 0 ? o.n : 1), &s, &err) ||
+        model_prefill(m, s, ids, n_ids, &(struct model_prefill_params){ .logits = logits }, &err)) {
+        fprintf(stderr, "resident-engine generate: %s\n", err.msg);
+        goto out;
+    }
+    sampler_accept_prompt(smp, ids, n_ids);
+    for (int64_t i = 0; i < o.n; i++) {
+        int32_t tok;
+        if (sampler_sample(smp, logits, &tok)) {
+            fprintf(stderr, "resident-engine generate: no token can be sampled (all logits NaN)\n");
+            goto out;
+        }
+        sampler_accept(smp, tok);
+        printf("%s%d", i ? "," : "", tok);
+        if (sample_stop_hit(&stop, tok) || i + 1 == o.n)
+            break;
+        if (model_decode(m, &s, &tok, 1, logits, &err)) {
+            printf("\n");
+            fprintf(stderr, "resident-engine generate: %s\n", err.msg);
+            goto out;
+        }
+    }
+    printf("\n");
+    status = fflush(stdout) ? EXIT_FAILURE : EXIT_SUCCESS;
+out:
+    free(logits);
+    free(ids);
+    free(stop_ids);
+    sampler_free(smp);
+    model_seq_free(s);
+    model_free(m);
+    return status;
+}
+
+static int cmd_info(int argc, char **argv)
+{
+    struct opts o;
+    if (parse_opts(argc, argv, &o))
+        return EXIT_USAGE;
+    struct model *m = NULL;
+    struct model_seq *s = NULL;
+    struct engine_error err = { 0 };
+    if (load(&o.c, 1, &m))
+        return EXIT_FAILURE;
+    model_report_write(m, stdout);
+    int status = EXIT_SUCCESS;
+    if (model_seq_new(m, 1, &s, &err)) {
+        fprintf(stderr, "resident-engine info: %s\n", err.msg);
+        status = EXIT_FAILURE;
+    } else {
+        const struct model_config *c = model_get_config(m);
+        uint64_t per_tok = 0;
+        for (int i = 0; i < c->num_hidden_layers; i++)
+            if (c->layer_types[i] == MODEL_LAYER_FULL_ATTENTION)
+                per_tok += 2ull * (uint64_t)c->num_key_value_heads * (uint64_t)c->head_dim * sizeof(float);
+        printf("sequence state: %" PRIu64 " bytes fixed + %" PRIu64 " bytes per token of context\n",
+               model_seq_bytes(s) - per_tok, per_tok);
+    }
+    model_seq_free(s);
+    model_free(m);
+    return status;
+}
+
+static const struct cmd cmds[] = {
+    { "logits", cmd_logits, "--model DIR --ids 1,2,3 --out FILE [--threads N]" },
+    { "generate", cmd_generate,
+      "--model DIR --ids 1,2,3 -n N [--temp T --top-p P --top-k K --min-p P --seed S\n"
+      "        --repetition-penalty R --presence-penalty P --frequency-penalty F\n"
+      "        --stop ID,... --real-vocab N --threads N]" },
+    { "info", cmd_info, "--model DIR [--threads N]" },
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage:\n");
+    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+        fprintf(f, "  resident-engine %s %s\n", cmds[i].name, cmds[i].usage);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_USAGE : EXIT_SUCCESS;
+    }
+    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+        if (!strcmp(argv[1], cmds[i].name))
+            return cmds[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "resident-engine: unknown subcommand '%s'\n", argv[1]);
+    usage(stderr);
+    return EXIT_USAGE;
+}
