@@ -142,7 +142,10 @@ int ejson_get_int(struct json_object *obj, const char *key, const char *what,
     if (json_object_is_type(v, json_type_double)) {
         /* Accept 4.0 but not 4.5: some writers emit integral floats. */
         double d = json_object_get_double(v);
-        if (!isfinite(d) || d != floor(d) || d < (double)lo || d > (double)hi)
+        /* Beyond 2^53 doubles are not exact and beyond 2^63 the cast below
+         * would be undefined, so such values never count as integers. */
+        if (!isfinite(d) || d != floor(d) || fabs(d) > 9007199254740992.0 ||
+            d < (double)lo || d > (double)hi)
             return engine_error_set(err, -EINVAL, "%s: %s%s (%g) must be an integer in [%lld, %lld]",
                                     what, path, key, d, (long long)lo, (long long)hi);
         *out = (int64_t)d;

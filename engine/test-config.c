@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <json-c/json.h>
@@ -537,6 +538,14 @@ static void test_load_dir(void **state)
     engine_error_clear(&err);
     assert_true(model_config_load(dir, &cfg, &err) < 0);
     assert_non_null(strstr(err.msg, "empty/config.json: text_config.hidden_size is missing"));
+
+    /* Over the 16 MiB limit: refused from the size (sparse file). */
+    char path[600];
+    snprintf(path, sizeof(path), "%s/config.json", dir);
+    assert_int_equal(truncate(path, (16 << 20) + 1), 0);
+    engine_error_clear(&err);
+    assert_int_equal(model_config_load(dir, &cfg, &err), -EFBIG);
+    assert_non_null(strstr(err.msg, "empty/config.json: 16777217 bytes exceeds the 16777216 byte limit"));
 
     engine_error_clear(&err);
     assert_true(model_config_load("/nonexistent-dir", &cfg, &err) < 0);

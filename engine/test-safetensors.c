@@ -530,6 +530,38 @@ static void test_bad_dirs(void **state)
     subdir("empty", dir, sizeof(dir));
     expect_dir_fail(dir, "is this a model directory", NULL);
 
+    /* An index.json past the size limit (sparse: no disk used) is refused
+     * from its size alone, before anything is read. */
+    subdir("huge-index", dir, sizeof(dir));
+    char path[700];
+    snprintf(path, sizeof(path), "%s/model.safetensors.index.json", dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, (off_t)ST_HEADER_MAX + 1), 0);
+    close(fd);
+    expect_dir_fail(dir, "model.safetensors.index.json: 104857601 bytes exceeds the 104857600 byte limit", NULL);
+
+    /* A header that claims more than ST_HEADER_MAX in a file that really
+     * is that large (sparse). */
+    subdir("huge-header", dir, sizeof(dir));
+    snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_true(fd >= 0);
+    uint8_t len8[8] = { 0 };
+    uint64_t big = (uint64_t)ST_HEADER_MAX + 8;
+    for (int i = 0; i < 8; i++)
+        len8[i] = (uint8_t)(big >> (8 * i));
+    assert_int_equal(write(fd, len8, 8), 8);
+    assert_int_equal(ftruncate(fd, (off_t)big + 64), 0);
+    close(fd);
+    expect_dir_fail(dir, "huge-header/model.safetensors: header length 104857608 exceeds the limit", NULL);
+
+    /* A directory where a shard should be. */
+    subdir("shard-is-dir", dir, sizeof(dir));
+    snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+    assert_int_equal(mkdir(path, 0700), 0);
+    expect_dir_fail(dir, "shard-is-dir/model.safetensors: not a regular file", NULL);
+
     snprintf(dir, sizeof(dir), "%s/does-not-exist", tmpdir);
     expect_dir_fail(dir, "does-not-exist: cannot open model directory", NULL);
 
