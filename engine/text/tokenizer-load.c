@@ -1,0 +1,1331 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Loading a byte-level BPE tokenizer from a model directory.
+ *
+ * Two layouts are accepted, as HF transformers accepts them:
+ *   tokenizer.json                         (preferred: it states the
+ *                                           normalizer and the split regex)
+ *   vocab.json + merges.txt + tokenizer_config.json (added_tokens_decoder;
+ *                                           NFC and the Qwen2 regex, or the
+ *                                           config's "pretokenize_regex")
+ *
+ * Everything in these files is hostile input: ids are range-checked, token
+ * lengths bounded, merges must name vocabulary tokens (HF refuses the file
+ * otherwise, so do we), and components we do not implement exactly
+ * (normalizers other than NFC, non-byte-level pre-tokenizers, dropout, ...)
+ * are refused with a message naming the field instead of being ignored,
+ * because ignoring them would silently produce different ids.
+ *
+ * Vocabulary keys are stored as the raw bytes they stand for (GPT-2 byte
+ * alphabet undone), so BPE runs on bytes and decoding is a memcpy. Keys with
+ * a character outside that alphabet can never come out of BPE; they stay
+ * decodable (as their UTF-8, HF's ByteLevel decoder fallback) but are left
+ * out of the byte-keyed hash.
+ */
+#include "engine/text/tokenizer-internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <utf8proc.h>
+
+/* The split regexes we know by name (tokenizer.json spelling). */
+static const char PAT_QWEN35[] =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|"
+    "\\p{N}| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|"
+    "\\s+";
+static const char PAT_QWEN2[] =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
+    "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+static const char PAT_GPT2[] =
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|"
+    "\\s+(?!\\S)|\\s+";
+
+/* ------------------------------------------------------------------ */
+/* building                                                             */
+
+struct builder {
+    struct tokenizer *tok;
+    size_t            entries_cap;
+    size_t            blob_cap;
+    size_t            n_vocab;          /* vocabulary entries read        */
+    struct {
+        int32_t l, r, m;
+    }                *merges;
+    size_t            n_merges, merges_cap;
+    const char       *what;             /* file being read                */
+    struct engine_error *err;
+    char             *pattern;          /* split regex (tokenizer.json)   */
+    bool              have_pretok;
+    bool              split_none;       /* ByteLevel(use_regex=false)     */
+};
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem,
+                struct engine_error *err)
+{
+    if (need <= *cap)
+        return 0;
+    size_t n = *cap ? *cap : 1024;
+    while (n < need)
+        n *= 2;
+    if (n > SIZE_MAX / elem)
+        return engine_error_set(err, -ENOMEM, "tokenizer: table too large");
+    void *q = realloc(*p, n * elem);
+    if (!q)
+        return engine_error_set(err, -ENOMEM,
+                                "tokenizer: out of memory (%zu bytes)",
+                                n * elem);
+    *p = q;
+    *cap = n;
+    return 0;
+}
+
+/* Convert a vocabulary key (UTF-8 of GPT-2 alphabet characters) to bytes.
+ * Returns the byte count, or -1 when a character is outside the alphabet
+ * (then `out` holds nothing useful). `out` must hold `len` bytes. */
+static ssize_t key_to_bytes(const char *key, size_t len, char *out)
+{
+    size_t i = 0, o = 0;
+    while (i < len) {
+        uint32_t cp;
+        size_t n = tok_utf8_decode((const uint8_t *)key + i, len - i, &cp);
+        if (n == 0)
+            return -1;
+        int b = tok_cp_to_byte(cp);
+        if (b < 0)
+            return -1;
+        out[o++] = (char)b;
+        i += n;
+    }
+    return (ssize_t)o;
+}
+
+static int entry_set(struct builder *b, int64_t id, const char *bytes,
+                     size_t len, uint8_t flags)
+{
+    struct tokenizer *tok = b->tok;
+    if (id < 0 || id >= (int64_t)TOK_MAX_IDS)
+        return engine_error_set(b->err, -EINVAL,
+                                "%s: token id %lld is outside [0, %u)",
+                                b->what, (long long)id, TOK_MAX_IDS);
+    if (len > TOK_MAX_TOKEN_BYTES)
+        return engine_error_set(b->err, -EINVAL,
+                                "%s: token id %lld is %zu bytes long, over "
+                                "the limit of %u", b->what, (long long)id,
+                                len, TOK_MAX_TOKEN_BYTES);
+    size_t need = (size_t)id + 1;
+    if (need > b->entries_cap) {
+        size_t old = b->entries_cap;
+        if (grow((void **)&tok->entries, &b->entries_cap, need,
+                 sizeof(*tok->entries), b->err) < 0)
+            return -ENOMEM;
+        memset(tok->entries + old, 0,
+               (b->entries_cap - old) * sizeof(*tok->entries));
+    }
+    if (need > tok->n_ids)
+        tok->n_ids = need;
+    if (tok->blob_len + len > UINT32_MAX)
+        return engine_error_set(b->err, -EINVAL,
+                                "%s: vocabulary text over 4 GiB", b->what);
+    if (grow((void **)&tok->blob, &b->blob_cap, tok->blob_len + len + 1, 1,
+             b->err) < 0)
+        return -ENOMEM;
+    memcpy(tok->blob + tok->blob_len, bytes, len);
+    struct tok_entry *e = &tok->entries[id];
+    e->off = (uint32_t)tok->blob_len;
+    e->len = (uint16_t)len;
+    e->flags = flags | TOK_F_PRESENT;
+    tok->blob_len += len;
+    if (len > tok->max_token_bytes)
+        tok->max_token_bytes = len;
+    return 0;
+}
+
+/* One vocabulary entry: key as written in the file. */
+static int vocab_add(struct builder *b, const char *key, size_t klen,
+                     int64_t id)
+{
+    if (id >= 0 && id < (int64_t)b->tok->n_ids &&
+        (b->tok->entries[id].flags & TOK_F_PRESENT))
+        return engine_error_set(b->err, -EINVAL,
+                                "%s: id %lld is given to two vocabulary "
+                                "entries", b->what, (long long)id);
+    char tmp[TOK_MAX_TOKEN_BYTES * 4];
+    if (klen > sizeof(tmp))
+        return engine_error_set(b->err, -EINVAL,
+                                "%s: vocabulary key of %zu bytes for id %lld "
+                                "is over the limit", b->what, klen,
+                                (long long)id);
+    ssize_t n = key_to_bytes(key, klen, tmp);
+    b->n_vocab++;
+    if (n >= 0)
+        return entry_set(b, id, tmp, (size_t)n, TOK_F_BPE);
+    /* Not byte-level text: decodes to its own UTF-8 (HF ByteLevel decoder
+     * fallback), never produced by BPE. */
+    return entry_set(b, id, key, klen, 0);
+}
+
+static int vocab_index(struct builder *b)
+{
+    struct tokenizer *tok = b->tok;
+    size_t cap = 1024;
+    while (cap < b->n_vocab * 2)
+        cap *= 2;
+    tok->vocab_slots = calloc(cap, sizeof(*tok->vocab_slots));
+    if (!tok->vocab_slots)
+        return engine_error_set(b->err, -ENOMEM,
+                                "tokenizer: out of memory for the vocabulary "
+                                "index");
+    tok->vocab_mask = cap - 1;
+    for (size_t id = 0; id < tok->n_ids; id++) {
+        const struct tok_entry *e = &tok->entries[id];
+        if (!(e->flags & TOK_F_BPE))
+            continue;
+        const char *s = tok->blob + e->off;
+        size_t h = (size_t)tok_hash_bytes(s, e->len) & tok->vocab_mask;
+        for (;;) {
+            uint32_t v = tok->vocab_slots[h];
+            if (v == 0) {
+                tok->vocab_slots[h] = (uint32_t)id + 1;
+                break;
+            }
+            const struct tok_entry *o = &tok->entries[v - 1];
+            if (o->len == e->len && memcmp(tok->blob + o->off, s, e->len) == 0)
+                return engine_error_set(b->err, -EINVAL,
+                                        "%s: ids %u and %zu are the same "
+                                        "token", b->what, v - 1, id);
+            h = (h + 1) & tok->vocab_mask;
+        }
+    }
+    return 0;
+}
+
+int32_t tok_vocab_find(const struct tokenizer *tok, const void *data,
+                       size_t len)
+{
+    size_t h = (size_t)tok_hash_bytes(data, len) & tok->vocab_mask;
+    for (;;) {
+        uint32_t v = tok->vocab_slots[h];
+        if (v == 0)
+            return -1;
+        const struct tok_entry *e = &tok->entries[v - 1];
+        if (e->len == len && (e->flags & TOK_F_BPE) &&
+            memcmp(tok->blob + e->off, data, len) == 0)
+            return (int32_t)(v - 1);
+        h = (h + 1) & tok->vocab_mask;
+    }
+}
+
+/* A merge as written: two vocabulary keys. Rank = order of arrival. */
+static int merge_add(struct builder *b, const char *l, size_t ll,
+                     const char *r, size_t rl)
+{
+    struct tokenizer *tok = b->tok;
+    char lb[TOK_MAX_TOKEN_BYTES * 2 + 8];
+    size_t rank = b->n_merges + 1;
+    if (ll > TOK_MAX_TOKEN_BYTES * 4 || rl > TOK_MAX_TOKEN_BYTES * 4)
+        return engine_error_set(b->err, -EINVAL, "%s: merge %zu is too long",
+                                b->what, rank);
+    char tl[TOK_MAX_TOKEN_BYTES * 4], tr[TOK_MAX_TOKEN_BYTES * 4];
+    ssize_t nl = key_to_bytes(l, ll, tl), nr = key_to_bytes(r, rl, tr);
+    int32_t il = nl >= 0 ? tok_vocab_find(tok, tl, (size_t)nl) : -1;
+    int32_t ir = nr >= 0 ? tok_vocab_find(tok, tr, (size_t)nr) : -1;
+    if (grow((void **)&b->merges, &b->merges_cap, b->n_merges + 1,
+             sizeof(*b->merges), b->err) < 0)
+        return -ENOMEM;
+    if (nl < 0 || nr < 0) {
+        /* A merge of non-byte-level keys can never fire; HF only needs the
+         * keys to exist, which matters for nothing we compute. It keeps its
+         * rank slot so later ranks stay in file order. */
+        b->merges[b->n_merges].l = -1;
+        b->n_merges++;
+        return 0;
+    }
+    if (il < 0 || ir < 0)
+        return engine_error_set(b->err, -EINVAL,
+                                "%s: merge %zu (\"%.*s\" \"%.*s\") names a "
+                                "token that is not in the vocabulary",
+                                b->what, rank, (int)(ll > 64 ? 64 : ll), l,
+                                (int)(rl > 64 ? 64 : rl), r);
+    if ((size_t)nl + (size_t)nr > TOK_MAX_TOKEN_BYTES)
+        return engine_error_set(b->err, -EINVAL,
+                                "%s: merge %zu makes a token over %u bytes",
+                                b->what, rank, TOK_MAX_TOKEN_BYTES);
+    memcpy(lb, tl, (size_t)nl);
+    memcpy(lb + nl, tr, (size_t)nr);
+    int32_t im = tok_vocab_find(tok, lb, (size_t)(nl + nr));
+    if (im < 0)
+        return engine_error_set(b->err, -EINVAL,
+                                "%s: merge %zu (\"%.*s\" \"%.*s\") makes a "
+                                "token that is not in the vocabulary",
+                                b->what, rank, (int)(ll > 64 ? 64 : ll), l,
+                                (int)(rl > 64 ? 64 : rl), r);
+    b->merges[b->n_merges].l = il;
+    b->merges[b->n_merges].r = ir;
+    b->merges[b->n_merges].m = im;
+    b->n_merges++;
+    return 0;
+}
+
+static int merges_index(struct builder *b)
+{
+    struct tokenizer *tok = b->tok;
+    size_t cap = 1024;
+    while (cap < b->n_merges * 2)
+        cap *= 2;
+    tok->merge_slots = malloc(cap * sizeof(*tok->merge_slots));
+    if (!tok->merge_slots)
+        return engine_error_set(b->err, -ENOMEM,
+                                "tokenizer: out of memory for the merges");
+    memset(tok->merge_slots, 0xff, cap * sizeof(*tok->merge_slots));
+    tok->merge_mask = cap - 1;
+    for (size_t i = 0; i < b->n_merges; i++) {
+        if (b->merges[i].l < 0)
+            continue;
+        uint64_t key = (uint64_t)(uint32_t)b->merges[i].l << 32 |
+                       (uint32_t)b->merges[i].r;
+        size_t h = (size_t)((key * 0x9e3779b97f4a7c15ull) >> 20) &
+                   tok->merge_mask;
+        for (;;) {
+            struct tok_merge_slot *s = &tok->merge_slots[h];
+            if (s->key == UINT64_MAX || s->key == key) {
+                /* A repeated pair keeps the later rank, as HF's HashMap
+                 * collect does. */
+                s->key = key;
+                s->rank = (uint32_t)i;
+                s->merged = b->merges[i].m;
+                break;
+            }
+            h = (h + 1) & tok->merge_mask;
+        }
+    }
+    tok->n_merges = b->n_merges;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* files                                                                */
+
+static int read_file_at(int dirfd, const char *dir, const char *name,
+                        char **out, size_t *out_len, struct engine_error *err)
+{
+    int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        return engine_error_set(err, -e, "%s/%s: cannot open: %s", dir, name,
+                                strerror(e));
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return engine_error_set(err, -EINVAL, "%s/%s: not a regular file",
+                                dir, name);
+    }
+    if ((uint64_t)st.st_size > TOK_MAX_FILE_BYTES) {
+        close(fd);
+        return engine_error_set(err, -EFBIG,
+                                "%s/%s: %lld bytes, over the %zu MiB limit "
+                                "for tokenizer files", dir, name,
+                                (long long)st.st_size,
+                                TOK_MAX_FILE_BYTES >> 20);
+    }
+    size_t n = (size_t)st.st_size;
+    char *buf = malloc(n + 1);
+    if (!buf) {
+        close(fd);
+        return engine_error_set(err, -ENOMEM, "%s/%s: out of memory", dir,
+                                name);
+    }
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, buf + got, n - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            int e = r < 0 ? errno : EIO;
+            free(buf);
+            close(fd);
+            return engine_error_set(err, -e, "%s/%s: read failed: %s", dir,
+                                    name, strerror(e));
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    buf[n] = '\0';
+    *out = buf;
+    *out_len = n;
+    return 0;
+}
+
+static int parse_small_json(const char *text, size_t len, const char *what,
+                            struct json_object **out,
+                            struct engine_error *err)
+{
+    struct json_tokener *t = json_tokener_new_ex(64);
+    if (!t)
+        return engine_error_set(err, -ENOMEM, "%s: out of memory", what);
+    json_tokener_set_flags(t, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+    if (len > INT32_MAX) {
+        json_tokener_free(t);
+        return engine_error_set(err, -EFBIG, "%s: too large", what);
+    }
+    struct json_object *o = json_tokener_parse_ex(t, text, (int)len);
+    enum json_tokener_error je = json_tokener_get_error(t);
+    size_t used = json_tokener_get_parse_end(t);
+    json_tokener_free(t);
+    if (!o || je != json_tokener_success || used != len) {
+        json_object_put(o);
+        return engine_error_set(err, -EINVAL, "%s: invalid JSON (%s)", what,
+                                je != json_tokener_success
+                                    ? json_tokener_error_desc(je)
+                                    : "trailing data");
+    }
+    *out = o;
+    return 0;
+}
+
+static struct json_object *jget(struct json_object *o, const char *key)
+{
+    struct json_object *v = NULL;
+    if (!o || !json_object_is_type(o, json_type_object) ||
+        !json_object_object_get_ex(o, key, &v))
+        return NULL;
+    return json_object_is_type(v, json_type_null) ? NULL : v;
+}
+
+static const char *jstr(struct json_object *o, const char *key)
+{
+    struct json_object *v = jget(o, key);
+    return v && json_object_is_type(v, json_type_string)
+               ? json_object_get_string(v) : NULL;
+}
+
+/* Reads a boolean field; absent means `def`. -EINVAL for another type. */
+static int jbool(struct json_object *o, const char *key, bool def, bool *out,
+                 const char *what, const char *path,
+                 struct engine_error *err)
+{
+    struct json_object *v = jget(o, key);
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    if (!json_object_is_type(v, json_type_boolean))
+        return engine_error_set(err, -EINVAL,
+                                "%s: %s.%s must be true or false", what,
+                                path, key);
+    *out = json_object_get_boolean(v);
+    return 0;
+}
+
+static int added_token_add(struct builder *b, int64_t id, const char *content,
+                           struct json_object *spec, const char *path)
+{
+    struct tokenizer *tok = b->tok;
+    if (!content || !*content)
+        return engine_error_set(b->err, -EINVAL,
+                                "%s: %s.content must be a non-empty string",
+                                b->what, path);
+    if (b->tok->n_added >= TOK_MAX_ADDED)
+        return engine_error_set(b->err, -EINVAL,
+                                "%s: more than %u added tokens", b->what,
+                                TOK_MAX_ADDED);
+    struct tok_added a = { .id = (int32_t)id };
+    /* HF defaults when a flag is missing: normalized = !special. */
+    if (jbool(spec, "special", false, &a.special, b->what, path, b->err) < 0 ||
+        jbool(spec, "single_word", false, &a.single_word, b->what, path,
+              b->err) < 0 ||
+        jbool(spec, "lstrip", false, &a.lstrip, b->what, path, b->err) < 0 ||
+        jbool(spec, "rstrip", false, &a.rstrip, b->what, path, b->err) < 0 ||
+        jbool(spec, "normalized", !a.special, &a.normalized, b->what, path,
+              b->err) < 0)
+        return -EINVAL;
+    size_t clen = strlen(content);
+    if (clen > TOK_MAX_TOKEN_BYTES)
+        return engine_error_set(b->err, -EINVAL,
+                                "%s: %s.content is %zu bytes, over %u",
+                                b->what, path, clen, TOK_MAX_TOKEN_BYTES);
+    if (id >= 0 && id < (int64_t)tok->n_ids &&
+        (tok->entries[id].flags & TOK_F_PRESENT)) {
+        const struct tok_entry *e = &tok->entries[id];
+        if (e->flags & TOK_F_ADDED)
+            return engine_error_set(b->err, -EINVAL,
+                                    "%s: %s: id %lld is given to two added "
+                                    "tokens", b->what, path, (long long)id);
+        /* An added token may mark an existing vocabulary token; its bytes
+         * must then be that token's. */
+        char tmp[TOK_MAX_TOKEN_BYTES];
+        ssize_t n = key_to_bytes(content, clen, tmp);
+        if (n < 0 || (size_t)n != e->len ||
+            memcmp(tok->blob + e->off, tmp, (size_t)n) != 0)
+            return engine_error_set(b->err, -EINVAL,
+                                    "%s: %s: added token \"%.64s\" reuses id "
+                                    "%lld of a different vocabulary token",
+                                    b->what, path, content, (long long)id);
+        tok->entries[id].flags |= TOK_F_ADDED |
+                                  (a.special ? TOK_F_SPECIAL : 0);
+    } else {
+        /* HF's ByteLevel decoder maps each char through the byte alphabet
+         * when all of them are in it, otherwise keeps the UTF-8. */
+        char tmp[TOK_MAX_TOKEN_BYTES];
+        ssize_t n = key_to_bytes(content, clen, tmp);
+        int32_t vid = n >= 0 ? tok_vocab_find(tok, tmp, (size_t)n) : -1;
+        if (vid >= 0)
+            /* HF would give the token the vocabulary's id instead and
+             * renumber the added tokens after it: the file contradicts
+             * itself, and guessing which id the model was trained with is
+             * not safe. */
+            return engine_error_set(b->err, -EINVAL,
+                                    "%s: %s: added token \"%.64s\" has id "
+                                    "%lld but the vocabulary gives it id %d; "
+                                    "fix the file so both agree", b->what,
+                                    path, content, (long long)id, vid);
+        int r = n >= 0 ? entry_set(b, id, tmp, (size_t)n, 0)
+                       : entry_set(b, id, content, clen, 0);
+        if (r < 0)
+            return r;
+        tok->entries[id].flags |= TOK_F_ADDED |
+                                  (a.special ? TOK_F_SPECIAL : 0);
+    }
+    a.content = strdup(content);
+    if (!a.content)
+        return engine_error_set(b->err, -ENOMEM, "tokenizer: out of memory");
+    a.len = clen;
+    void *arr = tok->added;
+    size_t cap = tok->n_added;
+    if (grow(&arr, &cap, tok->n_added + 1, sizeof(a), b->err) < 0) {
+        free(a.content);
+        return -ENOMEM;
+    }
+    tok->added = arr;
+    tok->added[tok->n_added++] = a;
+    return 0;
+}
+
+/* tokenizer.json "added_tokens": [{"id":..,"content":..,flags}] */
+static int parse_added_tokens(struct builder *b, struct json_object *arr)
+{
+    if (!arr)
+        return 0;
+    if (!json_object_is_type(arr, json_type_array))
+        return engine_error_set(b->err, -EINVAL,
+                                "%s: added_tokens must be an array", b->what);
+    size_t n = json_object_array_length(arr);
+    for (size_t i = 0; i < n; i++) {
+        char path[48];
+        snprintf(path, sizeof(path), "added_tokens[%zu]", i);
+        struct json_object *t = json_object_array_get_idx(arr, i);
+        struct json_object *jid = jget(t, "id");
+        if (!jid || !json_object_is_type(jid, json_type_int))
+            return engine_error_set(b->err, -EINVAL,
+                                    "%s: %s.id must be an integer", b->what,
+                                    path);
+        int r = added_token_add(b, json_object_get_int64(jid),
+                                jstr(t, "content"), t, path);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+/* "normalizer": null | NFC | Sequence of NFC */
+static int parse_normalizer(struct builder *b, struct json_object *n)
+{
+    if (!n)
+        return 0;
+    const char *type = jstr(n, "type");
+    if (type && strcmp(type, "NFC") == 0) {
+        b->tok->nfc = true;
+        return 0;
+    }
+    if (type && strcmp(type, "Sequence") == 0) {
+        struct json_object *list = jget(n, "normalizers");
+        if (list && json_object_is_type(list, json_type_array)) {
+            size_t k = json_object_array_length(list);
+            for (size_t i = 0; i < k; i++) {
+                int r = parse_normalizer(b, json_object_array_get_idx(list,
+                                                                      i));
+                if (r < 0)
+                    return r;
+            }
+            return 0;
+        }
+    }
+    return engine_error_set(b->err, -ENOTSUP,
+                            "%s: normalizer type \"%s\" is not supported "
+                            "(only NFC is implemented; this is not a Qwen "
+                            "byte-level tokenizer)", b->what,
+                            type ? type : "?");
+}
+
+static int parse_bytelevel(struct builder *b, struct json_object *p,
+                           bool *use_regex)
+{
+    bool aps;
+    if (jbool(p, "add_prefix_space", false, &aps, b->what, "pre_tokenizer",
+              b->err) < 0 ||
+        jbool(p, "use_regex", true, use_regex, b->what, "pre_tokenizer",
+              b->err) < 0)
+        return -EINVAL;
+    if (aps)
+        return engine_error_set(b->err, -ENOTSUP,
+                                "%s: ByteLevel add_prefix_space=true is not "
+                                "supported", b->what);
+    return 0;
+}
+
+static int parse_pretokenizer(struct builder *b, struct json_object *p)
+{
+    const char *type = jstr(p, "type");
+    bool use_regex;
+    b->have_pretok = true;
+    if (type && strcmp(type, "ByteLevel") == 0) {
+        if (parse_bytelevel(b, p, &use_regex) < 0)
+            return -EINVAL;
+        if (use_regex)
+            b->pattern = strdup(PAT_GPT2);
+        else
+            b->split_none = true;
+        return use_regex && !b->pattern
+                   ? engine_error_set(b->err, -ENOMEM, "out of memory") : 0;
+    }
+    struct json_object *list = jget(p, "pretokenizers");
+    if (type && strcmp(type, "Sequence") == 0 && list &&
+        json_object_is_type(list, json_type_array) &&
+        json_object_array_length(list) == 2) {
+        struct json_object *split = json_object_array_get_idx(list, 0);
+        struct json_object *bl = json_object_array_get_idx(list, 1);
+        const char *st = jstr(split, "type"), *bt = jstr(bl, "type");
+        struct json_object *pat = jget(split, "pattern");
+        const char *re = jstr(pat, "Regex");
+        const char *behavior = jstr(split, "behavior");
+        bool invert;
+        if (st && bt && strcmp(st, "Split") == 0 &&
+            strcmp(bt, "ByteLevel") == 0 && re && behavior &&
+            strcmp(behavior, "Isolated") == 0 &&
+            jbool(split, "invert", false, &invert, b->what,
+                  "pre_tokenizer.pretokenizers[0]", b->err) == 0 &&
+            !invert && parse_bytelevel(b, bl, &use_regex) == 0 &&
+            !use_regex) {
+            b->pattern = strdup(re);
+            return b->pattern ? 0 : engine_error_set(b->err, -ENOMEM,
+                                                     "out of memory");
+        }
+    }
+    return engine_error_set(b->err, -ENOTSUP,
+                            "%s: pre_tokenizer is not one of the supported "
+                            "forms: ByteLevel, or Sequence[Split(Regex, "
+                            "Isolated, invert=false), ByteLevel(use_regex="
+                            "false)]", b->what);
+}
+
+static int check_component(struct builder *b, struct json_object *o,
+                           const char *field)
+{
+    if (!o)
+        return 0;
+    const char *type = jstr(o, "type");
+    if (type && strcmp(type, "ByteLevel") == 0)
+        return 0;
+    return engine_error_set(b->err, -ENOTSUP,
+                            "%s: %s type \"%s\" is not supported (only "
+                            "ByteLevel)", b->what, field, type ? type : "?");
+}
+
+/* tokenizer.json "model": type BPE, vocab, merges, flags */
+static int parse_model(struct builder *b, struct tokjson *js,
+                       const char **merges_span, size_t *merges_len)
+{
+    const char *key;
+    size_t klen;
+    int r;
+    bool saw_vocab = false;
+    if (tokjson_object_begin(js) < 0)
+        return -EINVAL;
+    while ((r = tokjson_object_next(js, &key, &klen)) == 1) {
+        if (strcmp(key, "vocab") == 0) {
+            saw_vocab = true;
+            if (tokjson_object_begin(js) < 0)
+                return -EINVAL;
+            while ((r = tokjson_object_next(js, &key, &klen)) == 1) {
+                int64_t id;
+                /* key lives in the scratch buffer until the next string;
+                 * the id is a number, so it is still valid after. */
+                const char *k = key;
+                size_t kl = klen;
+                if (tokjson_int(js, &id) < 0)
+                    return -EINVAL;
+                if ((r = vocab_add(b, k, kl, id)) < 0)
+                    return r;
+            }
+            if (r < 0)
+                return r;
+        } else if (strcmp(key, "merges") == 0) {
+            if (tokjson_skip(js, merges_span, merges_len) < 0)
+                return -EINVAL;
+        } else if (strcmp(key, "type") == 0) {
+            const char *s;
+            size_t n;
+            if (tokjson_string(js, &s, &n) < 0)
+                return -EINVAL;
+            if (strcmp(s, "BPE") != 0)
+                return engine_error_set(b->err, -ENOTSUP,
+                                        "%s: model.type \"%.32s\" is not "
+                                        "supported (only BPE)", b->what, s);
+        } else if (strcmp(key, "ignore_merges") == 0) {
+            if (tokjson_bool(js, &b->tok->ignore_merges) < 0)
+                return -EINVAL;
+        } else if (strcmp(key, "byte_fallback") == 0 ||
+                   strcmp(key, "fuse_unk") == 0) {
+            bool v;
+            if (tokjson_bool(js, &v) < 0)
+                return -EINVAL;
+            if (v && key[0] == 'b')
+                return engine_error_set(b->err, -ENOTSUP,
+                                        "%s: model.byte_fallback=true is "
+                                        "not supported", b->what);
+        } else if (strcmp(key, "dropout") == 0 ||
+                   strcmp(key, "continuing_subword_prefix") == 0 ||
+                   strcmp(key, "end_of_word_suffix") == 0) {
+            char field[32];
+            snprintf(field, sizeof(field), "%s", key);
+            if (tokjson_peek_null(js)) {
+                if (tokjson_skip(js, NULL, NULL) < 0)
+                    return -EINVAL;
+                continue;
+            }
+            const char *s = NULL;
+            size_t n = 1;
+            if (tokjson_peek_string(js)) {
+                if (tokjson_string(js, &s, &n) < 0)
+                    return -EINVAL;
+            } else if (tokjson_skip(js, NULL, NULL) < 0) {
+                return -EINVAL;
+            }
+            if (n != 0)
+                return engine_error_set(b->err, -ENOTSUP,
+                                        "%s: model.%s must be null or empty "
+                                        "for a byte-level BPE", b->what,
+                                        field);
+        } else if (tokjson_skip(js, NULL, NULL) < 0) {
+            return -EINVAL;
+        }
+    }
+    if (r < 0)
+        return r;
+    if (!saw_vocab)
+        return engine_error_set(b->err, -EINVAL, "%s: model.vocab missing",
+                                b->what);
+    return 0;
+}
+
+/* merges: ["a b", ...] or [["a","b"], ...] */
+static int parse_merges_json(struct builder *b, const char *span, size_t len)
+{
+    struct tokjson js;
+    tokjson_init(&js, span, len, b->what, b->err);
+    int r = tokjson_array_begin(&js);
+    char *left = NULL;
+    size_t left_cap = 0;
+    while (r == 0 && (r = tokjson_array_next(&js)) == 1) {
+        const char *s;
+        size_t n;
+        r = 0;
+        if (tokjson_peek_array(&js)) {
+            if ((r = tokjson_array_begin(&js)) < 0 ||
+                (r = tokjson_array_next(&js)) != 1 ||
+                (r = tokjson_string(&js, &s, &n)) < 0)
+                break;
+            if ((r = grow((void **)&left, &left_cap, n + 1, 1, b->err)) < 0)
+                break;
+            memcpy(left, s, n);
+            size_t ln = n;
+            if ((r = tokjson_array_next(&js)) != 1 ||
+                (r = tokjson_string(&js, &s, &n)) < 0 ||
+                (r = tokjson_array_next(&js)) != 0) {
+                r = tokjson_fail(&js, "a merge pair must be two strings");
+                break;
+            }
+            r = merge_add(b, left, ln, s, n);
+        } else {
+            if ((r = tokjson_string(&js, &s, &n)) < 0)
+                break;
+            const char *sp = memchr(s, ' ', n);
+            if (!sp || memchr(sp + 1, ' ', n - (size_t)(sp + 1 - s))) {
+                r = engine_error_set(b->err, -EINVAL,
+                                     "%s: merge %zu \"%.64s\" is not two "
+                                     "tokens separated by one space",
+                                     b->what, b->n_merges + 1, s);
+                break;
+            }
+            r = merge_add(b, s, (size_t)(sp - s), sp + 1,
+                          n - (size_t)(sp + 1 - s));
+        }
+    }
+    free(left);
+    tokjson_fini(&js);
+    return r < 0 ? r : 0;
+}
+
+static int load_tokenizer_json(struct builder *b, const char *text,
+                               size_t len)
+{
+    struct tokjson js;
+    const char *key;
+    size_t klen;
+    const char *merges = NULL, *added = NULL, *norm = NULL, *pre = NULL,
+               *dec = NULL, *post = NULL;
+    size_t merges_len = 0, added_len = 0, norm_len = 0, pre_len = 0,
+           dec_len = 0, post_len = 0;
+    bool saw_model = false;
+    int r;
+    tokjson_init(&js, text, len, b->what, b->err);
+    r = tokjson_object_begin(&js);
+    while (r == 0 && (r = tokjson_object_next(&js, &key, &klen)) == 1) {
+        r = 0;
+        if (strcmp(key, "model") == 0) {
+            saw_model = true;
+            r = parse_model(b, &js, &merges, &merges_len);
+        } else if (strcmp(key, "added_tokens") == 0) {
+            r = tokjson_skip(&js, &added, &added_len);
+        } else if (strcmp(key, "normalizer") == 0) {
+            r = tokjson_skip(&js, &norm, &norm_len);
+        } else if (strcmp(key, "pre_tokenizer") == 0) {
+            r = tokjson_skip(&js, &pre, &pre_len);
+        } else if (strcmp(key, "decoder") == 0) {
+            r = tokjson_skip(&js, &dec, &dec_len);
+        } else if (strcmp(key, "post_processor") == 0) {
+            r = tokjson_skip(&js, &post, &post_len);
+        } else {
+            r = tokjson_skip(&js, NULL, NULL);
+        }
+    }
+    if (r == 0)
+        r = tokjson_end(&js);
+    tokjson_fini(&js);
+    if (r < 0)
+        return r;
+    if (!saw_model)
+        return engine_error_set(b->err, -EINVAL, "%s: no \"model\" object",
+                                b->what);
+    if ((r = vocab_index(b)) < 0)
+        return r;
+    if (merges && (r = parse_merges_json(b, merges, merges_len)) < 0)
+        return r;
+
+    struct {
+        const char *span;
+        size_t len;
+        const char *name;
+        struct json_object *obj;
+    } parts[] = {
+        { added, added_len, "added_tokens", NULL },
+        { norm, norm_len, "normalizer", NULL },
+        { pre, pre_len, "pre_tokenizer", NULL },
+        { dec, dec_len, "decoder", NULL },
+        { post, post_len, "post_processor", NULL },
+    };
+    const size_t n_parts = sizeof(parts) / sizeof(parts[0]);
+    for (size_t i = 0; i < n_parts && r == 0; i++)
+        if (parts[i].span)
+            r = parse_small_json(parts[i].span, parts[i].len, b->what,
+                                 &parts[i].obj, b->err);
+    if (r == 0)
+        r = parse_added_tokens(b, parts[0].obj);
+    if (r == 0)
+        r = parse_normalizer(b, parts[1].obj);
+    if (r == 0) {
+        if (!parts[2].obj)
+            r = engine_error_set(b->err, -ENOTSUP,
+                                 "%s: no pre_tokenizer: not a byte-level "
+                                 "tokenizer", b->what);
+        else
+            r = parse_pretokenizer(b, parts[2].obj);
+    }
+    if (r == 0) {
+        if (!parts[3].obj)
+            r = engine_error_set(b->err, -ENOTSUP,
+                                 "%s: no decoder: only ByteLevel is "
+                                 "supported", b->what);
+        else
+            r = check_component(b, parts[3].obj, "decoder");
+    }
+    if (r == 0)
+        r = check_component(b, parts[4].obj, "post_processor");
+    for (size_t i = 0; i < n_parts; i++)
+        json_object_put(parts[i].obj);
+    return r;
+}
+
+static int load_vocab_merges(struct builder *b, int dirfd, const char *dir)
+{
+    char *text = NULL;
+    size_t len;
+    int r;
+    const char *key;
+    size_t klen;
+
+    b->what = "vocab.json";
+    if ((r = read_file_at(dirfd, dir, "vocab.json", &text, &len, b->err)) < 0)
+        return r;
+    struct tokjson js;
+    tokjson_init(&js, text, len, b->what, b->err);
+    r = tokjson_object_begin(&js);
+    while (r == 0 && (r = tokjson_object_next(&js, &key, &klen)) == 1) {
+        int64_t id;
+        const char *k = key;
+        if ((r = tokjson_int(&js, &id)) == 0)
+            r = vocab_add(b, k, klen, id);
+    }
+    if (r == 0)
+        r = tokjson_end(&js);
+    tokjson_fini(&js);
+    free(text);
+    if (r < 0)
+        return r;
+    if ((r = vocab_index(b)) < 0)
+        return r;
+
+    b->what = "merges.txt";
+    if ((r = read_file_at(dirfd, dir, "merges.txt", &text, &len, b->err)) < 0)
+        return r;
+    size_t line_no = 0;
+    for (size_t i = 0; i < len && r == 0;) {
+        const char *line = text + i;
+        const char *nl = memchr(line, '\n', len - i);
+        size_t ll = nl ? (size_t)(nl - line) : len - i;
+        i += ll + (nl ? 1 : 0);
+        line_no++;
+        if (ll && line[ll - 1] == '\r')
+            ll--;
+        if (ll == 0 || (ll >= 8 && memcmp(line, "#version", 8) == 0))
+            continue;
+        const char *sp = memchr(line, ' ', ll);
+        if (!sp || memchr(sp + 1, ' ', ll - (size_t)(sp + 1 - line)) ||
+            sp == line || sp + 1 == line + ll) {
+            r = engine_error_set(b->err, -EINVAL,
+                                 "%s/merges.txt: line %zu is not two tokens "
+                                 "separated by one space", dir, line_no);
+            break;
+        }
+        r = merge_add(b, line, (size_t)(sp - line), sp + 1,
+                      ll - (size_t)(sp + 1 - line));
+    }
+    free(text);
+    if (r < 0)
+        return r;
+
+    /* Added tokens and the split regex from tokenizer_config.json (absent:
+     * none, and the Qwen2 regex, which is what Qwen2Tokenizer hard-codes). */
+    b->what = "tokenizer_config.json";
+    b->tok->nfc = true;
+    struct json_object *cfg = NULL;
+    r = read_file_at(dirfd, dir, "tokenizer_config.json", &text, &len,
+                     b->err);
+    if (r == -ENOENT) {
+        engine_error_clear(b->err);
+        r = 0;
+        text = NULL;
+    } else if (r < 0) {
+        return r;
+    }
+    if (text) {
+        r = parse_small_json(text, len, b->what, &cfg, b->err);
+        free(text);
+        if (r < 0)
+            return r;
+    }
+    struct json_object *dec = jget(cfg, "added_tokens_decoder");
+    if (dec && !json_object_is_type(dec, json_type_object))
+        r = engine_error_set(b->err, -EINVAL,
+                             "%s: added_tokens_decoder must be an object",
+                             b->what);
+    if (dec && r == 0) {
+        json_object_object_foreach(dec, k, v) {
+            char *end;
+            errno = 0;
+            long long id = strtoll(k, &end, 10);
+            char path[64];
+            snprintf(path, sizeof(path), "added_tokens_decoder[\"%.20s\"]",
+                     k);
+            if (errno || end == k || *end) {
+                r = engine_error_set(b->err, -EINVAL,
+                                     "%s: %s: key is not an id", b->what,
+                                     path);
+                break;
+            }
+            if ((r = added_token_add(b, id, jstr(v, "content"), v, path)) < 0)
+                break;
+        }
+    }
+    const char *re = jstr(cfg, "pretokenize_regex");
+    if (r == 0) {
+        b->pattern = strdup(re ? re : PAT_QWEN2);
+        if (!b->pattern)
+            r = engine_error_set(b->err, -ENOMEM, "out of memory");
+    }
+    json_object_put(cfg);
+    return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* split regex                                                          */
+
+/* The split patterns come from HF tokenizers, which runs them with
+ * Oniguruma; there `\s` is Unicode White_Space. PCRE2's \s under UCP is
+ * "Perl space" (Z categories + \t\n\v\f\r), which lacks U+0085, so \s and
+ * \S are rewritten to the exact White_Space list. Everything else in these
+ * patterns (\p{L}, \p{M}, \p{N}, (?i:...), lookahead) means the same in
+ * both engines. */
+#define WS_BODY "\\t\\n\\x{0B}\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-" \
+                "\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
+
+static char *pattern_to_pcre2(const char *pat, struct engine_error *err,
+                              const char *what)
+{
+    size_t n = strlen(pat), cap = n * 8 + 64, o = 0;
+    char *out = malloc(cap);
+    if (!out) {
+        engine_error_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    bool in_class = false;
+    size_t class_start = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = pat[i];
+        const char *add = NULL;
+        char one[3] = { c, 0, 0 };
+        if (c == '\\' && i + 1 < n) {
+            char e = pat[++i];
+            if (e == 's')
+                add = in_class ? WS_BODY : "[" WS_BODY "]";
+            else if (e == 'S' && !in_class)
+                add = "[^" WS_BODY "]";
+            else if (e == 'S') {
+                free(out);
+                engine_error_set(err, -ENOTSUP,
+                                 "%s: split regex uses \\S inside a "
+                                 "character class, which is not supported",
+                                 what);
+                return NULL;
+            } else {
+                one[1] = e;
+            }
+        } else if (c == '[' && !in_class) {
+            in_class = true;
+            class_start = i;
+        } else if (c == ']' && in_class) {
+            /* ']' right after '[' or '[^' is a literal. */
+            size_t k = i - class_start;
+            if (!(k == 1 || (k == 2 && pat[class_start + 1] == '^')))
+                in_class = false;
+        }
+        if (!add)
+            add = one;
+        size_t al = strlen(add);
+        if (o + al + 1 > cap) {
+            free(out);
+            engine_error_set(err, -EINVAL, "%s: split regex too long", what);
+            return NULL;
+        }
+        memcpy(out + o, add, al);
+        o += al;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+static int compile_split(struct builder *b)
+{
+    struct tokenizer *tok = b->tok;
+    if (b->split_none) {
+        tok->pretok_name = "none";
+        return 0;
+    }
+    if (!b->pattern)
+        return engine_error_set(b->err, -EINVAL, "%s: no split regex",
+                                b->what);
+    tok->pretok_name = strcmp(b->pattern, PAT_QWEN35) == 0 ? "qwen35"
+                     : strcmp(b->pattern, PAT_QWEN2) == 0  ? "qwen2"
+                     : strcmp(b->pattern, PAT_GPT2) == 0   ? "gpt2"
+                                                           : "custom";
+    char *p = pattern_to_pcre2(b->pattern, b->err, b->what);
+    if (!p)
+        return -EINVAL;
+    int ec;
+    PCRE2_SIZE eo;
+    tok->split_re = pcre2_compile((PCRE2_SPTR)p, PCRE2_ZERO_TERMINATED,
+                                  PCRE2_UTF | PCRE2_UCP, &ec, &eo, NULL);
+    free(p);
+    if (!tok->split_re) {
+        PCRE2_UCHAR msg[128];
+        pcre2_get_error_message(ec, msg, sizeof(msg));
+        return engine_error_set(b->err, -EINVAL,
+                                "%s: split regex does not compile at offset "
+                                "%zu: %s", b->what, (size_t)eo, (char *)msg);
+    }
+    /* JIT is an optimisation: without it (e.g. a W^X policy) matching
+     * still works, slower. */
+    (void)pcre2_jit_compile(tok->split_re, PCRE2_JIT_COMPLETE);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* added-token matchers                                                 */
+
+static int matcher_build(struct builder *b, struct tok_matcher *m,
+                         bool normalized)
+{
+    struct tokenizer *tok = b->tok;
+    size_t n = 0;
+    for (size_t i = 0; i < tok->n_added; i++)
+        if (tok->added[i].normalized == normalized)
+            n++;
+    m->n = n;
+    if (!n)
+        return 0;
+    m->cand = calloc(n, sizeof(*m->cand));
+    if (!m->cand)
+        return engine_error_set(b->err, -ENOMEM, "out of memory");
+    for (size_t i = 0; i < tok->n_added; i++)
+        if (tok->added[i].normalized == normalized)
+            m->first_count[(uint8_t)tok->added[i].content[0]]++;
+    uint32_t acc = 0;
+    for (int c = 0; c < 256; c++) {
+        m->first_start[c] = acc;
+        acc += m->first_count[c];
+    }
+    uint16_t fill[256] = { 0 };
+    for (size_t i = 0; i < tok->n_added; i++) {
+        const struct tok_added *a = &tok->added[i];
+        if (a->normalized != normalized)
+            continue;
+        uint8_t c = (uint8_t)a->content[0];
+        /* insertion sort by length, longest first, within the bucket; the
+         * first listed wins among equal contents */
+        size_t base = m->first_start[c], k = fill[c]++;
+        while (k > 0 && m->cand[base + k - 1]->len < a->len) {
+            m->cand[base + k] = m->cand[base + k - 1];
+            k--;
+        }
+        m->cand[base + k] = a;
+    }
+    return 0;
+}
+
+/* Normalized added tokens match the NFC form of their content. */
+static int added_normalize(struct builder *b)
+{
+    struct tokenizer *tok = b->tok;
+    if (!tok->nfc)
+        return 0;
+    for (size_t i = 0; i < tok->n_added; i++) {
+        struct tok_added *a = &tok->added[i];
+        if (!a->normalized)
+            continue;
+        utf8proc_uint8_t *nf = NULL;
+        utf8proc_ssize_t n = utf8proc_map((const utf8proc_uint8_t *)a->content,
+                                          (utf8proc_ssize_t)a->len, &nf,
+                                          UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+        if (n <= 0) {
+            free(nf);
+            return engine_error_set(b->err, -EINVAL,
+                                    "%s: added token id %d is not valid "
+                                    "UTF-8 or normalises to nothing",
+                                    b->what, a->id);
+        }
+        free(a->content);
+        a->content = (char *)nf;
+        a->len = (size_t)n;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+
+static int finish(struct builder *b)
+{
+    struct tokenizer *tok = b->tok;
+    int r;
+    for (int c = 0; c < 256; c++) {
+        char byte = (char)c;
+        tok->byte_id[c] = tok_vocab_find(tok, &byte, 1);
+        if (tok->byte_id[c] < 0)
+            return engine_error_set(b->err, -EINVAL,
+                                    "%s: the vocabulary has no token for "
+                                    "byte 0x%02x (U+%04X): not a byte-level "
+                                    "BPE vocabulary", b->what, c,
+                                    tok_byte_to_cp[c]);
+    }
+    if ((r = merges_index(b)) < 0 || (r = added_normalize(b)) < 0 ||
+        (r = matcher_build(b, &tok->match_raw, false)) < 0 ||
+        (r = matcher_build(b, &tok->match_norm, true)) < 0 ||
+        (r = compile_split(b)) < 0)
+        return r;
+    tok->cache = calloc(TOK_CACHE_SHARDS, sizeof(*tok->cache));
+    if (!tok->cache)
+        return engine_error_set(b->err, -ENOMEM, "out of memory");
+    for (size_t i = 0; i < TOK_CACHE_SHARDS; i++)
+        pthread_mutex_init(&tok->cache[i].lock, NULL);
+    return 0;
+}
+
+int tokenizer_load(const char *model_dir, struct tokenizer **out,
+                   struct engine_error *err)
+{
+    *out = NULL;
+    int dirfd = open(model_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dirfd < 0) {
+        int e = errno;
+        return engine_error_set(err, -e, "%s: cannot open model directory: "
+                                "%s", model_dir, strerror(e));
+    }
+    struct tokenizer *tok = calloc(1, sizeof(*tok));
+    if (!tok) {
+        close(dirfd);
+        return engine_error_set(err, -ENOMEM, "out of memory");
+    }
+    struct builder b = { .tok = tok, .err = err, .what = "tokenizer.json" };
+    char *text = NULL;
+    size_t len = 0;
+    int r = read_file_at(dirfd, model_dir, "tokenizer.json", &text, &len, err);
+    if (r == 0) {
+        r = load_tokenizer_json(&b, text, len);
+        free(text);
+    } else if (r == -ENOENT) {
+        engine_error_clear(err);
+        r = load_vocab_merges(&b, dirfd, model_dir);
+    }
+    close(dirfd);
+    if (r == 0)
+        r = finish(&b);
+    free(b.merges);
+    free(b.pattern);
+    if (r < 0) {
+        tokenizer_free(tok);
+        return r;
+    }
+    *out = tok;
+    return 0;
+}
+
+int tok_load_json_buffer(const char *text, size_t len, struct tokenizer **out,
+                         struct engine_error *err)
+{
+    *out = NULL;
+    struct tokenizer *tok = calloc(1, sizeof(*tok));
+    if (!tok)
+        return engine_error_set(err, -ENOMEM, "out of memory");
+    struct builder b = { .tok = tok, .err = err, .what = "tokenizer.json" };
+    int r = load_tokenizer_json(&b, text, len);
+    if (r == 0)
+        r = finish(&b);
+    free(b.merges);
+    free(b.pattern);
+    if (r < 0) {
+        tokenizer_free(tok);
+        return r;
+    }
+    *out = tok;
+    return 0;
+}
+
+void tokenizer_free(struct tokenizer *tok)
+{
+    if (!tok)
+        return;
+    if (tok->cache) {
+        for (size_t i = 0; i < TOK_CACHE_SHARDS; i++)
+            pthread_mutex_destroy(&tok->cache[i].lock);
+        free(tok->cache);
+    }
+    pcre2_code_free(tok->split_re);
+    free(tok->match_raw.cand);
+    free(tok->match_norm.cand);
+    for (size_t i = 0; i < tok->n_added; i++)
+        free(tok->added[i].content);
+    free(tok->added);
+    free(tok->merge_slots);
+    free(tok->vocab_slots);
+    free(tok->blob);
+    free(tok->entries);
+    free(tok);
+}
+
+/* ------------------------------------------------------------------ */
+/* lookups                                                              */
+
+size_t tokenizer_token_count(const struct tokenizer *tok)
+{
+    return tok->n_ids;
+}
+
+static const struct tok_entry *entry(const struct tokenizer *tok, int32_t id)
+{
+    if (id < 0 || (size_t)id >= tok->n_ids ||
+        !(tok->entries[id].flags & TOK_F_PRESENT))
+        return NULL;
+    return &tok->entries[id];
+}
+
+bool tokenizer_id_is_special(const struct tokenizer *tok, int32_t id)
+{
+    const struct tok_entry *e = entry(tok, id);
+    return e && (e->flags & TOK_F_SPECIAL);
+}
+
+bool tokenizer_id_is_added(const struct tokenizer *tok, int32_t id)
+{
+    const struct tok_entry *e = entry(tok, id);
+    return e && (e->flags & TOK_F_ADDED);
+}
+
+const char *tokenizer_id_to_bytes(const struct tokenizer *tok, int32_t id,
+                                  size_t *len)
+{
+    const struct tok_entry *e = entry(tok, id);
+    if (!e)
+        return NULL;
+    *len = e->len;
+    return tok->blob + e->off;
+}
+
+size_t tokenizer_max_token_bytes(const struct tokenizer *tok)
+{
+    return tok->max_token_bytes;
+}
+
+const char *tokenizer_pretokenizer_name(const struct tokenizer *tok)
+{
+    return tok->pretok_name;
+}
+
+int32_t tokenizer_token_to_id(const struct tokenizer *tok, const char *token)
+{
+    size_t len = strlen(token);
+    /* Added tokens first, as HF does (by their content as written). */
+    for (size_t i = 0; i < tok->n_added; i++)
+        if (tok->added[i].len == len &&
+            memcmp(tok->added[i].content, token, len) == 0)
+            return tok->added[i].id;
+    if (len > TOK_MAX_TOKEN_BYTES * 4)
+        return -1;
+    char tmp[TOK_MAX_TOKEN_BYTES * 4];
+    ssize_t n = key_to_bytes(token, len, tmp);
+    if (n >= 0)
+        return tok_vocab_find(tok, tmp, (size_t)n);
+    /* A key outside the byte alphabet is stored as its UTF-8. */
+    for (size_t id = 0; id < tok->n_ids; id++) {
+        const struct tok_entry *e = &tok->entries[id];
+        if ((e->flags & (TOK_F_PRESENT | TOK_F_BPE | TOK_F_ADDED)) ==
+                TOK_F_PRESENT &&
+            e->len == len && memcmp(tok->blob + e->off, token, len) == 0)
+            return (int32_t)id;
+    }
+    return -1;
+}
