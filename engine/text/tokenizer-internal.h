@@ -99,7 +99,7 @@ struct tokenizer {
     size_t            blob_len;
     size_t            max_token_bytes;
 
-    uint32_t         *vocab_slots;      /* id + 1; 0 = empty               */
+    uint64_t         *vocab_slots;      /* hash<<32 | id+1; 0 = empty      */
     size_t            vocab_mask;
 
     struct tok_merge_slot *merge_slots;

@@ -187,18 +187,22 @@ static int vocab_index(struct builder *b)
         if (!(e->flags & TOK_F_BPE))
             continue;
         const char *s = tok->blob + e->off;
-        size_t h = (size_t)tok_hash_bytes(s, e->len) & tok->vocab_mask;
+        uint64_t hv = tok_hash_bytes(s, e->len);
+        uint64_t slot = (hv & 0xffffffff00000000ull) | ((uint64_t)id + 1);
+        size_t h = (size_t)hv & tok->vocab_mask;
         for (;;) {
-            uint32_t v = tok->vocab_slots[h];
+            uint64_t v = tok->vocab_slots[h];
             if (v == 0) {
-                tok->vocab_slots[h] = (uint32_t)id + 1;
+                tok->vocab_slots[h] = slot;
                 break;
             }
-            const struct tok_entry *o = &tok->entries[v - 1];
-            if (o->len == e->len && memcmp(tok->blob + o->off, s, e->len) == 0)
+            const struct tok_entry *o = &tok->entries[(uint32_t)v - 1];
+            if ((v >> 32) == (hv >> 32) && o->len == e->len &&
+                memcmp(tok->blob + o->off, s, e->len) == 0)
                 return engine_error_set(b->err, -EINVAL,
                                         "%s: ids %u and %zu are the same "
-                                        "token", b->what, v - 1, id);
+                                        "token", b->what, (uint32_t)v - 1,
+                                        id);
             h = (h + 1) & tok->vocab_mask;
         }
     }
@@ -208,15 +212,20 @@ static int vocab_index(struct builder *b)
 int32_t tok_vocab_find(const struct tokenizer *tok, const void *data,
                        size_t len)
 {
-    size_t h = (size_t)tok_hash_bytes(data, len) & tok->vocab_mask;
+    uint64_t hv = tok_hash_bytes(data, len);
+    size_t h = (size_t)hv & tok->vocab_mask;
     for (;;) {
-        uint32_t v = tok->vocab_slots[h];
+        uint64_t v = tok->vocab_slots[h];
         if (v == 0)
             return -1;
-        const struct tok_entry *e = &tok->entries[v - 1];
-        if (e->len == len && (e->flags & TOK_F_BPE) &&
-            memcmp(tok->blob + e->off, data, len) == 0)
-            return (int32_t)(v - 1);
+        /* the slot's upper half is the key's hash: most misses end here
+         * without touching the entry or the text */
+        if ((v >> 32) == (hv >> 32)) {
+            const struct tok_entry *e = &tok->entries[(uint32_t)v - 1];
+            if (e->len == len && (e->flags & TOK_F_BPE) &&
+                memcmp(tok->blob + e->off, data, len) == 0)
+                return (int32_t)((uint32_t)v - 1);
+        }
         h = (h + 1) & tok->vocab_mask;
     }
 }

@@ -62,16 +62,14 @@ int tok_cp_to_byte(uint32_t cp)
 {
     if (cp < 0x100)
         return byte_is_self(cp) ? (int)cp : -1;
-    if (cp > 0x143)
-        return -1;
-    /* The 68 non-printable bytes in ascending order get U+0100.. */
-    unsigned k = cp - 0x100, seen = 0;
-    for (unsigned b = 0; b < 256; b++) {
-        if (byte_is_self(b))
-            continue;
-        if (seen++ == k)
-            return (int)b;
-    }
+    /* The 68 other bytes in ascending order (0x00..0x20, 0x7f..0xa0, 0xad)
+     * got U+0100.. */
+    if (cp < 0x100 + 33)
+        return (int)(cp - 0x100);
+    if (cp < 0x100 + 67)
+        return (int)(0x7f + (cp - 0x100 - 33));
+    if (cp == 0x100 + 67)
+        return 0xad;
     return -1;
 }
 
