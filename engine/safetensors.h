@@ -9,6 +9,13 @@
  * with overflow-checked arithmetic (offsets in range, non-overlapping,
  * byte size == product(shape) * dtype size, JSON size limit) before any
  * tensor is exposed.
+ *
+ * Guarantees to callers: `data` is aligned to st_dtype_size(dtype) (so it
+ * may be read through a typed pointer), [data, data + nbytes) lies inside
+ * the mapping, no two tensors overlap, names are unique NUL-free UTF-8.
+ * Opening touches only the header pages; the data pages of tensors nobody
+ * uses (the vision tower) are never read. The mapping stays valid until
+ * st_set_free(); the files must not be truncated meanwhile (SIGBUS).
  */
 #ifndef RESIDENT_ENGINE_SAFETENSORS_H
 #define RESIDENT_ENGINE_SAFETENSORS_H
