@@ -391,6 +391,8 @@ def check_weights_exact(model, ckpt_dir):
         if k in t:
             ref = t[k].to(torch.float32)
             n_d += 1
+        elif k == "lm_head.weight" and "model.language_model.embed_tokens.weight" in t and "lm_head.weight" not in t:
+            ref = t["model.language_model.embed_tokens.weight"].to(torch.float32)  # tied embeddings
         elif base is not None and base + ".weight_packed" in t:
             ref = dequant(t[base + ".weight_packed"], t[base + ".weight_scale"], t[base + ".weight_shape"].tolist())
             ref = ref.to(torch.float32)
@@ -794,9 +796,10 @@ def build_default(out_root, manifest):
         pkv = out.past_key_values
         last = out.logits[0, -1].float()
         nxt = last
-        toks, tv, ti = [], [], []
+        toks, tv, ti, rel = [], [], [], []
         for s in range(32):
             v, i = torch.topk(nxt, 16)
+            rel.append(((v[0] - v[1]) / nxt.norm()).item())
             tv.append(v)
             ti.append(i.to(torch.int32))
             tok_id = int(torch.argmax(nxt))
@@ -811,7 +814,7 @@ def build_default(out_root, manifest):
     save_file(dt, os.path.join(gdir, "decode.safetensors"), metadata={"format": "refgen"})
     files = {"decode.safetensors": {k: [list(v.shape), str(v.dtype).replace("torch.", "")] for k, v in dt.items()}}
     info = {"weights_checked_exact": {"dequantised_tensors": n_q, "dense_tensors": n_d}, "prompt_text": prompt,
-            "decoded_greedy_text": tok.decode(toks)}
+            "decoded_greedy_text": tok.decode(toks), "decode_min_top2_margin_over_l2norm": min(rel)}
     with open(os.path.join(gdir, "index.json"), "w") as f:
         json.dump({"model": DEFAULT_NAME, "files": files, "checks": info}, f, indent=1, sort_keys=True, ensure_ascii=False)
         f.write("\n")
