@@ -167,8 +167,17 @@ static int caps_trim(const struct svc_caps *c)
         if (have == CAP_SET)
             cap_set_flag(caps, CAP_PERMITTED, 1, &v, CAP_SET);
     }
-    if (cap_set_proc(caps) < 0)
-        r = -errno;
+    /* Skip capset(2) when nothing changes: residentd.service filters it out
+     * (SystemCallFilter=~@privileged), and the unit already gave us the
+     * empty set, so the usual verify path never needs it. */
+    {
+        cap_t cur = cap_get_proc();
+        bool same = cur && cap_compare(cur, caps) == 0;
+
+        cap_free(cur);
+        if (!same && cap_set_proc(caps) < 0)
+            r = -errno;
+    }
     cap_free(caps);
     return r;
 }
