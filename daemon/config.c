@@ -1,0 +1,187 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* residentd configuration parsing (see daemon/config.h for the keys). */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/config.h"
+
+void daemon_config_defaults(struct daemon_config *c)
+{
+    memset(c, 0, sizeof(*c));
+    snprintf(c->socket, sizeof(c->socket), "%s", DAEMON_SOCKET_DEFAULT);
+    c->socket_mode = 0660;
+    snprintf(c->generator, sizeof(c->generator), "null");
+    c->allow_uids[0] = 0;
+    c->n_allow_uids = 1;
+    c->max_sessions = 256;
+    c->max_sessions_per_uid = 32;
+    c->max_inflight_per_uid = 64;
+    c->max_prompt_tokens = 32768;
+    c->max_new_tokens = 4096;
+    c->max_ring_bytes_per_uid = 64ull << 20;
+    c->max_fds_per_uid = 128;
+    c->max_batch = 64;
+    c->prefill_chunk = 512;
+    c->slow_client_ms = 10000;
+    c->handshake_ms = 5000;
+    c->shutdown_grace_ms = 2000;
+}
+
+static int parse_u64(const char *v, uint64_t lo, uint64_t hi, int base, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    if (!*v || *v == '-')
+        return -EINVAL;
+    unsigned long long x = strtoull(v, &end, base);
+    if (errno || *end || x < lo || x > hi)
+        return -EINVAL;
+    *out = x;
+    return 0;
+}
+
+static int parse_id_list(const char *v, uint32_t *ids, size_t *n)
+{
+    char buf[1024];
+    size_t k = 0;
+    if (strlen(v) >= sizeof(buf))
+        return -EINVAL;
+    snprintf(buf, sizeof(buf), "%s", v);
+    for (char *save = NULL, *t = strtok_r(buf, ", ", &save); t; t = strtok_r(NULL, ", ", &save)) {
+        uint64_t x;
+        if (k == DAEMON_ALLOW_MAX || parse_u64(t, 0, UINT32_MAX - 1, 10, &x) < 0)
+            return -EINVAL;
+        ids[k++] = (uint32_t)x;
+    }
+    *n = k;
+    return 0;
+}
+
+struct u32_key {
+    const char *name;
+    size_t      off;
+    uint64_t    lo, hi;
+};
+
+#define K(f, lo, hi) { #f, offsetof(struct daemon_config, f), lo, hi }
+static const struct u32_key u32_keys[] = {
+    K(max_sessions, 1, 65536),
+    K(max_sessions_per_uid, 1, 65536),
+    K(max_inflight_per_uid, 1, 1u << 20),
+    K(max_prompt_tokens, 1, 1u << 24),
+    K(max_new_tokens, 1, 1u << 24),
+    K(max_fds_per_uid, 4, 1u << 20),
+    K(max_batch, 1, 4096),
+    K(prefill_chunk, 1, 1u << 20),
+    K(slow_client_ms, 1, 3600000),
+    K(handshake_ms, 1, 3600000),
+    K(shutdown_grace_ms, 0, 3600000),
+};
+#undef K
+
+int daemon_config_set(struct daemon_config *c, const char *key, const char *value, char *err, size_t errlen)
+{
+    uint64_t x;
+    for (size_t i = 0; i < sizeof(u32_keys) / sizeof(u32_keys[0]); i++) {
+        const struct u32_key *k = &u32_keys[i];
+        if (strcmp(key, k->name) != 0)
+            continue;
+        if (parse_u64(value, k->lo, k->hi, 10, &x) < 0) {
+            snprintf(err, errlen, "%s = '%s': expected an integer in %llu..%llu", key, value,
+                     (unsigned long long)k->lo, (unsigned long long)k->hi);
+            return -EINVAL;
+        }
+        *(uint32_t *)(void *)((char *)c + k->off) = (uint32_t)x;
+        return 0;
+    }
+    if (strcmp(key, "max_ring_bytes_per_uid") == 0) {
+        if (parse_u64(value, 16384, 1ull << 40, 10, &x) < 0) {
+            snprintf(err, errlen, "%s = '%s': expected bytes in 16384..2^40", key, value);
+            return -EINVAL;
+        }
+        c->max_ring_bytes_per_uid = x;
+        return 0;
+    }
+    if (strcmp(key, "socket_mode") == 0) {
+        if (parse_u64(value, 0, 0777, 8, &x) < 0) {
+            snprintf(err, errlen, "%s = '%s': expected octal permission bits like 0660", key, value);
+            return -EINVAL;
+        }
+        c->socket_mode = (uint32_t)x;
+        return 0;
+    }
+    if (strcmp(key, "socket") == 0 || strcmp(key, "model") == 0 || strcmp(key, "generator") == 0) {
+        char *dst = key[0] == 's' ? c->socket : key[0] == 'm' ? c->model : c->generator;
+        size_t cap = key[0] == 's' ? sizeof(c->socket) : key[0] == 'm' ? sizeof(c->model) : sizeof(c->generator);
+        if (strlen(value) >= cap || (key[0] == 's' && value[0] == '\0')) {
+            snprintf(err, errlen, "%s = '%s': must be 1..%zu bytes", key, value, cap - 1);
+            return -EINVAL;
+        }
+        snprintf(dst, cap, "%s", value);
+        return 0;
+    }
+    if (strcmp(key, "allow_uids") == 0 || strcmp(key, "allow_gids") == 0) {
+        int uids = key[6] == 'u';
+        if (parse_id_list(value, uids ? c->allow_uids : c->allow_gids,
+                          uids ? &c->n_allow_uids : &c->n_allow_gids) < 0) {
+            snprintf(err, errlen, "%s = '%s': expected up to %d comma-separated numeric ids", key, value,
+                     DAEMON_ALLOW_MAX);
+            return -EINVAL;
+        }
+        return 0;
+    }
+    snprintf(err, errlen, "unknown key '%s' (see residentd --help for the list)", key);
+    return -EINVAL;
+}
+
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    size_t n = strlen(s);
+    while (n && isspace((unsigned char)s[n - 1]))
+        s[--n] = '\0';
+    return s;
+}
+
+int daemon_config_load(struct daemon_config *c, const char *path, int must_exist, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        if (errno == ENOENT && !must_exist)
+            return 0;
+        int e = errno;
+        snprintf(err, errlen, "cannot open config %s: %s", path, strerror(e));
+        return -e;
+    }
+    char line[4608];
+    unsigned lineno = 0;
+    int ret = 0;
+    while (fgets(line, sizeof(line), f)) {
+        lineno++;
+        char *hash = strchr(line, '#');
+        if (hash)
+            *hash = '\0';
+        char *s = trim(line);
+        if (!*s)
+            continue;
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            snprintf(err, errlen, "%s:%u: expected 'key = value'", path, lineno);
+            ret = -EINVAL;
+            break;
+        }
+        *eq = '\0';
+        char msg[512];
+        if (daemon_config_set(c, trim(s), trim(eq + 1), msg, sizeof(msg)) < 0) {
+            snprintf(err, errlen, "%s:%u: %s", path, lineno, msg);
+            ret = -EINVAL;
+            break;
+        }
+    }
+    fclose(f);
+    return ret;
+}

@@ -1,0 +1,94 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * residentd configuration: defaults, /etc/resident/residentd.conf
+ * (simple `key = value` lines, `#` comments) and command-line overrides
+ * (`-o key=value`, plus the dedicated --socket/--model/--generator flags).
+ * Later settings win: defaults < config file < command line.
+ *
+ * Keys, defaults and meaning (also in docs/protocol.md, "Policy"):
+ *   socket                   /run/resident/resident.sock
+ *   socket_mode              0660   (octal) permission bits of the socket
+ *   model                    ""     model directory (the engine loads it)
+ *   generator                null   "null" = synthetic deterministic output
+ *   allow_uids               "0"    comma list; the daemon's own uid is always allowed
+ *   allow_gids               ""     comma list; primary or supplementary group
+ *   max_sessions             256    all users together
+ *   max_sessions_per_uid     32
+ *   max_inflight_per_uid     64     requests queued or running
+ *   max_prompt_tokens        32768  per request
+ *   max_new_tokens           4096   per request (also the default max_tokens)
+ *   max_ring_bytes_per_uid   67108864  rings + data areas of all of a uid's sessions
+ *   max_fds_per_uid          128    daemon-side fds held for a uid (4 per session)
+ *   max_batch                64     sequences per compute step
+ *   prefill_chunk            512    prompt tokens per compute step (all sequences)
+ *   slow_client_ms           10000  event ring full this long => cancel + disconnect
+ *   handshake_ms             5000   connect -> HELLO deadline
+ *   shutdown_grace_ms        2000   SIGTERM: in-flight work may finish this long
+ *
+ * Errors: 0 or -EINVAL; the message buffer names the key, the file and line
+ * and the accepted range.
+ */
+#ifndef RESIDENT_DAEMON_CONFIG_H
+#define RESIDENT_DAEMON_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define DAEMON_CONFIG_DEFAULT_PATH "/etc/resident/residentd.conf"
+#define DAEMON_SOCKET_DEFAULT      "/run/resident/resident.sock"
+#define DAEMON_ALLOW_MAX           64
+
+struct daemon_config {
+    char     socket[108];
+    uint32_t socket_mode;
+    char     model[4096];
+    char     generator[32];
+    uid_t    allow_uids[DAEMON_ALLOW_MAX];
+    size_t   n_allow_uids;
+    gid_t    allow_gids[DAEMON_ALLOW_MAX];
+    size_t   n_allow_gids;
+    uint32_t max_sessions;
+    uint32_t max_sessions_per_uid;
+    uint32_t max_inflight_per_uid;
+    uint32_t max_prompt_tokens;
+    uint32_t max_new_tokens;
+    uint64_t max_ring_bytes_per_uid;
+    uint32_t max_fds_per_uid;
+    uint32_t max_batch;
+    uint32_t prefill_chunk;
+    uint32_t slow_client_ms;
+    uint32_t handshake_ms;
+    uint32_t shutdown_grace_ms;
+};
+
+/**
+ * daemon_config_defaults() - fill @c with the documented defaults
+ */
+void daemon_config_defaults(struct daemon_config *c);
+
+/**
+ * daemon_config_set() - apply one `key = value` setting
+ * @c: configuration
+ * @key: key name
+ * @value: value text
+ * @err: message buffer
+ * @errlen: its size
+ *
+ * Return: 0 or -EINVAL (unknown key or bad value, message in @err).
+ */
+int daemon_config_set(struct daemon_config *c, const char *key, const char *value, char *err, size_t errlen);
+
+/**
+ * daemon_config_load() - apply a config file
+ * @c: configuration
+ * @path: file
+ * @must_exist: false: a missing file is not an error (the default path)
+ * @err: message buffer naming file:line
+ * @errlen: its size
+ *
+ * Return: 0, -ENOENT (only with @must_exist), -EINVAL on a bad line.
+ */
+int daemon_config_load(struct daemon_config *c, const char *path, int must_exist, char *err, size_t errlen);
+
+#endif

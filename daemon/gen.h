@@ -1,0 +1,99 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Generator interface: the seam between the scheduler and whatever turns
+ * prompts into tokens. The engine's forward pass will implement it; until
+ * then residentd runs the "null" generator (daemon/gen-null.c), which makes
+ * deterministic synthetic tokens and is announced as such in the startup
+ * log and in WELCOME (SHM_WELCOME_F_NULL_GENERATOR): it is never presented
+ * as a model.
+ *
+ * Threading: create/destroy/seq_new/seq_free run on the event-loop thread;
+ * step() runs on the compute worker thread, never concurrently with itself
+ * or with seq_new/seq_free of a sequence that is in the batch. seq_new must
+ * be cheap (it may only copy or hash the prompt); heavy work such as
+ * tokenizing a long prompt belongs in step().
+ *
+ * Errors: 0 or -errno; messages go to the caller's buffer.
+ */
+#ifndef RESIDENT_DAEMON_GEN_H
+#define RESIDENT_DAEMON_GEN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define GEN_PIECE_MAX 64
+
+struct gen_prompt {
+    uint32_t       kind;        /* enum shm_prompt_kind */
+    const uint8_t *bytes;       /* private copy owned by the caller for the call only */
+    size_t         len;
+    uint64_t       seed;
+    float          temperature, top_p, min_p, repeat_penalty;
+    uint32_t       top_k;
+};
+
+/* One sequence's part of a compute step. */
+struct gen_item {
+    void    *seq;
+    uint32_t n_prefill;     /* in: prompt tokens to consume this step (0 = decode) */
+    uint32_t sample;        /* in: produce a token at the end of this step */
+    /* out (when sample): */
+    uint32_t token;
+    uint32_t eos;           /* token is end-of-sequence */
+    uint32_t piece_len;
+    uint8_t  piece[GEN_PIECE_MAX];  /* raw bytes; may split UTF-8 code points */
+    int      error;         /* 0 or -errno: this sequence failed */
+};
+
+struct gen_ops {
+    const char *name;
+    uint32_t    synthetic;  /* 1 = not a model (null generator) */
+    int  (*create)(const char *model_dir, void **ctx, char *err, size_t errlen);
+    void (*destroy)(void *ctx);
+    uint32_t (*vocab_size)(void *ctx);
+    /* Start a sequence; reports how many prompt tokens it has. */
+    int  (*seq_new)(void *ctx, const struct gen_prompt *p, void **seq, uint32_t *prompt_tokens,
+                    char *err, size_t errlen);
+    void (*seq_free)(void *ctx, void *seq);
+    /* Advance every item by one step (batched). */
+    int  (*step)(void *ctx, struct gen_item *items, size_t n);
+};
+
+/**
+ * gen_lookup() - find a generator by name
+ * @name: "null" (the only one until the engine lands)
+ *
+ * Return: the ops table, or NULL.
+ */
+const struct gen_ops *gen_lookup(const char *name);
+
+/* The null generator, exposed for tests that recompute its output. */
+extern const struct gen_ops gen_null_ops;
+
+/**
+ * gen_null_token() - the null generator's token at position @i
+ * @prompt_hash: gen_null_prompt_hash() of the prompt
+ * @seed: request seed
+ * @i: 0-based index of the generated token
+ *
+ * Return: token id in 1..GEN_NULL_VOCAB-1 (0 is the unused EOS id).
+ */
+uint32_t gen_null_token(uint64_t prompt_hash, uint64_t seed, uint32_t i);
+
+/**
+ * gen_null_prompt_hash() - FNV-1a of the prompt kind and bytes
+ */
+uint64_t gen_null_prompt_hash(uint32_t kind, const uint8_t *bytes, size_t len);
+
+/**
+ * gen_null_piece() - the text bytes of a null token
+ * @token: id
+ * @len: set to the byte count
+ *
+ * Return: pointer to static bytes (not NUL-terminated).
+ */
+const char *gen_null_piece(uint32_t token, uint32_t *len);
+
+#define GEN_NULL_VOCAB 64u
+
+#endif

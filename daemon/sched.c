@@ -1,0 +1,914 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Requests, sequences and the continuous-batching scheduler.
+ *
+ * LIFE OF A REQUEST
+ * The event loop drains a session's request ring (sched_session_drain):
+ * each SUBMIT record, already copied into private memory by the ring code,
+ * is decoded, its data-area payload (if any) copied out once, checked
+ * against policy (max_prompt_tokens, max_new_tokens, max_inflight_per_uid)
+ * and turned into a `struct seq`, which queues a QUEUED event. Rejections
+ * become a sequence that only carries a DONE(error) event, so every request
+ * id gets exactly one DONE and the client never waits forever.
+ *
+ * BATCHING AND CHUNKED PREFILL (the chunk policy)
+ * One compute step = one call of gen_ops.step() on the worker thread. A
+ * step carries every decoding sequence (one token each, up to max_batch)
+ * plus up to `prefill_chunk` prompt tokens handed out first-come
+ * first-served to sequences still reading their prompt. A prompt longer
+ * than the chunk is split over several steps, interleaved with the decode
+ * tokens of everyone else, so a 30K-token prompt delays other streams by at
+ * most one chunk per step instead of the whole prefill. A sequence whose
+ * last prompt chunk is in the step samples its first token in that step.
+ *
+ * BACKPRESSURE
+ * Tokens go to a per-sequence pending buffer, then into the session's event
+ * ring. When the ring is full the buffer keeps them and the sequence sits
+ * out of the following steps (it is "paused"); nobody else waits. The
+ * session sets producer_waiting so the client rings the doorbell when it
+ * frees space; a tick re-tries too, because a hostile client need not ring.
+ * If the ring stays full longer than slow_client_ms, the session's requests
+ * are cancelled and it is disconnected. A blocked session's request ring
+ * is not drained either, so a client that never reads cannot make the
+ * daemon queue unbounded DONE events.
+ *
+ * TEXT
+ * Generators hand out raw bytes. Each sequence repairs them into valid
+ * UTF-8 (an incomplete trailing code point is held back until the next
+ * token completes it; invalid bytes become U+FFFD) and holds back the
+ * longest suffix that could still grow into a stop string, so a matched
+ * stop string is never partially streamed.
+ */
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "daemon/daemon.h"
+#include "shm/proto.h"
+
+enum seq_state {
+    SEQ_RUN,        /* prefill or decode */
+    SEQ_DONE,       /* finished: waiting for its events to reach the ring */
+};
+
+struct seq {
+    struct session *s;
+    struct seq     *snext, *sprev;      /* session list */
+    struct seq     *rnext, *rprev;      /* daemon run list (SEQ_RUN only) */
+    enum seq_state  state;
+    uint64_t        req_id;
+    void           *gen_seq;
+    uint32_t        flags;
+    uint32_t        prompt_tokens, prefill_left, max_tokens, generated;
+    int             in_batch;
+    uint32_t        cancel_finish;      /* finish reason to apply when back from the batch */
+    uint32_t        stop_ids[SHM_STOP_IDS_MAX];
+    uint32_t        n_stop_ids;
+    uint8_t        *stops;              /* blob: u16 len + bytes, n_stops entries */
+    uint32_t        n_stops, stops_len, stop_max;
+    /* text state */
+    uint8_t         u8part[4];
+    uint32_t        u8need, u8have;
+    uint8_t        *hold;
+    uint32_t        hold_len, hold_cap;
+    /* pending output */
+    uint32_t       *p_ids, *p_lens;
+    uint32_t        n_pend, cap_pend;
+    uint8_t        *p_text;
+    uint32_t        p_text_len, p_text_cap;
+    int             queued_pending;
+    int             done_pending;
+    struct shm_evt_done done;
+    char            done_msg[256];
+    uint64_t        t_submit, t_compute, t_first, t_last;
+};
+
+static void run_link(struct daemon *d, struct seq *q)
+{
+    q->rnext = NULL;
+    q->rprev = d->run_tail;
+    if (d->run_tail)
+        d->run_tail->rnext = q;
+    else
+        d->run_head = q;
+    d->run_tail = q;
+}
+
+static void run_unlink(struct daemon *d, struct seq *q)
+{
+    if (q->rprev)
+        q->rprev->rnext = q->rnext;
+    else
+        d->run_head = q->rnext;
+    if (q->rnext)
+        q->rnext->rprev = q->rprev;
+    else
+        d->run_tail = q->rprev;
+    q->rnext = q->rprev = NULL;
+}
+
+static void seq_free(struct seq *q)
+{
+    struct session *s = q->s;
+    struct daemon *d = s->d;
+    if (q->gen_seq)
+        d->gen->seq_free(d->gen_ctx, q->gen_seq);
+    if (q->snext)
+        q->snext->sprev = q->sprev;
+    if (q->sprev)
+        q->sprev->snext = q->snext;
+    else
+        s->seqs = q->snext;
+    if (s->n_inflight)
+        s->n_inflight--;
+    if (s->acct && s->acct->inflight)
+        s->acct->inflight--;
+    free(q->stops);
+    free(q->hold);
+    free(q->p_ids);
+    free(q->p_lens);
+    free(q->p_text);
+    free(q);
+}
+
+static int grow(void **p, uint32_t *cap, uint32_t need, size_t elem)
+{
+    if (need <= *cap)
+        return 0;
+    uint32_t n = *cap ? *cap : 16;
+    while (n < need) {
+        if (n > UINT32_MAX / 2)
+            return -ENOMEM;
+        n *= 2;
+    }
+    void *np = realloc(*p, (size_t)n * elem);
+    if (!np)
+        return -ENOMEM;
+    *p = np;
+    *cap = n;
+    return 0;
+}
+
+/* Finish a sequence: stop computing, queue the DONE event. */
+static void seq_finish(struct seq *q, uint32_t finish, int error, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void seq_finish(struct seq *q, uint32_t finish, int error, const char *fmt, ...)
+{
+    struct daemon *d = q->s->d;
+    if (q->state == SEQ_DONE)
+        return;
+    if (q->state == SEQ_RUN && (q->rnext || q->rprev || d->run_head == q))
+        run_unlink(d, q);
+    q->state = SEQ_DONE;
+    if (q->gen_seq && !q->in_batch) {
+        d->gen->seq_free(d->gen_ctx, q->gen_seq);
+        q->gen_seq = NULL;
+    }
+    uint64_t now = daemon_now_us();
+    struct shm_evt_done *e = &q->done;
+    memset(e, 0, sizeof(*e));
+    e->req_id = q->req_id;
+    e->finish = finish;
+    e->error = error;
+    e->prompt_tokens = q->prompt_tokens;
+    e->completion_tokens = q->generated;
+    e->queue_us = q->t_compute ? q->t_compute - q->t_submit : 0;
+    e->ttft_us = q->t_first ? q->t_first - q->t_submit : 0;
+    e->total_us = now - q->t_submit;
+    e->decode_us = q->t_first && q->t_last ? q->t_last - q->t_first : 0;
+    q->done_msg[0] = '\0';
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(q->done_msg, sizeof(q->done_msg), fmt, ap);
+        va_end(ap);
+    }
+    e->msg_len = (uint32_t)strlen(q->done_msg);
+    q->done_pending = 1;
+}
+
+/* ---- text: UTF-8 repair and stop strings ---- */
+
+static const uint8_t replacement[3] = { 0xef, 0xbf, 0xbd };
+
+static int hold_put(struct seq *q, const uint8_t *b, uint32_t n)
+{
+    if (grow((void **)&q->hold, &q->hold_cap, q->hold_len + n, 1) < 0)
+        return -ENOMEM;
+    memcpy(q->hold + q->hold_len, b, n);
+    q->hold_len += n;
+    return 0;
+}
+
+static uint32_t utf8_len(uint8_t c)
+{
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        return 2;
+    if (c >= 0xe0 && c <= 0xef)
+        return 3;
+    if (c >= 0xf0 && c <= 0xf4)
+        return 4;
+    return 0;
+}
+
+/* Is `c` a valid byte at position `k` (>= 1) of a sequence starting with `lead`? */
+static int utf8_cont_ok(uint8_t lead, uint32_t k, uint8_t c)
+{
+    if (c < 0x80 || c > 0xbf)
+        return 0;
+    if (k == 1) {
+        if (lead == 0xe0 && c < 0xa0)
+            return 0;
+        if (lead == 0xed && c > 0x9f)
+            return 0;
+        if (lead == 0xf0 && c < 0x90)
+            return 0;
+        if (lead == 0xf4 && c > 0x8f)
+            return 0;
+    }
+    return 1;
+}
+
+/* Feed raw generator bytes; complete code points go to the hold buffer. */
+static int utf8_feed(struct seq *q, const uint8_t *b, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t c = b[i];
+        if (q->u8need) {
+            if (utf8_cont_ok(q->u8part[0], q->u8have, c)) {
+                q->u8part[q->u8have++] = c;
+                if (q->u8have == q->u8need) {
+                    if (hold_put(q, q->u8part, q->u8need) < 0)
+                        return -ENOMEM;
+                    q->u8need = q->u8have = 0;
+                }
+                continue;
+            }
+            /* Broken sequence: one U+FFFD, then look at c afresh. */
+            if (hold_put(q, replacement, 3) < 0)
+                return -ENOMEM;
+            q->u8need = q->u8have = 0;
+        }
+        uint32_t l = utf8_len(c);
+        if (l == 1) {
+            if (hold_put(q, &c, 1) < 0)
+                return -ENOMEM;
+        } else if (l == 0) {
+            if (hold_put(q, replacement, 3) < 0)
+                return -ENOMEM;
+        } else {
+            q->u8part[0] = c;
+            q->u8need = l;
+            q->u8have = 1;
+        }
+    }
+    return 0;
+}
+
+/* Add one token to the pending output with `text` bytes released for it. */
+static int pend_token(struct seq *q, uint32_t id, const uint8_t *text, uint32_t n)
+{
+    if (grow((void **)&q->p_ids, &q->cap_pend, q->n_pend + 1, sizeof(uint32_t)) < 0)
+        return -ENOMEM;
+    uint32_t cap2 = q->cap_pend;
+    void *nl = realloc(q->p_lens, (size_t)cap2 * sizeof(uint32_t));
+    if (!nl)
+        return -ENOMEM;
+    q->p_lens = nl;
+    if (grow((void **)&q->p_text, &q->p_text_cap, q->p_text_len + n, 1) < 0)
+        return -ENOMEM;
+    q->p_ids[q->n_pend] = id;
+    q->p_lens[q->n_pend] = n;
+    q->n_pend++;
+    if (n)
+        memcpy(q->p_text + q->p_text_len, text, n);
+    q->p_text_len += n;
+    return 0;
+}
+
+/* Search the hold buffer for a stop string. Returns the match offset or -1;
+ * *keep is set to how many trailing bytes must stay held because they are a
+ * proper prefix of some stop string. */
+static long stop_scan(const struct seq *q, uint32_t *keep)
+{
+    long best = -1;
+    *keep = 0;
+    uint32_t pos = 0;
+    for (uint32_t k = 0; k < q->n_stops; k++) {
+        uint16_t l;
+        memcpy(&l, q->stops + pos, 2);
+        const uint8_t *st = q->stops + pos + 2;
+        pos += 2u + l;
+        if (l <= q->hold_len) {
+            const uint8_t *hit = memmem(q->hold, q->hold_len, st, l);
+            if (hit && (best < 0 || hit - q->hold < best))
+                best = hit - q->hold;
+        }
+        uint32_t maxp = (uint32_t)l - 1 < q->hold_len ? (uint32_t)l - 1 : q->hold_len;
+        for (uint32_t p = maxp; p > *keep; p--)
+            if (memcmp(q->hold + q->hold_len - p, st, p) == 0) {
+                *keep = p;
+                break;
+            }
+    }
+    return best;
+}
+
+/* Release held text that can no longer be part of a stop string. Returns 1
+ * when a stop string matched (text before it released, rest dropped). */
+static int text_release(struct seq *q, uint32_t id, int final)
+{
+    uint32_t keep = 0;
+    long hit = q->n_stops ? stop_scan(q, &keep) : -1;
+    uint32_t out;
+    if (hit >= 0)
+        out = (uint32_t)hit;
+    else if (final)
+        out = q->hold_len;
+    else
+        out = q->hold_len - keep;
+    if (pend_token(q, id, q->hold, out) < 0)
+        return -ENOMEM;
+    if (hit >= 0) {
+        q->hold_len = 0;
+        return 1;
+    }
+    memmove(q->hold, q->hold + out, q->hold_len - out);
+    q->hold_len -= out;
+    return 0;
+}
+
+/* ---- event emission ---- */
+
+/* Try to write a sequence's pending events. Returns 0 when everything went
+ * out, -EAGAIN when the ring is full, -EPROTO when the client forged the
+ * ring's head. */
+static int seq_emit(struct seq *q)
+{
+    struct session *s = q->s;
+    void *body;
+    int r;
+    if (q->queued_pending) {
+        struct shm_evt_queued e = { .req_id = q->req_id, .prompt_tokens = q->prompt_tokens };
+        r = shm_ring_prod_alloc(&s->evt, SHM_EVT_QUEUED, sizeof(e), &body);
+        if (r < 0)
+            return r;
+        memcpy(body, &e, sizeof(e));
+        q->queued_pending = 0;
+    }
+    while (q->n_pend) {
+        int64_t space = shm_ring_prod_space(&s->evt);
+        if (space < 0)
+            return (int)space;
+        /* As many tokens as fit in one record. */
+        uint32_t k = 0;
+        uint64_t text = 0;
+        while (k < q->n_pend) {
+            uint64_t sz = shm_proto_tokens_size(k + 1, (uint32_t)(text + q->p_lens[k]));
+            if (sz > (uint64_t)space)
+                break;
+            text += q->p_lens[k];
+            k++;
+        }
+        if (k == 0) {
+            uint64_t one = shm_proto_tokens_size(1, q->p_lens[0]);
+            if (one > shm_ring_max_record(s->evt.cap) - SHM_REC_HDR)
+                return -EMSGSIZE;
+            return -EAGAIN;
+        }
+        size_t sz = shm_proto_tokens_size(k, (uint32_t)text);
+        r = shm_ring_prod_alloc(&s->evt, SHM_EVT_TOKENS, sz, &body);
+        if (r < 0)
+            return r;
+        struct shm_evt_tokens e = { .req_id = q->req_id, .n_tokens = k, .channel = SHM_CHAN_CONTENT,
+                                    .text_len = (uint32_t)text };
+        uint8_t *b = body;
+        memcpy(b, &e, sizeof(e));
+        memcpy(b + sizeof(e), q->p_ids, 4ull * k);
+        memcpy(b + sizeof(e) + 4ull * k, q->p_lens, 4ull * k);
+        memcpy(b + sizeof(e) + 8ull * k, q->p_text, text);
+        memmove(q->p_ids, q->p_ids + k, 4ull * (q->n_pend - k));
+        memmove(q->p_lens, q->p_lens + k, 4ull * (q->n_pend - k));
+        memmove(q->p_text, q->p_text + text, q->p_text_len - text);
+        q->n_pend -= k;
+        q->p_text_len -= (uint32_t)text;
+        if (!q->t_first)
+            q->t_first = daemon_now_us();
+        q->t_last = daemon_now_us();
+    }
+    if (q->done_pending) {
+        /* Timings are final only now that every token is out. */
+        q->done.ttft_us = q->t_first ? q->t_first - q->t_submit : 0;
+        q->done.decode_us = q->t_first ? q->t_last - q->t_first : 0;
+        q->done.total_us = daemon_now_us() - q->t_submit;
+        r = shm_ring_prod_alloc(&s->evt, SHM_EVT_DONE, sizeof(q->done) + q->done.msg_len, &body);
+        if (r < 0)
+            return r;
+        memcpy(body, &q->done, sizeof(q->done));
+        memcpy((uint8_t *)body + sizeof(q->done), q->done_msg, q->done.msg_len);
+        q->done_pending = 0;
+    }
+    return 0;
+}
+
+void sched_session_flush(struct session *s)
+{
+    if (s->state != S_ACTIVE)
+        return;
+    int blocked = 0;
+    for (struct seq *q = s->seqs, *nq; q; q = nq) {
+        nq = q->snext;
+        int r = seq_emit(q);
+        if (r == -EAGAIN) {
+            blocked = 1;
+            break;
+        }
+        if (r < 0) {
+            session_close(s, r == -EPROTO ? "client forged the event ring head (protocol violation)"
+                                          : "cannot encode an event for this ring size");
+            return;
+        }
+        if (q->state == SEQ_DONE && !q->done_pending && !q->in_batch)
+            seq_free(q);
+    }
+    if (blocked) {
+        if (!s->full_since_us) {
+            s->full_since_us = daemon_now_us();
+            shm_ring_prod_set_waiting(&s->evt, true);
+        }
+    } else if (s->full_since_us) {
+        s->full_since_us = 0;
+        shm_ring_prod_set_waiting(&s->evt, false);
+    }
+    if (shm_ring_prod_publish(&s->evt))
+        session_wake_client(s);
+}
+
+/* ---- request intake ---- */
+
+static struct seq *seq_find(struct session *s, uint64_t id)
+{
+    for (struct seq *q = s->seqs; q; q = q->snext)
+        if (q->req_id == id)
+            return q;
+    return NULL;
+}
+
+static struct seq *seq_alloc(struct session *s, uint64_t req_id)
+{
+    struct seq *q = calloc(1, sizeof(*q));
+    if (!q)
+        return NULL;
+    q->s = s;
+    q->req_id = req_id;
+    q->t_submit = daemon_now_us();
+    q->state = SEQ_RUN;
+    q->snext = s->seqs;
+    if (s->seqs)
+        s->seqs->sprev = q;
+    s->seqs = q;
+    s->n_inflight++;
+    if (s->acct)
+        s->acct->inflight++;
+    return q;
+}
+
+static int chat_json_ok(const uint8_t *b, size_t n, char *err, size_t errlen)
+{
+    struct json_tokener *tok = json_tokener_new_ex(64);
+    if (!tok) {
+        snprintf(err, errlen, "out of memory parsing chat JSON");
+        return -ENOMEM;
+    }
+    struct json_object *o = n <= INT32_MAX ? json_tokener_parse_ex(tok, (const char *)b, (int)n) : NULL;
+    int ok = 0;
+    if (!o || json_tokener_get_error(tok) != json_tokener_success)
+        snprintf(err, errlen, "chat payload is not valid JSON (or nests deeper than 64)");
+    else if (json_tokener_get_parse_end(tok) != n)
+        snprintf(err, errlen, "chat payload has bytes after the JSON document");
+    else if (!json_object_is_type(o, json_type_object))
+        snprintf(err, errlen, "chat payload must be a JSON object with a \"messages\" array");
+    else {
+        struct json_object *m;
+        if (!json_object_object_get_ex(o, "messages", &m) || !json_object_is_type(m, json_type_array) ||
+            json_object_array_length(m) == 0)
+            snprintf(err, errlen, "chat payload needs a non-empty \"messages\" array");
+        else
+            ok = 1;
+    }
+    json_object_put(o);
+    json_tokener_free(tok);
+    return ok ? 0 : -EINVAL;
+}
+
+static void handle_submit(struct session *s, const uint8_t *body, size_t len)
+{
+    struct daemon *d = s->d;
+    const struct daemon_config *c = &d->cfg;
+    struct shm_submit_view v;
+    const char *why = NULL;
+    if (shm_proto_decode_submit(body, len, s->region.layout.data_size, &v, &why) < 0) {
+        session_close(s, why);
+        return;
+    }
+    const struct shm_req_submit *f = &v.fixed;
+    if (seq_find(s, f->req_id)) {
+        /* Cannot answer with a DONE: it would be taken for the live request's. */
+        session_close(s, "SUBMIT reuses the req_id of a request still in flight");
+        return;
+    }
+    struct seq *q = seq_alloc(s, f->req_id);
+    if (!q) {
+        session_close(s, "out of memory for a request");
+        return;
+    }
+    q->queued_pending = 1;
+    q->flags = f->flags;
+    if (d->stopping) {
+        seq_finish(q, SHM_FINISH_SHUTDOWN, -ESHUTDOWN, "residentd is shutting down; reconnect later");
+        return;
+    }
+    if (s->acct && s->acct->inflight > c->max_inflight_per_uid) {
+        seq_finish(q, SHM_FINISH_ERROR, -EBUSY, "uid %u has %u requests in flight; limit max_inflight_per_uid = %u",
+                   (unsigned)s->cred.uid, s->acct->inflight - 1, c->max_inflight_per_uid);
+        return;
+    }
+    q->max_tokens = f->max_tokens ? f->max_tokens : c->max_new_tokens;
+    if (q->max_tokens > c->max_new_tokens) {
+        seq_finish(q, SHM_FINISH_ERROR, -E2BIG, "max_tokens %u exceeds the limit max_new_tokens = %u",
+                   f->max_tokens, c->max_new_tokens);
+        return;
+    }
+    /* Copy the payload out of shared memory exactly once. */
+    uint8_t *prompt = malloc(f->payload_len);
+    if (!prompt) {
+        seq_finish(q, SHM_FINISH_ERROR, -ENOMEM, "out of memory for a %u-byte prompt", f->payload_len);
+        return;
+    }
+    memcpy(prompt, v.payload ? v.payload : s->region.base + s->region.layout.data_off + f->data_off,
+           f->payload_len);
+    char err[200];
+    int r = 0;
+    if (f->kind == SHM_PROMPT_IDS) {
+        uint32_t vocab = d->gen->vocab_size(d->gen_ctx);
+        for (uint32_t i = 0; i < f->payload_len / 4; i++) {
+            uint32_t id;
+            memcpy(&id, prompt + 4ull * i, 4);
+            if (id >= vocab) {
+                snprintf(err, sizeof(err), "prompt token %u at index %u is outside the vocabulary (size %u)",
+                         id, i, vocab);
+                r = -EINVAL;
+                break;
+            }
+        }
+    } else if (f->kind == SHM_PROMPT_CHAT) {
+        r = chat_json_ok(prompt, f->payload_len, err, sizeof(err));
+    }
+    if (r == 0) {
+        struct gen_prompt gp = {
+            .kind = f->kind, .bytes = prompt, .len = f->payload_len, .seed = f->seed,
+            .temperature = f->temperature, .top_p = f->top_p, .min_p = f->min_p,
+            .repeat_penalty = f->repeat_penalty, .top_k = f->top_k,
+        };
+        r = d->gen->seq_new(d->gen_ctx, &gp, &q->gen_seq, &q->prompt_tokens, err, sizeof(err));
+    }
+    free(prompt);
+    if (r < 0) {
+        seq_finish(q, SHM_FINISH_ERROR, r, "%s", err);
+        return;
+    }
+    if (q->prompt_tokens > c->max_prompt_tokens) {
+        seq_finish(q, SHM_FINISH_ERROR, -E2BIG, "prompt has %u tokens; limit max_prompt_tokens = %u",
+                   q->prompt_tokens, c->max_prompt_tokens);
+        return;
+    }
+    q->prefill_left = q->prompt_tokens;
+    q->n_stop_ids = f->n_stop_ids;
+    memcpy(q->stop_ids, v.stop_ids, 4ull * f->n_stop_ids);
+    if (f->n_stop_strs) {
+        q->stops = malloc(f->stop_strs_len);
+        if (!q->stops) {
+            seq_finish(q, SHM_FINISH_ERROR, -ENOMEM, "out of memory for stop strings");
+            return;
+        }
+        memcpy(q->stops, v.stop_strs, f->stop_strs_len);
+        q->n_stops = f->n_stop_strs;
+        q->stops_len = f->stop_strs_len;
+    }
+    run_link(d, q);
+}
+
+static void handle_cancel(struct session *s, const uint8_t *body, size_t len)
+{
+    struct shm_req_cancel c;
+    const char *why = NULL;
+    if (shm_proto_decode_cancel(body, len, &c, &why) < 0) {
+        session_close(s, why);
+        return;
+    }
+    struct seq *q = seq_find(s, c.req_id);
+    if (!q || q->state == SEQ_DONE)
+        return;     /* unknown or already finishing: cancelling is idempotent */
+    if (q->in_batch) {
+        q->cancel_finish = SHM_FINISH_CANCELLED;
+        return;
+    }
+    /* Text held back for stop strings is dropped with the request. */
+    seq_finish(q, SHM_FINISH_CANCELLED, 0, NULL);
+}
+
+void sched_session_drain(struct session *s)
+{
+    struct daemon *d = s->d;
+    /* Records per call, so one session cannot hog the loop; the tick comes
+     * back for the rest. */
+    int budget = 256;
+    for (;;) {
+        while (s->state == S_ACTIVE && !s->full_since_us && budget > 0) {
+            struct shm_rec_hdr h;
+            int r = shm_ring_cons_next(&s->req, &h, s->reqbuf, shm_ring_max_record(s->req.cap));
+            if (r < 0) {
+                session_close(s, "client published an impossible request ring tail or record (protocol violation)");
+                return;
+            }
+            if (r == 0)
+                break;
+            budget--;
+            size_t len = h.len - SHM_REC_HDR;
+            if (h.type == SHM_REQ_SUBMIT)
+                handle_submit(s, s->reqbuf, len);
+            else if (h.type == SHM_REQ_CANCEL)
+                handle_cancel(s, s->reqbuf, len);
+            else
+                session_close(s, "unknown request record type");
+        }
+        if (s->state != S_ACTIVE)
+            return;
+        if (shm_ring_cons_release(&s->req))
+            session_wake_client(s);
+        sched_session_flush(s);
+        if (s->state != S_ACTIVE || s->full_since_us || budget <= 0)
+            break;
+        /* Sleep-flag handshake: arm, re-check, so no doorbell is lost. */
+        if (shm_ring_cons_arm_sleep(&s->req))
+            break;
+    }
+    sched_kick(d);
+}
+
+/* ---- the batch ---- */
+
+static void *worker_main(void *arg)
+{
+    struct daemon *d = arg;
+    struct worker *w = &d->worker;
+    pthread_mutex_lock(&w->lock);
+    for (;;) {
+        while (!w->has_work && !w->quit)
+            pthread_cond_wait(&w->cond, &w->lock);
+        if (w->quit)
+            break;
+        pthread_mutex_unlock(&w->lock);
+        int rc = d->gen->step(d->gen_ctx, d->batch, d->batch_n);
+        pthread_mutex_lock(&w->lock);
+        w->rc = rc;
+        w->has_work = 0;
+        uint64_t one = 1;
+        ssize_t n = write(w->efd, &one, sizeof(one));
+        (void)n;   /* an eventfd write of 1 cannot fail short of overflow */
+    }
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+}
+
+int sched_init(struct daemon *d)
+{
+    size_t n = d->cfg.max_batch;
+    d->batch = calloc(n, sizeof(*d->batch));
+    d->batch_seqs = calloc(n, sizeof(*d->batch_seqs));
+    if (!d->batch || !d->batch_seqs)
+        return -ENOMEM;
+    struct worker *w = &d->worker;
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->cond, NULL);
+    int r = pthread_create(&w->thread, NULL, worker_main, d);
+    return -r;
+}
+
+void sched_fini(struct daemon *d)
+{
+    struct worker *w = &d->worker;
+    pthread_mutex_lock(&w->lock);
+    w->quit = 1;
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+    pthread_join(w->thread, NULL);
+    pthread_mutex_destroy(&w->lock);
+    pthread_cond_destroy(&w->cond);
+    free(d->batch);
+    free(d->batch_seqs);
+}
+
+static int seq_paused(const struct seq *q)
+{
+    return q->n_pend > 0 || q->s->full_since_us != 0 || q->s->state != S_ACTIVE;
+}
+
+void sched_kick(struct daemon *d)
+{
+    if (d->batch_busy)
+        return;
+    size_t n = 0;
+    uint32_t budget = d->cfg.prefill_chunk;
+    /* Decoding sequences first: each advances by one token. */
+    for (struct seq *q = d->run_head; q && n < d->cfg.max_batch; q = q->rnext) {
+        if (q->prefill_left || seq_paused(q))
+            continue;
+        struct gen_item *it = &d->batch[n];
+        memset(it, 0, offsetof(struct gen_item, piece));
+        it->seq = q->gen_seq;
+        it->sample = 1;
+        d->batch_seqs[n++] = q;
+    }
+    /* Then prompt chunks, first come first served, within the token budget. */
+    for (struct seq *q = d->run_head; q && n < d->cfg.max_batch && budget; q = q->rnext) {
+        if (!q->prefill_left || seq_paused(q))
+            continue;
+        uint32_t take = q->prefill_left < budget ? q->prefill_left : budget;
+        budget -= take;
+        struct gen_item *it = &d->batch[n];
+        memset(it, 0, offsetof(struct gen_item, piece));
+        it->seq = q->gen_seq;
+        it->n_prefill = take;
+        it->sample = take == q->prefill_left;
+        d->batch_seqs[n++] = q;
+    }
+    if (!n)
+        return;
+    uint64_t now = daemon_now_us();
+    for (size_t i = 0; i < n; i++) {
+        struct seq *q = d->batch_seqs[i];
+        q->in_batch = 1;
+        q->s->n_in_batch++;
+        if (!q->t_compute)
+            q->t_compute = now;
+    }
+    d->batch_n = n;
+    d->batch_busy = 1;
+    struct worker *w = &d->worker;
+    pthread_mutex_lock(&w->lock);
+    w->has_work = 1;
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+static int is_stop_id(const struct seq *q, uint32_t id)
+{
+    for (uint32_t i = 0; i < q->n_stop_ids; i++)
+        if (q->stop_ids[i] == id)
+            return 1;
+    return 0;
+}
+
+/* Apply one generated token to its sequence. */
+static void seq_token(struct seq *q, const struct gen_item *it)
+{
+    q->generated++;
+    if (utf8_feed(q, it->piece, it->piece_len < GEN_PIECE_MAX ? it->piece_len : GEN_PIECE_MAX) < 0) {
+        seq_finish(q, SHM_FINISH_ERROR, -ENOMEM, "out of memory for output text");
+        return;
+    }
+    uint32_t finish = 0;
+    if (it->eos && !(q->flags & SHM_REQ_F_IGNORE_EOS))
+        finish = SHM_FINISH_STOP;
+    else if (is_stop_id(q, it->token))
+        finish = SHM_FINISH_STOP_ID;
+    else if (q->generated >= q->max_tokens)
+        finish = SHM_FINISH_LENGTH;
+    if (finish && q->u8need) {
+        /* The stream ends inside a code point: repair it now. */
+        if (hold_put(q, replacement, 3) < 0)
+            finish = SHM_FINISH_ERROR;
+        q->u8need = q->u8have = 0;
+    }
+    int r = text_release(q, it->token, finish != 0);
+    if (r < 0)
+        seq_finish(q, SHM_FINISH_ERROR, -ENOMEM, "out of memory for output text");
+    else if (r == 1)
+        seq_finish(q, SHM_FINISH_STOP_STRING, 0, NULL);
+    else if (finish)
+        seq_finish(q, finish, 0, NULL);
+}
+
+void sched_batch_done(struct daemon *d)
+{
+    struct worker *w = &d->worker;
+    pthread_mutex_lock(&w->lock);
+    int rc = w->rc;
+    pthread_mutex_unlock(&w->lock);
+    d->batch_busy = 0;
+    d->steps++;
+    for (size_t i = 0; i < d->batch_n; i++) {
+        struct seq *q = d->batch_seqs[i];
+        struct gen_item *it = &d->batch[i];
+        struct session *s = q->s;
+        q->in_batch = 0;
+        s->n_in_batch--;
+        if (s->state == S_CLOSING) {
+            seq_free(q);
+            continue;
+        }
+        if (q->state == SEQ_DONE) {
+            /* Finished while computing (shutdown): release the generator's state now. */
+            if (q->gen_seq) {
+                d->gen->seq_free(d->gen_ctx, q->gen_seq);
+                q->gen_seq = NULL;
+            }
+            continue;
+        }
+        if (q->cancel_finish) {
+            seq_finish(q, q->cancel_finish, 0, NULL);
+            continue;
+        }
+        if (rc < 0 || it->error < 0) {
+            seq_finish(q, SHM_FINISH_ERROR, rc < 0 ? rc : it->error, "the generator failed on this sequence");
+            continue;
+        }
+        q->prefill_left -= it->n_prefill;
+        if (it->sample)
+            seq_token(q, it);
+    }
+    /* Publish once per session per step: one wakeup carries the whole step. */
+    for (struct session *s = d->sessions, *ns; s; s = ns) {
+        ns = s->next;
+        if (s->state == S_ACTIVE)
+            sched_session_flush(s);
+    }
+    sched_kick(d);
+}
+
+void sched_session_drop(struct session *s, int force)
+{
+    struct daemon *d = s->d;
+    for (struct seq *q = s->seqs, *nq; q; q = nq) {
+        nq = q->snext;
+        if (q->state == SEQ_RUN && (q->rnext || q->rprev || d->run_head == q))
+            run_unlink(d, q);
+        q->state = SEQ_DONE;
+        /* A sequence inside the worker's batch is freed when the batch
+         * returns (sched_batch_done); `force` is for after the worker stopped. */
+        if (!q->in_batch || force)
+            seq_free(q);
+    }
+}
+
+void sched_tick(struct daemon *d, uint64_t now)
+{
+    for (struct session *s = d->sessions, *ns; s; s = ns) {
+        ns = s->next;
+        if (s->state != S_ACTIVE)
+            continue;
+        if (s->full_since_us) {
+            sched_session_flush(s);
+            if (s->state == S_ACTIVE && s->full_since_us &&
+                now - s->full_since_us > (uint64_t)d->cfg.slow_client_ms * 1000) {
+                session_close(s, "event ring stayed full past slow_client_ms; requests cancelled");
+                continue;
+            }
+        }
+        if (s->state == S_ACTIVE && !s->full_since_us)
+            sched_session_drain(s);
+    }
+    sched_kick(d);
+}
+
+void sched_shutdown(struct daemon *d, int hard)
+{
+    /* Soft: refuse new work (handle_submit checks d->stopping). Hard: cancel
+     * what is still running. */
+    if (!hard)
+        return;
+    for (struct session *s = d->sessions; s; s = s->next)
+        for (struct seq *q = s->seqs; q; q = q->snext)
+            if (q->state == SEQ_RUN)
+                seq_finish(q, SHM_FINISH_SHUTDOWN, -ESHUTDOWN, "residentd stopped before this request finished");
+    for (struct session *s = d->sessions, *ns; s; s = ns) {
+        ns = s->next;
+        sched_session_flush(s);
+    }
+}
+
+uint32_t sched_running(const struct daemon *d)
+{
+    uint32_t n = 0;
+    for (const struct session *s = d->sessions; s; s = s->next)
+        n += s->n_inflight;
+    return n;
+}
