@@ -20,7 +20,7 @@ command -v systemd-analyze >/dev/null 2>&1 || { echo "SKIP: systemd-analyze not 
 
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT INT TERM
-mkdir -p "$tmp/system" "$tmp/user" "$tmp/xdg" "$tmp/root/etc"
+mkdir -p "$tmp/system" "$tmp/user" "$tmp/xdg" "$tmp/root/etc" "$tmp/home"
 chmod 0700 "$tmp/xdg"
 
 # verify checks that ExecStart= is executable: use residentd if it is built,
@@ -37,7 +37,10 @@ grep -q '@[A-Z]*@' "$tmp/system/residentd.service" "$tmp/user/residentd.service"
 # verify DIR [--user]: exit status and silence.
 verify() {
     dir=$1; shift
-    out=$(cd "$dir" && XDG_RUNTIME_DIR="$tmp/xdg" systemd-analyze "$@" verify ./residentd.socket ./residentd.service 2>&1)
+    # A private HOME/XDG tree: the runner's own ~/.config/systemd/user must
+    # neither leak into the --user check nor be required to be readable.
+    out=$(cd "$dir" && HOME="$tmp/home" XDG_CONFIG_HOME="$tmp/home/.config" XDG_DATA_HOME="$tmp/home/.local/share" \
+          XDG_RUNTIME_DIR="$tmp/xdg" systemd-analyze "$@" verify ./residentd.socket ./residentd.service 2>&1)
     rc=$?
     [ $rc -eq 0 ] && [ -z "$out" ] && return 0
     echo "$out"
@@ -57,7 +60,8 @@ echo "$sec" | grep '^✗' | sed 's/  */ /g'
 awk -v s="$score" 'BEGIN { exit !(s <= 2.0) }' || fail "exposure $score > 2.0"
 (cd "$tmp/system" && systemd-analyze security --offline=true --threshold=20 ./residentd.service >/dev/null 2>&1) ||
     fail "--threshold=20 (= 2.0) rejected the unit"
-usec=$(cd "$tmp/user" && XDG_RUNTIME_DIR="$tmp/xdg" systemd-analyze --user security --offline=true ./residentd.service 2>&1 |
+usec=$(cd "$tmp/user" && HOME="$tmp/home" XDG_CONFIG_HOME="$tmp/home/.config" XDG_DATA_HOME="$tmp/home/.local/share" \
+       XDG_RUNTIME_DIR="$tmp/xdg" systemd-analyze --user security --offline=true ./residentd.service 2>&1 |
        sed -n 's/.*Overall exposure level for residentd.service: \(.*\)/\1/p')
 echo "user unit exposure (informational, unprivileged manager): ${usec:-n/a}"
 
@@ -74,7 +78,9 @@ rm -f "$tmp/root/residentd.service" "$tmp/root/residentd.socket"
 echo "self-check: broken units are caught"
 
 # sysusers.d + tmpfiles.d into an empty root.
-if command -v systemd-sysusers >/dev/null 2>&1 && command -v systemd-tmpfiles >/dev/null 2>&1; then
+if [ "$(id -u)" -ne 0 ]; then
+    echo "note: not root, sysusers.d/tmpfiles.d not applied (chown needs root; CI runs as root)"
+elif command -v systemd-sysusers >/dev/null 2>&1 && command -v systemd-tmpfiles >/dev/null 2>&1; then
     systemd-sysusers --root="$tmp/root" "$src/sysusers.d/resident.conf" >/dev/null 2>&1 || fail "systemd-sysusers"
     grep -q '^residentd:x:[0-9]*:[0-9]*:resident inference daemon:/:/usr/sbin/nologin$' "$tmp/root/etc/passwd" ||
         fail "sysusers: no residentd user: $(cat "$tmp/root/etc/passwd")"
