@@ -11,7 +11,8 @@
  *     which clang only knows as attributes when no HIP header is included;
  *   - thread/block ids (gpu_tid_x, gpu_bid_x/y/z), lane id, barrier;
  *   - warp-wide xor shuffles of float/int (ds_bpermute on AMD);
- *   - fast math helpers (exp, rsqrt, bit casts, bf16 -> f32);
+ *   - math helpers (exp, log, rsqrt, sincos with range reduction, bit
+ *     casts, bf16 -> f32);
  *   - a 16x16x32 int8 matrix tile: fragments loaded from LDS, a multiply-
  *     accumulate into 8 int32 per lane, and the (row, col) of each of those
  *     8 values. On gfx1151 it is two chained
@@ -87,8 +88,19 @@ static __device__ __forceinline__ float gpu_log(float x) { return __builtin_amdg
 static __device__ __forceinline__ float gpu_rsqrt(float x) { return __builtin_amdgcn_rsqf(x); }
 static __device__ __forceinline__ float gpu_sqrt(float x) { return __builtin_sqrtf(x); }
 static __device__ __forceinline__ float gpu_fabs(float x) { return __builtin_fabsf(x); }
-static __device__ __forceinline__ float gpu_cos(float x) { return __builtin_amdgcn_cosf(x * 0.15915494309189535f); }
-static __device__ __forceinline__ float gpu_sin(float x) { return __builtin_amdgcn_sinf(x * 0.15915494309189535f); }
+/* sin and cos of a possibly large angle (RoPE: position * inv_freq up to
+ * ~2.6e5 rad). v_sin/v_cos take turns and lose accuracy on big inputs, so
+ * first reduce to [-pi, pi] with 2*pi split into three floats (Cody-Waite:
+ * 6.28125 has 8 significant bits, so k * c1 is exact for k < 2^16). */
+static __device__ __forceinline__ void gpu_sincos(float a, float *s, float *c)
+{
+    const float k = __builtin_rintf(a * 0.15915494309189535f);
+    float r = __builtin_fmaf(-k, 6.28125f, a);
+    r = __builtin_fmaf(-k, 0x1.fb5444p-10f, r);
+    r = __builtin_fmaf(-k, 0x1.68cp-37f, r);
+    *s = __builtin_amdgcn_sinf(r * 0.15915494309189535f);
+    *c = __builtin_amdgcn_cosf(r * 0.15915494309189535f);
+}
 /* Signed int8x4 dot product: v_dot4_i32_iu8. */
 static __device__ __forceinline__ int gpu_dot4_i8(int a, int b, int c)
 {
@@ -158,8 +170,7 @@ static __device__ __forceinline__ float gpu_log(float x) { return logf(x); }
 static __device__ __forceinline__ float gpu_rsqrt(float x) { return rsqrtf(x); }
 static __device__ __forceinline__ float gpu_sqrt(float x) { return sqrtf(x); }
 static __device__ __forceinline__ float gpu_fabs(float x) { return fabsf(x); }
-static __device__ __forceinline__ float gpu_cos(float x) { return cosf(x); }
-static __device__ __forceinline__ float gpu_sin(float x) { return sinf(x); }
+static __device__ __forceinline__ void gpu_sincos(float a, float *s, float *c) { sincosf(a, s, c); }
 static __device__ __forceinline__ int gpu_dot4_i8(int a, int b, int c) { return __dp4a(a, b, c); }
 static __device__ __forceinline__ int gpu_atomic_add_i(int *p, int v) { return atomicAdd(p, v); }
 

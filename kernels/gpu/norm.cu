@@ -48,10 +48,14 @@ GPU_KERNEL(rmsnorm_gated, 128)
         y[r * dim + i] = w[i] * (orow[i] * inv) * gpu_silu(z[r * dim + i]);
 }
 
-/* Thread per (token, head row, pair i < rot_dim/2). pos is device memory. */
+/* Thread per (token, head row, pair i < rot_dim/2). pos and inv_freq
+ * [rot_dim/2] are device memory; the host computes inv_freq once per model
+ * exactly as the reference does (1 / powf(theta, 2i/rot_dim) in fp32), so
+ * the fp32 angle pos * inv_freq is bit-identical to the reference and to
+ * HF, and only sin/cos differ (by ulps). */
 GPU_KERNEL(rope_neox, 256)
 (float *x, int n_tok, int rows_per_token, long long stride, int rot_dim,
- const int *GPU_RESTRICT pos, float log2_theta)
+ const int *GPU_RESTRICT pos, const float *GPU_RESTRICT inv_freq)
 {
     const int half = rot_dim / 2;
     const long long id = (long long)gpu_bid_x() * 256 + gpu_tid_x();
@@ -60,13 +64,8 @@ GPU_KERNEL(rope_neox, 256)
     const int i = (int)(id % half);
     const long long row = id / half;            /* token * rows_per_token + h */
     const int t = (int)(row / rows_per_token);
-    /* inv_freq = theta^(-2i/rot_dim); angle reduced to turns before sin/cos
-     * so that large positions keep fp32 accuracy on both vendors */
-    const float inv_freq = __builtin_exp2f(-(float)(2 * i) / (float)rot_dim * log2_theta);
-    float turns = (float)pos[t] * (inv_freq * 0.15915494309189535f);
-    turns -= __builtin_floorf(turns);
-    const float ang = turns * 6.283185307179586f;
-    const float c = gpu_cos(ang), s = gpu_sin(ang);
+    float s, c;
+    gpu_sincos((float)pos[t] * inv_freq[i], &s, &c);
     float *p = x + row * stride;
     const float a = p[i], b = p[i + half];
     p[i] = a * c - b * s;

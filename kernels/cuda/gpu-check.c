@@ -1,0 +1,1221 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * gpu-check: every kernel of kernels/gpu against the scalar CPU reference
+ * (kernels/cpu, the oracle) on fresh random inputs, then benchmarks.
+ *
+ *   gpu-check CUBIN_DIR [--bench] [--seed N]
+ *   gpu-check --probe          only open the device and describe it
+ *
+ * Exit: 0 all checks passed, 1 a check failed, 77 no NVIDIA driver/device
+ * (the reason is printed), 2 usage or setup error.
+ *
+ * Rules every check follows: outputs are poisoned with NaN before the
+ * launch (a kernel that skips an element fails); every tile configuration
+ * of the MMQ kernel is run; each check prints its worst error against its
+ * stated bound. Bounds:
+ *   - GEMV (fp32 activations): |d| <= 2^-8 * sum|w x| + 1e-6, i.e. what
+ *     rounding each dequantised weight to bf16 (the reference) may change.
+ *   - MMQ (int8 activations per 32-group, scale amax/127): |d| <=
+ *     0.5 * sum_c |w_c| * xd_g(c)  +  2^-8 * sum|w x| + 1e-6 (activation
+ *     rounding + the same bf16 term). Also reports relative RMS error.
+ *   - element-wise / norms / GDN / attention: |d| <= 1e-4 * (1 + |ref|)
+ *     for fp32 math with different reduction order and fast exp.
+ * Benchmarks are timed with device events after a warm-up; weights are
+ * cycled through enough copies to defeat the 50 MB L2 of an H100/H200.
+ */
+#include "kernels/backend.h"
+#include "kernels/cpu/ref.h"
+#include "kernels/cuda/cuda-device.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ */
+/* Set-up                                                               */
+
+static const char *const check_modules[] = { "gemv-w4", "mmq-w4", "moe", "norm", "gdn", "attn", "bench" };
+#define CHECK_N_MODULES (sizeof(check_modules) / sizeof(check_modules[0]))
+
+/* MMQ tile configurations, as instantiated in kernels/gpu/mmq-w4.cu */
+struct mmq_cfg {
+    const char *name;
+    int bm, bn, threads;
+};
+static const struct mmq_cfg mmq_cfgs[] = {
+    { "mmq_w4g32_32x64_w2x2", 32, 64, 128 },
+    { "mmq_w4g32_64x64_w2x2", 64, 64, 128 },
+    { "mmq_w4g32_64x128_w2x4", 64, 128, 256 },
+    { "mmq_w4g32_128x64_w4x2", 128, 64, 256 },
+    { "mmq_w4g32_128x128_w4x2", 128, 128, 256 },
+};
+#define N_MMQ ((int)(sizeof(mmq_cfgs) / sizeof(mmq_cfgs[0])))
+
+struct check {
+    struct gpu_cuda *d;
+    struct kb_backend *ref;
+    gpu_cuda_module mod[CHECK_N_MODULES];
+    uint64_t rng;
+    int failures, checks;
+    gpu_cuda_function gemv[2][8];             /* [R==4][B-1] */
+    gpu_cuda_function mmq[N_MMQ];
+    gpu_cuda_function quant, route, sort, combine, swiglu;
+    gpu_cuda_function rmsnorm, rmsnorm_gated, rope, mul_sigmoid;
+    gpu_cuda_function gdn_conv, gdn_rec, attn_split, attn_merge;
+    gpu_cuda_function bcopy, bread, bmma;
+};
+
+#define CK(expr)                                                                          \
+    do {                                                                                  \
+        int rc_ = (expr);                                                                 \
+        if (rc_) {                                                                        \
+            fprintf(stderr, "gpu-check: %s:%d: %s: %s\n", __FILE__, __LINE__, #expr,      \
+                    gpu_cuda_last_error(c->d));                                           \
+            exit(2);                                                                      \
+        }                                                                                 \
+    } while (0)
+
+static double rnd_u(struct check *c)                 /* [0, 1) */
+{
+    c->rng ^= c->rng << 13;
+    c->rng ^= c->rng >> 7;
+    c->rng ^= c->rng << 17;
+    return (double)(c->rng >> 11) * (1.0 / 9007199254740992.0);
+}
+
+static float rnd_s(struct check *c)                  /* [-1, 1) */
+{
+    return (float)(2.0 * rnd_u(c) - 1.0);
+}
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "gpu-check: out of host memory (%zu bytes)\n", n);
+        exit(2);
+    }
+    return p;
+}
+
+static gpu_cuda_ptr dev_alloc(struct check *c, size_t bytes)
+{
+    gpu_cuda_ptr p;
+    CK(gpu_cuda_mem_alloc(c->d, bytes, &p));
+    return p;
+}
+
+static gpu_cuda_ptr dev_upload(struct check *c, const void *src, size_t bytes)
+{
+    gpu_cuda_ptr p = dev_alloc(c, bytes);
+    CK(gpu_cuda_mem_upload(c->d, p, src, bytes));
+    return p;
+}
+
+static void dev_poison(struct check *c, gpu_cuda_ptr p, size_t n_floats)
+{
+    CK(gpu_cuda_mem_fill32(c->d, p, 0x7fc00000u, n_floats));      /* quiet NaN */
+}
+
+static float *dev_download_f(struct check *c, gpu_cuda_ptr p, size_t n)
+{
+    float *h = xmalloc(n * sizeof(float));
+    CK(gpu_cuda_sync(c->d));
+    CK(gpu_cuda_mem_download(c->d, h, p, n * sizeof(float)));
+    return h;
+}
+
+static gpu_cuda_function fn(struct check *c, int module, const char *name)
+{
+    gpu_cuda_function f;
+    CK(gpu_cuda_function_get(c->d, c->mod[module], name, &f));
+    return f;
+}
+
+static void check_setup(struct check *c, const char *dir)
+{
+    char path[1024];
+    for (size_t i = 0; i < CHECK_N_MODULES; i++) {
+        snprintf(path, sizeof(path), "%s/%s.sm_90.cubin", dir, check_modules[i]);
+        CK(gpu_cuda_module_load(c->d, path, &c->mod[i]));
+    }
+    for (int r = 0; r < 2; r++)
+        for (int b = 1; b <= 8; b++) {
+            snprintf(path, sizeof(path), "gemv_w4g32_b%d_r%d", b, r ? 4 : 1);
+            c->gemv[r][b - 1] = fn(c, 0, path);
+        }
+    for (int i = 0; i < N_MMQ; i++)
+        c->mmq[i] = fn(c, 1, mmq_cfgs[i].name);
+    c->quant = fn(c, 1, "quantize_q8g32");
+    c->route = fn(c, 2, "moe_route");
+    c->sort = fn(c, 2, "moe_sort");
+    c->combine = fn(c, 2, "moe_combine");
+    c->swiglu = fn(c, 2, "swiglu");
+    c->rmsnorm = fn(c, 3, "rmsnorm");
+    c->rmsnorm_gated = fn(c, 3, "rmsnorm_gated");
+    c->rope = fn(c, 3, "rope_neox");
+    c->mul_sigmoid = fn(c, 3, "mul_sigmoid");
+    c->gdn_conv = fn(c, 4, "gdn_conv");
+    c->gdn_rec = fn(c, 4, "gdn_recurrent");
+    c->attn_split = fn(c, 5, "attn_decode_split");
+    c->attn_merge = fn(c, 5, "attn_decode_merge");
+    c->bcopy = fn(c, 6, "bench_copy");
+    c->bread = fn(c, 6, "bench_read");
+    c->bmma = fn(c, 6, "bench_mma_i8");
+}
+
+/* One verdict line per check. */
+static void report(struct check *c, const char *what, double worst_ratio, long bad, long total,
+                   const char *extra)
+{
+    bool ok = bad == 0 && worst_ratio <= 1.0;
+    c->checks++;
+    if (!ok)
+        c->failures++;
+    printf("%s %-46s worst err/bound %.3g, %ld/%ld outside%s%s\n", ok ? "PASS" : "FAIL", what,
+           worst_ratio, bad, total, extra ? ", " : "", extra ? extra : "");
+}
+
+/* Compare with |d| <= atol + rtol * |ref| (NaN counts as outside). */
+static void compare_simple(struct check *c, const char *what, const float *got, const float *ref,
+                           long n, double atol, double rtol)
+{
+    double worst = 0.0;
+    long bad = 0;
+    for (long i = 0; i < n; i++) {
+        double bound = atol + rtol * fabs((double)ref[i]);
+        double d = fabs((double)got[i] - (double)ref[i]);
+        if (!(d <= bound)) {
+            if (bad < 3)
+                printf("     [%ld] got %.7g want %.7g\n", i, (double)got[i], (double)ref[i]);
+            bad++;
+        }
+        if (d / bound > worst || isnan(d))
+            worst = isnan(d) ? INFINITY : d / bound;
+    }
+    report(c, what, worst, bad, n, NULL);
+}
+
+/* ------------------------------------------------------------------ */
+/* W4 weights                                                           */
+
+struct w4 {
+    int64_t rows, cols;
+    uint32_t *packed;                          /* [rows][cols/8]  */
+    uint16_t *scales;                          /* [rows][cols/32] */
+};
+
+static void w4_init(struct check *c, struct w4 *w, int64_t rows, int64_t cols)
+{
+    w->rows = rows;
+    w->cols = cols;
+    w->packed = xmalloc((size_t)(rows * cols / 8) * 4);
+    w->scales = xmalloc((size_t)(rows * cols / 32) * 2);
+    for (int64_t i = 0; i < rows * cols / 8; i++) {
+        c->rng = c->rng * 6364136223846793005ull + 1442695040888963407ull;
+        w->packed[i] = (uint32_t)(c->rng >> 32) ^ (uint32_t)(c->rng >> 7);
+    }
+    for (int64_t i = 0; i < rows * cols / 32; i++)
+        w->scales[i] = kb_f32_to_bf16((float)(0.004 + 0.02 * rnd_u(c)));
+}
+
+static void w4_free(struct w4 *w)
+{
+    free(w->packed);
+    free(w->scales);
+}
+
+static struct kb_weight w4_view(const struct w4 *w, int64_t row0, int64_t rows)
+{
+    struct kb_weight kw = {
+        .type = KB_WTYPE_Q4G32, .rows = rows, .cols = w->cols,
+        .data = w->packed + row0 * (w->cols / 8),
+        .scales = w->scales + row0 * (w->cols / 32),
+        .scale_type = KB_WTYPE_BF16,
+    };
+    return kw;
+}
+
+static struct kb_weight f32_vec(const float *v, int64_t n)
+{
+    struct kb_weight kw = { .type = KB_WTYPE_F32, .rows = 1, .cols = n, .data = v };
+    return kw;
+}
+
+static void rand_x(struct check *c, float *x, long n)
+{
+    for (long i = 0; i < n; i++) {
+        x[i] = rnd_s(c);
+        if (rnd_u(c) < 0.01)                   /* a few outlier channels */
+            x[i] *= 20.0f;
+    }
+}
+
+/* sum_c |w[r][c] x[b][c]| per output, and (for MMQ) sum_c |w| * xd_g. */
+static void abs_sums(const struct w4 *w, int64_t row0, int64_t rows, const float *x, int nb,
+                     const float *xd, double *s_wx, double *s_wd)
+{
+    struct kb_weight kw = w4_view(w, row0, rows);
+    float *row = xmalloc((size_t)w->cols * sizeof(float));
+    for (int64_t r = 0; r < rows; r++) {
+        kb_ref_weight_row(&kw, r, row);
+        for (int b = 0; b < nb; b++) {
+            double a = 0.0, q = 0.0;
+            for (int64_t k = 0; k < w->cols; k++) {
+                a += fabs((double)row[k] * x[(int64_t)b * w->cols + k]);
+                if (xd)
+                    q += fabs((double)row[k]) * xd[(int64_t)b * (w->cols / 32) + k / 32];
+            }
+            s_wx[(int64_t)b * rows + r] = a;
+            if (s_wd)
+                s_wd[(int64_t)b * rows + r] = q;
+        }
+    }
+    free(row);
+}
+
+/* ------------------------------------------------------------------ */
+/* GEMV                                                                 */
+
+static int gemv_lpr(int k)
+{
+    int groups = k / 32, lpr = 32;
+    while (lpr > groups && lpr > 1)
+        lpr >>= 1;
+    return lpr;
+}
+
+static void gemv_launch(struct check *c, int big, int nb, gpu_cuda_ptr wq, gpu_cuda_ptr ws,
+                        gpu_cuda_ptr x, gpu_cuda_ptr y, int n, int k, gpu_cuda_ptr ids,
+                        int slices, long long x_slice, long long y_slice)
+{
+    int lpr = gemv_lpr(k), r = big ? 4 : 1;
+    int rows_per_block = 4 * (32 / lpr) * r;
+    void *args[] = { &wq, &ws, &x, &y, &n, &k, &lpr, &ids, &x_slice, &y_slice };
+    CK(gpu_cuda_launch(c->d, c->gemv[big][nb - 1], (unsigned)((n + rows_per_block - 1) / rows_per_block),
+                       (unsigned)slices, 1, 128, 0, args));
+}
+
+static void check_gemv_shape(struct check *c, int n, int k)
+{
+    struct w4 w;
+    w4_init(c, &w, n, k);
+    float *x = xmalloc((size_t)8 * k * sizeof(float));
+    rand_x(c, x, 8L * k);
+    float *ref = xmalloc((size_t)8 * n * sizeof(float));
+    double *swx = xmalloc((size_t)8 * n * sizeof(double));
+    struct kb_weight kw = w4_view(&w, 0, n);
+    CK(c->ref->ops->matmul(c->ref, &kw, x, 8, ref));
+    abs_sums(&w, 0, n, x, 8, NULL, swx, NULL);
+    gpu_cuda_ptr dwq = dev_upload(c, w.packed, (size_t)n * k / 2);
+    gpu_cuda_ptr dws = dev_upload(c, w.scales, (size_t)n * k / 16);
+    gpu_cuda_ptr dx = dev_upload(c, x, (size_t)8 * k * sizeof(float));
+    gpu_cuda_ptr dy = dev_alloc(c, (size_t)8 * n * sizeof(float));
+    for (int big = 0; big < 2; big++)
+        for (int nb = 1; nb <= 8; nb++) {
+            dev_poison(c, dy, (size_t)8 * n);
+            gemv_launch(c, big, nb, dwq, dws, dx, dy, n, k, 0, 1, 0, 0);
+            float *got = dev_download_f(c, dy, (size_t)nb * n);
+            double worst = 0.0;
+            long bad = 0;
+            for (long i = 0; i < (long)nb * n; i++) {
+                double bound = ldexp(swx[i], -8) + 1e-6;
+                double d = fabs((double)got[i] - ref[i]);
+                if (!(d <= bound))
+                    bad++;
+                worst = isnan(d) ? INFINITY : fmax(worst, d / bound);
+            }
+            char what[96];
+            snprintf(what, sizeof(what), "gemv %dx%d batch %d rows/lane %d", n, k, nb, big ? 4 : 1);
+            report(c, what, worst, bad, (long)nb * n, NULL);
+            free(got);
+        }
+    gpu_cuda_mem_free(c->d, dwq);
+    gpu_cuda_mem_free(c->d, dws);
+    gpu_cuda_mem_free(c->d, dx);
+    gpu_cuda_mem_free(c->d, dy);
+    free(x);
+    free(ref);
+    free(swx);
+    w4_free(&w);
+}
+
+/* MoE decode: top-k experts of a stacked tensor in one launch. */
+static void check_gemv_experts(struct check *c)
+{
+    const int E = 16, top = 8, n = 256, k = 512;
+    struct w4 w;
+    w4_init(c, &w, (int64_t)E * n, k);
+    int ids[8] = { 3, 15, 0, 7, 8, 2, 11, 5 };
+    float *x = xmalloc((size_t)top * k * sizeof(float));
+    rand_x(c, x, (long)top * k);
+    float *ref = xmalloc((size_t)top * n * sizeof(float));
+    double *swx = xmalloc((size_t)top * n * sizeof(double));
+    for (int s = 0; s < top; s++) {
+        struct kb_weight kw = w4_view(&w, (int64_t)ids[s] * n, n);
+        CK(c->ref->ops->matmul(c->ref, &kw, x + (int64_t)s * k, 1, ref + (int64_t)s * n));
+        abs_sums(&w, (int64_t)ids[s] * n, n, x + (int64_t)s * k, 1, NULL, swx + (int64_t)s * n, NULL);
+    }
+    gpu_cuda_ptr dwq = dev_upload(c, w.packed, (size_t)E * n * k / 2);
+    gpu_cuda_ptr dws = dev_upload(c, w.scales, (size_t)E * n * k / 16);
+    gpu_cuda_ptr dx = dev_upload(c, x, (size_t)top * k * sizeof(float));
+    gpu_cuda_ptr dids = dev_upload(c, ids, sizeof(ids));
+    gpu_cuda_ptr dy = dev_alloc(c, (size_t)top * n * sizeof(float));
+    dev_poison(c, dy, (size_t)top * n);
+    gemv_launch(c, 0, 1, dwq, dws, dx, dy, n, k, dids, top, k, n);
+    float *got = dev_download_f(c, dy, (size_t)top * n);
+    double worst = 0.0;
+    long bad = 0;
+    for (long i = 0; i < (long)top * n; i++) {
+        double d = fabs((double)got[i] - ref[i]), bound = ldexp(swx[i], -8) + 1e-6;
+        if (!(d <= bound))
+            bad++;
+        worst = isnan(d) ? INFINITY : fmax(worst, d / bound);
+    }
+    report(c, "gemv experts (8 of 16 stacked, 256x512, ids)", worst, bad, (long)top * n, NULL);
+    free(got);
+    gpu_cuda_mem_free(c->d, dwq);
+    gpu_cuda_mem_free(c->d, dws);
+    gpu_cuda_mem_free(c->d, dx);
+    gpu_cuda_mem_free(c->d, dids);
+    gpu_cuda_mem_free(c->d, dy);
+    free(x);
+    free(ref);
+    free(swx);
+    w4_free(&w);
+}
+
+/* ------------------------------------------------------------------ */
+/* Quantisation + MMQ                                                   */
+
+/* Host twin of quantize_q8g32's scales: amax / 127 per group. */
+static void host_xd(const float *x, int m, int k, float *xd)
+{
+    for (int r = 0; r < m; r++)
+        for (int g = 0; g < k / 32; g++) {
+            float amax = 0.0f;
+            for (int i = 0; i < 32; i++)
+                amax = fmaxf(amax, fabsf(x[(int64_t)r * k + g * 32 + i]));
+            xd[(int64_t)r * (k / 32) + g] = amax / 127.0f;
+        }
+}
+
+static void quant_launch(struct check *c, gpu_cuda_ptr x, long long x_ld, gpu_cuda_ptr rows_map,
+                         int m, int k, gpu_cuda_ptr xq, gpu_cuda_ptr xd)
+{
+    void *args[] = { &x, &x_ld, &rows_map, &m, &k, &xq, &xd };
+    long long th = (long long)m * (k / 32);
+    CK(gpu_cuda_launch(c->d, c->quant, (unsigned)((th + 255) / 256), 1, 1, 256, 0, args));
+}
+
+static void mmq_launch(struct check *c, int cfg, gpu_cuda_ptr xq, gpu_cuda_ptr xd, gpu_cuda_ptr wq,
+                       gpu_cuda_ptr ws, gpu_cuda_ptr y, int m, int n, int k, gpu_cuda_ptr seg,
+                       int experts, int max_rows)
+{
+    const struct mmq_cfg *t = &mmq_cfgs[cfg];
+    void *args[] = { &xq, &xd, &wq, &ws, &y, &m, &n, &k, &seg };
+    int rows = seg ? max_rows : m;
+    CK(gpu_cuda_launch(c->d, c->mmq[cfg], (unsigned)((n + t->bn - 1) / t->bn),
+                       (unsigned)((rows + t->bm - 1) / t->bm), (unsigned)(seg ? experts : 1),
+                       (unsigned)t->threads, 0, args));
+}
+
+static void check_mmq_shape(struct check *c, int m, int n, int k)
+{
+    struct w4 w;
+    w4_init(c, &w, n, k);
+    float *x = xmalloc((size_t)m * k * sizeof(float));
+    rand_x(c, x, (long)m * k);
+    float *xd = xmalloc((size_t)m * (k / 32) * sizeof(float));
+    host_xd(x, m, k, xd);
+    float *ref = xmalloc((size_t)m * n * sizeof(float));
+    double *swx = xmalloc((size_t)m * n * sizeof(double)), *swd = xmalloc((size_t)m * n * sizeof(double));
+    struct kb_weight kw = w4_view(&w, 0, n);
+    CK(c->ref->ops->matmul(c->ref, &kw, x, m, ref));
+    abs_sums(&w, 0, n, x, m, xd, swx, swd);
+    /* abs_sums indexes [b][rows]: here b = token, rows = n: same as y [m][n] */
+    gpu_cuda_ptr dwq = dev_upload(c, w.packed, (size_t)n * k / 2);
+    gpu_cuda_ptr dws = dev_upload(c, w.scales, (size_t)n * k / 16);
+    gpu_cuda_ptr dx = dev_upload(c, x, (size_t)m * k * sizeof(float));
+    gpu_cuda_ptr dxq = dev_alloc(c, (size_t)m * k);
+    gpu_cuda_ptr dxd = dev_alloc(c, (size_t)m * (k / 32) * sizeof(float));
+    gpu_cuda_ptr dy = dev_alloc(c, (size_t)m * n * sizeof(float));
+    dev_poison(c, dxd, (size_t)m * (k / 32));
+    quant_launch(c, dx, k, 0, m, k, dxq, dxd);
+    float *gxd = dev_download_f(c, dxd, (size_t)m * (k / 32));
+    long xd_bad = 0;
+    for (long i = 0; i < (long)m * (k / 32); i++)
+        if (!(fabsf(gxd[i] - xd[i]) <= 1e-7f * xd[i]))
+            xd_bad++;
+    char what[96];
+    snprintf(what, sizeof(what), "quantize_q8g32 scales %dx%d", m, k);
+    report(c, what, xd_bad ? 2.0 : 0.0, xd_bad, (long)m * (k / 32), NULL);
+    free(gxd);
+    for (int cfg = 0; cfg < N_MMQ; cfg++) {
+        dev_poison(c, dy, (size_t)m * n);
+        mmq_launch(c, cfg, dxq, dxd, dwq, dws, dy, m, n, k, 0, 1, 0);
+        float *got = dev_download_f(c, dy, (size_t)m * n);
+        double worst = 0.0, se = 0.0, sr = 0.0;
+        long bad = 0;
+        for (long i = 0; i < (long)m * n; i++) {
+            double d = fabs((double)got[i] - ref[i]);
+            double bound = 0.5 * swd[i] + ldexp(swx[i], -8) + 1e-6;
+            if (!(d <= bound)) {
+                if (bad < 3)
+                    printf("     [%ld] got %.7g want %.7g bound %.3g\n", i, (double)got[i],
+                           (double)ref[i], bound);
+                bad++;
+            }
+            worst = isnan(d) ? INFINITY : fmax(worst, d / bound);
+            se += d * d;
+            sr += (double)ref[i] * ref[i];
+        }
+        char extra[64];
+        snprintf(extra, sizeof(extra), "rel. RMS err %.2e", sqrt(se / (sr > 0 ? sr : 1)));
+        snprintf(what, sizeof(what), "%s %dx%dx%d", mmq_cfgs[cfg].name + 10, m, n, k);
+        report(c, what, worst, bad, (long)m * n, extra);
+        free(got);
+    }
+    gpu_cuda_mem_free(c->d, dwq);
+    gpu_cuda_mem_free(c->d, dws);
+    gpu_cuda_mem_free(c->d, dx);
+    gpu_cuda_mem_free(c->d, dxq);
+    gpu_cuda_mem_free(c->d, dxd);
+    gpu_cuda_mem_free(c->d, dy);
+    free(x);
+    free(xd);
+    free(ref);
+    free(swx);
+    free(swd);
+    w4_free(&w);
+}
+
+/* ------------------------------------------------------------------ */
+/* MoE: route, sort, grouped MMQ, SwiGLU, combine                        */
+
+static void host_route(const float *logits, int t, int e, int top, int *ids, float *wts)
+{
+    for (int i = 0; i < t; i++) {
+        const float *l = logits + (int64_t)i * e;
+        double mx = -INFINITY, sum = 0.0;
+        for (int j = 0; j < e; j++)
+            mx = fmax(mx, l[j]);
+        for (int j = 0; j < e; j++)
+            sum += exp(l[j] - mx);
+        bool taken[1024] = { false };
+        double tot = 0.0;
+        for (int s = 0; s < top; s++) {
+            int best = -1;
+            for (int j = 0; j < e; j++)
+                if (!taken[j] && (best < 0 || l[j] > l[best]))
+                    best = j;
+            taken[best] = true;
+            ids[i * top + s] = best;
+            wts[i * top + s] = (float)(exp(l[best] - mx) / sum);
+            tot += wts[i * top + s];
+        }
+        for (int s = 0; s < top; s++)
+            wts[i * top + s] = (float)(wts[i * top + s] / tot);
+    }
+}
+
+static void check_moe(struct check *c)
+{
+    const int T = 67, E = 256, top = 8, H = 256, I = 128;   /* small hidden for a quick CPU ref */
+    const int A = T * top;
+    float *logits = xmalloc((size_t)T * E * sizeof(float));
+    for (long i = 0; i < (long)T * E; i++)
+        logits[i] = 3.0f * rnd_s(c);
+    int *ids = xmalloc((size_t)A * sizeof(int));
+    float *wts = xmalloc((size_t)A * sizeof(float));
+    host_route(logits, T, E, top, ids, wts);
+
+    gpu_cuda_ptr dl = dev_upload(c, logits, (size_t)T * E * sizeof(float));
+    gpu_cuda_ptr dids = dev_alloc(c, (size_t)A * sizeof(int)), dw = dev_alloc(c, (size_t)A * sizeof(float));
+    dev_poison(c, dw, A);
+    int t_ = T, e_ = E, k_ = top, renorm = 1;
+    void *ra[] = { &dl, &t_, &e_, &k_, &renorm, &dids, &dw };
+    CK(gpu_cuda_launch(c->d, c->route, (unsigned)((T + 3) / 4), 1, 1, 128, 0, ra));
+    int *gids = xmalloc((size_t)A * sizeof(int));
+    CK(gpu_cuda_sync(c->d));
+    CK(gpu_cuda_mem_download(c->d, gids, dids, (size_t)A * sizeof(int)));
+    float *gw = dev_download_f(c, dw, A);
+    long bad = 0;
+    for (int i = 0; i < A; i++)
+        if (gids[i] != ids[i])
+            bad++;
+    report(c, "moe_route ids (67 tokens, 256 experts, top 8)", bad ? 2.0 : 0.0, bad, A, NULL);
+    compare_simple(c, "moe_route renormalised weights", gw, wts, A, 1e-6, 1e-5);
+
+    /* sort on the device from the reference ids (so later checks do not
+     * depend on the routing check) */
+    CK(gpu_cuda_mem_upload(c->d, dids, ids, (size_t)A * sizeof(int)));
+    gpu_cuda_ptr dseg = dev_alloc(c, (size_t)(E + 1) * sizeof(int));
+    gpu_cuda_ptr drow = dev_alloc(c, (size_t)A * sizeof(int)), dpos = dev_alloc(c, (size_t)A * sizeof(int));
+    int a_ = A;
+    void *sa[] = { &dids, &a_, &k_, &e_, &dseg, &drow, &dpos };
+    CK(gpu_cuda_launch(c->d, c->sort, 1, 1, 1, 1024, 0, sa));
+    int *seg = xmalloc((size_t)(E + 1) * sizeof(int)), *row_tok = xmalloc((size_t)A * sizeof(int));
+    int *pos = xmalloc((size_t)A * sizeof(int));
+    CK(gpu_cuda_sync(c->d));
+    CK(gpu_cuda_mem_download(c->d, seg, dseg, (size_t)(E + 1) * sizeof(int)));
+    CK(gpu_cuda_mem_download(c->d, row_tok, drow, (size_t)A * sizeof(int)));
+    CK(gpu_cuda_mem_download(c->d, pos, dpos, (size_t)A * sizeof(int)));
+    bad = 0;
+    int *cnt = calloc((size_t)E, sizeof(int));
+    for (int i = 0; i < A; i++)
+        cnt[ids[i]]++;
+    for (int e = 0, s = 0; e < E; s += cnt[e], e++)
+        if (seg[e] != s)
+            bad++;
+    if (seg[E] != A)
+        bad++;
+    for (int a = 0; a < A; a++) {
+        int r = pos[a];
+        if (r < 0 || r >= A || row_tok[r] != a / top || r < seg[ids[a]] || r >= seg[ids[a] + 1])
+            bad++;
+    }
+    report(c, "moe_sort segments and permutation", bad ? 2.0 : 0.0, bad, A + E + 1, NULL);
+    free(cnt);
+
+    /* grouped GEMMs on the sorted rows vs per-expert reference matmuls:
+     * gate_up [E][2I][H] -> swiglu -> down [E][H][I] -> combine */
+    struct w4 gu, dn;
+    w4_init(c, &gu, (int64_t)E * 2 * I, H);
+    w4_init(c, &dn, (int64_t)E * H, I);
+    float *x = xmalloc((size_t)T * H * sizeof(float));
+    rand_x(c, x, (long)T * H);
+    /* reference: per token, per slot */
+    float *ref_out = calloc((size_t)T * H, sizeof(float));
+    float *hbuf = xmalloc((size_t)2 * I * sizeof(float)), *act = xmalloc((size_t)I * sizeof(float));
+    float *ybuf = xmalloc((size_t)H * sizeof(float));
+    for (int t = 0; t < T; t++)
+        for (int s = 0; s < top; s++) {
+            int e = ids[t * top + s];
+            struct kb_weight wgu = w4_view(&gu, (int64_t)e * 2 * I, 2 * I);
+            struct kb_weight wdn = w4_view(&dn, (int64_t)e * H, H);
+            CK(c->ref->ops->matmul(c->ref, &wgu, x + (int64_t)t * H, 1, hbuf));
+            for (int i = 0; i < I; i++)
+                act[i] = hbuf[i] / (1.0f + expf(-hbuf[i])) * hbuf[I + i];
+            CK(c->ref->ops->matmul(c->ref, &wdn, act, 1, ybuf));
+            for (int h = 0; h < H; h++)
+                ref_out[(int64_t)t * H + h] += wts[t * top + s] * ybuf[h];
+        }
+    gpu_cuda_ptr dx = dev_upload(c, x, (size_t)T * H * sizeof(float));
+    gpu_cuda_ptr dguq = dev_upload(c, gu.packed, (size_t)E * 2 * I * H / 2);
+    gpu_cuda_ptr dgus = dev_upload(c, gu.scales, (size_t)E * 2 * I * H / 16);
+    gpu_cuda_ptr ddnq = dev_upload(c, dn.packed, (size_t)E * H * I / 2);
+    gpu_cuda_ptr ddns = dev_upload(c, dn.scales, (size_t)E * H * I / 16);
+    gpu_cuda_ptr dxq = dev_alloc(c, (size_t)A * H), dxd = dev_alloc(c, (size_t)A * (H / 32) * 4);
+    gpu_cuda_ptr dh = dev_alloc(c, (size_t)A * 2 * I * 4), dact = dev_alloc(c, (size_t)A * I * 4);
+    gpu_cuda_ptr daq = dev_alloc(c, (size_t)A * I), dad = dev_alloc(c, (size_t)A * (I / 32) * 4);
+    gpu_cuda_ptr dys = dev_alloc(c, (size_t)A * H * 4), dout = dev_alloc(c, (size_t)T * H * 4);
+    CK(gpu_cuda_mem_upload(c->d, dw, wts, (size_t)A * sizeof(float)));
+    int max_rows = 0;
+    for (int e = 0; e < E; e++)
+        max_rows = seg[e + 1] - seg[e] > max_rows ? seg[e + 1] - seg[e] : max_rows;
+    for (int cfg = 0; cfg < N_MMQ; cfg++) {
+        dev_poison(c, dh, (size_t)A * 2 * I);
+        dev_poison(c, dys, (size_t)A * H);
+        dev_poison(c, dout, (size_t)T * H);
+        quant_launch(c, dx, H, drow, A, H, dxq, dxd);
+        mmq_launch(c, cfg, dxq, dxd, dguq, dgus, dh, A, 2 * I, H, dseg, E, max_rows);
+        int i_ = I;
+        void *wa[] = { &dh, &a_, &i_, &dact };
+        CK(gpu_cuda_launch(c->d, c->swiglu, (unsigned)((A * I + 255) / 256), 1, 1, 256, 0, wa));
+        quant_launch(c, dact, I, 0, A, I, daq, dad);
+        mmq_launch(c, cfg, daq, dad, ddnq, ddns, dys, A, H, I, dseg, E, max_rows);
+        int h_ = H, acc = 0;
+        void *ca[] = { &dys, &dpos, &dw, &k_, &h_, &dout, &acc };
+        CK(gpu_cuda_launch(c->d, c->combine, (unsigned)T, 1, 1, 256, 0, ca));
+        float *got = dev_download_f(c, dout, (size_t)T * H);
+        /* two int8 GEMMs in a row: judged by relative RMS error against
+         * the fp32 reference plus a per-element bound scaled by the row's
+         * RMS (int8 noise is not relative to each element) */
+        double se = 0.0, sr = 0.0, worst = 0.0;
+        bad = 0;
+        for (int t = 0; t < T; t++) {
+            double rr = 0.0;
+            for (int h = 0; h < H; h++)
+                rr += (double)ref_out[(int64_t)t * H + h] * ref_out[(int64_t)t * H + h];
+            double rms = sqrt(rr / H);
+            for (int h = 0; h < H; h++) {
+                double d = fabs((double)got[(int64_t)t * H + h] - ref_out[(int64_t)t * H + h]);
+                double bound = 0.05 * rms + 1e-6;
+                if (!(d <= bound))
+                    bad++;
+                worst = isnan(d) ? INFINITY : fmax(worst, d / bound);
+                se += d * d;
+            }
+            sr += rr;
+        }
+        char what[96], extra[64];
+        snprintf(extra, sizeof(extra), "rel. RMS err %.2e (bound 5%% of row RMS)", sqrt(se / sr));
+        snprintf(what, sizeof(what), "moe experts grouped %s", mmq_cfgs[cfg].name + 10);
+        report(c, what, worst, bad, (long)T * H, extra);
+        free(got);
+    }
+    gpu_cuda_ptr frees[] = { dl, dids, dw, dseg, drow, dpos, dx, dguq, dgus, ddnq, ddns, dxq, dxd,
+                             dh, dact, daq, dad, dys, dout };
+    for (size_t i = 0; i < sizeof(frees) / sizeof(frees[0]); i++)
+        gpu_cuda_mem_free(c->d, frees[i]);
+    free(logits);
+    free(ids);
+    free(wts);
+    free(gids);
+    free(gw);
+    free(seg);
+    free(row_tok);
+    free(pos);
+    free(x);
+    free(ref_out);
+    free(hbuf);
+    free(act);
+    free(ybuf);
+    w4_free(&gu);
+    w4_free(&dn);
+}
+
+/* ------------------------------------------------------------------ */
+/* Norms, RoPE, sigmoid gate                                            */
+
+static void check_small_ops(struct check *c)
+{
+    const int rows = 37, dim = 2048;
+    float *x = xmalloc((size_t)rows * dim * 4), *w = xmalloc((size_t)dim * 4);
+    float *ref = xmalloc((size_t)rows * dim * 4);
+    rand_x(c, x, (long)rows * dim);
+    for (int i = 0; i < dim; i++)
+        w[i] = 0.3f * rnd_s(c);
+    struct kb_weight kw = f32_vec(w, dim);
+    gpu_cuda_ptr dx = dev_upload(c, x, (size_t)rows * dim * 4), dw = dev_upload(c, w, (size_t)dim * 4);
+    gpu_cuda_ptr dy = dev_alloc(c, (size_t)rows * dim * 4);
+    for (int plus = 0; plus < 2; plus++) {
+        CK(c->ref->ops->rmsnorm(c->ref, ref, dim, x, dim, rows, dim, &kw, 1e-6f, plus));
+        dev_poison(c, dy, (size_t)rows * dim);
+        long long ld = dim;
+        int d_ = dim;
+        float eps = 1e-6f, po = (float)plus;
+        void *a[] = { &dy, &ld, &dx, &ld, &d_, &dw, &eps, &po };
+        CK(gpu_cuda_launch(c->d, c->rmsnorm, (unsigned)rows, 1, 1, 256, 0, a));
+        float *got = dev_download_f(c, dy, (size_t)rows * dim);
+        compare_simple(c, plus ? "rmsnorm zero-centred (1+w) 37x2048" : "rmsnorm plain 37x2048",
+                       got, ref, (long)rows * dim, 1e-5, 1e-5);
+        free(got);
+    }
+    /* sigmoid gate: y = x * sigmoid(g), g = second half of the buffer */
+    {
+        const int r2 = rows, d2 = dim / 2;
+        CK(c->ref->ops->mul_sigmoid(c->ref, ref, d2, x, dim, x + d2, dim, r2, d2));
+        dev_poison(c, dy, (size_t)rows * dim);
+        long long yl = d2, xl = dim;
+        gpu_cuda_ptr dg = dx + (gpu_cuda_ptr)d2 * 4;
+        int rr = r2, dd = d2;
+        void *a[] = { &dy, &yl, &dx, &xl, &dg, &xl, &rr, &dd };
+        CK(gpu_cuda_launch(c->d, c->mul_sigmoid, (unsigned)((r2 * d2 + 255) / 256), 1, 1, 256, 0, a));
+        float *got = dev_download_f(c, dy, (size_t)r2 * d2);
+        compare_simple(c, "mul_sigmoid 37x1024 (strided)", got, ref, (long)r2 * d2, 1e-6, 1e-5);
+        free(got);
+    }
+    /* gated RMSNorm per 128-wide head: rows*16 heads */
+    {
+        const int heads = rows * 16, hd = 128;
+        float *z = xmalloc((size_t)heads * hd * 4), *nw = xmalloc((size_t)hd * 4);
+        rand_x(c, z, (long)heads * hd);
+        for (int i = 0; i < hd; i++)
+            nw[i] = 1.0f + 0.2f * rnd_s(c);
+        for (int h = 0; h < heads; h++) {
+            double ss = 0.0;
+            for (int i = 0; i < hd; i++)
+                ss += (double)x[h * hd + i] * x[h * hd + i];
+            float inv = (float)(1.0 / sqrt(ss / hd + 1e-6));
+            for (int i = 0; i < hd; i++) {
+                float zz = z[h * hd + i];
+                ref[h * hd + i] = nw[i] * (x[h * hd + i] * inv) * (zz / (1.0f + expf(-zz)));
+            }
+        }
+        gpu_cuda_ptr dz = dev_upload(c, z, (size_t)heads * hd * 4), dn = dev_upload(c, nw, (size_t)hd * 4);
+        dev_poison(c, dy, (size_t)heads * hd);
+        int h_ = hd;
+        float eps = 1e-6f;
+        void *a[] = { &dy, &dx, &dz, &h_, &dn, &eps };
+        CK(gpu_cuda_launch(c->d, c->rmsnorm_gated, (unsigned)heads, 1, 1, 128, 0, a));
+        float *got = dev_download_f(c, dy, (size_t)heads * hd);
+        compare_simple(c, "rmsnorm_gated 592 heads x 128", got, ref, (long)heads * hd, 1e-5, 1e-5);
+        free(got);
+        free(z);
+        free(nw);
+        gpu_cuda_mem_free(c->d, dz);
+        gpu_cuda_mem_free(c->d, dn);
+    }
+    /* RoPE: 5 tokens x 16 heads x 256, rot 64, theta 1e7, positions up to 200000 */
+    {
+        const int nt = 5, nh = 16, hd = 256, rot = 64;
+        int pos[5] = { 0, 1, 17, 4095, 200000 };
+        memcpy(ref, x, (size_t)nt * nh * hd * 4);
+        CK(c->ref->ops->rope(c->ref, ref, nt, nh, hd, rot, pos, 1e7));
+        gpu_cuda_ptr dp = dev_upload(c, pos, sizeof(pos));
+        float inv_freq[32];
+        for (int i = 0; i < rot / 2; i++)
+            inv_freq[i] = 1.0f / powf(1e7f, (float)(2 * i) / (float)rot);
+        gpu_cuda_ptr dif = dev_upload(c, inv_freq, sizeof(inv_freq));
+        CK(gpu_cuda_mem_upload(c->d, dy, x, (size_t)nt * nh * hd * 4));
+        int nt_ = nt, nh_ = nh, rot_ = rot;
+        long long st = hd;
+        void *a[] = { &dy, &nt_, &nh_, &st, &rot_, &dp, &dif };
+        CK(gpu_cuda_launch(c->d, c->rope, (unsigned)((nt * nh * rot / 2 + 255) / 256), 1, 1, 256, 0, a));
+        float *got = dev_download_f(c, dy, (size_t)nt * nh * hd);
+        /* same fp32 angles as the reference: only sin/cos rounding differs */
+        double worst = 0.0;
+        long bad = 0;
+        for (int t = 0; t < nt; t++)
+            for (int i = 0; i < nh * hd; i++) {
+                long j = (long)t * nh * hd + i;
+                double bound = 2e-6 * (1.0 + fabs(x[j]) + fabs(x[j ^ 32]));
+                double d = fabs((double)got[j] - ref[j]);
+                if (!(d <= bound))
+                    bad++;
+                worst = isnan(d) ? INFINITY : fmax(worst, d / bound);
+            }
+        report(c, "rope_neox 5 tok x 16 heads, rot 64/256", worst, bad, (long)nt * nh * hd, NULL);
+        free(got);
+        gpu_cuda_mem_free(c->d, dp);
+        gpu_cuda_mem_free(c->d, dif);
+    }
+    gpu_cuda_mem_free(c->d, dx);
+    gpu_cuda_mem_free(c->d, dw);
+    gpu_cuda_mem_free(c->d, dy);
+    free(x);
+    free(w);
+    free(ref);
+}
+
+/* ------------------------------------------------------------------ */
+/* Gated DeltaNet and decode attention                                  */
+
+static void check_gdn(struct check *c, int n)
+{
+    const int nk = 16, nv = 32, d = 128, K = 4;
+    const int conv_dim = 2 * nk * d + nv * d, vd = nv * d;
+    float *qkv = xmalloc((size_t)n * conv_dim * 4), *z = xmalloc((size_t)n * vd * 4);
+    float *b = xmalloc((size_t)n * nv * 4), *a = xmalloc((size_t)n * nv * 4);
+    float *convw = xmalloc((size_t)conv_dim * K * 4), *alog = xmalloc((size_t)nv * 4);
+    float *dtb = xmalloc((size_t)nv * 4), *nw = xmalloc((size_t)d * 4);
+    float *cst = xmalloc((size_t)(K - 1) * conv_dim * 4), *ssm = xmalloc((size_t)nv * d * d * 4);
+    rand_x(c, qkv, (long)n * conv_dim);
+    rand_x(c, z, (long)n * vd);
+    for (int i = 0; i < n * nv; i++) {
+        b[i] = 2.0f * rnd_s(c);
+        a[i] = 2.0f * rnd_s(c);
+    }
+    for (int i = 0; i < conv_dim * K; i++)
+        convw[i] = 0.5f * rnd_s(c);
+    for (int i = 0; i < nv; i++) {
+        alog[i] = (float)log(0.5 + 8.0 * rnd_u(c));
+        dtb[i] = rnd_s(c);
+    }
+    for (int i = 0; i < d; i++)
+        nw[i] = 1.0f + 0.2f * rnd_s(c);
+    for (int i = 0; i < (K - 1) * conv_dim; i++)
+        cst[i] = rnd_s(c);
+    for (long i = 0; i < (long)nv * d * d; i++)
+        ssm[i] = 0.05f * rnd_s(c);
+    gpu_cuda_ptr dqkv = dev_upload(c, qkv, (size_t)n * conv_dim * 4), dz = dev_upload(c, z, (size_t)n * vd * 4);
+    gpu_cuda_ptr db = dev_upload(c, b, (size_t)n * nv * 4), da = dev_upload(c, a, (size_t)n * nv * 4);
+    gpu_cuda_ptr dcw = dev_upload(c, convw, (size_t)conv_dim * K * 4);
+    gpu_cuda_ptr dal = dev_upload(c, alog, (size_t)nv * 4), ddt = dev_upload(c, dtb, (size_t)nv * 4);
+    gpu_cuda_ptr dnw = dev_upload(c, nw, (size_t)d * 4);
+    gpu_cuda_ptr dcs = dev_upload(c, cst, (size_t)(K - 1) * conv_dim * 4);
+    gpu_cuda_ptr dss = dev_upload(c, ssm, (size_t)nv * d * d * 4);
+    gpu_cuda_ptr du = dev_alloc(c, (size_t)n * conv_dim * 4), dyo = dev_alloc(c, (size_t)n * vd * 4);
+    gpu_cuda_ptr dy = dev_alloc(c, (size_t)n * vd * 4);
+    dev_poison(c, dy, (size_t)n * vd);
+
+    struct kb_weight wc = { .type = KB_WTYPE_F32, .rows = conv_dim, .cols = K, .data = convw };
+    struct kb_weight wa = f32_vec(alog, nv), wd = f32_vec(dtb, nv), wn = f32_vec(nw, d);
+    struct kb_gdn g = { .n_k_heads = nk, .n_v_heads = nv, .d_k = d, .d_v = d, .conv_kernel = K,
+                        .norm_eps = 1e-6f, .conv1d = &wc, .A_log = &wa, .dt_bias = &wd, .norm = &wn };
+    struct kb_gdn_state st = { .conv = cst, .ssm = ssm };
+    float *ref = xmalloc((size_t)n * vd * 4);
+    CK(c->ref->ops->gdn(c->ref, &g, &st, qkv, z, b, a, n, ref));
+
+    int n_ = n, cd = conv_dim, k_ = K, nk_ = nk, nv_ = nv;
+    void *ca[] = { &dqkv, &n_, &cd, &k_, &dcs, &dcw, &du };
+    CK(gpu_cuda_launch(c->d, c->gdn_conv, (unsigned)((conv_dim + 255) / 256), 1, 1, 256, 0, ca));
+    void *ra[] = { &du, &n_, &nk_, &nv_, &db, &da, &dal, &ddt, &dss, &dyo };
+    CK(gpu_cuda_launch(c->d, c->gdn_rec, (unsigned)nv, 1, 1, 256, 0, ra));
+    int hd = d;
+    float eps = 1e-6f;
+    void *na[] = { &dy, &dyo, &dz, &hd, &dnw, &eps };
+    CK(gpu_cuda_launch(c->d, c->rmsnorm_gated, (unsigned)(n * nv), 1, 1, 128, 0, na));
+    float *got = dev_download_f(c, dy, (size_t)n * vd);
+    char what[96];
+    snprintf(what, sizeof(what), "gdn conv+recurrent+gated norm, %d token%s", n, n > 1 ? "s" : "");
+    compare_simple(c, what, got, ref, (long)n * vd, 1e-4, 1e-3);
+    float *gs = dev_download_f(c, dss, (size_t)nv * d * d);
+    snprintf(what, sizeof(what), "gdn recurrent state after %d token%s", n, n > 1 ? "s" : "");
+    compare_simple(c, what, gs, st.ssm, (long)nv * d * d, 1e-5, 1e-4);
+    float *gc = dev_download_f(c, dcs, (size_t)(K - 1) * conv_dim);
+    snprintf(what, sizeof(what), "gdn conv state after %d token%s", n, n > 1 ? "s" : "");
+    compare_simple(c, what, gc, st.conv, (long)(K - 1) * conv_dim, 0.0, 0.0);
+    gpu_cuda_ptr frees[] = { dqkv, dz, db, da, dcw, dal, ddt, dnw, dcs, dss, du, dyo, dy };
+    for (size_t i = 0; i < sizeof(frees) / sizeof(frees[0]); i++)
+        gpu_cuda_mem_free(c->d, frees[i]);
+    void *hf[] = { qkv, z, b, a, convw, alog, dtb, nw, cst, ssm, ref, got, gs, gc };
+    for (size_t i = 0; i < sizeof(hf) / sizeof(hf[0]); i++)
+        free(hf[i]);
+}
+
+static void check_attention(struct check *c, int len)
+{
+    const int nh = 16, nkv = 2, hd = 256;
+    const long row = (long)nkv * hd;
+    float *kc = xmalloc((size_t)len * row * 4), *vc = xmalloc((size_t)len * row * 4);
+    float *q = xmalloc((size_t)nh * hd * 4), *ref = xmalloc((size_t)nh * hd * 4);
+    rand_x(c, kc, len * row);
+    rand_x(c, vc, len * row);
+    rand_x(c, q, (long)nh * hd);
+    struct kb_attn at = { .n_heads = nh, .n_kv_heads = nkv, .head_dim = hd, .scale = 1.0f / 16.0f };
+    float *kc2 = xmalloc((size_t)len * row * 4), *vc2 = xmalloc((size_t)len * row * 4);
+    memcpy(kc2, kc, (size_t)len * row * 4);
+    memcpy(vc2, vc, (size_t)len * row * 4);
+    struct kb_kv kv = { .k = kc2, .v = vc2, .capacity = len };
+    CK(c->ref->ops->attention(c->ref, &at, &kv, len - 1, q, hd, kc + (len - 1) * row,
+                              vc + (len - 1) * row, 1, ref));
+    gpu_cuda_ptr dk = dev_upload(c, kc, (size_t)len * row * 4), dv = dev_upload(c, vc, (size_t)len * row * 4);
+    gpu_cuda_ptr dq = dev_upload(c, q, (size_t)nh * hd * 4);
+    int chunks = (len + 255) / 256;
+    gpu_cuda_ptr dpo = dev_alloc(c, (size_t)nh * chunks * hd * 4), dms = dev_alloc(c, (size_t)nh * chunks * 8);
+    gpu_cuda_ptr dout = dev_alloc(c, (size_t)nh * hd * 4);
+    dev_poison(c, dout, (size_t)nh * hd);
+    long long qld = hd;
+    int l_ = len, nh_ = nh, nkv_ = nkv, hd_ = hd;
+    float sc = 1.0f / 16.0f;
+    void *sa[] = { &dq, &qld, &dk, &dv, &l_, &nh_, &nkv_, &hd_, &sc, &dpo, &dms };
+    CK(gpu_cuda_launch(c->d, c->attn_split, (unsigned)chunks, (unsigned)nh, 1, 256, 0, sa));
+    void *ma[] = { &dpo, &dms, &l_, &hd_, &dout };
+    CK(gpu_cuda_launch(c->d, c->attn_merge, (unsigned)nh, 1, 1, 256, 0, ma));
+    float *got = dev_download_f(c, dout, (size_t)nh * hd);
+    char what[96];
+    snprintf(what, sizeof(what), "attention decode, %d cached positions", len);
+    compare_simple(c, what, got, ref, (long)nh * hd, 1e-5, 1e-4);
+    gpu_cuda_ptr frees[] = { dk, dv, dq, dpo, dms, dout };
+    for (size_t i = 0; i < sizeof(frees) / sizeof(frees[0]); i++)
+        gpu_cuda_mem_free(c->d, frees[i]);
+    void *hf[] = { kc, vc, q, ref, kc2, vc2, got };
+    for (size_t i = 0; i < sizeof(hf) / sizeof(hf[0]); i++)
+        free(hf[i]);
+}
+
+/* ------------------------------------------------------------------ */
+/* Benchmarks                                                           */
+
+static double bench_copy_gbs(struct check *c, double *read_gbs)
+{
+    const size_t bytes = (size_t)1 << 30;
+    gpu_cuda_ptr a = dev_alloc(c, bytes), b = dev_alloc(c, bytes), sink = dev_alloc(c, 16);
+    CK(gpu_cuda_mem_fill32(c->d, a, 0x01020304u, bytes / 4));
+    long long n16 = (long long)(bytes / 16);
+    int blocks = gpu_cuda_sm_count(c->d) * 8;
+    void *args[] = { &a, &b, &n16, &blocks };
+    void *rargs[] = { &a, &n16, &blocks, &sink };
+    float ms = 0.0f, best = 1e30f, rbest = 1e30f;
+    for (int i = 0; i < 6; i++) {
+        CK(gpu_cuda_timer_start(c->d));
+        CK(gpu_cuda_launch(c->d, c->bcopy, (unsigned)blocks, 1, 1, 256, 0, args));
+        CK(gpu_cuda_timer_stop(c->d, &ms));
+        if (i && ms < best)
+            best = ms;
+        CK(gpu_cuda_timer_start(c->d));
+        CK(gpu_cuda_launch(c->d, c->bread, (unsigned)blocks, 1, 1, 256, 0, rargs));
+        CK(gpu_cuda_timer_stop(c->d, &ms));
+        if (i && ms < rbest)
+            rbest = ms;
+    }
+    gpu_cuda_mem_free(c->d, a);
+    gpu_cuda_mem_free(c->d, b);
+    gpu_cuda_mem_free(c->d, sink);
+    *read_gbs = (double)bytes / (rbest * 1e-3) / 1e9;
+    return 2.0 * (double)bytes / (best * 1e-3) / 1e9;
+}
+
+/* GEMV bandwidth on one shape: copies of the weights cycled so the set
+ * exceeds L2; bytes counted = packed weights + scales (+ x, y). */
+static void bench_gemv(struct check *c, const char *name, int n, int k, int experts, int nb,
+                       double copy_gbs, double read_gbs)
+{
+    const int slices = experts ? 8 : 1;
+    const int64_t mats = experts ? experts : 1;
+    const size_t wbytes = (size_t)mats * n * k / 2, sbytes = (size_t)mats * n * k / 16;
+    int copies = (int)((512u << 20) / (wbytes + sbytes)) + 1;
+    if (copies > 64)
+        copies = 64;
+    gpu_cuda_ptr *wq = xmalloc(sizeof(gpu_cuda_ptr) * (size_t)copies);
+    gpu_cuda_ptr *ws = xmalloc(sizeof(gpu_cuda_ptr) * (size_t)copies);
+    for (int i = 0; i < copies; i++) {
+        wq[i] = dev_alloc(c, wbytes);
+        ws[i] = dev_alloc(c, sbytes);
+        CK(gpu_cuda_mem_fill32(c->d, wq[i], 0x9abc1234u ^ (uint32_t)i, wbytes / 4));
+        CK(gpu_cuda_mem_fill32(c->d, ws[i], 0x3c003c00u, sbytes / 4));
+    }
+    const size_t xn = (size_t)nb * k * slices, yn = (size_t)nb * n * slices;
+    gpu_cuda_ptr x = dev_alloc(c, xn * 4), y = dev_alloc(c, yn * 4), ids = 0;
+    CK(gpu_cuda_mem_fill32(c->d, x, 0x3f000000u, xn));
+    if (experts) {
+        int h_ids[8];
+        for (int i = 0; i < 8; i++)
+            h_ids[i] = (i * 37 + 11) % experts;
+        ids = dev_upload(c, h_ids, sizeof(h_ids));
+    }
+    /* back-to-back launches over the copies between two events: the
+     * per-launch time includes the launch gap, as in a decode step */
+    double best_t[2] = { 1e30, 1e30 };
+    const int reps = copies < 16 ? 16 : copies;
+    for (int big = 0; big < 2; big++) {
+        for (int round = 0; round < 3; round++) {
+            float ms;
+            CK(gpu_cuda_timer_start(c->d));
+            for (int it = 0; it < reps; it++)
+                gemv_launch(c, big, nb, wq[it % copies], ws[it % copies], x, y, n, k, ids, slices,
+                            experts ? (long long)nb * k : 0, (long long)nb * n);
+            CK(gpu_cuda_timer_stop(c->d, &ms));
+            if (round && ms / reps < best_t[big])
+                best_t[big] = ms / reps;
+        }
+    }
+    const double touched = (double)(wbytes + sbytes) / (double)mats * (double)slices;
+    int big = best_t[1] < best_t[0];
+    double gbs = (touched + (double)(xn + yn) * 4) / (best_t[big] * 1e-3) / 1e9;
+    printf("BENCH gemv %-28s B=%d: %8.2f us  %7.1f GB/s = %5.1f %% of read, %5.1f %% of copy bw "
+           "(rows/lane %d; other variant %.2f us)\n",
+           name, nb, best_t[big] * 1e3, gbs, 100.0 * gbs / read_gbs, 100.0 * gbs / copy_gbs,
+           big ? 4 : 1, best_t[!big] * 1e3);
+    for (int i = 0; i < copies; i++) {
+        gpu_cuda_mem_free(c->d, wq[i]);
+        gpu_cuda_mem_free(c->d, ws[i]);
+    }
+    free(wq);
+    free(ws);
+    gpu_cuda_mem_free(c->d, x);
+    gpu_cuda_mem_free(c->d, y);
+    gpu_cuda_mem_free(c->d, ids);
+}
+
+static double bench_peak_int8(struct check *c)
+{
+    int iters = 4096, seed = 1;
+    gpu_cuda_ptr sink = dev_alloc(c, 16);
+    void *args[] = { &iters, &seed, &sink };
+    unsigned blocks = (unsigned)gpu_cuda_sm_count(c->d) * 8;
+    float ms, best = 1e30f;
+    for (int i = 0; i < 4; i++) {
+        CK(gpu_cuda_timer_start(c->d));
+        CK(gpu_cuda_launch(c->d, c->bmma, blocks, 1, 1, 256, 0, args));
+        CK(gpu_cuda_timer_stop(c->d, &ms));
+        if (i && ms < best)
+            best = ms;
+    }
+    gpu_cuda_mem_free(c->d, sink);
+    double ops = (double)blocks * 8 /* warps */ * iters * 4 /* chains */ * (16.0 * 16 * 32 * 2);
+    return ops / (best * 1e-3) / 1e12;
+}
+
+/* MMQ on a model shape: every tile config timed, best reported. */
+static void bench_mmq(struct check *c, const char *name, int m, int n, int k, double peak)
+{
+    gpu_cuda_ptr xq = dev_alloc(c, (size_t)m * k), xd = dev_alloc(c, (size_t)m * (k / 32) * 4);
+    gpu_cuda_ptr wq = dev_alloc(c, (size_t)n * k / 2), ws = dev_alloc(c, (size_t)n * k / 16);
+    gpu_cuda_ptr y = dev_alloc(c, (size_t)m * n * 4);
+    CK(gpu_cuda_mem_fill32(c->d, xq, 0x01fe03fdu, (size_t)m * k / 4));
+    CK(gpu_cuda_mem_fill32(c->d, xd, 0x3c000000u, (size_t)m * (k / 32)));
+    CK(gpu_cuda_mem_fill32(c->d, wq, 0x12345678u, (size_t)n * k / 8));
+    CK(gpu_cuda_mem_fill32(c->d, ws, 0x3c003c00u, (size_t)n * k / 64));
+    double ops = 2.0 * m * n * k;
+    double best = 1e30;
+    int best_cfg = 0;
+    char line[512];
+    int off = snprintf(line, sizeof(line), "[");
+    for (int cfg = 0; cfg < N_MMQ; cfg++) {
+        float ms, t = 1e30f;
+        for (int it = 0; it < 4; it++) {
+            CK(gpu_cuda_timer_start(c->d));
+            mmq_launch(c, cfg, xq, xd, wq, ws, y, m, n, k, 0, 1, 0);
+            CK(gpu_cuda_timer_stop(c->d, &ms));
+            if (it && ms < t)
+                t = ms;
+        }
+        off += snprintf(line + off, sizeof(line) - (size_t)off, "%s%s %.0f", cfg ? ", " : "",
+                        mmq_cfgs[cfg].name + 10, ops / (t * 1e-3) / 1e12);
+        if (t < best) {
+            best = t;
+            best_cfg = cfg;
+        }
+    }
+    snprintf(line + off, sizeof(line) - (size_t)off, "]");
+    double tops = ops / (best * 1e-3) / 1e12;
+    printf("BENCH mmq %-26s M=%d N=%d K=%d: %8.1f us %6.1f TOPS = %4.1f %% of measured int8 "
+           "mma peak, best %s; all TOPS %s\n",
+           name, m, n, k, best * 1e3, tops, 100.0 * tops / peak, mmq_cfgs[best_cfg].name + 10, line);
+    gpu_cuda_ptr frees[] = { xq, xd, wq, ws, y };
+    for (size_t i = 0; i < 5; i++)
+        gpu_cuda_mem_free(c->d, frees[i]);
+}
+
+/* Grouped (MoE) MMQ: T tokens x top-8 of 256 experts, rows sorted by expert,
+ * every expert's weights in one stacked tensor; the prefill MoE layout. */
+static void bench_mmq_moe(struct check *c, const char *name, int t, int n, int k, double peak)
+{
+    const int E = 256, top = 8, A = t * top;
+    int *seg = xmalloc((size_t)(E + 1) * sizeof(int)), *cnt = calloc((size_t)E, sizeof(int));
+    for (int i = 0; i < t; i++)
+        for (int s = 0; s < top; s++)           /* distinct experts per token */
+            cnt[(int)((unsigned)(i * 131 + s * 32 + (int)(rnd_u(c) * 31)) % (unsigned)E)]++;
+    int max_rows = 0;
+    seg[0] = 0;
+    for (int e = 0; e < E; e++) {
+        seg[e + 1] = seg[e] + cnt[e];
+        max_rows = cnt[e] > max_rows ? cnt[e] : max_rows;
+    }
+    gpu_cuda_ptr dseg = dev_upload(c, seg, (size_t)(E + 1) * sizeof(int));
+    gpu_cuda_ptr xq = dev_alloc(c, (size_t)A * k), xd = dev_alloc(c, (size_t)A * (k / 32) * 4);
+    gpu_cuda_ptr wq = dev_alloc(c, (size_t)E * n * k / 2), ws = dev_alloc(c, (size_t)E * n * k / 16);
+    gpu_cuda_ptr y = dev_alloc(c, (size_t)A * n * 4);
+    CK(gpu_cuda_mem_fill32(c->d, xq, 0x01fe03fdu, (size_t)A * k / 4));
+    CK(gpu_cuda_mem_fill32(c->d, xd, 0x3c000000u, (size_t)A * (k / 32)));
+    CK(gpu_cuda_mem_fill32(c->d, wq, 0x12345678u, (size_t)E * n * k / 8));
+    CK(gpu_cuda_mem_fill32(c->d, ws, 0x3c003c00u, (size_t)E * n * k / 64));
+    double ops = 2.0 * A * n * k, best = 1e30;
+    int best_cfg = 0;
+    char line[512];
+    int off = snprintf(line, sizeof(line), "[");
+    for (int cfg = 0; cfg < N_MMQ; cfg++) {
+        float ms, tm = 1e30f;
+        for (int it = 0; it < 4; it++) {
+            CK(gpu_cuda_timer_start(c->d));
+            mmq_launch(c, cfg, xq, xd, wq, ws, y, A, n, k, dseg, E, max_rows);
+            CK(gpu_cuda_timer_stop(c->d, &ms));
+            if (it && ms < tm)
+                tm = ms;
+        }
+        off += snprintf(line + off, sizeof(line) - (size_t)off, "%s%s %.0f", cfg ? ", " : "",
+                        mmq_cfgs[cfg].name + 10, ops / (tm * 1e-3) / 1e12);
+        if (tm < best) {
+            best = tm;
+            best_cfg = cfg;
+        }
+    }
+    snprintf(line + off, sizeof(line) - (size_t)off, "]");
+    double tops = ops / (best * 1e-3) / 1e12;
+    double gbs = ((double)E * n * k * (0.5 + 1.0 / 16)) / (best * 1e-3) / 1e9;
+    printf("BENCH mmq-moe %-22s T=%d (x8 = %d rows, max %d/expert) N=%d K=%d: %8.1f us %6.1f TOPS "
+           "= %4.1f %% of mma peak, weights streamed at %.0f GB/s, best %s; all TOPS %s\n",
+           name, t, A, max_rows, n, k, best * 1e3, tops, 100.0 * tops / peak, gbs,
+           mmq_cfgs[best_cfg].name + 10, line);
+    gpu_cuda_ptr frees[] = { dseg, xq, xd, wq, ws, y };
+    for (size_t i = 0; i < 6; i++)
+        gpu_cuda_mem_free(c->d, frees[i]);
+    free(seg);
+    free(cnt);
+}
+
+static void run_bench(struct check *c)
+{
+    double read_gbs;
+    double copy_gbs = bench_copy_gbs(c, &read_gbs);
+    printf("BENCH copy bandwidth (1 GiB, read+write counted): %.1f GB/s; read-only stream %.1f GB/s\n",
+           copy_gbs, read_gbs);
+    bench_gemv(c, "lm_head 248320x2048", 248320, 2048, 0, 1, copy_gbs, read_gbs);
+    bench_gemv(c, "lm_head 248320x2048", 248320, 2048, 0, 4, copy_gbs, read_gbs);
+    bench_gemv(c, "lm_head 248320x2048", 248320, 2048, 0, 8, copy_gbs, read_gbs);
+    bench_gemv(c, "gdn qkv 8192x2048", 8192, 2048, 0, 1, copy_gbs, read_gbs);
+    bench_gemv(c, "gdn out 2048x4096", 2048, 4096, 0, 1, copy_gbs, read_gbs);
+    bench_gemv(c, "experts gate|up 8x(1024x2048)", 1024, 2048, 256, 1, copy_gbs, read_gbs);
+    bench_gemv(c, "experts down 8x(2048x512)", 2048, 512, 256, 1, copy_gbs, read_gbs);
+    double peak = bench_peak_int8(c);
+    printf("BENCH int8 mma.sync peak loop (m16n8k32 via compat.h): %.1f TOPS "
+           "(H100/H200 SXM datasheet dense int8: 1979 TOPS, reachable only with wgmma)\n", peak);
+    bench_mmq(c, "gdn qkv", 512, 8192, 2048, peak);
+    bench_mmq(c, "gdn qkv", 2048, 8192, 2048, peak);
+    bench_mmq(c, "attn/gdn out", 2048, 2048, 4096, peak);
+    bench_mmq(c, "expert gate|up (dense)", 2048, 1024, 2048, peak);
+    bench_mmq(c, "expert down (dense)", 2048, 2048, 512, peak);
+    bench_mmq(c, "lm_head", 512, 248320, 2048, peak);
+    bench_mmq_moe(c, "experts gate|up", 512, 1024, 2048, peak);
+    bench_mmq_moe(c, "experts gate|up", 2048, 1024, 2048, peak);
+    bench_mmq_moe(c, "experts down", 2048, 2048, 512, peak);
+}
+
+int main(int argc, char **argv)
+{
+    const char *dir = NULL;
+    bool bench = false, probe = false;
+    uint64_t seed = 0x5eed1234abcdull;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--bench"))
+            bench = true;
+        else if (!strcmp(argv[i], "--probe"))
+            probe = true;
+        else if (!strcmp(argv[i], "--seed") && i + 1 < argc)
+            seed = strtoull(argv[++i], NULL, 0) | 1;
+        else if (!dir)
+            dir = argv[i];
+        else {
+            fprintf(stderr, "usage: gpu-check CUBIN_DIR [--bench] [--seed N]\n");
+            return 2;
+        }
+    }
+    if (!dir && !probe) {
+        fprintf(stderr, "usage: gpu-check CUBIN_DIR [--bench] [--seed N]\n");
+        return 2;
+    }
+    struct check ck = { .rng = seed }, *c = &ck;
+    char err[320];
+    int rc = gpu_cuda_open(0, &c->d, err, sizeof(err));
+    if (rc == -ENODEV) {
+        printf("SKIP: %s\n", err);
+        return 77;
+    }
+    if (rc) {
+        fprintf(stderr, "gpu-check: %s\n", err);
+        return 2;
+    }
+    if (probe) {
+        printf("device: %s\n", gpu_cuda_describe(c->d));
+        gpu_cuda_close(c->d);
+        return 0;
+    }
+    struct kb_cpu_params params = { .n_threads = 16 };
+    if (kb_cpu_ref_create(&params, &c->ref)) {
+        fprintf(stderr, "gpu-check: cannot create the CPU reference backend\n");
+        return 2;
+    }
+    printf("device: %s; seed 0x%llx\n", gpu_cuda_describe(c->d), (unsigned long long)seed);
+    check_setup(c, dir);
+
+    check_gemv_shape(c, 2048, 2048);
+    check_gemv_shape(c, 517, 512);             /* lanes per row 16, ragged rows */
+    check_gemv_shape(c, 300, 4096);
+    check_gemv_experts(c);
+    check_mmq_shape(c, 1, 512, 2048);
+    check_mmq_shape(c, 37, 300, 512);
+    check_mmq_shape(c, 200, 1024, 2048);
+    check_mmq_shape(c, 129, 2048, 4096);
+    check_moe(c);
+    check_small_ops(c);
+    check_gdn(c, 1);
+    check_gdn(c, 7);
+    check_attention(c, 1);
+    check_attention(c, 300);
+    check_attention(c, 1100);
+    printf("RESULT: %d/%d checks passed\n", c->checks - c->failures, c->checks);
+    fflush(stdout);
+    if (bench)
+        run_bench(c);
+    c->ref->ops->destroy(c->ref);
+    gpu_cuda_close(c->d);
+    return c->failures ? 1 : 0;
+}
