@@ -98,5 +98,13 @@ fi
 bad=$(grep -vE '^[[:space:]]*(#.*)?$' "$src/residentd.conf" | grep -vE '^[a-z_]+ = [^[:space:]].*$')
 [ -z "$bad" ] || fail "residentd.conf lines not in 'key = value' form: $bad"
 echo "residentd.conf: $(grep -cE '^[a-z_]+ = ' "$src/residentd.conf") keys"
+# ... and residentd itself accepts it, when it is built (unknown keys are fatal).
+if [ -x "${RESIDENT_BUILD_ROOT:-/nonexistent}/daemon/residentd" ]; then
+    keys=$("$RESIDENT_BUILD_ROOT/daemon/residentd" --help 2>&1 | sed -n '/configuration keys:/,$p' | sed 's/configuration keys://')
+    for k in $(sed -n 's/^\([a-z_]*\) = .*/\1/p' "$src/residentd.conf"); do
+        echo " $keys " | tr '\n' ' ' | grep -q " $k " || fail "residentd.conf key '$k' is not in residentd --help"
+    done
+    echo "residentd.conf: every key is one residentd --help lists"
+fi
 echo "units: ok"
 exit 0
