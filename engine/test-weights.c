@@ -523,8 +523,8 @@ static void test_batched_decode(void **state)
     const int plen[NS] = { 1, 9, 70 };
     struct model_seq *bs[NS], *solo[NS];
     struct engine_error err = { 0 };
-    int32_t prompt[70];
-    for (int i = 0; i < 70; i++)
+    int32_t prompt[70 + NS];                   /* sequence s starts at prompt + s */
+    for (int i = 0; i < 70 + NS; i++)
         prompt[i] = (i * 13 + 5) % V;
     float *lb = malloc(sizeof(float) * NS * V), *ls = malloc(sizeof(float) * V);
     for (int s = 0; s < NS; s++) {

@@ -648,8 +648,12 @@ int model_weights_bind(struct model_weights *w, const struct st_set *st,
             goto out;
     }
     if (st_set_find(st, "mtp.fc.weight") || st_set_find(st, "mtp.fc.weight_packed")) {
+        /* the report describes the trunk's expert layout; MTP experts are
+         * fused in every known export */
+        bool trunk_fused = w->report.fused_experts;
         if ((rc = bind_mtp(&b, &w->mtp)))
             goto out;
+        w->report.fused_experts = trunk_fused;
         w->report.has_mtp = true;
     }
 

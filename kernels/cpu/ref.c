@@ -217,7 +217,7 @@ static int ref_matmul_impl(int32_t n_threads, const struct kb_weight *w,
         nt = REF_MAX_THREADS;
     if (nt > w->rows)
         nt = (int32_t)w->rows;
-    if (nt <= 1 || work < (1 << 20)) {
+    if (nt <= 1 || work < (1 << 18)) {
         struct mm_job j = { w, x, n, y, 0, w->rows, 0 };
         mm_rows(&j);
         return j.rc;

@@ -285,6 +285,167 @@ static void test_gdn(void **state)
     be->ops->destroy(be);
 }
 
+/*
+ * GDN against an independent transcription of the CHUNKED form (spec §2.4,
+ * HF torch_chunk_gated_delta_rule): same math as the recurrent op, computed
+ * in double with chunks of 4 over 10 tokens (so the last chunk is padded).
+ */
+enum { CK_NK = 2, CK_NV = 4, CK_DK = 8, CK_DV = 8, CK_K = 4, CK_T = 10, CK_C = 4,
+       CK_CD = 2 * CK_NK * CK_DK + CK_NV * CK_DV };
+
+static void chunked_head(double q[CK_T][CK_DK], double k[CK_T][CK_DK],
+                         double v[CK_T][CK_DV], const double *beta, const double *g,
+                         double o[CK_T][CK_DV])
+{
+    double S[CK_DK][CK_DV] = { { 0 } };
+    for (int c0 = 0; c0 < CK_T; c0 += CK_C) {
+        double Q[CK_C][CK_DK] = { { 0 } }, Kh[CK_C][CK_DK] = { { 0 } }, Vv[CK_C][CK_DV] = { { 0 } };
+        double B[CK_C] = { 0 }, G[CK_C] = { 0 }, gam[CK_C];
+        for (int i = 0; i < CK_C && c0 + i < CK_T; i++) {
+            memcpy(Q[i], q[c0 + i], sizeof(Q[i]));
+            memcpy(Kh[i], k[c0 + i], sizeof(Kh[i]));
+            memcpy(Vv[i], v[c0 + i], sizeof(Vv[i]));
+            B[i] = beta[c0 + i];
+            G[i] = g[c0 + i];
+        }
+        for (int i = 0; i < CK_C; i++)
+            gam[i] = G[i] + (i ? gam[i - 1] : 0);
+        double L[CK_C][CK_C] = { { 0 } }, P[CK_C][CK_C] = { { 0 } };
+        for (int i = 0; i < CK_C; i++)
+            for (int j = 0; j <= i; j++) {
+                double kk = 0, qk = 0;
+                for (int d = 0; d < CK_DK; d++) {
+                    kk += B[i] * Kh[i][d] * Kh[j][d];
+                    qk += Q[i][d] * Kh[j][d];
+                }
+                if (j < i)
+                    L[i][j] = kk * exp(gam[i] - gam[j]);
+                P[i][j] = qk * exp(gam[i] - gam[j]);
+            }
+        /* (I + L) U = diag(B) V ;  (I + L) W = diag(B) K e^gamma */
+        double U[CK_C][CK_DV], W[CK_C][CK_DK];
+        for (int i = 0; i < CK_C; i++) {
+            for (int d = 0; d < CK_DV; d++) {
+                U[i][d] = B[i] * Vv[i][d];
+                for (int j = 0; j < i; j++)
+                    U[i][d] -= L[i][j] * U[j][d];
+            }
+            for (int d = 0; d < CK_DK; d++) {
+                W[i][d] = B[i] * Kh[i][d] * exp(gam[i]);
+                for (int j = 0; j < i; j++)
+                    W[i][d] -= L[i][j] * W[j][d];
+            }
+        }
+        double Vn[CK_C][CK_DV];
+        for (int i = 0; i < CK_C; i++)
+            for (int d = 0; d < CK_DV; d++) {
+                Vn[i][d] = U[i][d];
+                for (int e = 0; e < CK_DK; e++)
+                    Vn[i][d] -= W[i][e] * S[e][d];
+            }
+        for (int i = 0; i < CK_C && c0 + i < CK_T; i++)
+            for (int d = 0; d < CK_DV; d++) {
+                double acc = 0;
+                for (int e = 0; e < CK_DK; e++)
+                    acc += Q[i][e] * exp(gam[i]) * S[e][d];
+                for (int j = 0; j <= i; j++)
+                    acc += P[i][j] * Vn[j][d];
+                o[c0 + i][d] = acc;
+            }
+        const double gl = gam[CK_C - 1];
+        for (int e = 0; e < CK_DK; e++)
+            for (int d = 0; d < CK_DV; d++) {
+                double acc = exp(gl) * S[e][d];
+                for (int j = 0; j < CK_C; j++)
+                    acc += Kh[j][e] * exp(gl - gam[j]) * Vn[j][d];
+                S[e][d] = acc;
+            }
+    }
+}
+
+static void test_gdn_chunked(void **state)
+{
+    struct kb_backend *be = be_new(1);
+    float conv[CK_CD * CK_K], alog[CK_NV], dtb[CK_NV], nw[CK_DV];
+    for (int i = 0; i < CK_CD * CK_K; i++)
+        conv[i] = 0.3f * sinf((float)i * 1.3f) + (i % CK_K == CK_K - 1 ? 0.6f : 0.0f);
+    for (int i = 0; i < CK_NV; i++) {
+        alog[i] = -0.5f + 0.4f * (float)i;
+        dtb[i] = 0.3f * (float)i - 0.2f;
+    }
+    for (int i = 0; i < CK_DV; i++)
+        nw[i] = 0.5f + 0.1f * (float)i;
+    struct kb_weight cw = dense_f32(conv, CK_CD, CK_K), aw = dense_f32(alog, 1, CK_NV),
+                     dw = dense_f32(dtb, 1, CK_NV), nwt = dense_f32(nw, 1, CK_DV);
+    struct kb_gdn g = { .n_k_heads = CK_NK, .n_v_heads = CK_NV, .d_k = CK_DK, .d_v = CK_DV,
+                        .conv_kernel = CK_K, .norm_eps = 1e-6f, .conv1d = &cw,
+                        .A_log = &aw, .dt_bias = &dw, .norm = &nwt };
+    static float qkv[CK_T * CK_CD], z[CK_T * CK_NV * CK_DV], b[CK_T * CK_NV], a[CK_T * CK_NV];
+    for (int i = 0; i < CK_T * CK_CD; i++)
+        qkv[i] = 1.5f * sinf((float)i * 0.37f + 0.2f);
+    for (int i = 0; i < CK_T * CK_NV * CK_DV; i++)
+        z[i] = cosf((float)i * 0.11f);
+    for (int i = 0; i < CK_T * CK_NV; i++) {
+        b[i] = sinf((float)i);
+        a[i] = 2.0f * cosf((float)i * 0.7f);
+    }
+    static float cs[(CK_K - 1) * CK_CD], ss[CK_NV * CK_DK * CK_DV], y[CK_T * CK_NV * CK_DV];
+    struct kb_gdn_state st = { cs, ss };
+    assert_int_equal(be->ops->gdn(be, &g, &st, qkv, z, b, a, CK_T, y), 0);
+
+    /* reference: conv + SiLU, l2norm, gates, chunked core, gated norm */
+    static double u[CK_T][CK_CD];
+    for (int t = 0; t < CK_T; t++)
+        for (int c = 0; c < CK_CD; c++) {
+            double acc = 0;
+            for (int j = 0; j < CK_K; j++) {
+                int src = t - (CK_K - 1) + j;
+                if (src >= 0)
+                    acc += (double)conv[c * CK_K + j] * qkv[src * CK_CD + c];
+            }
+            u[t][c] = acc / (1 + exp(-acc));
+        }
+    double worst = 0;
+    for (int jv = 0; jv < CK_NV; jv++) {
+        const int kh = jv / (CK_NV / CK_NK);
+        double q[CK_T][CK_DK], k[CK_T][CK_DK], v[CK_T][CK_DV], beta[CK_T], gg[CK_T], o[CK_T][CK_DV];
+        for (int t = 0; t < CK_T; t++) {
+            double nq = 0, nk = 0;
+            for (int d = 0; d < CK_DK; d++) {
+                q[t][d] = u[t][kh * CK_DK + d];
+                k[t][d] = u[t][CK_NK * CK_DK + kh * CK_DK + d];
+                nq += q[t][d] * q[t][d];
+                nk += k[t][d] * k[t][d];
+            }
+            for (int d = 0; d < CK_DK; d++) {
+                q[t][d] = q[t][d] / sqrt(nq + 1e-6) / sqrt((double)CK_DK);
+                k[t][d] = k[t][d] / sqrt(nk + 1e-6);
+            }
+            for (int d = 0; d < CK_DV; d++)
+                v[t][d] = u[t][2 * CK_NK * CK_DK + jv * CK_DV + d];
+            beta[t] = 1 / (1 + exp(-(double)b[t * CK_NV + jv]));
+            double x = (double)a[t * CK_NV + jv] + dtb[jv];
+            gg[t] = -exp((double)alog[jv]) * (x > 20 ? x : log1p(exp(x)));
+        }
+        chunked_head(q, k, v, beta, gg, o);
+        for (int t = 0; t < CK_T; t++) {
+            double sq = 0;
+            for (int d = 0; d < CK_DV; d++)
+                sq += o[t][d] * o[t][d];
+            for (int d = 0; d < CK_DV; d++) {
+                double zz = z[(t * CK_NV + jv) * CK_DV + d];
+                double want = nw[d] * o[t][d] / sqrt(sq / CK_DV + 1e-6) * zz / (1 + exp(-zz));
+                double got = y[(t * CK_NV + jv) * CK_DV + d];
+                double e = fabs(got - want) / (1e-3 + fabs(want));
+                worst = e > worst ? e : worst;
+            }
+        }
+    }
+    print_message("gdn recurrent op vs chunked reference: max rel error %.3g (tolerance 1e-4)\n", worst);
+    assert_true(worst < 1e-4);
+    be->ops->destroy(be);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -296,6 +457,7 @@ int main(void)
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_moe),
         cmocka_unit_test(test_gdn),
+        cmocka_unit_test(test_gdn_chunked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
