@@ -810,7 +810,8 @@ def build_default(out_root, manifest):
     gdir = os.path.join(out_root, "goldens", DEFAULT_NAME)
     os.makedirs(gdir, exist_ok=True)
     dt = {"prompt_ids": ids.to(torch.int32), "prefill_last_logits": last, "tokens": torch.tensor(toks, dtype=torch.int32),
-          "step_top16_logits": torch.stack(tv), "step_top16_ids": torch.stack(ti)}
+          "step_top16_logits": torch.stack(tv), "step_top16_ids": torch.stack(ti),
+          "step_top2_margin_over_l2norm": torch.tensor(rel, dtype=torch.float32)}
     save_file(dt, os.path.join(gdir, "decode.safetensors"), metadata={"format": "refgen"})
     files = {"decode.safetensors": {k: [list(v.shape), str(v.dtype).replace("torch.", "")] for k, v in dt.items()}}
     info = {"weights_checked_exact": {"dequantised_tensors": n_q, "dense_tensors": n_d}, "prompt_text": prompt,
