@@ -152,7 +152,7 @@ int svc_listen_create(const struct svc_listen_config *cfg)
 
     if (path[0] != '/' || strlen(path) >= sizeof(sa.sun_path))
         return svc_log_errno(-ENAMETOOLONG, "socket path \"%s\" must be absolute and shorter than %zu bytes "
-                             "(socket_path= in residentd.conf)", path, sizeof(sa.sun_path));
+                             "(socket = in residentd.conf)", path, sizeof(sa.sun_path));
     memcpy(sa.sun_path, path, strlen(path) + 1);
     salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path) + 1);
 
@@ -166,17 +166,22 @@ int svc_listen_create(const struct svc_listen_config *cfg)
         slash = strrchr(dir, '/');
         if (slash && slash != dir) {
             *slash = '\0';
-            if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+            if (mkdir(dir, 0755) == 0) {
+                /* mkdir() applied our umask (0077 under UMask=): group
+                 * members could not traverse to the socket. */
+                chmod(dir, 0755);
+            } else if (errno != EEXIST) {
                 return svc_log_errno(-errno, "cannot create socket directory %s: %s "
-                                     "(start residentd as root, or point socket_path= at a writable directory)",
-                                     dir, strerror(errno));
+                                     "(start residentd as root, or point socket = in residentd.conf at a "
+                                     "writable directory)", dir, strerror(errno));
+            }
         }
     }
 
     if (lstat(path, &st) == 0) {
         if (!S_ISSOCK(st.st_mode))
             return svc_log_errno(-EEXIST, "%s exists and is not a socket; refusing to replace it "
-                                 "(remove it or change socket_path= in residentd.conf)", path);
+                                 "(remove it or change socket = in residentd.conf)", path);
         r = svc_listen_probe(&sa, salen);
         if (r > 0)
             return svc_log_errno(-EADDRINUSE, "another process is listening on %s; is residentd already "

@@ -96,7 +96,8 @@ bool svc_caps_managed(void);
 int svc_caps_init(struct svc_caps *c, const struct svc_caps_config *cfg);
 
 /* DROP or VERIFY as described above.  Call after the weights are locked and
- * the socket exists, before any thread is started. */
+ * the socket exists, before any thread is started.  On failure the process
+ * may be half-way through a drop: log and exit, never continue serving. */
 int svc_caps_apply(struct svc_caps *c);
 
 /* One line describing the current credentials:

@@ -134,8 +134,8 @@ int svc_memlock_check(const struct svc_memlock *m, uint64_t bytes)
 
     if (m->mode == SVC_MEMLOCK_OFF)
         return 0;
-    if (ipc_lock_state() == 'e' || ipc_lock_state() == 'p')
-        return 0;   /* CAP_IPC_LOCK ignores RLIMIT_MEMLOCK */
+    if (ipc_lock_state() != 0)
+        return 0;   /* CAP_IPC_LOCK (raised around the lock if only permitted) ignores RLIMIT_MEMLOCK */
     lim = svc_memlock_limit();
     if (lim == UINT64_MAX)
         return 0;

@@ -269,8 +269,12 @@ static void test_by_hand(const char *dir)
         cfg.group = g ? g->gr_gid : 65534;
     }
 
-    /* fresh: parent directory created, mode and group applied */
+    /* fresh: parent directory created 0755 even under UMask=0077, socket
+     * mode and group applied */
+    umask(0077);
     T_CHECK(svc_activation_listen(&a, &cfg) == 0);
+    T_CHECK(stat(sub, &st) == 0);
+    T_CHECKF((st.st_mode & 07777) == 0755, "socket directory mode %04o", (unsigned)(st.st_mode & 07777));
     T_CHECK(a.listen_created && !a.listen_inherited && a.listen_fd >= 0);
     T_CHECK(lstat(path, &st) == 0 && S_ISSOCK(st.st_mode));
     T_CHECKF((st.st_mode & 07777) == 0660, "mode %04o", (unsigned)(st.st_mode & 07777));
