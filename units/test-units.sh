@@ -85,11 +85,12 @@ elif command -v systemd-sysusers >/dev/null 2>&1 && command -v systemd-tmpfiles 
     grep -q '^residentd:x:[0-9]*:[0-9]*:resident inference daemon:/:/usr/sbin/nologin$' "$tmp/root/etc/passwd" ||
         fail "sysusers: no residentd user: $(cat "$tmp/root/etc/passwd")"
     grep -q '^resident:x:' "$tmp/root/etc/group" || fail "sysusers: no resident group"
+    grep -q '^render:x:' "$tmp/root/etc/group" || fail "sysusers: no render group"
     dgid=$(sed -n 's/^residentd:x:\([0-9]*\):.*/\1/p' "$tmp/root/etc/group")
     systemd-tmpfiles --root="$tmp/root" --create "$src/tmpfiles.d/resident.conf" >/dev/null 2>&1 || fail "systemd-tmpfiles"
     got=$(stat -c '%a %u %g' "$tmp/root/var/lib/resident/model")
     [ "$got" = "750 0 $dgid" ] || fail "model dir is '$got', expected '750 0 $dgid'"
-    echo "sysusers/tmpfiles: residentd (gid $dgid), resident group, /var/lib/resident/model 0750 root:residentd"
+    echo "sysusers/tmpfiles: residentd (gid $dgid), groups resident and render, /var/lib/resident/model 0750 root:residentd"
 else
     echo "note: systemd-sysusers/systemd-tmpfiles absent, snippets not applied"
 fi
