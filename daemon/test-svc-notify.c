@@ -148,8 +148,10 @@ static void test_protocol(const char *dir)
      * scheduling slack but not a missing or doubled rate. */
     printf("watchdog: %zu pings, gaps %llu..%llu ms (expected ~50, one >= %u after the stall)\n",
            pings, (unsigned long long)min_gap, (unsigned long long)max_gap, STALL_MS);
-    T_CHECKF(pings >= 9 && pings <= 14, "%zu pings", pings);
-    T_CHECKF(min_gap >= 40, "pings %llu ms apart: faster than WatchdogSec/2", (unsigned long long)min_gap);
+    T_CHECKF(pings >= 8 && pings <= 14, "%zu pings", pings);
+    /* Arrival times carry the listener's scheduling delay (2 shared cores
+     * in CI), so allow 25 ms; a loop pinging on every 5 ms tick would fail. */
+    T_CHECKF(min_gap >= 25, "pings %llu ms apart: faster than WatchdogSec/2", (unsigned long long)min_gap);
     T_CHECKF(max_gap >= STALL_MS, "the stalled loop kept pinging (max gap %llu ms)", (unsigned long long)max_gap);
     close(fd);
 }
