@@ -726,6 +726,77 @@ static bool st_shard_name_ok(const char *s, size_t len)
     return ejson_utf8_valid(s, len);
 }
 
+/* Validate a parsed index.json: a non-empty "weight_map" object whose
+ * values are plain shard file names. Returns the map and, in `*shards_out`
+ * (heap, caller frees), one shard name per entry in map order; the strings
+ * live as long as `root`. */
+static int st_index_check(struct json_object *root, const char *what, struct json_object **wm_out,
+                          const char ***shards_out, size_t *n_out, struct engine_error *err)
+{
+    *shards_out = NULL;
+    *n_out = 0;
+    struct json_object *wm = ejson_get(root, "weight_map");
+    if (!wm || !json_object_is_type(wm, json_type_object))
+        return engine_error_set(err, -EINVAL, "%s: \"weight_map\" missing or not an object", what);
+    size_t n = (size_t)json_object_object_length(wm);
+    if (n == 0)
+        return engine_error_set(err, -EINVAL, "%s: \"weight_map\" is empty", what);
+    if (n > ST_TENSORS_MAX)
+        return engine_error_set(err, -EFBIG, "%s: weight_map lists %zu tensors, over the limit of %u",
+                                what, n, ST_TENSORS_MAX);
+    const char **shards = malloc(n * sizeof(*shards));
+    if (!shards)
+        return engine_error_set(err, -ENOMEM, "%s: out of memory", what);
+    size_t k = 0;
+    json_object_object_foreach(wm, key, val) {
+        if (!val || !json_object_is_type(val, json_type_string)) {
+            free(shards);
+            return engine_error_set(err, -EINVAL, "%s: weight_map.%.200s must be a shard file name string",
+                                    what, key);
+        }
+        const char *sh = json_object_get_string(val);
+        if (!st_shard_name_ok(sh, (size_t)json_object_get_string_len(val))) {
+            free(shards);
+            return engine_error_set(err, -EINVAL,
+                                    "%s: weight_map.%.200s names \"%.200s\", which is not a plain file name in the model directory",
+                                    what, key, sh);
+        }
+        shards[k++] = sh;
+    }
+    *wm_out = wm;
+    *shards_out = shards;
+    *n_out = k;
+    return 0;
+}
+
+int st_index_parse_buffer(const char *json, size_t len, const char *what,
+                          st_index_cb cb, void *ctx, struct engine_error *err)
+{
+    if (!what)
+        what = ST_INDEX_NAME;
+    if (!json && len)
+        return engine_error_set(err, -EINVAL, "%s: NULL text", what);
+    if (len > ST_HEADER_MAX)
+        return engine_error_set(err, -EFBIG, "%s: %zu bytes exceeds the %u byte limit", what, len, ST_HEADER_MAX);
+    struct json_object *root = NULL, *wm = NULL;
+    const char **shards = NULL;
+    size_t n = 0;
+    int rc = ejson_parse(json ? json : "", len, ST_JSON_DEPTH, what, &root, err);
+    if (rc == 0)
+        rc = st_index_check(root, what, &wm, &shards, &n, err);
+    if (rc == 0 && cb) {
+        size_t i = 0;
+        json_object_object_foreach(wm, key, val) {
+            (void)val;
+            if ((rc = cb(ctx, key, shards[i++])) != 0)
+                break;
+        }
+    }
+    free(shards);
+    json_object_put(root);
+    return rc;
+}
+
 static int st_open_index(struct st_set *set, const char *dir, int dirfd, struct engine_error *err)
 {
     char *what = st_path_join(dir, ST_INDEX_NAME);
@@ -733,7 +804,7 @@ static int st_open_index(struct st_set *set, const char *dir, int dirfd, struct 
         return engine_error_set(err, -ENOMEM, "%s: out of memory", dir);
     char *text = NULL;
     size_t len = 0;
-    struct json_object *root = NULL;
+    struct json_object *root = NULL, *wm = NULL;
     const char **shards = NULL;
     size_t n_shards = 0;
     int rc = ejson_read_file(dirfd, ST_INDEX_NAME, what, ST_HEADER_MAX, &text, &len, err);
@@ -742,41 +813,9 @@ static int st_open_index(struct st_set *set, const char *dir, int dirfd, struct 
     rc = ejson_parse(text, len, ST_JSON_DEPTH, what, &root, err);
     if (rc < 0)
         goto out;
-    struct json_object *wm = ejson_get(root, "weight_map");
-    if (!wm || !json_object_is_type(wm, json_type_object)) {
-        rc = engine_error_set(err, -EINVAL, "%s: \"weight_map\" missing or not an object", what);
+    rc = st_index_check(root, what, &wm, &shards, &n_shards, err);
+    if (rc < 0)
         goto out;
-    }
-    size_t n = (size_t)json_object_object_length(wm);
-    if (n == 0) {
-        rc = engine_error_set(err, -EINVAL, "%s: \"weight_map\" is empty", what);
-        goto out;
-    }
-    if (n > ST_TENSORS_MAX) {
-        rc = engine_error_set(err, -EFBIG, "%s: weight_map lists %zu tensors, over the limit of %u",
-                              what, n, ST_TENSORS_MAX);
-        goto out;
-    }
-    shards = malloc(n * sizeof(*shards));
-    if (!shards) {
-        rc = engine_error_set(err, -ENOMEM, "%s: out of memory", what);
-        goto out;
-    }
-    json_object_object_foreach(wm, key, val) {
-        if (!val || !json_object_is_type(val, json_type_string)) {
-            rc = engine_error_set(err, -EINVAL, "%s: weight_map.%.200s must be a shard file name string",
-                                  what, key);
-            goto out;
-        }
-        const char *s = json_object_get_string(val);
-        if (!st_shard_name_ok(s, (size_t)json_object_get_string_len(val))) {
-            rc = engine_error_set(err, -EINVAL,
-                                  "%s: weight_map.%.200s names \"%.200s\", which is not a plain file name in the model directory",
-                                  what, key, s);
-            goto out;
-        }
-        shards[n_shards++] = s;
-    }
     /* Unique shard names, opened in sorted order (deterministic file ids). */
     qsort(shards, n_shards, sizeof(*shards), st_cmp_str);
     size_t u = 0;

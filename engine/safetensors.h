@@ -106,4 +106,13 @@ typedef int (*st_tensor_cb)(void *ctx, const struct st_tensor *t);
 int st_parse_buffer(const uint8_t *buf, size_t len, const char *what,
                     st_tensor_cb cb, void *ctx, struct engine_error *err);
 
+/* Parse model.safetensors.index.json text (the fuzz entry point for the
+ * index): checks that "weight_map" is a non-empty object of plain shard
+ * file names (no '/', not "." or "..", valid UTF-8), then calls `cb` once
+ * per entry in file order; strings are valid only during the call. A
+ * non-zero return from `cb` stops the walk and is returned. */
+typedef int (*st_index_cb)(void *ctx, const char *tensor, const char *shard);
+int st_index_parse_buffer(const char *json, size_t len, const char *what,
+                          st_index_cb cb, void *ctx, struct engine_error *err);
+
 #endif

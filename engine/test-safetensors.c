@@ -574,6 +574,44 @@ static void test_bad_dirs(void **state)
     st_set_free(NULL);
 }
 
+static int count_entry(void *ctx, const char *tensor, const char *shard)
+{
+    (*(int *)ctx)++;
+    return strcmp(tensor, "stop") == 0 ? -ECANCELED : 0;
+}
+
+static void expect_index_fail(const char *text, const char *sub)
+{
+    struct engine_error err = { 0 };
+    int n = 0;
+    int rc = st_index_parse_buffer(text, strlen(text), "index.json", count_entry, &n, &err);
+    if (rc >= 0 || !strstr(err.msg, sub))
+        fail_msg("expected failure with \"%s\", got rc=%d msg=\"%s\"", sub, rc, err.msg);
+    assert_int_equal(n, 0);
+}
+
+static void test_index_parse(void **state)
+{
+    int n = 0;
+    struct engine_error err = { 0 };
+    assert_int_equal(st_index_parse_buffer(INDEX_OK, strlen(INDEX_OK), "index.json", count_entry, &n, &err), 0);
+    assert_int_equal(n, 3);
+    const char *stop = "{\"weight_map\":{\"a\":\"x.safetensors\",\"stop\":\"x.safetensors\",\"c\":\"y\"}}";
+    n = 0;
+    assert_int_equal(st_index_parse_buffer(stop, strlen(stop), NULL, count_entry, &n, NULL), -ECANCELED);
+    assert_int_equal(n, 2);
+
+    expect_index_fail("[]", "index.json: \"weight_map\" missing");
+    expect_index_fail("{\"weight_map\":[]}", "\"weight_map\" missing or not an object");
+    expect_index_fail("{\"weight_map\":{}}", "index.json: \"weight_map\" is empty");
+    expect_index_fail("{\"weight_map\":{\"a\":\"/etc/passwd\"}}", "weight_map.a names \"/etc/passwd\"");
+    expect_index_fail("{\"weight_map\":{\"a\":\"..\"}}", "not a plain file name");
+    expect_index_fail("{\"weight_map\":{\"a\":\"\"}}", "not a plain file name");
+    expect_index_fail("{\"weight_map\":{\"a\":\"x\\u0000y\"}}", "not a plain file name");
+    expect_index_fail("{\"weight_map\":{\"a\":null}}", "weight_map.a must be a shard file name string");
+    expect_index_fail("{\"weight_map\":", "index.json: JSON text ends early");
+}
+
 /* Real fixtures produced by transformers + llm-compressor, when present. */
 static void check_fixture(const char *name)
 {
@@ -631,6 +669,7 @@ int main(void)
         cmocka_unit_test(test_bad_entries),
         cmocka_unit_test(test_bad_names),
         cmocka_unit_test(test_truncated_prefixes),
+        cmocka_unit_test(test_index_parse),
         cmocka_unit_test(test_open_single),
         cmocka_unit_test(test_open_sharded),
         cmocka_unit_test(test_bad_dirs),
