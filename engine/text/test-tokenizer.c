@@ -7,7 +7,8 @@
  *   - engine/text/testdata/tok/synth/ (committed small BPE with the Qwen3.5
  *     regex and added tokens carrying every HF flag) + synth_goldens.json,
  *   - llama.cpp's 43 qwen2 vectors and pretokenizer_splits.json (../shared),
- *   - tests/data/text/tokenizer_goldens.json when it exists,
+ *   - tests/data/text/tokenizer_goldens.json (refgen, HF tokenizers 0.23.3)
+ *     on tests/data/default-model (the Qwen3 tokenizer files),
  *   - the Qwen3.6 test_vectors.json when the real vocabulary is present
  *     (tests/data/text/ or $RESIDENT_QWEN36_TOKENIZER).
  * Data under ../shared is optional: those parts report "skip" with the
@@ -592,6 +593,62 @@ static void run_qwen36_vectors(const struct tokenizer *tok, const char *path)
     ran_parts++;
 }
 
+static void damage_cache(const char *dir)
+{
+    char cmd[512];
+    /* overwrite 64 bytes in the middle of every cache file */
+    fmt(cmd, sizeof(cmd),
+        "for f in '%s'/*.bin; do s=$(stat -c %%s \"$f\"); "
+        "dd if=/dev/urandom of=\"$f\" bs=1 count=64 seek=$((s/2)) "
+        "conv=notrunc status=none; done", dir);
+    if (system(cmd) != 0)
+        perror("damage cache");
+}
+
+/* Binary cache: a second load reads it and gives identical ids; a damaged
+ * or truncated cache is rebuilt, never trusted. */
+static void check_cache(const char *model_dir, const char *golden,
+                        const char *what)
+{
+    char dir[] = "/tmp/resident-tokcache-XXXXXX";
+    if (!mkdtemp(dir))
+        return;
+    struct tokenizer_load_params lp = TOKENIZER_LOAD_PARAMS_DEFAULT;
+    lp.cache_dir = dir;
+    struct engine_error err = { 0 };
+    struct tokenizer *a = NULL, *b = NULL;
+    double t[3];
+    for (int round = 0; round < 3; round++) {
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        struct tokenizer **dst = round == 0 ? &a : &b;
+        if (round == 2) {
+            /* damage the cache: flip a byte in the middle, then reload */
+            damage_cache(dir);
+            tokenizer_free(b);
+            b = NULL;
+        }
+        int r = tokenizer_load_ex(model_dir, &lp, dst, &err);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        t[round] = (double)(t1.tv_sec - t0.tv_sec) * 1e3 +
+                   (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+        CHECK(r == 0, "%s: cached load round %d: %s", what, round, err.msg);
+    }
+    printf("%s: load without cache %.1f ms, from cache %.1f ms, after "
+           "damage (rebuilt) %.1f ms\n", what, t[0], t[1], t[2]);
+    if (a && b) {
+        CHECK(a->n_ids == b->n_ids && a->n_added == b->n_added,
+              "cached tables differ");
+        run_goldens(b, golden, what);
+    }
+    tokenizer_free(a);
+    tokenizer_free(b);
+    char cmd[512];
+    fmt(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        perror("rm");
+}
+
 int main(void)
 {
     const char *root = getenv("RESIDENT_SOURCE_ROOT");
@@ -614,6 +671,9 @@ int main(void)
         tokenizer_free(synth);
     }
     check_bad_files();
+    path_join(p, sizeof(p), "engine/text/testdata/tok/synth");
+    path_join(q, sizeof(q), "engine/text/testdata/tok/synth_goldens.json");
+    check_cache(p, q, "synth via binary cache");
 
     /* 2. Qwen3 vocabulary from ../shared */
     char qdir[PATH_MAX];
@@ -645,6 +705,8 @@ int main(void)
                 run_splits(q3, "qwen2", p);
             check_text_roundtrip(q3, 500);
         }
+        path_join(p, sizeof(p), "engine/text/testdata/tok/qwen3_goldens.json");
+        check_cache(qdir, p, "qwen3 via binary cache");
         struct tokenizer *vm = load_vocab_merges(qdir);
         if (vm) {
             fmt(p, sizeof(p), "%s/ggml-vocab-qwen2.gguf.inp", qdir);
@@ -653,14 +715,24 @@ int main(void)
             CHECK(tokenizer_token_count(vm) == 151669, "vocab.json count");
             tokenizer_free(vm);
         }
-        /* tests/data/text/tokenizer_goldens.json from refgen, when it is
-         * for this vocabulary (its README says which) */
-        path_join(p, sizeof(p), "tests/data/text/tokenizer_goldens.json");
-        if (q3 && exists(p) && !getenv("RESIDENT_GOLDENS_QWEN36"))
-            run_goldens(q3, p, "tests/data/text goldens");
         tokenizer_free(q3);
     } else {
         printf("skip: %s absent (Qwen3 vocabulary checks)\n", qdir);
+    }
+
+    /* tests/data: refgen's goldens (HF tokenizers 0.23.3) for the bundled
+     * default model's tokenizer (the Qwen3 files, see tests/data/README) */
+    char dm[PATH_MAX];
+    path_join(dm, sizeof(dm), "tests/data/default-model");
+    path_join(p, sizeof(p), "tests/data/text/tokenizer_goldens.json");
+    if (exists(dm) && exists(p)) {
+        struct tokenizer *d = load(dm);
+        if (d) {
+            run_goldens(d, p, "tests/data/text/tokenizer_goldens.json");
+            tokenizer_free(d);
+        }
+    } else {
+        printf("skip: tests/data/default-model or its goldens absent\n");
     }
 
     /* 3. qwen35 split regex on the committed synthetic tokenizer */

@@ -115,6 +115,8 @@ struct tokenizer {
 
     bool              nfc;
     bool              ignore_merges;
+    char             *pattern;          /* split regex as in the file;
+                                           NULL: no split                  */
     pcre2_code       *split_re;
     const char       *pretok_name;
 
@@ -152,6 +154,19 @@ int tok_split_for_test(const struct tokenizer *tok, const char *text,
  * tokenizer_load(); used by the fuzz harness). */
 int tok_load_json_buffer(const char *text, size_t len, struct tokenizer **out,
                          struct engine_error *err);
+
+/* Matchers, split regex and word cache from the tables (tokenizer-load.c). */
+int tok_finish_runtime(struct tokenizer *tok, const char *what,
+                       struct engine_error *err);
+
+/* Binary cache of the loaded tables (tokenizer-cache.c). read: 0 and *out
+ * on a valid cache for `fingerprint`, -ENOENT when absent or stale, other
+ * -errno when damaged (the caller then rebuilds). write: best effort,
+ * atomic (temporary file + rename). */
+int tok_cache_read(const char *path, uint64_t fingerprint,
+                   struct tokenizer **out, struct engine_error *err);
+int tok_cache_write(const char *path, uint64_t fingerprint,
+                    const struct tokenizer *tok, struct engine_error *err);
 
 /* ---- minimal JSON scanner (tokenizer-json.c) ----
  * Just enough JSON to stream through tokenizer.json / vocab.json without

@@ -1052,18 +1052,16 @@ static char *pattern_to_pcre2(const char *pat, struct engine_error *err,
 static int compile_split(struct builder *b)
 {
     struct tokenizer *tok = b->tok;
-    if (b->split_none) {
+    if (!tok->pattern) {
+        /* ByteLevel(use_regex=false) alone: each segment is one word */
         tok->pretok_name = "none";
         return 0;
     }
-    if (!b->pattern)
-        return engine_error_set(b->err, -EINVAL, "%s: no split regex",
-                                b->what);
-    tok->pretok_name = strcmp(b->pattern, PAT_QWEN35) == 0 ? "qwen35"
-                     : strcmp(b->pattern, PAT_QWEN2) == 0  ? "qwen2"
-                     : strcmp(b->pattern, PAT_GPT2) == 0   ? "gpt2"
-                                                           : "custom";
-    char *p = pattern_to_pcre2(b->pattern, b->err, b->what);
+    tok->pretok_name = strcmp(tok->pattern, PAT_QWEN35) == 0 ? "qwen35"
+                     : strcmp(tok->pattern, PAT_QWEN2) == 0  ? "qwen2"
+                     : strcmp(tok->pattern, PAT_GPT2) == 0   ? "gpt2"
+                                                             : "custom";
+    char *p = pattern_to_pcre2(tok->pattern, b->err, b->what);
     if (!p)
         return -EINVAL;
     int ec;
@@ -1157,10 +1155,35 @@ static int added_normalize(struct builder *b)
 
 /* ------------------------------------------------------------------ */
 
+/* The parts of a tokenizer that are rebuilt on every load, from the tables
+ * (also after reading them from the binary cache). */
+int tok_finish_runtime(struct tokenizer *tok, const char *what,
+                       struct engine_error *err)
+{
+    struct builder b = { .tok = tok, .err = err, .what = what };
+    int r;
+    if ((r = matcher_build(&b, &tok->match_raw, false)) < 0 ||
+        (r = matcher_build(&b, &tok->match_norm, true)) < 0 ||
+        (r = compile_split(&b)) < 0)
+        return r;
+    tok->cache = calloc(TOK_CACHE_SHARDS, sizeof(*tok->cache));
+    if (!tok->cache)
+        return engine_error_set(err, -ENOMEM, "out of memory");
+    for (size_t i = 0; i < TOK_CACHE_SHARDS; i++)
+        pthread_mutex_init(&tok->cache[i].lock, NULL);
+    return 0;
+}
+
 static int finish(struct builder *b)
 {
     struct tokenizer *tok = b->tok;
     int r;
+    tok->pattern = b->split_none ? NULL : b->pattern;
+    if (!b->split_none)
+        b->pattern = NULL;
+    if (!tok->pattern && !b->split_none)
+        return engine_error_set(b->err, -EINVAL, "%s: no split regex",
+                                b->what);
     for (int c = 0; c < 256; c++) {
         char byte = (char)c;
         tok->byte_id[c] = tok_vocab_find(tok, &byte, 1);
@@ -1171,21 +1194,37 @@ static int finish(struct builder *b)
                                     "BPE vocabulary", b->what, c,
                                     tok_byte_to_cp[c]);
     }
-    if ((r = merges_index(b)) < 0 || (r = added_normalize(b)) < 0 ||
-        (r = matcher_build(b, &tok->match_raw, false)) < 0 ||
-        (r = matcher_build(b, &tok->match_norm, true)) < 0 ||
-        (r = compile_split(b)) < 0)
+    if ((r = merges_index(b)) < 0 || (r = added_normalize(b)) < 0)
         return r;
-    tok->cache = calloc(TOK_CACHE_SHARDS, sizeof(*tok->cache));
-    if (!tok->cache)
-        return engine_error_set(b->err, -ENOMEM, "out of memory");
-    for (size_t i = 0; i < TOK_CACHE_SHARDS; i++)
-        pthread_mutex_init(&tok->cache[i].lock, NULL);
-    return 0;
+    return tok_finish_runtime(tok, b->what, b->err);
 }
 
-int tokenizer_load(const char *model_dir, struct tokenizer **out,
-                   struct engine_error *err)
+/* Identity of the source files for the binary cache: which files exist,
+ * and each one's device, inode, size and modification time. Content is not
+ * hashed (that would cost as much as parsing); replacing a file through
+ * any normal means changes its inode or mtime. */
+static uint64_t source_fingerprint(int dirfd)
+{
+    static const char *names[] = { "tokenizer.json", "vocab.json",
+                                   "merges.txt", "tokenizer_config.json" };
+    uint64_t acc[4 * 5];
+    memset(acc, 0, sizeof(acc));
+    for (size_t i = 0; i < 4; i++) {
+        struct stat st;
+        if (fstatat(dirfd, names[i], &st, 0) != 0)
+            continue;
+        acc[i * 5 + 0] = (uint64_t)st.st_dev;
+        acc[i * 5 + 1] = (uint64_t)st.st_ino;
+        acc[i * 5 + 2] = (uint64_t)st.st_size;
+        acc[i * 5 + 3] = (uint64_t)st.st_mtim.tv_sec;
+        acc[i * 5 + 4] = (uint64_t)st.st_mtim.tv_nsec | 1;
+    }
+    return tok_hash_bytes(acc, sizeof(acc));
+}
+
+int tokenizer_load_ex(const char *model_dir,
+                      const struct tokenizer_load_params *params,
+                      struct tokenizer **out, struct engine_error *err)
 {
     *out = NULL;
     int dirfd = open(model_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -1193,6 +1232,24 @@ int tokenizer_load(const char *model_dir, struct tokenizer **out,
         int e = errno;
         return engine_error_set(err, -e, "%s: cannot open model directory: "
                                 "%s", model_dir, strerror(e));
+    }
+    char cache_path[4096];
+    uint64_t fp = 0;
+    const char *cache_dir = params ? params->cache_dir : NULL;
+    if (cache_dir) {
+        fp = source_fingerprint(dirfd);
+        int n = snprintf(cache_path, sizeof(cache_path),
+                         "%s/tokenizer-%016llx.bin", cache_dir,
+                         (unsigned long long)fp);
+        if (n < 0 || (size_t)n >= sizeof(cache_path))
+            cache_dir = NULL;
+    }
+    if (cache_dir) {
+        struct engine_error cerr = { 0 };
+        if (tok_cache_read(cache_path, fp, out, &cerr) == 0) {
+            close(dirfd);
+            return 0;
+        }
     }
     struct tokenizer *tok = calloc(1, sizeof(*tok));
     if (!tok) {
@@ -1219,8 +1276,19 @@ int tokenizer_load(const char *model_dir, struct tokenizer **out,
         tokenizer_free(tok);
         return r;
     }
+    if (cache_dir) {
+        /* A cache that cannot be written only costs the next load time. */
+        struct engine_error cerr = { 0 };
+        (void)tok_cache_write(cache_path, fp, tok, &cerr);
+    }
     *out = tok;
     return 0;
+}
+
+int tokenizer_load(const char *model_dir, struct tokenizer **out,
+                   struct engine_error *err)
+{
+    return tokenizer_load_ex(model_dir, NULL, out, err);
 }
 
 int tok_load_json_buffer(const char *text, size_t len, struct tokenizer **out,
@@ -1254,6 +1322,7 @@ void tokenizer_free(struct tokenizer *tok)
         free(tok->cache);
     }
     pcre2_code_free(tok->split_re);
+    free(tok->pattern);
     free(tok->match_raw.cand);
     free(tok->match_norm.cand);
     for (size_t i = 0; i < tok->n_added; i++)
