@@ -271,10 +271,16 @@ static void session_free(struct session *s)
     free(s);
 }
 
-static void session_maybe_free(struct session *s)
+/* Free closed sessions whose last SQE completed and whose sequences left
+ * the worker. Runs after each batch of completions, never inside a
+ * handler, so no caller holds a pointer to a freed session. */
+static void sessions_reap(struct daemon *d)
 {
-    if (s->state == S_CLOSING && s->ops_inflight == 0 && s->n_in_batch == 0)
-        session_free(s);
+    for (struct session *s = d->sessions, *ns; s; s = ns) {
+        ns = s->next;
+        if (s->state == S_CLOSING && s->ops_inflight == 0 && s->n_in_batch == 0)
+            session_free(s);
+    }
 }
 
 void session_close(struct session *s, const char *why)
@@ -292,7 +298,6 @@ void session_close(struct session *s, const char *why)
     cancel_op(d, &s->send_op);
     cancel_op(d, &s->bell_op);
     cancel_op(d, &s->wake_op);
-    session_maybe_free(s);
 }
 
 void session_wake_client(struct session *s)
@@ -723,8 +728,6 @@ static void dispatch(struct daemon *d, struct io_uring_cqe *cqe)
     case OP_CANCEL:
         break;
     }
-    if (s)
-        session_maybe_free(s);
 }
 
 /* ---- setup ---- */
@@ -899,6 +902,7 @@ int daemon_run(struct daemon *d, char *err, size_t errlen)
             n++;
         }
         io_uring_cq_advance(&d->ring, n);
+        sessions_reap(d);
         if (d->stopping && stop_progress(d, daemon_now_us())) {
             r = 0;
             break;

@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Integration-test harness: start residentd (null generator) on a private
+ * socket, inspect its fds and memory, and speak the raw protocol for tests
+ * that must misbehave in ways libresident never would.
+ *
+ * Exit codes follow meson/automake: 0 pass, 1 fail, 77 skip (io_uring or a
+ * kernel feature is missing; the reason is printed).
+ */
+#ifndef RESIDENT_TESTS_INTEGRATION_HARNESS_H
+#define RESIDENT_TESTS_INTEGRATION_HARNESS_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+#include "shm/region.h"
+#include "shm/ring.h"
+
+extern int th_failures;
+
+#define TH_CHECK(cond) do { \
+    if (!(cond)) { fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); th_failures++; } \
+} while (0)
+
+struct th_daemon {
+    pid_t pid;
+    char  dir[64];
+    char  sock[108];
+    char  log[128];
+};
+
+/* Skip (exit 77) when this kernel or sandbox has no usable io_uring. */
+void th_require_uring(void);
+
+/* Start residentd with extra "-o key=value" options (NULL-terminated list). */
+int th_daemon_start(struct th_daemon *d, const char *const *opts);
+
+/* SIGTERM and reap; returns the exit status (or -1 on timeout/kill). */
+int th_daemon_stop(struct th_daemon *d, int timeout_ms);
+
+/* Daemon still running? */
+int th_daemon_alive(const struct th_daemon *d);
+
+int  th_fd_count(pid_t pid);
+long th_rss_kb(pid_t pid);
+
+/* Wait until the daemon's fd count drops to `want` (teardown is async). */
+int th_wait_fds(pid_t pid, int want, int timeout_ms);
+
+uint64_t th_now_ms(void);
+
+/* A session opened by hand (raw HELLO/WELCOME), for hostile tests. */
+struct th_raw {
+    int                  sock, doorbell, wake;
+    struct shm_region    region;
+    struct shm_ring_prod req;
+    struct shm_ring_cons evt;
+};
+
+int  th_raw_connect(const char *sock_path);
+int  th_raw_open(const char *sock_path, struct th_raw *r, uint32_t evt_ring, uint32_t data_bytes);
+void th_raw_close(struct th_raw *r);
+int  th_raw_submit(struct th_raw *r, uint64_t id, const char *prompt, uint32_t max_tokens);
+void th_raw_ring(struct th_raw *r);
+
+/* Wait for the daemon to close `sock` (EOF, possibly after an ERROR
+ * frame). Returns 1 when closed, 0 on timeout. *err gets the ERROR code
+ * when one came (else 0). */
+int th_wait_closed(int sock, int timeout_ms, int *err);
+
+/* Send one raw frame with optional fds. */
+int th_send_raw(int sock, const void *buf, size_t len, const int *fds, int n_fds);
+
+#endif
