@@ -458,6 +458,77 @@ static void test_tool(void **state)
     st_set_free(gl);
 }
 
+/* default-model: tied embeddings, 151936-row vocabulary. Teacher-forced:
+ * prefill logits within tolerance, each step's golden top-16 logits within
+ * tolerance (relative to the step's whole golden row, estimated from the
+ * prefill row's norm scale), greedy identity where the golden top-2 margin
+ * exceeds twice the tolerance (README: random logits have tiny gaps). */
+static void test_default_model(void **state)
+{
+    char path[1200];
+    snprintf(path, sizeof(path), "%s/default-model/config.json", data_dir);
+    struct stat st;
+    if (stat(path, &st)) {
+        print_message("skip: %s not found\n", path);
+        skip();
+    }
+    snprintf(path, sizeof(path), "%s/default-model", data_dir);
+    struct model_params mp = MODEL_PARAMS_DEFAULT;
+    mp.max_context = 64;
+    struct model *m = NULL;
+    struct engine_error err = { 0 };
+    if (model_load(path, &mp, &m, &err))
+        fail_msg("cannot load %s: %s", path, err.msg);
+    struct st_set *g = open_golden("default-model", "decode.safetensors");
+    const int32_t V = model_vocab(m);
+    uint64_t np, nt;
+    int32_t *prompt = golden(g, "prompt_ids", ST_DTYPE_I32, &np);
+    int32_t *toks = golden(g, "tokens", ST_DTYPE_I32, &nt);
+    float *last = golden(g, "prefill_last_logits", ST_DTYPE_F32, NULL);
+    float *tv = golden(g, "step_top16_logits", ST_DTYPE_F32, NULL);
+    int32_t *ti = golden(g, "step_top16_ids", ST_DTYPE_I32, NULL);
+    float *margin = golden(g, "step_top2_margin_over_l2norm", ST_DTYPE_F32, NULL);
+    float *cur = malloc(sizeof(float) * (size_t)V);
+    struct model_seq *s;
+    assert_int_equal(model_seq_new(m, (int64_t)(np + nt), &s, &err), 0);
+    struct model_prefill_params pp = { .logits = cur };
+    if (model_prefill(m, s, prompt, (int64_t)np, &pp, &err))
+        fail_msg("prefill: %s", err.msg);
+    double e0 = rel_l2(cur, last, V);
+    double row_norm = 0;
+    for (int32_t i = 0; i < V; i++)
+        row_norm += (double)last[i] * last[i];
+    row_norm = sqrt(row_norm);
+    double worst = 0;
+    int checked = 0, mismatched = -1;
+    for (uint64_t k = 0; k < nt; k++) {
+        double d = 0;
+        for (int j = 0; j < 16; j++) {
+            double x = (double)cur[ti[k * 16 + j]] - tv[k * 16 + j];
+            d += x * x;
+        }
+        d = sqrt(d) / row_norm;
+        worst = d > worst ? d : worst;
+        if (margin[k] > 2 * TOL) {
+            checked++;
+            if (argmax(cur, V) != toks[k] && mismatched < 0)
+                mismatched = (int)k;
+        }
+        if (model_decode(m, &s, &toks[k], 1, cur, &err))
+            fail_msg("decode: %s", err.msg);
+    }
+    print_message("default-model: prefill rel L2 %.3g, teacher-forced top-16 max error %.3g of the row "
+                  "norm (tolerance %.0e), greedy identical at %d steps with margin > %.0e "
+                  "(first mismatch %d)\n", e0, worst, TOL, checked, 2 * TOL, mismatched);
+    assert_true(e0 <= TOL);
+    assert_true(worst <= TOL);
+    assert_int_equal(mismatched, -1);
+    model_seq_free(s);
+    free(cur); free(prompt); free(toks); free(last); free(tv); free(ti); free(margin);
+    st_set_free(g);
+    model_free(m);
+}
+
 static void test_logits(void **state)
 {
     for (size_t i = 0; i < sizeof(fixtures) / sizeof(fixtures[0]); i++)
@@ -502,6 +573,7 @@ int main(void)
         cmocka_unit_test(test_decode),
         cmocka_unit_test(test_hidden),
         cmocka_unit_test(test_tool),
+        cmocka_unit_test(test_default_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

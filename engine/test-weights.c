@@ -21,6 +21,7 @@
 #include <cmocka.h>
 
 #include "engine/model.h"
+#include "engine/sample.h"
 #include "kernels/backend.h"
 
 /* ---- a tiny safetensors writer ---- */
@@ -467,6 +468,11 @@ static void test_load_report(void **state)
     assert_non_null(strstr(buf, "per-expert"));
     free(buf);
     assert_int_equal(model_vocab(m), V);
+    /* eos from config.json becomes a stop id */
+    struct sample_stop st;
+    sample_stop_init(&st, model_get_config(m));
+    assert_true(sample_stop_hit(&st, 79));
+    assert_false(sample_stop_hit(&st, 78));
     model_free(m);
 }
 
