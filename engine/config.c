@@ -431,6 +431,10 @@ static int cfg_eos(const struct cfg_ctx *c, struct json_object *obj, const char 
         return rc;
     }
     size_t n = json_object_array_length(e);
+    /* An empty list would leave generation without a stop token; treat it
+     * like an absent field so config.json's ids stay in force. */
+    if (n == 0)
+        return 1;
     if (n > MODEL_MAX_EOS)
         return engine_error_set(c->err, -EINVAL, "%s: %seos_token_id lists %zu ids, more than the limit of %d",
                                 c->what, path, n, MODEL_MAX_EOS);

@@ -462,6 +462,11 @@ static void test_generation(void **state)
     assert_int_equal(cfg.eos_token_ids[0], 7);
     assert_true(cfg.gen_temperature < 0);
 
+    parse_ok(base_config, &cfg);
+    gen_ok("{\"eos_token_id\":[]}", &cfg);
+    assert_int_equal(cfg.n_eos, 1);
+    assert_int_equal(cfg.eos_token_ids[0], 248044);
+
     gen_fail("{\"eos_token_id\":248320}", "generation_config.json: eos_token_id (248320) is outside");
     gen_fail("{\"eos_token_id\":[1,\"x\"]}", "generation_config.json: eos_token_id[1] must be a token id");
     gen_fail("{\"temperature\":-1}", "generation_config.json: temperature (-1) is outside");
