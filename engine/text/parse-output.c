@@ -361,6 +361,7 @@ static bool tool_step(struct chat_parser *p, bool eot)
                 } else {
                     p->tstate = T_NAME;
                     p->name_start = 10;
+                    p->scan = 0;
                 }
                 return true;
             }
@@ -390,6 +391,7 @@ static bool tool_step(struct chat_parser *p, bool eot)
         if (m == 1) {
             p->tstate = T_NAME;
             p->name_start = j + 10;
+            p->scan = 0;
             return true;
         }
         if (m < 0 && !eot)
@@ -398,7 +400,9 @@ static bool tool_step(struct chat_parser *p, bool eot)
         return true;
 
     case T_NAME:
-        for (i = p->name_start; i < n; i++) {
+        /* p->scan: where the previous feed stopped looking, so a long
+         * name arriving in pieces is scanned once. */
+        for (i = p->scan > p->name_start ? p->scan : p->name_start; i < n; i++) {
             char c = s[i];
             if (c == '>')
                 break;
@@ -408,6 +412,7 @@ static bool tool_step(struct chat_parser *p, bool eot)
             }
         }
         if (i == n) {
+            p->scan = n;
             if (!eot)
                 return false;
             revert_header(p);
@@ -433,6 +438,7 @@ static bool tool_step(struct chat_parser *p, bool eot)
                 if (m == 1) {
                     buf_consume(b, i + 11);
                     p->tstate = T_PNAME;
+                    p->scan = 0;
                     return true;
                 }
                 if (m < 0 && !eot)
@@ -474,8 +480,9 @@ body_wait:
         return true;
 
     case T_PNAME: {
-        const char *gt = memchr(s, '>', n);
+        const char *gt = p->scan < n ? memchr(s + p->scan, '>', n - p->scan) : NULL;
         if (!gt) {
+            p->scan = n;
             if (!eot)
                 return false;
             buf_consume(b, n);   /* a name that never closed: dropped */
@@ -515,6 +522,7 @@ body_wait:
                         param_finish(p, s, i);
                         buf_consume(b, i + 11);
                         p->tstate = T_PNAME;
+                        p->scan = 0;
                         return true;
                     }
                     p->depth++;
