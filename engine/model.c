@@ -46,7 +46,8 @@ void model_free(struct model *m)
         forward_scratch_release(m);
         if (m->prepared && m->be->ops->weight_release)
             model_weights_foreach(&m->w, release_one, m->be);
-        m->be->ops->destroy(m->be);
+        if (m->be_owned)
+            m->be->ops->destroy(m->be);
     }
     model_weights_release(&m->w);
     st_set_free(m->st);
@@ -121,7 +122,11 @@ int model_load(const char *dir, const struct model_params *params,
     if ((rc = model_weights_bind(&m->w, m->st, &m->cfg, err)))
         goto fail;
 
-    if (!strcmp(p.backend, "cpu-ref")) {
+    if (p.backend_instance) {
+        /* a backend the caller created (GPU backends need device choice and
+         * their own setup, which the engine does not know about) */
+        m->be = p.backend_instance;
+    } else if (!strcmp(p.backend, "cpu-ref")) {
         struct kb_cpu_params cp = KB_CPU_PARAMS_DEFAULT;
         cp.n_threads = p.n_threads;
         rc = kb_cpu_ref_create(&cp, &m->be);
@@ -130,6 +135,7 @@ int model_load(const char *dir, const struct model_params *params,
                              p.n_threads);
             goto fail;
         }
+        m->be_owned = true;
     } else {
         rc = engine_error_set(err, -ENOENT, "unknown backend '%s' (available: cpu-ref)", p.backend);
         goto fail;
@@ -139,6 +145,21 @@ int model_load(const char *dir, const struct model_params *params,
                               m->be->ops->name, m->be->ops->api_version >> 16,
                               m->be->ops->api_version & 0xffff, KB_API_VERSION_MAJOR);
         goto fail;
+    }
+    {
+        const struct kb_backend_ops *o = m->be->ops;
+        const char *missing = !o->caps ? "caps" : !o->destroy ? "destroy" : !o->alloc ? "alloc" :
+            !o->free ? "free" : !o->upload ? "upload" : !o->download ? "download" :
+            !o->copy ? "copy" : !o->zero ? "zero" : !o->embed ? "embed" :
+            !o->matmul ? "matmul" : !o->rmsnorm ? "rmsnorm" : !o->rope ? "rope" :
+            !o->add ? "add" : !o->mul_sigmoid ? "mul_sigmoid" : !o->gdn ? "gdn" :
+            !o->attention ? "attention" : !o->moe ? "moe" :
+            (o->weight_prepare && !o->weight_release) ? "weight_release" : NULL;
+        if (missing) {
+            rc = engine_error_set(err, -EINVAL, "backend %s does not implement the required op '%s'",
+                                  o->name ? o->name : "?", missing);
+            goto fail;
+        }
     }
     if (m->be->ops->weight_prepare) {
         m->prepared = true;

@@ -28,15 +28,18 @@
 
 struct model;
 struct model_seq;
+struct kb_backend;                       /* kernels/backend.h                 */
 
 struct model_params {
     const char *backend;                 /* "cpu-ref" (only one so far)       */
+    struct kb_backend *backend_instance; /* or a ready backend (e.g. a GPU
+                                            one); not owned, outlives model  */
     int32_t     n_threads;               /* backend threads, 1                */
     int64_t     max_context;             /* default seq capacity, 4096 tokens */
     int32_t     real_vocab;              /* tokenizer size, 0 = vocab_size    */
 };
-#define MODEL_PARAMS_DEFAULT { .backend = "cpu-ref", .n_threads = 1, \
-                               .max_context = 4096, .real_vocab = 0 }
+#define MODEL_PARAMS_DEFAULT { .backend = "cpu-ref", .backend_instance = NULL, \
+                               .n_threads = 1, .max_context = 4096, .real_vocab = 0 }
 
 int  model_load(const char *dir, const struct model_params *params,
                 struct model **out, struct engine_error *err);

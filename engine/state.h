@@ -45,6 +45,7 @@ struct model {
     struct st_set       *st;
     struct model_weights w;
     struct kb_backend   *be;
+    bool                 be_owned;        /* created here (else the caller's) */
     bool                 prepared;        /* weight_prepare ran               */
     int32_t              real_vocab;
     double               load_ms;

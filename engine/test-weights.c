@@ -653,6 +653,41 @@ static void test_fused_equals_per_expert(void **state)
     ckpt_free(&f);
 }
 
+/* A caller-supplied backend is used, checked, and not destroyed by the
+ * model; one missing a required op is refused by name. */
+static void test_backend_instance(void **state)
+{
+    struct ckpt c;
+    build(&c, 3);
+    write_ckpt(&c);
+    ckpt_free(&c);
+    struct kb_backend *be = NULL;
+    struct kb_cpu_params cp = KB_CPU_PARAMS_DEFAULT;
+    assert_int_equal(kb_cpu_ref_create(&cp, &be), 0);
+    struct model_params p = MODEL_PARAMS_DEFAULT;
+    p.max_context = 16;
+    p.backend_instance = be;
+    struct model *m = NULL;
+    struct engine_error err = { 0 };
+    if (model_load(tmpdir, &p, &m, &err))
+        fail_msg("load: %s", err.msg);
+    struct model_seq *s;
+    int32_t ids[2] = { 1, 2 };
+    assert_int_equal(model_seq_new(m, 0, &s, &err), 0);
+    assert_int_equal(model_prefill(m, s, ids, 2, NULL, &err), 0);
+    model_seq_free(s);
+    model_free(m);                              /* must not destroy `be` */
+
+    struct kb_backend_ops ops = *be->ops;
+    ops.gdn = NULL;
+    struct kb_backend crippled = { .ops = &ops, .impl = be->impl };
+    p.backend_instance = &crippled;
+    engine_error_clear(&err);
+    assert_int_equal(model_load(tmpdir, &p, &m, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "'gdn'"));
+    be->ops->destroy(be);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -661,6 +696,7 @@ int main(void)
         cmocka_unit_test(test_decode_equals_recompute),
         cmocka_unit_test(test_batched_decode),
         cmocka_unit_test(test_fused_equals_per_expert),
+        cmocka_unit_test(test_backend_instance),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
