@@ -340,7 +340,8 @@ static int text_release(struct seq *q, uint32_t id, int final)
         q->hold_len = 0;
         return 1;
     }
-    memmove(q->hold, q->hold + out, q->hold_len - out);
+    if (q->hold_len > out)
+        memmove(q->hold, q->hold + out, q->hold_len - out);
     q->hold_len -= out;
     return 0;
 }
@@ -393,10 +394,14 @@ static int seq_emit(struct seq *q)
         memcpy(b, &e, sizeof(e));
         memcpy(b + sizeof(e), q->p_ids, 4ull * k);
         memcpy(b + sizeof(e) + 4ull * k, q->p_lens, 4ull * k);
-        memcpy(b + sizeof(e) + 8ull * k, q->p_text, text);
-        memmove(q->p_ids, q->p_ids + k, 4ull * (q->n_pend - k));
-        memmove(q->p_lens, q->p_lens + k, 4ull * (q->n_pend - k));
-        memmove(q->p_text, q->p_text + text, q->p_text_len - text);
+        if (text)
+            memcpy(b + sizeof(e) + 8ull * k, q->p_text, text);
+        if (q->n_pend > k) {
+            memmove(q->p_ids, q->p_ids + k, 4ull * (q->n_pend - k));
+            memmove(q->p_lens, q->p_lens + k, 4ull * (q->n_pend - k));
+        }
+        if (q->p_text_len > text)
+            memmove(q->p_text, q->p_text + text, q->p_text_len - text);
         q->n_pend -= k;
         q->p_text_len -= (uint32_t)text;
         if (!q->t_first)
