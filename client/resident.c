@@ -190,13 +190,16 @@ static int session_open(struct resident *r)
     memcpy(h.client_name, r->client_name, sizeof(h.client_name));
     uint8_t buf[SHM_WIRE_MAX];
     int n = shm_wire_encode(buf, SHM_WIRE_HELLO, 0, &h, sizeof(h));
-    if (send(r->sock, buf, (size_t)n, MSG_NOSIGNAL) != n)
-        return seterr(r, -errno, "sending HELLO: %s", strerror(errno));
+    /* A daemon that refuses us at accept time may already have sent its
+     * ERROR and hung up, so a failed send still reads what is queued. */
+    int send_err = send(r->sock, buf, (size_t)n, MSG_NOSIGNAL) == n ? 0 : errno;
 
     struct shm_wire_msg m;
     int fds[SHM_WELCOME_NFDS];
     size_t n_fds = 0;
-    int ret = recv_frame(r, &m, buf, fds, &n_fds, now_ms() + r->params.timeout_ms);
+    int ret = recv_frame(r, &m, buf, fds, &n_fds, now_ms() + (send_err ? 0 : r->params.timeout_ms));
+    if (ret < 0 && send_err)
+        return seterr(r, -send_err, "sending HELLO: %s", strerror(send_err));
     if (ret < 0)
         return ret;
     if (m.type == SHM_WIRE_ERROR)

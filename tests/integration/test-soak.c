@@ -157,6 +157,7 @@ int main(void)
     const char *const opts[] = { "max_inflight_per_uid=256", "max_sessions_per_uid=64", NULL };
     if (th_daemon_start(&D, opts) < 0)
         return 1;
+    usleep(100000);     /* let the readiness probe's session be reaped */
     int fds0 = th_fd_count(D.pid);
     uint64_t t0 = th_now_ms();
     pthread_t th[N_CLIENTS];
