@@ -70,7 +70,13 @@ int forward_scratch_alloc(struct model *m, struct engine_error *err)
     };
     s->rows = R;
     for (size_t i = 0; i < sizeof(plan) / sizeof(plan[0]); i++) {
-        size_t bytes = (size_t)R * (size_t)plan[i].width * sizeof(float);
+        size_t bytes;
+        if (plan[i].width <= 0 ||
+            __builtin_mul_overflow((size_t)R * sizeof(float), (size_t)plan[i].width, &bytes)) {
+            forward_scratch_release(m);
+            return engine_error_set(err, -EOVERFLOW, "forward scratch row width %lld is invalid",
+                                    (long long)plan[i].width);
+        }
         *plan[i].p = m->be->ops->alloc(m->be, bytes);
         if (!*plan[i].p) {
             forward_scratch_release(m);

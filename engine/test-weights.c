@@ -653,6 +653,39 @@ static void test_fused_equals_per_expert(void **state)
     ckpt_free(&f);
 }
 
+/* A CausalLM checkpoint names the trunk "model.*" instead of
+ * "model.language_model.*": same weights, same logits. */
+static void test_causal_lm_prefix(void **state)
+{
+    float *la = malloc(sizeof(float) * V), *lb = malloc(sizeof(float) * V);
+    int32_t ids[3] = { 7, 8, 9 };
+    for (int pass = 0; pass < 2; pass++) {
+        struct ckpt c;
+        build(&c, 17);
+        if (pass)
+            for (int i = 0; i < c.n; i++)
+                if (!strncmp(c.t[i].name, "model.language_model.", 21)) {
+                    char tmp[160];
+                    snprintf(tmp, sizeof(tmp), "model.%s", c.t[i].name + 21);
+                    memcpy(c.t[i].name, tmp, sizeof(tmp));
+                }
+        struct model *m = NULL;
+        struct engine_error err;
+        if (try_load(&c, &m, &err))
+            fail_msg("load: %s", err.msg);
+        ckpt_free(&c);
+        struct model_seq *s;
+        assert_int_equal(model_seq_new(m, 4, &s, &err), 0);
+        struct model_prefill_params pp = { .logits = pass ? lb : la };
+        assert_int_equal(model_prefill(m, s, ids, 3, &pp, &err), 0);
+        model_seq_free(s);
+        model_free(m);
+    }
+    assert_memory_equal(la, lb, sizeof(float) * V);
+    free(la);
+    free(lb);
+}
+
 /* A caller-supplied backend is used, checked, and not destroyed by the
  * model; one missing a required op is refused by name. */
 static void test_backend_instance(void **state)
@@ -697,6 +730,7 @@ int main(void)
         cmocka_unit_test(test_batched_decode),
         cmocka_unit_test(test_fused_equals_per_expert),
         cmocka_unit_test(test_backend_instance),
+        cmocka_unit_test(test_causal_lm_prefix),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
