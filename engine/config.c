@@ -396,7 +396,9 @@ static int cfg_quant(const struct cfg_ctx *c, struct json_object *qc, const char
     struct json_object *groups = ejson_get(qc, "config_groups");
     if (!groups || !json_object_is_type(groups, json_type_object) || json_object_object_length(groups) == 0)
         return engine_error_set(c->err, -EINVAL, "%s: %sconfig_groups is missing or empty", c->what, qp);
-    json_object_object_foreach(groups, gname, g) {
+    ejson_foreach(groups, gname_it) {
+        const char *gname = json_object_iter_peek_name(&gname_it);
+        struct json_object *g = json_object_iter_peek_value(&gname_it);
         if (!g)
             return engine_error_set(c->err, -EINVAL, "%s: %sconfig_groups.%.60s is null", c->what, qp, gname);
         if ((rc = cfg_quant_group(c, gname, g, qp, q)) < 0)

@@ -51,6 +51,15 @@ int ejson_get_string(struct json_object *obj, const char *key, const char *what,
                      const char *path, const char **out, size_t *out_len,
                      struct engine_error *err);
 
+/* Iterate an object's members in file order as `it`; read them with
+ * json_object_iter_peek_name(&it) / json_object_iter_peek_value(&it).
+ * (json-c's own json_object_object_foreach expands to a GNU statement
+ * expression, which clang -Wpedantic warns about.) `obj` must be an object. */
+#define ejson_foreach(obj, it)                                                  \
+    for (struct json_object_iterator it = json_object_iter_begin(obj),          \
+                                     it##_end = json_object_iter_end(obj);      \
+         !json_object_iter_equal(&it, &it##_end); json_object_iter_next(&it))
+
 /* Strict UTF-8 check (no overlong forms, surrogates or code points above
  * U+10FFFF) that also refuses NUL bytes. */
 bool ejson_utf8_valid(const char *s, size_t len);

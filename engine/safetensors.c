@@ -260,7 +260,9 @@ static int st_check_metadata(struct json_object *md, const char *what, struct en
     if (!json_object_is_type(md, json_type_object))
         return engine_error_set(err, -EINVAL, "%s: __metadata__ must be an object of strings, got %s",
                                 what, json_type_to_name(json_object_get_type(md)));
-    json_object_object_foreach(md, key, val) {
+    ejson_foreach(md, key_it) {
+        const char *key = json_object_iter_peek_name(&key_it);
+        struct json_object *val = json_object_iter_peek_value(&key_it);
         if (!val || !json_object_is_type(val, json_type_string))
             return engine_error_set(err, -EINVAL, "%s: __metadata__.%.200s must be a string",
                                     what, key);
@@ -464,7 +466,9 @@ static int st_header_parse(const uint8_t *buf, size_t len, const char *what,
         return engine_error_set(err, -ENOMEM, "%s: out of memory for %zu tensors", what, n_keys);
     }
     size_t n = 0;
-    json_object_object_foreach(root, key, val) {
+    ejson_foreach(root, key_it) {
+        const char *key = json_object_iter_peek_name(&key_it);
+        struct json_object *val = json_object_iter_peek_value(&key_it);
         if (strcmp(key, "__metadata__") == 0) {
             rc = st_check_metadata(val, what, err);
             if (rc < 0)
@@ -748,7 +752,9 @@ static int st_index_check(struct json_object *root, const char *what, struct jso
     if (!shards)
         return engine_error_set(err, -ENOMEM, "%s: out of memory", what);
     size_t k = 0;
-    json_object_object_foreach(wm, key, val) {
+    ejson_foreach(wm, key_it) {
+        const char *key = json_object_iter_peek_name(&key_it);
+        struct json_object *val = json_object_iter_peek_value(&key_it);
         if (!val || !json_object_is_type(val, json_type_string)) {
             free(shards);
             return engine_error_set(err, -EINVAL, "%s: weight_map.%.200s must be a shard file name string",
@@ -786,8 +792,8 @@ int st_index_parse_buffer(const char *json, size_t len, const char *what,
         rc = st_index_check(root, what, &wm, &shards, &n, err);
     if (rc == 0 && cb) {
         size_t i = 0;
-        json_object_object_foreach(wm, key, val) {
-            (void)val;
+        ejson_foreach(wm, key_it) {
+            const char *key = json_object_iter_peek_name(&key_it);
             if ((rc = cb(ctx, key, shards[i++])) != 0)
                 break;
         }
@@ -844,7 +850,9 @@ static int st_open_index(struct st_set *set, const char *dir, int dirfd, struct 
     }
     /* Every weight_map entry must be in the shard it names. Files are in
      * sorted order, so the shard's file id is its position in `shards`. */
-    json_object_object_foreach(wm, key2, val2) {
+    ejson_foreach(wm, key2_it) {
+        const char *key2 = json_object_iter_peek_name(&key2_it);
+        struct json_object *val2 = json_object_iter_peek_value(&key2_it);
         const char *s = json_object_get_string(val2);
         const char **hit = bsearch(&s, shards, u, sizeof(*shards), st_cmp_str);
         uint32_t want = (uint32_t)(hit - shards);
