@@ -143,6 +143,8 @@ static __device__ __forceinline__ void gpu_mma_i8(struct gpu_acc *c, const struc
     c->v = __builtin_amdgcn_wmma_i32_16x16x16_iu8_w32(true, a->k1, true, b->k1, c->v, false);
 }
 static __device__ __forceinline__ int gpu_acc_get(const struct gpu_acc *a, int i) { return a->v[i]; }
+/* |v| < 2^22 -> float; v_cvt_f32_i32 is a full-rate VALU op on RDNA. */
+static __device__ __forceinline__ float gpu_i2f_small(int v) { return (float)v; }
 static __device__ __forceinline__ int gpu_acc_row(int i) { return 2 * i + (gpu_lane() >> 4); }
 static __device__ __forceinline__ int gpu_acc_col(int i) { (void)i; return gpu_lane() & 15; }
 
@@ -218,6 +220,14 @@ static __device__ __forceinline__ void gpu_mma_i8(struct gpu_acc *c, const struc
     }
 }
 static __device__ __forceinline__ int gpu_acc_get(const struct gpu_acc *a, int i) { return a->v[i]; }
+/* |v| < 2^22 -> float without I2F, which runs at a quarter of the FP32 rate
+ * on sm_90 and was the MMQ bottleneck (every int32 tile result is converted
+ * once per 32-column group): 0x4B400000 is 1.5 * 2^23, so adding v to its
+ * bit pattern gives the float 1.5 * 2^23 + v exactly. */
+static __device__ __forceinline__ float gpu_i2f_small(int v)
+{
+    return __int_as_float(0x4B400000 + v) - 12582912.0f;
+}
 static __device__ __forceinline__ int gpu_acc_row(int i) { return (gpu_lane() >> 2) + 8 * ((i & 3) >> 1); }
 static __device__ __forceinline__ int gpu_acc_col(int i) { return 8 * (i >> 2) + 2 * (gpu_lane() & 3) + (i & 1); }
 

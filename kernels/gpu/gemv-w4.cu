@@ -28,6 +28,20 @@
  * within bf16 rounding of the products and is what the tests' tolerance
  * covers.
  *
+ * Two activation formats:
+ *   gemv_w4g32_b*_r*     fp32 activations (A16 semantics; the reference's
+ *                        math up to rounding). Costs ~3 ALU ops per weight:
+ *                        bandwidth-bound on gfx1151 (256 GB/s, ~18 ops per
+ *                        weight available) but ALU-bound on an H200 (measured
+ *                        1.6 TB/s of 4.3 TB/s at batch 1).
+ *   gemv_w4g32_q8_b*_r*  int8 activations quantised per 32-group with one
+ *                        fp32 scale (quantize_q8g32 in mmq-w4.cu, nibble
+ *                        order), int8 dot products (dp4a / v_dot4_i32_iu8):
+ *                        2 masks + 2 dot4 per 8 weights, so it stays
+ *                        bandwidth-bound on NVIDIA too. Its error is the MMQ
+ *                        kernel's (activation rounding, ~1 % relative RMS on
+ *                        random data, small next to the int4 weight error).
+ *
  * Expert slices: grid.y selects a slice; with `ids` the slice's weights are
  * expert ids[y] of a stacked [E][rows][K/8] tensor (MoE decode, one launch
  * for all top-k experts); x and y move by x_slice / y_slice floats per slice.
@@ -132,3 +146,101 @@ GEMV_INST(1, 1) GEMV_INST(2, 1) GEMV_INST(3, 1) GEMV_INST(4, 1)
 GEMV_INST(5, 1) GEMV_INST(6, 1) GEMV_INST(7, 1) GEMV_INST(8, 1)
 GEMV_INST(1, 4) GEMV_INST(2, 4) GEMV_INST(3, 4) GEMV_INST(4, 4)
 GEMV_INST(5, 4) GEMV_INST(6, 4) GEMV_INST(7, 4) GEMV_INST(8, 4)
+
+/* int8-activation variant: xq [B][k] int8 in nibble order (per 8 columns:
+ * 0,2,4,6,1,3,5,7 — the order quantize_q8g32 writes), xd [B][k/32]. The
+ * packed word's low nibbles (& 0x0F0F0F0F) are columns 0,2,4,6 and the high
+ * ones columns 1,3,5,7, unsigned 0..15, so
+ *     sum (n - 8) q  =  dot4(lo, q_even) + dot4(hi, q_odd) - 8 * sum q. */
+template <int B, int R>
+static __device__ __forceinline__ void
+gemv_w4g32_q8(const unsigned int *GPU_RESTRICT wq, const unsigned short *GPU_RESTRICT ws,
+              const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
+              float *GPU_RESTRICT y, int n_rows, int k, int lpr, const int *GPU_RESTRICT ids,
+              long long x_slice, long long y_slice)
+{
+    const int groups = k >> 5;
+    const int lane = gpu_lane(), warp = gpu_tid_x() / GPU_WARP;
+    const int sub = lane & (lpr - 1), slot = lane / lpr, slots = GPU_WARP / lpr;
+    const int row0 = ((gpu_bid_x() * GEMV_WARPS + warp) * slots + slot) * R;
+    const int z = gpu_bid_y();
+    const long long e = ids ? (long long)ids[z] : (long long)z;
+
+    wq += e * (long long)n_rows * (k >> 3);
+    ws += e * (long long)n_rows * groups;
+    xq += z * x_slice;
+    xd += z * (x_slice >> 5);
+    y += z * y_slice;
+
+    float acc[R][B];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int b = 0; b < B; b++)
+            acc[r][b] = 0.0f;
+
+    for (int g = sub; g < groups; g += lpr) {
+        gpu_u32x4 w[R];
+        float s[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            int row = row0 + r < n_rows ? row0 + r : n_rows - 1;
+            w[r] = ((const gpu_u32x4 *)(wq + (long long)row * (k >> 3)))[g];
+            s[r] = gpu_bf16_to_f32(ws[(long long)row * groups + g]);
+        }
+#pragma unroll
+        for (int b = 0; b < B; b++) {
+            const gpu_u32x4 *xp = (const gpu_u32x4 *)(xq + (long long)b * k + (g << 5));
+            const gpu_u32x4 x0 = xp[0], x1 = xp[1];
+            const int xv[8] = { (int)x0.x, (int)x0.y, (int)x0.z, (int)x0.w,
+                                (int)x1.x, (int)x1.y, (int)x1.z, (int)x1.w };
+            int xs = 0;
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+                xs = gpu_dot4_i8(0x01010101, xv[j], xs);
+            const float d = xd[(long long)b * groups + g];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const unsigned int wr[4] = { w[r].x, w[r].y, w[r].z, w[r].w };
+                int dot = 0;
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    dot = gpu_dot4_i8((int)(wr[j] & 0x0F0F0F0Fu), xv[2 * j], dot);
+                    dot = gpu_dot4_i8((int)((wr[j] >> 4) & 0x0F0F0F0Fu), xv[2 * j + 1], dot);
+                }
+                acc[r][b] += (s[r] * d) * (float)(dot - 8 * xs);
+            }
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int b = 0; b < B; b++)
+            for (int m = lpr >> 1; m > 0; m >>= 1)
+                acc[r][b] += gpu_shfl_xor_f(acc[r][b], m);
+
+    if (sub == 0) {
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            if (row0 + r < n_rows)
+#pragma unroll
+                for (int b = 0; b < B; b++)
+                    y[(long long)b * n_rows + row0 + r] = acc[r][b];
+    }
+}
+
+/* x_slice is in activation elements (bytes of xq); xd moves by x_slice/32. */
+#define GEMV_Q8_INST(B, R)                                                                \
+    GPU_KERNEL(gemv_w4g32_q8_b##B##_r##R, GEMV_WARPS * GPU_WARP)                          \
+    (const unsigned int *wq, const unsigned short *ws, const signed char *xq,             \
+     const float *xd, float *y, int n_rows, int k, int lpr, const int *ids,               \
+     long long x_slice, long long y_slice)                                                \
+    {                                                                                     \
+        gemv_w4g32_q8<B, R>(wq, ws, xq, xd, y, n_rows, k, lpr, ids, x_slice, y_slice);    \
+    }
+
+GEMV_Q8_INST(1, 1) GEMV_Q8_INST(2, 1) GEMV_Q8_INST(3, 1) GEMV_Q8_INST(4, 1)
+GEMV_Q8_INST(5, 1) GEMV_Q8_INST(6, 1) GEMV_Q8_INST(7, 1) GEMV_Q8_INST(8, 1)
+GEMV_Q8_INST(1, 4) GEMV_Q8_INST(2, 4) GEMV_Q8_INST(3, 4) GEMV_Q8_INST(4, 4)
+GEMV_Q8_INST(5, 4) GEMV_Q8_INST(6, 4) GEMV_Q8_INST(7, 4) GEMV_Q8_INST(8, 4)

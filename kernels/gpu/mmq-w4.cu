@@ -204,7 +204,7 @@ mmq_w4g32(const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
                     gpu_mma_i8(&c, &fa[i], &fb[j]);
 #pragma unroll
                     for (int e = 0; e < 8; e++)
-                        acc[i][j][e] += (float)gpu_acc_get(&c, e) * (sx[i][e] * sw[j][e]);
+                        acc[i][j][e] += gpu_i2f_small(gpu_acc_get(&c, e)) * (sx[i][e] * sw[j][e]);
                 }
         }
         gpu_sync();
