@@ -317,12 +317,41 @@ int tok_cache_read(const char *path, uint64_t fingerprint,
         got += (size_t)r;
     }
     close(fd);
+    if (got != n) {
+        free(buf);
+        return bad(err, path, "short read");
+    }
+    int rc = tok_cache_parse(buf, n, fingerprint, path, out, err);
+    free(buf);
+    return rc;
+}
+
+void tok_cache_fuzz_fixup(void *data, size_t n)
+{
     struct cache_hdr h;
+    if (!data || n < sizeof(h))
+        return;
+    memcpy(&h, data, sizeof(h));
+    memcpy(h.magic, CACHE_MAGIC, 8);
+    h.version = CACHE_VERSION;
+    h.endian = CACHE_ENDIAN;
+    h.sizes = STRUCT_SIZES;
+    h.payload_len = n - sizeof(h);
+    h.payload_hash = tok_hash_bytes((char *)data + sizeof(h), n - sizeof(h));
+    memcpy(data, &h, sizeof(h));
+}
+
+int tok_cache_parse(const char *buf, size_t n, uint64_t fingerprint,
+                    const char *path, struct tokenizer **out,
+                    struct engine_error *err)
+{
+    struct cache_hdr h;
+    *out = NULL;
+    if (n < sizeof(h))
+        return bad(err, path, "size");
     memcpy(&h, buf, sizeof(h));
     int rc = 0;
-    if (got != n)
-        rc = bad(err, path, "short read");
-    else if (memcmp(h.magic, CACHE_MAGIC, 8) || h.version != CACHE_VERSION ||
+    if (memcmp(h.magic, CACHE_MAGIC, 8) || h.version != CACHE_VERSION ||
              h.endian != CACHE_ENDIAN || h.sizes != STRUCT_SIZES)
         rc = bad(err, path, "format");
     else if (h.fingerprint != fingerprint)
@@ -337,10 +366,8 @@ int tok_cache_read(const char *path, uint64_t fingerprint,
              h.merge_cap > ((uint64_t)1 << 32) ||
              (h.pattern_len != UINT64_MAX && h.pattern_len > 1 << 20))
         rc = bad(err, path, "counts");
-    if (rc) {
-        free(buf);
+    if (rc)
         return rc;
-    }
 
     struct rbuf r = { buf, n, sizeof(h), false };
     const int32_t *byte_id = take(&r, 256, sizeof(int32_t));
@@ -356,16 +383,12 @@ int tok_cache_read(const char *path, uint64_t fingerprint,
     const char *pattern = h.pattern_len == UINT64_MAX
                               ? NULL : take(&r, h.pattern_len, 1);
     skip_pad(&r);
-    if (r.bad || r.at != n) {
-        free(buf);
+    if (r.bad || r.at != n)
         return bad(err, path, "layout");
-    }
 
     struct tokenizer *tok = calloc(1, sizeof(*tok));
-    if (!tok) {
-        free(buf);
+    if (!tok)
         return engine_error_set(err, -ENOMEM, "out of memory");
-    }
     tok->n_ids = (size_t)h.n_ids;
     tok->blob_len = (size_t)h.blob_len;
     tok->max_token_bytes = (size_t)h.max_token_bytes;
@@ -384,7 +407,6 @@ int tok_cache_read(const char *path, uint64_t fingerprint,
     tok->pattern = pattern ? strndup(pattern, (size_t)h.pattern_len) : NULL;
     if (!tok->entries || !tok->blob || !tok->vocab_slots ||
         !tok->merge_slots || !tok->added || (pattern && !tok->pattern)) {
-        free(buf);
         tokenizer_free(tok);
         return engine_error_set(err, -ENOMEM, "out of memory");
     }
@@ -416,7 +438,6 @@ int tok_cache_read(const char *path, uint64_t fingerprint,
         }
         toff += a->len;
     }
-    free(buf);
     if (rc == 0)
         rc = validate(tok, path, err);
     if (rc == 0)

@@ -167,6 +167,13 @@ int tok_cache_read(const char *path, uint64_t fingerprint,
                    struct tokenizer **out, struct engine_error *err);
 int tok_cache_write(const char *path, uint64_t fingerprint,
                     const struct tokenizer *tok, struct engine_error *err);
+/* The cache reader on a buffer (`path` only names it in messages), and for
+ * the fuzz harness: make a buffer's header consistent (magic, version,
+ * length, payload hash) so that mutations reach the table checks. */
+int tok_cache_parse(const char *buf, size_t n, uint64_t fingerprint,
+                    const char *path, struct tokenizer **out,
+                    struct engine_error *err);
+void tok_cache_fuzz_fixup(void *data, size_t n);
 
 /* ---- minimal JSON scanner (tokenizer-json.c) ----
  * Just enough JSON to stream through tokenizer.json / vocab.json without
