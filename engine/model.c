@@ -23,6 +23,31 @@ static double now_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
+/* Capability bits a weight needs from the backend. */
+static int need_caps(void *ctx, struct kb_weight *w)
+{
+    uint32_t *need = ctx;
+    switch (w->type) {
+    case KB_WTYPE_Q4G32: *need |= KB_CAP_Q4G32 | (w->g_idx ? KB_CAP_G_IDX : 0); break;
+    case KB_WTYPE_BF16:  *need |= KB_CAP_DENSE_BF16; break;
+    case KB_WTYPE_F16:   *need |= KB_CAP_DENSE_F16; break;
+    case KB_WTYPE_F32:   *need |= KB_CAP_DENSE_F32; break;
+    }
+    return 0;
+}
+
+static const char *cap_name(uint32_t bit)
+{
+    switch (bit) {
+    case KB_CAP_Q4G32:      return "W4A16 g32 weights";
+    case KB_CAP_G_IDX:      return "act-order g_idx";
+    case KB_CAP_DENSE_BF16: return "dense BF16 weights";
+    case KB_CAP_DENSE_F16:  return "dense F16 weights";
+    case KB_CAP_DENSE_F32:  return "dense F32 weights";
+    default:                return "?";
+    }
+}
+
 static int prepare_one(void *ctx, struct kb_weight *w)
 {
     struct kb_backend *be = ctx;
@@ -158,6 +183,22 @@ int model_load(const char *dir, const struct model_params *params,
         if (missing) {
             rc = engine_error_set(err, -EINVAL, "backend %s does not implement the required op '%s'",
                                   o->name ? o->name : "?", missing);
+            goto fail;
+        }
+    }
+    {
+        uint32_t need = 0, have = m->be->ops->caps(m->be);
+        model_weights_foreach(&m->w, need_caps, &need);
+        for (uint32_t bit = 1; bit; bit <<= 1)
+            if ((need & bit) && !(have & bit)) {
+                rc = engine_error_set(err, -ENOTSUP, "backend %s cannot run this checkpoint: it lacks %s "
+                                      "(use the cpu-ref backend or re-export the model)",
+                                      m->be->ops->name, cap_name(bit));
+                goto fail;
+            }
+        if (!(have & KB_CAP_READS_MAPPING) && !m->be->ops->weight_prepare) {
+            rc = engine_error_set(err, -EINVAL, "backend %s neither reads the host mapping nor "
+                                  "implements weight_prepare", m->be->ops->name);
             goto fail;
         }
     }

@@ -686,6 +686,11 @@ static void test_causal_lm_prefix(void **state)
     free(lb);
 }
 
+static uint32_t caps_dense_only(struct kb_backend *be)
+{
+    return KB_CAP_HOST_MEMORY | KB_CAP_READS_MAPPING | KB_CAP_DENSE_BF16 | KB_CAP_DENSE_F32;
+}
+
 /* A caller-supplied backend is used, checked, and not destroyed by the
  * model; one missing a required op is refused by name. */
 static void test_backend_instance(void **state)
@@ -718,6 +723,13 @@ static void test_backend_instance(void **state)
     engine_error_clear(&err);
     assert_int_equal(model_load(tmpdir, &p, &m, &err), -EINVAL);
     assert_non_null(strstr(err.msg, "'gdn'"));
+
+    /* a backend without W4 support is refused before any work */
+    ops = *be->ops;
+    ops.caps = caps_dense_only;
+    engine_error_clear(&err);
+    assert_int_equal(model_load(tmpdir, &p, &m, &err), -ENOTSUP);
+    assert_non_null(strstr(err.msg, "W4A16"));
     be->ops->destroy(be);
 }
 
