@@ -35,7 +35,16 @@
  *
  * Versioning: `api_version` is KB_API_VERSION of the header the backend was
  * built against; the engine refuses a different major version. Members marked
- * (optional) may be NULL; the engine then uses the stated default.
+ * (optional) may be NULL; the engine then uses the stated default. At load
+ * the engine checks that every other member is set, that `caps` covers the
+ * checkpoint's weight kinds (KB_CAP_Q4G32, KB_CAP_G_IDX, KB_CAP_DENSE_*),
+ * and that a backend without KB_CAP_READS_MAPPING has weight_prepare. A GPU
+ * backend is handed to the engine ready-made (engine/model.h,
+ * model_params.backend_instance); the engine never destroys it.
+ *
+ * Calling pattern (engine/forward.c): per batch of up to 64 token rows, one
+ * `matmul` per Linear over all rows, `gdn` and `attention` once per sequence
+ * segment (prefill: one segment of n tokens; decode: n segments of 1).
  *
  * Quantised weights (W4A16, compressed-tensors "pack-quantized", symmetric,
  * group 32): element (r, c) is
