@@ -117,6 +117,14 @@ def main():
         c = json.loads(out)
         with open(ids_out) as f:
             c_ids = [int(x) for x in f]
+        # split only: PCRE2 JIT vs interpreter vs a hand-written scanner,
+        # for the Qwen2 regex (this model) and the Qwen3.5 regex (synthetic
+        # tokenizer in engine/text/testdata/tok/synth)
+        splits = []
+        for model in (args.model, os.path.join(ROOT, "engine/text/testdata/tok/synth")):
+            out = subprocess.run([exe, "--split", model, corpus, str(args.repeat)],
+                                 capture_output=True, text=True, check=True).stdout
+            splits.append(json.loads(out))
 
     same = c_ids == hf_ids
     mb = nbytes / 1e6
@@ -138,6 +146,7 @@ def main():
         "speedup_wall": round(c["mb_s"] / (mb / best), 2),
         "speedup_cpu": round(c["mb_s_cpu"] / (mb / best_cpu), 2),
     }
+    res["split"] = splits
     print(json.dumps(res, indent=1))
     if not same:
         first = next(i for i, (a, b) in enumerate(zip(c_ids, hf_ids)) if a != b) \

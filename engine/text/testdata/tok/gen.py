@@ -41,6 +41,7 @@ FIXED = [
     "http://example.com/path?q=1&r=2#frag", "email@example.org",
     "$$ \\frac{a}{b} $$", "    indented\n        more\n", "ſ 'ſ 'Ｓ",
     "\U0001F600\U0001F3FD\uFE0F\u200D", "\u0300\u0301 leading marks", "4\u0301 digit mark",
+    "it'\u017ft", "'\u017ft", "x'\u017f y", "I'LL WE'VE", "a \u0085b", "\u212a'\u212a",
 ]
 
 
