@@ -686,6 +686,83 @@ static void test_causal_lm_prefix(void **state)
     free(lb);
 }
 
+/* Hostile checkpoints: 300 random, size-preserving corruptions (swapped
+ * dims, same-size dtype swaps, garbage in weight_shape / scales / g_idx).
+ * Each must load or be refused with a message; a model that loads must
+ * run. ASan/UBSan builds turn any out-of-bounds access into a failure. */
+static void test_random_corruption(void **state)
+{
+    int loaded = 0, refused = 0;
+    for (int it = 0; it < 300; it++) {
+        struct ckpt c;
+        build(&c, 1000 + (uint64_t)it);
+        uint64_t r = (uint64_t)it * 0x9e3779b97f4a7c15ULL + 1;
+        int n_mut = 1 + it % 3;
+        for (int k = 0; k < n_mut; k++) {
+            r = r * 6364136223846793005ULL + 1442695040888963407ULL;
+            struct tent *t = &c.t[(r >> 33) % (uint64_t)c.n];
+            r = r * 6364136223846793005ULL + 1442695040888963407ULL;
+            switch ((r >> 40) % 5) {
+            case 0:                                /* swap two dims */
+                if (t->nd >= 2) {
+                    int64_t x = t->shape[0];
+                    t->shape[0] = t->shape[t->nd - 1];
+                    t->shape[t->nd - 1] = x;
+                }
+                break;
+            case 1:                                /* same-size dtype swap */
+                if (!strcmp(t->dtype, "BF16"))
+                    snprintf(t->dtype, sizeof(t->dtype), "F16");
+                else if (!strcmp(t->dtype, "I32"))
+                    snprintf(t->dtype, sizeof(t->dtype), "F32");
+                else if (!strcmp(t->dtype, "F32"))
+                    snprintf(t->dtype, sizeof(t->dtype), "I32");
+                else if (!strcmp(t->dtype, "I64"))
+                    snprintf(t->dtype, sizeof(t->dtype), "F64");
+                break;
+            case 2:                                /* garbage bytes */
+            case 3:
+                for (size_t i = 0; i < t->bytes && i < 64; i++)
+                    t->data[(i * 7919 + (r >> 20)) % t->bytes] = (uint8_t)(r >> (i % 56));
+                break;
+            case 4:                                /* reshape to [numel] */
+                if (t->nd >= 2) {
+                    int64_t numel = 1;
+                    for (int d = 0; d < t->nd; d++)
+                        numel *= t->shape[d];
+                    t->shape[0] = numel;
+                    t->nd = 1;
+                }
+                break;
+            }
+        }
+        struct model *m = NULL;
+        struct engine_error err;
+        int rc = try_load(&c, &m, &err);
+        ckpt_free(&c);
+        if (rc) {
+            assert_true(rc < 0);
+            assert_true(err.msg[0] != 0);
+            refused++;
+            continue;
+        }
+        loaded++;
+        struct model_seq *s;
+        int32_t ids[3] = { 0, 1, V - 1 };
+        float *lg = malloc(sizeof(float) * V);
+        assert_int_equal(model_seq_new(m, 8, &s, &err), 0);
+        struct model_prefill_params pp = { .logits = lg };
+        assert_int_equal(model_prefill(m, s, ids, 3, &pp, &err), 0);
+        assert_int_equal(model_decode(m, &s, ids, 1, lg, &err), 0);
+        free(lg);
+        model_seq_free(s);
+        model_free(m);
+    }
+    print_message("random corruption: %d loaded and ran, %d refused with a message\n", loaded, refused);
+    assert_int_equal(loaded + refused, 300);
+    assert_true(refused > 0);
+}
+
 static uint32_t caps_dense_only(struct kb_backend *be)
 {
     return KB_CAP_HOST_MEMORY | KB_CAP_READS_MAPPING | KB_CAP_DENSE_BF16 | KB_CAP_DENSE_F32;
@@ -743,6 +820,7 @@ int main(void)
         cmocka_unit_test(test_fused_equals_per_expert),
         cmocka_unit_test(test_backend_instance),
         cmocka_unit_test(test_causal_lm_prefix),
+        cmocka_unit_test(test_random_corruption),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
