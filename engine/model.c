@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -130,6 +131,10 @@ int model_load(const char *dir, const struct model_params *params,
         rc = check_config(&m->cfg, err);
     if (rc)
         goto fail;
+    /* max_position_embeddings is optional in config.json; absent means the
+     * model sets no limit of its own (positions are int32 here) */
+    if (m->cfg.max_position_embeddings <= 0)
+        m->cfg.max_position_embeddings = INT32_MAX;
     if (p.real_vocab < 0 || p.real_vocab > m->cfg.vocab_size) {
         rc = engine_error_set(err, -EINVAL, "real vocabulary size %d outside 0..%d (vocab_size)",
                               p.real_vocab, m->cfg.vocab_size);

@@ -246,6 +246,7 @@ static const char *config_json =
     "\"shared_expert_intermediate_size\":32,\"norm_topk_prob\":true,\"eos_token_id\":79}}";
 
 static char tmpdir[64];
+static const char *cur_config;                 /* NULL = config_json */
 
 static size_t esize(const struct tent *t)
 {
@@ -266,7 +267,7 @@ static void write_ckpt(struct ckpt *c)
     snprintf(path, sizeof(path), "%s/config.json", tmpdir);
     FILE *f = fopen(path, "w");
     assert_non_null(f);
-    fputs(config_json, f);
+    fputs(cur_config ? cur_config : config_json, f);
     fclose(f);
     /* header JSON */
     size_t cap = 1 << 20, o = 0;
@@ -768,6 +769,24 @@ static uint32_t caps_dense_only(struct kb_backend *be)
     return KB_CAP_HOST_MEMORY | KB_CAP_READS_MAPPING | KB_CAP_DENSE_BF16 | KB_CAP_DENSE_F32;
 }
 
+/* max_position_embeddings is optional: absent means no model limit. */
+static void test_no_max_position(void **state)
+{
+    static char cfg[4096];
+    const char *key = "\"max_position_embeddings\":512,";
+    const char *at = strstr(config_json, key);
+    assert_non_null(at);
+    snprintf(cfg, sizeof(cfg), "%.*s%s", (int)(at - config_json), config_json, at + strlen(key));
+    cur_config = cfg;
+    struct model *m = load_ok(2);
+    cur_config = NULL;
+    struct model_seq *s;
+    struct engine_error err = { 0 };
+    assert_int_equal(model_seq_new(m, 1000, &s, &err), 0);
+    model_seq_free(s);
+    model_free(m);
+}
+
 /* A caller-supplied backend is used, checked, and not destroyed by the
  * model; one missing a required op is refused by name. */
 static void test_backend_instance(void **state)
@@ -821,6 +840,7 @@ int main(void)
         cmocka_unit_test(test_backend_instance),
         cmocka_unit_test(test_causal_lm_prefix),
         cmocka_unit_test(test_random_corruption),
+        cmocka_unit_test(test_no_max_position),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
