@@ -3,10 +3,10 @@
  * gpu-check: every kernel of kernels/gpu against the scalar CPU reference
  * (kernels/cpu, the oracle) on fresh random inputs, then benchmarks.
  *
- *   gpu-check CUBIN_DIR [--bench] [--seed N]
+ *   gpu-check CUBIN_DIR [--bench] [--seed N]      (gpu-check-hip: .hsaco dir)
  *   gpu-check --probe          only open the device and describe it
  *
- * Exit: 0 all checks passed, 1 a check failed, 77 no NVIDIA driver/device
+ * Exit: 0 all checks passed, 1 a check failed, 77 no driver/device
  * (the reason is printed), 2 usage or setup error.
  *
  * Rules every check follows: outputs are poisoned with NaN before the
@@ -25,7 +25,58 @@
  */
 #include "kernels/backend.h"
 #include "kernels/cpu/ref.h"
+/* One source, two vendors: built as gpu-check (CUDA driver API, sm_90
+ * cubins) and, with -DGPU_CHECK_HIP, as gpu-check-hip (HIP module API,
+ * gfx1151 code objects). gcd_* names map to either host layer. */
+#ifdef GPU_CHECK_HIP
+#include "kernels/hip/hip-device.h"
+#define gcd_dev gpu_hip
+#define gcd_ptr gpu_hip_ptr
+#define gcd_module gpu_hip_module
+#define gcd_function gpu_hip_function
+#define gcd_open gpu_hip_open
+#define gcd_close gpu_hip_close
+#define gcd_last_error gpu_hip_last_error
+#define gcd_describe gpu_hip_describe
+#define gcd_sm_count gpu_hip_sm_count
+#define gcd_module_load gpu_hip_module_load
+#define gcd_function_get gpu_hip_function_get
+#define gcd_mem_alloc gpu_hip_mem_alloc
+#define gcd_mem_free gpu_hip_mem_free
+#define gcd_mem_upload gpu_hip_mem_upload
+#define gcd_mem_download gpu_hip_mem_download
+#define gcd_mem_fill32 gpu_hip_mem_fill32
+#define gcd_launch gpu_hip_launch
+#define gcd_sync gpu_hip_sync
+#define gcd_timer_start gpu_hip_timer_start
+#define gcd_timer_stop gpu_hip_timer_stop
+#define GPU_CHECK_OBJ "gfx1151.hsaco"
+#define GPU_CHECK_PEAK_NOTE "gfx1151 datasheet int8 WMMA: 59.4 TOPS"
+#else
 #include "kernels/cuda/cuda-device.h"
+#define gcd_dev gpu_cuda
+#define gcd_ptr gpu_cuda_ptr
+#define gcd_module gpu_cuda_module
+#define gcd_function gpu_cuda_function
+#define gcd_open gpu_cuda_open
+#define gcd_close gpu_cuda_close
+#define gcd_last_error gpu_cuda_last_error
+#define gcd_describe gpu_cuda_describe
+#define gcd_sm_count gpu_cuda_sm_count
+#define gcd_module_load gpu_cuda_module_load
+#define gcd_function_get gpu_cuda_function_get
+#define gcd_mem_alloc gpu_cuda_mem_alloc
+#define gcd_mem_free gpu_cuda_mem_free
+#define gcd_mem_upload gpu_cuda_mem_upload
+#define gcd_mem_download gpu_cuda_mem_download
+#define gcd_mem_fill32 gpu_cuda_mem_fill32
+#define gcd_launch gpu_cuda_launch
+#define gcd_sync gpu_cuda_sync
+#define gcd_timer_start gpu_cuda_timer_start
+#define gcd_timer_stop gpu_cuda_timer_stop
+#define GPU_CHECK_OBJ "sm_90.cubin"
+#define GPU_CHECK_PEAK_NOTE "H100/H200 SXM datasheet dense int8: 1979 TOPS, reachable only with wgmma"
+#endif
 
 #include <errno.h>
 #include <math.h>
@@ -56,18 +107,18 @@ static const struct mmq_cfg mmq_cfgs[] = {
 #define N_MMQ ((int)(sizeof(mmq_cfgs) / sizeof(mmq_cfgs[0])))
 
 struct check {
-    struct gpu_cuda *d;
+    struct gcd_dev *d;
     struct kb_backend *ref;
-    gpu_cuda_module mod[CHECK_N_MODULES];
+    gcd_module mod[CHECK_N_MODULES];
     uint64_t rng;
     int failures, checks;
-    gpu_cuda_function gemv[2][8];             /* [R==4][B-1] */
-    gpu_cuda_function gemv_q8[2][8];
-    gpu_cuda_function mmq[N_MMQ];
-    gpu_cuda_function quant, route, sort, combine, swiglu;
-    gpu_cuda_function rmsnorm, rmsnorm_gated, rope, mul_sigmoid;
-    gpu_cuda_function gdn_conv, gdn_rec, attn_split, attn_merge;
-    gpu_cuda_function bcopy, bread, bmma;
+    gcd_function gemv[2][8];             /* [R==4][B-1] */
+    gcd_function gemv_q8[2][8];
+    gcd_function mmq[N_MMQ];
+    gcd_function quant, route, sort, combine, swiglu;
+    gcd_function rmsnorm, rmsnorm_gated, rope, mul_sigmoid;
+    gcd_function gdn_conv, gdn_rec, attn_split, attn_merge;
+    gcd_function bcopy, bread, bmma;
 };
 
 #define CK(expr)                                                                          \
@@ -75,7 +126,7 @@ struct check {
         int rc_ = (expr);                                                                 \
         if (rc_) {                                                                        \
             fprintf(stderr, "gpu-check: %s:%d: %s: %s\n", __FILE__, __LINE__, #expr,      \
-                    gpu_cuda_last_error(c->d));                                           \
+                    gcd_last_error(c->d));                                           \
             exit(2);                                                                      \
         }                                                                                 \
     } while (0)
@@ -103,37 +154,37 @@ static void *xmalloc(size_t n)
     return p;
 }
 
-static gpu_cuda_ptr dev_alloc(struct check *c, size_t bytes)
+static gcd_ptr dev_alloc(struct check *c, size_t bytes)
 {
-    gpu_cuda_ptr p;
-    CK(gpu_cuda_mem_alloc(c->d, bytes, &p));
+    gcd_ptr p;
+    CK(gcd_mem_alloc(c->d, bytes, &p));
     return p;
 }
 
-static gpu_cuda_ptr dev_upload(struct check *c, const void *src, size_t bytes)
+static gcd_ptr dev_upload(struct check *c, const void *src, size_t bytes)
 {
-    gpu_cuda_ptr p = dev_alloc(c, bytes);
-    CK(gpu_cuda_mem_upload(c->d, p, src, bytes));
+    gcd_ptr p = dev_alloc(c, bytes);
+    CK(gcd_mem_upload(c->d, p, src, bytes));
     return p;
 }
 
-static void dev_poison(struct check *c, gpu_cuda_ptr p, size_t n_floats)
+static void dev_poison(struct check *c, gcd_ptr p, size_t n_floats)
 {
-    CK(gpu_cuda_mem_fill32(c->d, p, 0x7fc00000u, n_floats));      /* quiet NaN */
+    CK(gcd_mem_fill32(c->d, p, 0x7fc00000u, n_floats));      /* quiet NaN */
 }
 
-static float *dev_download_f(struct check *c, gpu_cuda_ptr p, size_t n)
+static float *dev_download_f(struct check *c, gcd_ptr p, size_t n)
 {
     float *h = xmalloc(n * sizeof(float));
-    CK(gpu_cuda_sync(c->d));
-    CK(gpu_cuda_mem_download(c->d, h, p, n * sizeof(float)));
+    CK(gcd_sync(c->d));
+    CK(gcd_mem_download(c->d, h, p, n * sizeof(float)));
     return h;
 }
 
-static gpu_cuda_function fn(struct check *c, int module, const char *name)
+static gcd_function fn(struct check *c, int module, const char *name)
 {
-    gpu_cuda_function f;
-    CK(gpu_cuda_function_get(c->d, c->mod[module], name, &f));
+    gcd_function f;
+    CK(gcd_function_get(c->d, c->mod[module], name, &f));
     return f;
 }
 
@@ -141,8 +192,8 @@ static void check_setup(struct check *c, const char *dir)
 {
     char path[1024];
     for (size_t i = 0; i < CHECK_N_MODULES; i++) {
-        snprintf(path, sizeof(path), "%s/%s.sm_90.cubin", dir, check_modules[i]);
-        CK(gpu_cuda_module_load(c->d, path, &c->mod[i]));
+        snprintf(path, sizeof(path), "%s/%s." GPU_CHECK_OBJ, dir, check_modules[i]);
+        CK(gcd_module_load(c->d, path, &c->mod[i]));
     }
     for (int r = 0; r < 2; r++)
         for (int b = 1; b <= 8; b++) {
@@ -292,33 +343,33 @@ static int gemv_lpr(int k)
     return lpr;
 }
 
-static void gemv_launch(struct check *c, int big, int nb, gpu_cuda_ptr wq, gpu_cuda_ptr ws,
-                        gpu_cuda_ptr x, gpu_cuda_ptr y, int n, int k, gpu_cuda_ptr ids,
+static void gemv_launch(struct check *c, int big, int nb, gcd_ptr wq, gcd_ptr ws,
+                        gcd_ptr x, gcd_ptr y, int n, int k, gcd_ptr ids,
                         int slices, long long x_slice, long long y_slice)
 {
     int lpr = gemv_lpr(k), r = big ? 4 : 1;
     int rows_per_block = 4 * (32 / lpr) * r;
     void *args[] = { &wq, &ws, &x, &y, &n, &k, &lpr, &ids, &x_slice, &y_slice };
-    CK(gpu_cuda_launch(c->d, c->gemv[big][nb - 1], (unsigned)((n + rows_per_block - 1) / rows_per_block),
+    CK(gcd_launch(c->d, c->gemv[big][nb - 1], (unsigned)((n + rows_per_block - 1) / rows_per_block),
                        (unsigned)slices, 1, 128, 0, args));
 }
 
 /* x_slice in elements: xq moves by x_slice bytes, xd by x_slice/32. */
-static void gemv_q8_launch(struct check *c, int big, int nb, gpu_cuda_ptr wq, gpu_cuda_ptr ws,
-                           gpu_cuda_ptr xq, gpu_cuda_ptr xd, gpu_cuda_ptr y, int n, int k,
-                           gpu_cuda_ptr ids, int slices, long long x_slice, long long y_slice)
+static void gemv_q8_launch(struct check *c, int big, int nb, gcd_ptr wq, gcd_ptr ws,
+                           gcd_ptr xq, gcd_ptr xd, gcd_ptr y, int n, int k,
+                           gcd_ptr ids, int slices, long long x_slice, long long y_slice)
 {
     int lpr = gemv_lpr(k), r = big ? 4 : 1;
     int rows_per_block = 4 * (32 / lpr) * r;
     void *args[] = { &wq, &ws, &xq, &xd, &y, &n, &k, &lpr, &ids, &x_slice, &y_slice };
-    CK(gpu_cuda_launch(c->d, c->gemv_q8[big][nb - 1],
+    CK(gcd_launch(c->d, c->gemv_q8[big][nb - 1],
                        (unsigned)((n + rows_per_block - 1) / rows_per_block), (unsigned)slices, 1,
                        128, 0, args));
 }
 
 static void host_xd(const float *x, int m, int k, float *xd);
-static void quant_launch(struct check *c, gpu_cuda_ptr x, long long x_ld, gpu_cuda_ptr rows_map,
-                         int m, int k, gpu_cuda_ptr xq, gpu_cuda_ptr xd);
+static void quant_launch(struct check *c, gcd_ptr x, long long x_ld, gcd_ptr rows_map,
+                         int m, int k, gcd_ptr xq, gcd_ptr xd);
 
 static void check_gemv_shape(struct check *c, int n, int k)
 {
@@ -335,11 +386,11 @@ static void check_gemv_shape(struct check *c, int n, int k)
     double *swd = xmalloc((size_t)8 * n * sizeof(double));
     host_xd(x, 8, k, xd);
     abs_sums(&w, 0, n, x, 8, xd, swx, swd);
-    gpu_cuda_ptr dwq = dev_upload(c, w.packed, (size_t)n * k / 2);
-    gpu_cuda_ptr dws = dev_upload(c, w.scales, (size_t)n * k / 16);
-    gpu_cuda_ptr dx = dev_upload(c, x, (size_t)8 * k * sizeof(float));
-    gpu_cuda_ptr dy = dev_alloc(c, (size_t)8 * n * sizeof(float));
-    gpu_cuda_ptr dxq = dev_alloc(c, (size_t)8 * k), dxd = dev_alloc(c, (size_t)8 * (k / 32) * 4);
+    gcd_ptr dwq = dev_upload(c, w.packed, (size_t)n * k / 2);
+    gcd_ptr dws = dev_upload(c, w.scales, (size_t)n * k / 16);
+    gcd_ptr dx = dev_upload(c, x, (size_t)8 * k * sizeof(float));
+    gcd_ptr dy = dev_alloc(c, (size_t)8 * n * sizeof(float));
+    gcd_ptr dxq = dev_alloc(c, (size_t)8 * k), dxd = dev_alloc(c, (size_t)8 * (k / 32) * 4);
     quant_launch(c, dx, k, 0, 8, k, dxq, dxd);
     for (int q8 = 0; q8 < 2; q8++)
         for (int big = 0; big < 2; big++)
@@ -369,12 +420,12 @@ static void check_gemv_shape(struct check *c, int n, int k)
                 report(c, what, worst, bad, (long)nb * n, extra);
                 free(got);
             }
-    gpu_cuda_mem_free(c->d, dwq);
-    gpu_cuda_mem_free(c->d, dws);
-    gpu_cuda_mem_free(c->d, dx);
-    gpu_cuda_mem_free(c->d, dy);
-    gpu_cuda_mem_free(c->d, dxq);
-    gpu_cuda_mem_free(c->d, dxd);
+    gcd_mem_free(c->d, dwq);
+    gcd_mem_free(c->d, dws);
+    gcd_mem_free(c->d, dx);
+    gcd_mem_free(c->d, dy);
+    gcd_mem_free(c->d, dxq);
+    gcd_mem_free(c->d, dxd);
     free(x);
     free(xd);
     free(ref);
@@ -399,11 +450,11 @@ static void check_gemv_experts(struct check *c)
         CK(c->ref->ops->matmul(c->ref, &kw, x + (int64_t)s * k, 1, ref + (int64_t)s * n));
         abs_sums(&w, (int64_t)ids[s] * n, n, x + (int64_t)s * k, 1, NULL, swx + (int64_t)s * n, NULL);
     }
-    gpu_cuda_ptr dwq = dev_upload(c, w.packed, (size_t)E * n * k / 2);
-    gpu_cuda_ptr dws = dev_upload(c, w.scales, (size_t)E * n * k / 16);
-    gpu_cuda_ptr dx = dev_upload(c, x, (size_t)top * k * sizeof(float));
-    gpu_cuda_ptr dids = dev_upload(c, ids, sizeof(ids));
-    gpu_cuda_ptr dy = dev_alloc(c, (size_t)top * n * sizeof(float));
+    gcd_ptr dwq = dev_upload(c, w.packed, (size_t)E * n * k / 2);
+    gcd_ptr dws = dev_upload(c, w.scales, (size_t)E * n * k / 16);
+    gcd_ptr dx = dev_upload(c, x, (size_t)top * k * sizeof(float));
+    gcd_ptr dids = dev_upload(c, ids, sizeof(ids));
+    gcd_ptr dy = dev_alloc(c, (size_t)top * n * sizeof(float));
     dev_poison(c, dy, (size_t)top * n);
     gemv_launch(c, 0, 1, dwq, dws, dx, dy, n, k, dids, top, k, n);
     float *got = dev_download_f(c, dy, (size_t)top * n);
@@ -424,7 +475,7 @@ static void check_gemv_experts(struct check *c)
         for (int s = 0; s < top; s++)
             abs_sums(&w, (int64_t)ids[s] * n, n, x + (int64_t)s * k, 1, xd + (int64_t)s * (k / 32),
                      swx + (int64_t)s * n, swd + (int64_t)s * n);
-        gpu_cuda_ptr dxq = dev_alloc(c, (size_t)top * k), dxd = dev_alloc(c, (size_t)top * (k / 32) * 4);
+        gcd_ptr dxq = dev_alloc(c, (size_t)top * k), dxd = dev_alloc(c, (size_t)top * (k / 32) * 4);
         quant_launch(c, dx, k, 0, top, k, dxq, dxd);
         dev_poison(c, dy, (size_t)top * n);
         gemv_q8_launch(c, 1, 1, dwq, dws, dxq, dxd, dy, n, k, dids, top, k, n);
@@ -442,14 +493,14 @@ static void check_gemv_experts(struct check *c)
         free(got);
         free(xd);
         free(swd);
-        gpu_cuda_mem_free(c->d, dxq);
-        gpu_cuda_mem_free(c->d, dxd);
+        gcd_mem_free(c->d, dxq);
+        gcd_mem_free(c->d, dxd);
     }
-    gpu_cuda_mem_free(c->d, dwq);
-    gpu_cuda_mem_free(c->d, dws);
-    gpu_cuda_mem_free(c->d, dx);
-    gpu_cuda_mem_free(c->d, dids);
-    gpu_cuda_mem_free(c->d, dy);
+    gcd_mem_free(c->d, dwq);
+    gcd_mem_free(c->d, dws);
+    gcd_mem_free(c->d, dx);
+    gcd_mem_free(c->d, dids);
+    gcd_mem_free(c->d, dy);
     free(x);
     free(ref);
     free(swx);
@@ -471,22 +522,22 @@ static void host_xd(const float *x, int m, int k, float *xd)
         }
 }
 
-static void quant_launch(struct check *c, gpu_cuda_ptr x, long long x_ld, gpu_cuda_ptr rows_map,
-                         int m, int k, gpu_cuda_ptr xq, gpu_cuda_ptr xd)
+static void quant_launch(struct check *c, gcd_ptr x, long long x_ld, gcd_ptr rows_map,
+                         int m, int k, gcd_ptr xq, gcd_ptr xd)
 {
     void *args[] = { &x, &x_ld, &rows_map, &m, &k, &xq, &xd };
     long long th = (long long)m * (k / 32);
-    CK(gpu_cuda_launch(c->d, c->quant, (unsigned)((th + 255) / 256), 1, 1, 256, 0, args));
+    CK(gcd_launch(c->d, c->quant, (unsigned)((th + 255) / 256), 1, 1, 256, 0, args));
 }
 
-static void mmq_launch(struct check *c, int cfg, gpu_cuda_ptr xq, gpu_cuda_ptr xd, gpu_cuda_ptr wq,
-                       gpu_cuda_ptr ws, gpu_cuda_ptr y, int m, int n, int k, gpu_cuda_ptr seg,
+static void mmq_launch(struct check *c, int cfg, gcd_ptr xq, gcd_ptr xd, gcd_ptr wq,
+                       gcd_ptr ws, gcd_ptr y, int m, int n, int k, gcd_ptr seg,
                        int experts, int max_rows)
 {
     const struct mmq_cfg *t = &mmq_cfgs[cfg];
     void *args[] = { &xq, &xd, &wq, &ws, &y, &m, &n, &k, &seg };
     int rows = seg ? max_rows : m;
-    CK(gpu_cuda_launch(c->d, c->mmq[cfg], (unsigned)((n + t->bn - 1) / t->bn),
+    CK(gcd_launch(c->d, c->mmq[cfg], (unsigned)((n + t->bn - 1) / t->bn),
                        (unsigned)((rows + t->bm - 1) / t->bm), (unsigned)(seg ? experts : 1),
                        (unsigned)t->threads, 0, args));
 }
@@ -505,12 +556,12 @@ static void check_mmq_shape(struct check *c, int m, int n, int k)
     CK(c->ref->ops->matmul(c->ref, &kw, x, m, ref));
     abs_sums(&w, 0, n, x, m, xd, swx, swd);
     /* abs_sums indexes [b][rows]: here b = token, rows = n: same as y [m][n] */
-    gpu_cuda_ptr dwq = dev_upload(c, w.packed, (size_t)n * k / 2);
-    gpu_cuda_ptr dws = dev_upload(c, w.scales, (size_t)n * k / 16);
-    gpu_cuda_ptr dx = dev_upload(c, x, (size_t)m * k * sizeof(float));
-    gpu_cuda_ptr dxq = dev_alloc(c, (size_t)m * k);
-    gpu_cuda_ptr dxd = dev_alloc(c, (size_t)m * (k / 32) * sizeof(float));
-    gpu_cuda_ptr dy = dev_alloc(c, (size_t)m * n * sizeof(float));
+    gcd_ptr dwq = dev_upload(c, w.packed, (size_t)n * k / 2);
+    gcd_ptr dws = dev_upload(c, w.scales, (size_t)n * k / 16);
+    gcd_ptr dx = dev_upload(c, x, (size_t)m * k * sizeof(float));
+    gcd_ptr dxq = dev_alloc(c, (size_t)m * k);
+    gcd_ptr dxd = dev_alloc(c, (size_t)m * (k / 32) * sizeof(float));
+    gcd_ptr dy = dev_alloc(c, (size_t)m * n * sizeof(float));
     dev_poison(c, dxd, (size_t)m * (k / 32));
     quant_launch(c, dx, k, 0, m, k, dxq, dxd);
     float *gxd = dev_download_f(c, dxd, (size_t)m * (k / 32));
@@ -547,12 +598,12 @@ static void check_mmq_shape(struct check *c, int m, int n, int k)
         report(c, what, worst, bad, (long)m * n, extra);
         free(got);
     }
-    gpu_cuda_mem_free(c->d, dwq);
-    gpu_cuda_mem_free(c->d, dws);
-    gpu_cuda_mem_free(c->d, dx);
-    gpu_cuda_mem_free(c->d, dxq);
-    gpu_cuda_mem_free(c->d, dxd);
-    gpu_cuda_mem_free(c->d, dy);
+    gcd_mem_free(c->d, dwq);
+    gcd_mem_free(c->d, dws);
+    gcd_mem_free(c->d, dx);
+    gcd_mem_free(c->d, dxq);
+    gcd_mem_free(c->d, dxd);
+    gcd_mem_free(c->d, dy);
     free(x);
     free(xd);
     free(ref);
@@ -601,15 +652,15 @@ static void check_moe(struct check *c)
     float *wts = xmalloc((size_t)A * sizeof(float));
     host_route(logits, T, E, top, ids, wts);
 
-    gpu_cuda_ptr dl = dev_upload(c, logits, (size_t)T * E * sizeof(float));
-    gpu_cuda_ptr dids = dev_alloc(c, (size_t)A * sizeof(int)), dw = dev_alloc(c, (size_t)A * sizeof(float));
+    gcd_ptr dl = dev_upload(c, logits, (size_t)T * E * sizeof(float));
+    gcd_ptr dids = dev_alloc(c, (size_t)A * sizeof(int)), dw = dev_alloc(c, (size_t)A * sizeof(float));
     dev_poison(c, dw, A);
     int t_ = T, e_ = E, k_ = top, renorm = 1;
     void *ra[] = { &dl, &t_, &e_, &k_, &renorm, &dids, &dw };
-    CK(gpu_cuda_launch(c->d, c->route, (unsigned)((T + 3) / 4), 1, 1, 128, 0, ra));
+    CK(gcd_launch(c->d, c->route, (unsigned)((T + 3) / 4), 1, 1, 128, 0, ra));
     int *gids = xmalloc((size_t)A * sizeof(int));
-    CK(gpu_cuda_sync(c->d));
-    CK(gpu_cuda_mem_download(c->d, gids, dids, (size_t)A * sizeof(int)));
+    CK(gcd_sync(c->d));
+    CK(gcd_mem_download(c->d, gids, dids, (size_t)A * sizeof(int)));
     float *gw = dev_download_f(c, dw, A);
     long bad = 0;
     for (int i = 0; i < A; i++)
@@ -620,18 +671,18 @@ static void check_moe(struct check *c)
 
     /* sort on the device from the reference ids (so later checks do not
      * depend on the routing check) */
-    CK(gpu_cuda_mem_upload(c->d, dids, ids, (size_t)A * sizeof(int)));
-    gpu_cuda_ptr dseg = dev_alloc(c, (size_t)(E + 1) * sizeof(int));
-    gpu_cuda_ptr drow = dev_alloc(c, (size_t)A * sizeof(int)), dpos = dev_alloc(c, (size_t)A * sizeof(int));
+    CK(gcd_mem_upload(c->d, dids, ids, (size_t)A * sizeof(int)));
+    gcd_ptr dseg = dev_alloc(c, (size_t)(E + 1) * sizeof(int));
+    gcd_ptr drow = dev_alloc(c, (size_t)A * sizeof(int)), dpos = dev_alloc(c, (size_t)A * sizeof(int));
     int a_ = A;
     void *sa[] = { &dids, &a_, &k_, &e_, &dseg, &drow, &dpos };
-    CK(gpu_cuda_launch(c->d, c->sort, 1, 1, 1, 1024, 0, sa));
+    CK(gcd_launch(c->d, c->sort, 1, 1, 1, 1024, 0, sa));
     int *seg = xmalloc((size_t)(E + 1) * sizeof(int)), *row_tok = xmalloc((size_t)A * sizeof(int));
     int *pos = xmalloc((size_t)A * sizeof(int));
-    CK(gpu_cuda_sync(c->d));
-    CK(gpu_cuda_mem_download(c->d, seg, dseg, (size_t)(E + 1) * sizeof(int)));
-    CK(gpu_cuda_mem_download(c->d, row_tok, drow, (size_t)A * sizeof(int)));
-    CK(gpu_cuda_mem_download(c->d, pos, dpos, (size_t)A * sizeof(int)));
+    CK(gcd_sync(c->d));
+    CK(gcd_mem_download(c->d, seg, dseg, (size_t)(E + 1) * sizeof(int)));
+    CK(gcd_mem_download(c->d, row_tok, drow, (size_t)A * sizeof(int)));
+    CK(gcd_mem_download(c->d, pos, dpos, (size_t)A * sizeof(int)));
     bad = 0;
     int *cnt = calloc((size_t)E, sizeof(int));
     for (int i = 0; i < A; i++)
@@ -658,9 +709,9 @@ static void check_moe(struct check *c)
             row_tok[pos[a]] = a / top;
         }
         free(cur);
-        CK(gpu_cuda_mem_upload(c->d, dseg, seg, (size_t)(E + 1) * sizeof(int)));
-        CK(gpu_cuda_mem_upload(c->d, drow, row_tok, (size_t)A * sizeof(int)));
-        CK(gpu_cuda_mem_upload(c->d, dpos, pos, (size_t)A * sizeof(int)));
+        CK(gcd_mem_upload(c->d, dseg, seg, (size_t)(E + 1) * sizeof(int)));
+        CK(gcd_mem_upload(c->d, drow, row_tok, (size_t)A * sizeof(int)));
+        CK(gcd_mem_upload(c->d, dpos, pos, (size_t)A * sizeof(int)));
     }
     free(cnt);
 
@@ -694,16 +745,16 @@ static void check_moe(struct check *c)
             for (int h = 0; h < H; h++)
                 ref_out[(int64_t)t * H + h] += wts[t * top + s] * ybuf[h];
         }
-    gpu_cuda_ptr dx = dev_upload(c, x, (size_t)T * H * sizeof(float));
-    gpu_cuda_ptr dguq = dev_upload(c, gu.packed, (size_t)E * 2 * I * H / 2);
-    gpu_cuda_ptr dgus = dev_upload(c, gu.scales, (size_t)E * 2 * I * H / 16);
-    gpu_cuda_ptr ddnq = dev_upload(c, dn.packed, (size_t)E * H * I / 2);
-    gpu_cuda_ptr ddns = dev_upload(c, dn.scales, (size_t)E * H * I / 16);
-    gpu_cuda_ptr dxq = dev_alloc(c, (size_t)A * H), dxd = dev_alloc(c, (size_t)A * (H / 32) * 4);
-    gpu_cuda_ptr dh = dev_alloc(c, (size_t)A * 2 * I * 4), dact = dev_alloc(c, (size_t)A * I * 4);
-    gpu_cuda_ptr daq = dev_alloc(c, (size_t)A * I), dad = dev_alloc(c, (size_t)A * (I / 32) * 4);
-    gpu_cuda_ptr dys = dev_alloc(c, (size_t)A * H * 4), dout = dev_alloc(c, (size_t)T * H * 4);
-    CK(gpu_cuda_mem_upload(c->d, dw, wts, (size_t)A * sizeof(float)));
+    gcd_ptr dx = dev_upload(c, x, (size_t)T * H * sizeof(float));
+    gcd_ptr dguq = dev_upload(c, gu.packed, (size_t)E * 2 * I * H / 2);
+    gcd_ptr dgus = dev_upload(c, gu.scales, (size_t)E * 2 * I * H / 16);
+    gcd_ptr ddnq = dev_upload(c, dn.packed, (size_t)E * H * I / 2);
+    gcd_ptr ddns = dev_upload(c, dn.scales, (size_t)E * H * I / 16);
+    gcd_ptr dxq = dev_alloc(c, (size_t)A * H), dxd = dev_alloc(c, (size_t)A * (H / 32) * 4);
+    gcd_ptr dh = dev_alloc(c, (size_t)A * 2 * I * 4), dact = dev_alloc(c, (size_t)A * I * 4);
+    gcd_ptr daq = dev_alloc(c, (size_t)A * I), dad = dev_alloc(c, (size_t)A * (I / 32) * 4);
+    gcd_ptr dys = dev_alloc(c, (size_t)A * H * 4), dout = dev_alloc(c, (size_t)T * H * 4);
+    CK(gcd_mem_upload(c->d, dw, wts, (size_t)A * sizeof(float)));
     int max_rows = 0;
     for (int e = 0; e < E; e++)
         max_rows = seg[e + 1] - seg[e] > max_rows ? seg[e + 1] - seg[e] : max_rows;
@@ -733,12 +784,12 @@ static void check_moe(struct check *c)
         }
         int i_ = I;
         void *wa[] = { &dh, &a_, &i_, &dact };
-        CK(gpu_cuda_launch(c->d, c->swiglu, (unsigned)((A * I + 255) / 256), 1, 1, 256, 0, wa));
+        CK(gcd_launch(c->d, c->swiglu, (unsigned)((A * I + 255) / 256), 1, 1, 256, 0, wa));
         quant_launch(c, dact, I, 0, A, I, daq, dad);
         mmq_launch(c, cfg, daq, dad, ddnq, ddns, dys, A, H, I, dseg, E, max_rows);
         int h_ = H, acc = 0;
         void *ca[] = { &dys, &dpos, &dw, &k_, &h_, &dout, &acc };
-        CK(gpu_cuda_launch(c->d, c->combine, (unsigned)T, 1, 1, 256, 0, ca));
+        CK(gcd_launch(c->d, c->combine, (unsigned)T, 1, 1, 256, 0, ca));
         float *got = dev_download_f(c, dout, (size_t)T * H);
         /* whole block (two int8 GEMMs, SwiGLU, weighted combine) vs the fp32
          * reference: relative RMS error <= 3e-2 (int8 activation rounding
@@ -759,10 +810,10 @@ static void check_moe(struct check *c)
         report(c, what, isnan(rel) ? INFINITY : rel / 3e-2, bad, (long)T * H, extra);
         free(got);
     }
-    gpu_cuda_ptr frees[] = { dl, dids, dw, dseg, drow, dpos, dx, dguq, dgus, ddnq, ddns, dxq, dxd,
+    gcd_ptr frees[] = { dl, dids, dw, dseg, drow, dpos, dx, dguq, dgus, ddnq, ddns, dxq, dxd,
                              dh, dact, daq, dad, dys, dout };
     for (size_t i = 0; i < sizeof(frees) / sizeof(frees[0]); i++)
-        gpu_cuda_mem_free(c->d, frees[i]);
+        gcd_mem_free(c->d, frees[i]);
     free(logits);
     free(ids);
     free(wts);
@@ -795,8 +846,8 @@ static void check_small_ops(struct check *c)
     for (int i = 0; i < dim; i++)
         w[i] = 0.3f * rnd_s(c);
     struct kb_weight kw = f32_vec(w, dim);
-    gpu_cuda_ptr dx = dev_upload(c, x, (size_t)rows * dim * 4), dw = dev_upload(c, w, (size_t)dim * 4);
-    gpu_cuda_ptr dy = dev_alloc(c, (size_t)rows * dim * 4);
+    gcd_ptr dx = dev_upload(c, x, (size_t)rows * dim * 4), dw = dev_upload(c, w, (size_t)dim * 4);
+    gcd_ptr dy = dev_alloc(c, (size_t)rows * dim * 4);
     for (int plus = 0; plus < 2; plus++) {
         CK(c->ref->ops->rmsnorm(c->ref, ref, dim, x, dim, rows, dim, &kw, 1e-6f, plus));
         dev_poison(c, dy, (size_t)rows * dim);
@@ -804,7 +855,7 @@ static void check_small_ops(struct check *c)
         int d_ = dim;
         float eps = 1e-6f, po = (float)plus;
         void *a[] = { &dy, &ld, &dx, &ld, &d_, &dw, &eps, &po };
-        CK(gpu_cuda_launch(c->d, c->rmsnorm, (unsigned)rows, 1, 1, 256, 0, a));
+        CK(gcd_launch(c->d, c->rmsnorm, (unsigned)rows, 1, 1, 256, 0, a));
         float *got = dev_download_f(c, dy, (size_t)rows * dim);
         compare_simple(c, plus ? "rmsnorm zero-centred (1+w) 37x2048" : "rmsnorm plain 37x2048",
                        got, ref, (long)rows * dim, 1e-5, 1e-5);
@@ -816,10 +867,10 @@ static void check_small_ops(struct check *c)
         CK(c->ref->ops->mul_sigmoid(c->ref, ref, d2, x, dim, x + d2, dim, r2, d2));
         dev_poison(c, dy, (size_t)rows * dim);
         long long yl = d2, xl = dim;
-        gpu_cuda_ptr dg = dx + (gpu_cuda_ptr)d2 * 4;
+        gcd_ptr dg = dx + (gcd_ptr)d2 * 4;
         int rr = r2, dd = d2;
         void *a[] = { &dy, &yl, &dx, &xl, &dg, &xl, &rr, &dd };
-        CK(gpu_cuda_launch(c->d, c->mul_sigmoid, (unsigned)((r2 * d2 + 255) / 256), 1, 1, 256, 0, a));
+        CK(gcd_launch(c->d, c->mul_sigmoid, (unsigned)((r2 * d2 + 255) / 256), 1, 1, 256, 0, a));
         float *got = dev_download_f(c, dy, (size_t)r2 * d2);
         compare_simple(c, "mul_sigmoid 37x1024 (strided)", got, ref, (long)r2 * d2, 1e-6, 1e-5);
         free(got);
@@ -841,19 +892,19 @@ static void check_small_ops(struct check *c)
                 ref[h * hd + i] = nw[i] * (x[h * hd + i] * inv) * (zz / (1.0f + expf(-zz)));
             }
         }
-        gpu_cuda_ptr dz = dev_upload(c, z, (size_t)heads * hd * 4), dn = dev_upload(c, nw, (size_t)hd * 4);
+        gcd_ptr dz = dev_upload(c, z, (size_t)heads * hd * 4), dn = dev_upload(c, nw, (size_t)hd * 4);
         dev_poison(c, dy, (size_t)heads * hd);
         int h_ = hd;
         float eps = 1e-6f;
         void *a[] = { &dy, &dx, &dz, &h_, &dn, &eps };
-        CK(gpu_cuda_launch(c->d, c->rmsnorm_gated, (unsigned)heads, 1, 1, 128, 0, a));
+        CK(gcd_launch(c->d, c->rmsnorm_gated, (unsigned)heads, 1, 1, 128, 0, a));
         float *got = dev_download_f(c, dy, (size_t)heads * hd);
         compare_simple(c, "rmsnorm_gated 592 heads x 128", got, ref, (long)heads * hd, 1e-5, 1e-5);
         free(got);
         free(z);
         free(nw);
-        gpu_cuda_mem_free(c->d, dz);
-        gpu_cuda_mem_free(c->d, dn);
+        gcd_mem_free(c->d, dz);
+        gcd_mem_free(c->d, dn);
     }
     /* RoPE: 5 tokens x 16 heads x 256, rot 64, theta 1e7, positions up to 200000 */
     {
@@ -861,16 +912,16 @@ static void check_small_ops(struct check *c)
         int pos[5] = { 0, 1, 17, 4095, 200000 };
         memcpy(ref, x, (size_t)nt * nh * hd * 4);
         CK(c->ref->ops->rope(c->ref, ref, nt, nh, hd, rot, pos, 1e7));
-        gpu_cuda_ptr dp = dev_upload(c, pos, sizeof(pos));
+        gcd_ptr dp = dev_upload(c, pos, sizeof(pos));
         float inv_freq[32];
         for (int i = 0; i < rot / 2; i++)
             inv_freq[i] = 1.0f / powf(1e7f, (float)(2 * i) / (float)rot);
-        gpu_cuda_ptr dif = dev_upload(c, inv_freq, sizeof(inv_freq));
-        CK(gpu_cuda_mem_upload(c->d, dy, x, (size_t)nt * nh * hd * 4));
+        gcd_ptr dif = dev_upload(c, inv_freq, sizeof(inv_freq));
+        CK(gcd_mem_upload(c->d, dy, x, (size_t)nt * nh * hd * 4));
         int nt_ = nt, nh_ = nh, rot_ = rot;
         long long st = hd;
         void *a[] = { &dy, &nt_, &nh_, &st, &rot_, &dp, &dif };
-        CK(gpu_cuda_launch(c->d, c->rope, (unsigned)((nt * nh * rot / 2 + 255) / 256), 1, 1, 256, 0, a));
+        CK(gcd_launch(c->d, c->rope, (unsigned)((nt * nh * rot / 2 + 255) / 256), 1, 1, 256, 0, a));
         float *got = dev_download_f(c, dy, (size_t)nt * nh * hd);
         /* same fp32 angles as the reference: only sin/cos rounding differs */
         double worst = 0.0;
@@ -886,12 +937,12 @@ static void check_small_ops(struct check *c)
             }
         report(c, "rope_neox 5 tok x 16 heads, rot 64/256", worst, bad, (long)nt * nh * hd, NULL);
         free(got);
-        gpu_cuda_mem_free(c->d, dp);
-        gpu_cuda_mem_free(c->d, dif);
+        gcd_mem_free(c->d, dp);
+        gcd_mem_free(c->d, dif);
     }
-    gpu_cuda_mem_free(c->d, dx);
-    gpu_cuda_mem_free(c->d, dw);
-    gpu_cuda_mem_free(c->d, dy);
+    gcd_mem_free(c->d, dx);
+    gcd_mem_free(c->d, dw);
+    gcd_mem_free(c->d, dy);
     free(x);
     free(w);
     free(ref);
@@ -927,15 +978,15 @@ static void check_gdn(struct check *c, int n)
         cst[i] = rnd_s(c);
     for (long i = 0; i < (long)nv * d * d; i++)
         ssm[i] = 0.05f * rnd_s(c);
-    gpu_cuda_ptr dqkv = dev_upload(c, qkv, (size_t)n * conv_dim * 4), dz = dev_upload(c, z, (size_t)n * vd * 4);
-    gpu_cuda_ptr db = dev_upload(c, b, (size_t)n * nv * 4), da = dev_upload(c, a, (size_t)n * nv * 4);
-    gpu_cuda_ptr dcw = dev_upload(c, convw, (size_t)conv_dim * K * 4);
-    gpu_cuda_ptr dal = dev_upload(c, alog, (size_t)nv * 4), ddt = dev_upload(c, dtb, (size_t)nv * 4);
-    gpu_cuda_ptr dnw = dev_upload(c, nw, (size_t)d * 4);
-    gpu_cuda_ptr dcs = dev_upload(c, cst, (size_t)(K - 1) * conv_dim * 4);
-    gpu_cuda_ptr dss = dev_upload(c, ssm, (size_t)nv * d * d * 4);
-    gpu_cuda_ptr du = dev_alloc(c, (size_t)n * conv_dim * 4), dyo = dev_alloc(c, (size_t)n * vd * 4);
-    gpu_cuda_ptr dy = dev_alloc(c, (size_t)n * vd * 4);
+    gcd_ptr dqkv = dev_upload(c, qkv, (size_t)n * conv_dim * 4), dz = dev_upload(c, z, (size_t)n * vd * 4);
+    gcd_ptr db = dev_upload(c, b, (size_t)n * nv * 4), da = dev_upload(c, a, (size_t)n * nv * 4);
+    gcd_ptr dcw = dev_upload(c, convw, (size_t)conv_dim * K * 4);
+    gcd_ptr dal = dev_upload(c, alog, (size_t)nv * 4), ddt = dev_upload(c, dtb, (size_t)nv * 4);
+    gcd_ptr dnw = dev_upload(c, nw, (size_t)d * 4);
+    gcd_ptr dcs = dev_upload(c, cst, (size_t)(K - 1) * conv_dim * 4);
+    gcd_ptr dss = dev_upload(c, ssm, (size_t)nv * d * d * 4);
+    gcd_ptr du = dev_alloc(c, (size_t)n * conv_dim * 4), dyo = dev_alloc(c, (size_t)n * vd * 4);
+    gcd_ptr dy = dev_alloc(c, (size_t)n * vd * 4);
     dev_poison(c, dy, (size_t)n * vd);
 
     struct kb_weight wc = { .type = KB_WTYPE_F32, .rows = conv_dim, .cols = K, .data = convw };
@@ -948,13 +999,13 @@ static void check_gdn(struct check *c, int n)
 
     int n_ = n, cd = conv_dim, k_ = K, nk_ = nk, nv_ = nv;
     void *ca[] = { &dqkv, &n_, &cd, &k_, &dcs, &dcw, &du };
-    CK(gpu_cuda_launch(c->d, c->gdn_conv, (unsigned)((conv_dim + 255) / 256), 1, 1, 256, 0, ca));
+    CK(gcd_launch(c->d, c->gdn_conv, (unsigned)((conv_dim + 255) / 256), 1, 1, 256, 0, ca));
     void *ra[] = { &du, &n_, &nk_, &nv_, &db, &da, &dal, &ddt, &dss, &dyo };
-    CK(gpu_cuda_launch(c->d, c->gdn_rec, (unsigned)nv, 1, 1, 256, 0, ra));
+    CK(gcd_launch(c->d, c->gdn_rec, (unsigned)nv, 1, 1, 256, 0, ra));
     int hd = d;
     float eps = 1e-6f;
     void *na[] = { &dy, &dyo, &dz, &hd, &dnw, &eps };
-    CK(gpu_cuda_launch(c->d, c->rmsnorm_gated, (unsigned)(n * nv), 1, 1, 128, 0, na));
+    CK(gcd_launch(c->d, c->rmsnorm_gated, (unsigned)(n * nv), 1, 1, 128, 0, na));
     float *got = dev_download_f(c, dy, (size_t)n * vd);
     char what[96];
     snprintf(what, sizeof(what), "gdn conv+recurrent+gated norm, %d token%s", n, n > 1 ? "s" : "");
@@ -965,9 +1016,9 @@ static void check_gdn(struct check *c, int n)
     float *gc = dev_download_f(c, dcs, (size_t)(K - 1) * conv_dim);
     snprintf(what, sizeof(what), "gdn conv state after %d token%s", n, n > 1 ? "s" : "");
     compare_simple(c, what, gc, st.conv, (long)(K - 1) * conv_dim, 0.0, 0.0);
-    gpu_cuda_ptr frees[] = { dqkv, dz, db, da, dcw, dal, ddt, dnw, dcs, dss, du, dyo, dy };
+    gcd_ptr frees[] = { dqkv, dz, db, da, dcw, dal, ddt, dnw, dcs, dss, du, dyo, dy };
     for (size_t i = 0; i < sizeof(frees) / sizeof(frees[0]); i++)
-        gpu_cuda_mem_free(c->d, frees[i]);
+        gcd_mem_free(c->d, frees[i]);
     void *hf[] = { qkv, z, b, a, convw, alog, dtb, nw, cst, ssm, ref, got, gs, gc };
     for (size_t i = 0; i < sizeof(hf) / sizeof(hf[0]); i++)
         free(hf[i]);
@@ -989,26 +1040,26 @@ static void check_attention(struct check *c, int len)
     struct kb_kv kv = { .k = kc2, .v = vc2, .capacity = len };
     CK(c->ref->ops->attention(c->ref, &at, &kv, len - 1, q, hd, kc + (len - 1) * row,
                               vc + (len - 1) * row, 1, ref));
-    gpu_cuda_ptr dk = dev_upload(c, kc, (size_t)len * row * 4), dv = dev_upload(c, vc, (size_t)len * row * 4);
-    gpu_cuda_ptr dq = dev_upload(c, q, (size_t)nh * hd * 4);
+    gcd_ptr dk = dev_upload(c, kc, (size_t)len * row * 4), dv = dev_upload(c, vc, (size_t)len * row * 4);
+    gcd_ptr dq = dev_upload(c, q, (size_t)nh * hd * 4);
     int chunks = (len + 255) / 256;
-    gpu_cuda_ptr dpo = dev_alloc(c, (size_t)nh * chunks * hd * 4), dms = dev_alloc(c, (size_t)nh * chunks * 8);
-    gpu_cuda_ptr dout = dev_alloc(c, (size_t)nh * hd * 4);
+    gcd_ptr dpo = dev_alloc(c, (size_t)nh * chunks * hd * 4), dms = dev_alloc(c, (size_t)nh * chunks * 8);
+    gcd_ptr dout = dev_alloc(c, (size_t)nh * hd * 4);
     dev_poison(c, dout, (size_t)nh * hd);
     long long qld = hd;
     int l_ = len, nh_ = nh, nkv_ = nkv, hd_ = hd;
     float sc = 1.0f / 16.0f;
     void *sa[] = { &dq, &qld, &dk, &dv, &l_, &nh_, &nkv_, &hd_, &sc, &dpo, &dms };
-    CK(gpu_cuda_launch(c->d, c->attn_split, (unsigned)chunks, (unsigned)nh, 1, 256, 0, sa));
+    CK(gcd_launch(c->d, c->attn_split, (unsigned)chunks, (unsigned)nh, 1, 256, 0, sa));
     void *ma[] = { &dpo, &dms, &l_, &hd_, &dout };
-    CK(gpu_cuda_launch(c->d, c->attn_merge, (unsigned)nh, 1, 1, 256, 0, ma));
+    CK(gcd_launch(c->d, c->attn_merge, (unsigned)nh, 1, 1, 256, 0, ma));
     float *got = dev_download_f(c, dout, (size_t)nh * hd);
     char what[96];
     snprintf(what, sizeof(what), "attention decode, %d cached positions", len);
     compare_simple(c, what, got, ref, (long)nh * hd, 1e-5, 1e-4);
-    gpu_cuda_ptr frees[] = { dk, dv, dq, dpo, dms, dout };
+    gcd_ptr frees[] = { dk, dv, dq, dpo, dms, dout };
     for (size_t i = 0; i < sizeof(frees) / sizeof(frees[0]); i++)
-        gpu_cuda_mem_free(c->d, frees[i]);
+        gcd_mem_free(c->d, frees[i]);
     void *hf[] = { kc, vc, q, ref, kc2, vc2, got };
     for (size_t i = 0; i < sizeof(hf) / sizeof(hf[0]); i++)
         free(hf[i]);
@@ -1020,28 +1071,28 @@ static void check_attention(struct check *c, int len)
 static double bench_copy_gbs(struct check *c, double *read_gbs)
 {
     const size_t bytes = (size_t)1 << 30;
-    gpu_cuda_ptr a = dev_alloc(c, bytes), b = dev_alloc(c, bytes), sink = dev_alloc(c, 16);
-    CK(gpu_cuda_mem_fill32(c->d, a, 0x01020304u, bytes / 4));
+    gcd_ptr a = dev_alloc(c, bytes), b = dev_alloc(c, bytes), sink = dev_alloc(c, 16);
+    CK(gcd_mem_fill32(c->d, a, 0x01020304u, bytes / 4));
     long long n16 = (long long)(bytes / 16);
-    int blocks = gpu_cuda_sm_count(c->d) * 8;
+    int blocks = gcd_sm_count(c->d) * 8;
     void *args[] = { &a, &b, &n16, &blocks };
     void *rargs[] = { &a, &n16, &blocks, &sink };
     float ms = 0.0f, best = 1e30f, rbest = 1e30f;
     for (int i = 0; i < 6; i++) {
-        CK(gpu_cuda_timer_start(c->d));
-        CK(gpu_cuda_launch(c->d, c->bcopy, (unsigned)blocks, 1, 1, 256, 0, args));
-        CK(gpu_cuda_timer_stop(c->d, &ms));
+        CK(gcd_timer_start(c->d));
+        CK(gcd_launch(c->d, c->bcopy, (unsigned)blocks, 1, 1, 256, 0, args));
+        CK(gcd_timer_stop(c->d, &ms));
         if (i && ms < best)
             best = ms;
-        CK(gpu_cuda_timer_start(c->d));
-        CK(gpu_cuda_launch(c->d, c->bread, (unsigned)blocks, 1, 1, 256, 0, rargs));
-        CK(gpu_cuda_timer_stop(c->d, &ms));
+        CK(gcd_timer_start(c->d));
+        CK(gcd_launch(c->d, c->bread, (unsigned)blocks, 1, 1, 256, 0, rargs));
+        CK(gcd_timer_stop(c->d, &ms));
         if (i && ms < rbest)
             rbest = ms;
     }
-    gpu_cuda_mem_free(c->d, a);
-    gpu_cuda_mem_free(c->d, b);
-    gpu_cuda_mem_free(c->d, sink);
+    gcd_mem_free(c->d, a);
+    gcd_mem_free(c->d, b);
+    gcd_mem_free(c->d, sink);
     *read_gbs = (double)bytes / (rbest * 1e-3) / 1e9;
     return 2.0 * (double)bytes / (best * 1e-3) / 1e9;
 }
@@ -1057,26 +1108,26 @@ static void bench_gemv(struct check *c, const char *name, int n, int k, int expe
     int copies = (int)((512u << 20) / (wbytes + sbytes)) + 1;
     if (copies > 64)
         copies = 64;
-    gpu_cuda_ptr *wq = xmalloc(sizeof(gpu_cuda_ptr) * (size_t)copies);
-    gpu_cuda_ptr *ws = xmalloc(sizeof(gpu_cuda_ptr) * (size_t)copies);
+    gcd_ptr *wq = xmalloc(sizeof(gcd_ptr) * (size_t)copies);
+    gcd_ptr *ws = xmalloc(sizeof(gcd_ptr) * (size_t)copies);
     for (int i = 0; i < copies; i++) {
         wq[i] = dev_alloc(c, wbytes);
         ws[i] = dev_alloc(c, sbytes);
-        CK(gpu_cuda_mem_fill32(c->d, wq[i], 0x9abc1234u ^ (uint32_t)i, wbytes / 4));
-        CK(gpu_cuda_mem_fill32(c->d, ws[i], 0x3c003c00u, sbytes / 4));
+        CK(gcd_mem_fill32(c->d, wq[i], 0x9abc1234u ^ (uint32_t)i, wbytes / 4));
+        CK(gcd_mem_fill32(c->d, ws[i], 0x3c003c00u, sbytes / 4));
     }
     const size_t xn = (size_t)nb * k * slices, yn = (size_t)nb * n * slices;
-    gpu_cuda_ptr x = dev_alloc(c, xn * 4), y = dev_alloc(c, yn * 4), ids = 0;
-    CK(gpu_cuda_mem_fill32(c->d, x, 0x3f000000u, xn));
+    gcd_ptr x = dev_alloc(c, xn * 4), y = dev_alloc(c, yn * 4), ids = 0;
+    CK(gcd_mem_fill32(c->d, x, 0x3f000000u, xn));
     if (experts) {
         int h_ids[8];
         for (int i = 0; i < 8; i++)
             h_ids[i] = (i * 37 + 11) % experts;
         ids = dev_upload(c, h_ids, sizeof(h_ids));
     }
-    gpu_cuda_ptr xq = dev_alloc(c, xn), xd = dev_alloc(c, xn / 32 * 4);
-    CK(gpu_cuda_mem_fill32(c->d, xq, 0x05fb07f9u, xn / 4));
-    CK(gpu_cuda_mem_fill32(c->d, xd, 0x3c000000u, xn / 32));
+    gcd_ptr xq = dev_alloc(c, xn), xd = dev_alloc(c, xn / 32 * 4);
+    CK(gcd_mem_fill32(c->d, xq, 0x05fb07f9u, xn / 4));
+    CK(gcd_mem_fill32(c->d, xd, 0x3c000000u, xn / 32));
     /* back-to-back launches over the copies between two events: the
      * per-launch time includes the launch gap, as in a decode step.
      * variants: [q8][rows per lane 1 / 4] */
@@ -1086,7 +1137,7 @@ static void bench_gemv(struct check *c, const char *name, int n, int k, int expe
         for (int big = 0; big < 2; big++) {
             for (int round = 0; round < 3; round++) {
                 float ms;
-                CK(gpu_cuda_timer_start(c->d));
+                CK(gcd_timer_start(c->d));
                 for (int it = 0; it < reps; it++) {
                     long long xs = experts ? (long long)nb * k : 0, ys = (long long)nb * n;
                     if (q8)
@@ -1096,7 +1147,7 @@ static void bench_gemv(struct check *c, const char *name, int n, int k, int expe
                         gemv_launch(c, big, nb, wq[it % copies], ws[it % copies], x, y, n, k, ids,
                                     slices, xs, ys);
                 }
-                CK(gpu_cuda_timer_stop(c->d, &ms));
+                CK(gcd_timer_stop(c->d, &ms));
                 if (round && ms / reps < best_t[q8][big])
                     best_t[q8][big] = ms / reps;
             }
@@ -1111,34 +1162,34 @@ static void bench_gemv(struct check *c, const char *name, int n, int k, int expe
                q8 ? "-q8" : "-a16", name, nb, best_t[q8][big] * 1e3, gbs, 100.0 * gbs / read_gbs,
                100.0 * gbs / copy_gbs, big ? 4 : 1, best_t[q8][!big] * 1e3);
     }
-    gpu_cuda_mem_free(c->d, xq);
-    gpu_cuda_mem_free(c->d, xd);
+    gcd_mem_free(c->d, xq);
+    gcd_mem_free(c->d, xd);
     for (int i = 0; i < copies; i++) {
-        gpu_cuda_mem_free(c->d, wq[i]);
-        gpu_cuda_mem_free(c->d, ws[i]);
+        gcd_mem_free(c->d, wq[i]);
+        gcd_mem_free(c->d, ws[i]);
     }
     free(wq);
     free(ws);
-    gpu_cuda_mem_free(c->d, x);
-    gpu_cuda_mem_free(c->d, y);
-    gpu_cuda_mem_free(c->d, ids);
+    gcd_mem_free(c->d, x);
+    gcd_mem_free(c->d, y);
+    gcd_mem_free(c->d, ids);
 }
 
 static double bench_peak_int8(struct check *c)
 {
     int iters = 4096, seed = 1;
-    gpu_cuda_ptr sink = dev_alloc(c, 16);
+    gcd_ptr sink = dev_alloc(c, 16);
     void *args[] = { &iters, &seed, &sink };
-    unsigned blocks = (unsigned)gpu_cuda_sm_count(c->d) * 8;
+    unsigned blocks = (unsigned)gcd_sm_count(c->d) * 8;
     float ms, best = 1e30f;
     for (int i = 0; i < 4; i++) {
-        CK(gpu_cuda_timer_start(c->d));
-        CK(gpu_cuda_launch(c->d, c->bmma, blocks, 1, 1, 256, 0, args));
-        CK(gpu_cuda_timer_stop(c->d, &ms));
+        CK(gcd_timer_start(c->d));
+        CK(gcd_launch(c->d, c->bmma, blocks, 1, 1, 256, 0, args));
+        CK(gcd_timer_stop(c->d, &ms));
         if (i && ms < best)
             best = ms;
     }
-    gpu_cuda_mem_free(c->d, sink);
+    gcd_mem_free(c->d, sink);
     double ops = (double)blocks * 8 /* warps */ * iters * 4 /* chains */ * (16.0 * 16 * 32 * 2);
     return ops / (best * 1e-3) / 1e12;
 }
@@ -1146,13 +1197,13 @@ static double bench_peak_int8(struct check *c)
 /* MMQ on a model shape: every tile config timed, best reported. */
 static void bench_mmq(struct check *c, const char *name, int m, int n, int k, double peak)
 {
-    gpu_cuda_ptr xq = dev_alloc(c, (size_t)m * k), xd = dev_alloc(c, (size_t)m * (k / 32) * 4);
-    gpu_cuda_ptr wq = dev_alloc(c, (size_t)n * k / 2), ws = dev_alloc(c, (size_t)n * k / 16);
-    gpu_cuda_ptr y = dev_alloc(c, (size_t)m * n * 4);
-    CK(gpu_cuda_mem_fill32(c->d, xq, 0x01fe03fdu, (size_t)m * k / 4));
-    CK(gpu_cuda_mem_fill32(c->d, xd, 0x3c000000u, (size_t)m * (k / 32)));
-    CK(gpu_cuda_mem_fill32(c->d, wq, 0x12345678u, (size_t)n * k / 8));
-    CK(gpu_cuda_mem_fill32(c->d, ws, 0x3c003c00u, (size_t)n * k / 64));
+    gcd_ptr xq = dev_alloc(c, (size_t)m * k), xd = dev_alloc(c, (size_t)m * (k / 32) * 4);
+    gcd_ptr wq = dev_alloc(c, (size_t)n * k / 2), ws = dev_alloc(c, (size_t)n * k / 16);
+    gcd_ptr y = dev_alloc(c, (size_t)m * n * 4);
+    CK(gcd_mem_fill32(c->d, xq, 0x01fe03fdu, (size_t)m * k / 4));
+    CK(gcd_mem_fill32(c->d, xd, 0x3c000000u, (size_t)m * (k / 32)));
+    CK(gcd_mem_fill32(c->d, wq, 0x12345678u, (size_t)n * k / 8));
+    CK(gcd_mem_fill32(c->d, ws, 0x3c003c00u, (size_t)n * k / 64));
     double ops = 2.0 * m * n * k;
     double best = 1e30;
     int best_cfg = 0;
@@ -1161,9 +1212,9 @@ static void bench_mmq(struct check *c, const char *name, int m, int n, int k, do
     for (int cfg = 0; cfg < N_MMQ; cfg++) {
         float ms, t = 1e30f;
         for (int it = 0; it < 4; it++) {
-            CK(gpu_cuda_timer_start(c->d));
+            CK(gcd_timer_start(c->d));
             mmq_launch(c, cfg, xq, xd, wq, ws, y, m, n, k, 0, 1, 0);
-            CK(gpu_cuda_timer_stop(c->d, &ms));
+            CK(gcd_timer_stop(c->d, &ms));
             if (it && ms < t)
                 t = ms;
         }
@@ -1179,9 +1230,9 @@ static void bench_mmq(struct check *c, const char *name, int m, int n, int k, do
     printf("BENCH mmq %-26s M=%d N=%d K=%d: %8.1f us %6.1f TOPS = %4.1f %% of measured int8 "
            "mma peak, best %s; all TOPS %s\n",
            name, m, n, k, best * 1e3, tops, 100.0 * tops / peak, mmq_cfgs[best_cfg].name + 10, line);
-    gpu_cuda_ptr frees[] = { xq, xd, wq, ws, y };
+    gcd_ptr frees[] = { xq, xd, wq, ws, y };
     for (size_t i = 0; i < 5; i++)
-        gpu_cuda_mem_free(c->d, frees[i]);
+        gcd_mem_free(c->d, frees[i]);
 }
 
 /* Grouped (MoE) MMQ: T tokens x top-8 of 256 experts, rows sorted by expert,
@@ -1199,14 +1250,14 @@ static void bench_mmq_moe(struct check *c, const char *name, int t, int n, int k
         seg[e + 1] = seg[e] + cnt[e];
         max_rows = cnt[e] > max_rows ? cnt[e] : max_rows;
     }
-    gpu_cuda_ptr dseg = dev_upload(c, seg, (size_t)(E + 1) * sizeof(int));
-    gpu_cuda_ptr xq = dev_alloc(c, (size_t)A * k), xd = dev_alloc(c, (size_t)A * (k / 32) * 4);
-    gpu_cuda_ptr wq = dev_alloc(c, (size_t)E * n * k / 2), ws = dev_alloc(c, (size_t)E * n * k / 16);
-    gpu_cuda_ptr y = dev_alloc(c, (size_t)A * n * 4);
-    CK(gpu_cuda_mem_fill32(c->d, xq, 0x01fe03fdu, (size_t)A * k / 4));
-    CK(gpu_cuda_mem_fill32(c->d, xd, 0x3c000000u, (size_t)A * (k / 32)));
-    CK(gpu_cuda_mem_fill32(c->d, wq, 0x12345678u, (size_t)E * n * k / 8));
-    CK(gpu_cuda_mem_fill32(c->d, ws, 0x3c003c00u, (size_t)E * n * k / 64));
+    gcd_ptr dseg = dev_upload(c, seg, (size_t)(E + 1) * sizeof(int));
+    gcd_ptr xq = dev_alloc(c, (size_t)A * k), xd = dev_alloc(c, (size_t)A * (k / 32) * 4);
+    gcd_ptr wq = dev_alloc(c, (size_t)E * n * k / 2), ws = dev_alloc(c, (size_t)E * n * k / 16);
+    gcd_ptr y = dev_alloc(c, (size_t)A * n * 4);
+    CK(gcd_mem_fill32(c->d, xq, 0x01fe03fdu, (size_t)A * k / 4));
+    CK(gcd_mem_fill32(c->d, xd, 0x3c000000u, (size_t)A * (k / 32)));
+    CK(gcd_mem_fill32(c->d, wq, 0x12345678u, (size_t)E * n * k / 8));
+    CK(gcd_mem_fill32(c->d, ws, 0x3c003c00u, (size_t)E * n * k / 64));
     double ops = 2.0 * A * n * k, best = 1e30;
     int best_cfg = 0;
     char line[512];
@@ -1214,9 +1265,9 @@ static void bench_mmq_moe(struct check *c, const char *name, int t, int n, int k
     for (int cfg = 0; cfg < N_MMQ; cfg++) {
         float ms, tm = 1e30f;
         for (int it = 0; it < 4; it++) {
-            CK(gpu_cuda_timer_start(c->d));
+            CK(gcd_timer_start(c->d));
             mmq_launch(c, cfg, xq, xd, wq, ws, y, A, n, k, dseg, E, max_rows);
-            CK(gpu_cuda_timer_stop(c->d, &ms));
+            CK(gcd_timer_stop(c->d, &ms));
             if (it && ms < tm)
                 tm = ms;
         }
@@ -1234,9 +1285,9 @@ static void bench_mmq_moe(struct check *c, const char *name, int t, int n, int k
            "= %4.1f %% of mma peak, weights streamed at %.0f GB/s, best %s; all TOPS %s\n",
            name, t, A, max_rows, n, k, best * 1e3, tops, 100.0 * tops / peak, gbs,
            mmq_cfgs[best_cfg].name + 10, line);
-    gpu_cuda_ptr frees[] = { dseg, xq, xd, wq, ws, y };
+    gcd_ptr frees[] = { dseg, xq, xd, wq, ws, y };
     for (size_t i = 0; i < 6; i++)
-        gpu_cuda_mem_free(c->d, frees[i]);
+        gcd_mem_free(c->d, frees[i]);
     free(seg);
     free(cnt);
 }
@@ -1255,8 +1306,8 @@ static void run_bench(struct check *c)
     bench_gemv(c, "experts gate|up 8x(1024x2048)", 1024, 2048, 256, 1, copy_gbs, read_gbs);
     bench_gemv(c, "experts down 8x(2048x512)", 2048, 512, 256, 1, copy_gbs, read_gbs);
     double peak = bench_peak_int8(c);
-    printf("BENCH int8 mma.sync peak loop (m16n8k32 via compat.h): %.1f TOPS "
-           "(H100/H200 SXM datasheet dense int8: 1979 TOPS, reachable only with wgmma)\n", peak);
+    printf("BENCH int8 matrix peak loop (compat.h 16x16x32 tiles): %.1f TOPS (" GPU_CHECK_PEAK_NOTE ")\n",
+           peak);
     bench_mmq(c, "gdn qkv", 512, 8192, 2048, peak);
     bench_mmq(c, "gdn qkv", 2048, 8192, 2048, peak);
     bench_mmq(c, "attn/gdn out", 2048, 2048, 4096, peak);
@@ -1293,7 +1344,7 @@ int main(int argc, char **argv)
     }
     struct check ck = { .rng = seed }, *c = &ck;
     char err[320];
-    int rc = gpu_cuda_open(0, &c->d, err, sizeof(err));
+    int rc = gcd_open(0, &c->d, err, sizeof(err));
     if (rc == -ENODEV) {
         printf("SKIP: %s\n", err);
         return 77;
@@ -1303,8 +1354,8 @@ int main(int argc, char **argv)
         return 2;
     }
     if (probe) {
-        printf("device: %s\n", gpu_cuda_describe(c->d));
-        gpu_cuda_close(c->d);
+        printf("device: %s\n", gcd_describe(c->d));
+        gcd_close(c->d);
         return 0;
     }
     struct kb_cpu_params params = { .n_threads = 16 };
@@ -1312,7 +1363,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "gpu-check: cannot create the CPU reference backend\n");
         return 2;
     }
-    printf("device: %s; seed 0x%llx\n", gpu_cuda_describe(c->d), (unsigned long long)seed);
+    printf("device: %s; seed 0x%llx\n", gcd_describe(c->d), (unsigned long long)seed);
     check_setup(c, dir);
 
     check_gemv_shape(c, 2048, 2048);
@@ -1335,6 +1386,6 @@ int main(int argc, char **argv)
     if (bench)
         run_bench(c);
     c->ref->ops->destroy(c->ref);
-    gpu_cuda_close(c->d);
+    gcd_close(c->d);
     return c->failures ? 1 : 0;
 }
