@@ -250,7 +250,8 @@ static int validate(const struct tokenizer *tok, const char *path,
             return bad(err, path, "token outside the text");
     }
     for (int c = 0; c < 256; c++)
-        if (tok->byte_id[c] < 0 || (size_t)tok->byte_id[c] >= tok->n_ids)
+        if (tok->byte_id[c] < 0 || (size_t)tok->byte_id[c] >= tok->n_ids ||
+            !(tok->entries[tok->byte_id[c]].flags & TOK_F_PRESENT))
             return bad(err, path, "byte token id");
     bool empty = false;
     for (size_t i = 0; i <= tok->vocab_mask; i++) {
@@ -275,14 +276,16 @@ static int validate(const struct tokenizer *tok, const char *path,
         }
         if ((s->key >> 32) >= tok->n_ids ||
             (s->key & 0xffffffffu) >= tok->n_ids || s->merged < 0 ||
-            (size_t)s->merged >= tok->n_ids)
+            (size_t)s->merged >= tok->n_ids ||
+            !(tok->entries[s->merged].flags & TOK_F_PRESENT))
             return bad(err, path, "merge slot");
     }
     if (!empty)
         return bad(err, path, "full merge table");
     for (size_t i = 0; i < tok->n_added; i++)
         if (tok->added[i].id < 0 || (size_t)tok->added[i].id >= tok->n_ids ||
-            tok->added[i].len == 0)
+            tok->added[i].len == 0 ||
+            !(tok->entries[tok->added[i].id].flags & TOK_F_PRESENT))
             return bad(err, path, "added token");
     return 0;
 }
@@ -431,7 +434,10 @@ int tok_cache_parse(const char *buf, size_t n, uint64_t fingerprint,
         a->special = added[i].flags & 16;
         a->content = strndup(text + toff, a->len);
         tok->n_added = i + 1;
-        if (!a->content || strlen(a->content) != a->len) {
+        /* The matcher cuts the text where a token starts, so its content
+         * must be whole UTF-8 characters, or a cut would split one. */
+        if (!a->content || strlen(a->content) != a->len ||
+            tok_utf8_check((const uint8_t *)a->content, a->len) != a->len) {
             rc = a->content ? bad(err, path, "added token text")
                             : engine_error_set(err, -ENOMEM, "out of memory");
             break;

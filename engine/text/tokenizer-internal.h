@@ -59,7 +59,7 @@ struct tok_added {
 /* Leftmost-longest matcher over a handful of added tokens: for each first
  * byte, the candidate tokens sorted longest first. */
 struct tok_matcher {
-    uint16_t first_count[256];
+    uint32_t first_count[256];
     uint32_t first_start[256];
     const struct tok_added **cand;  /* grouped by first byte               */
     size_t   n;

@@ -840,10 +840,18 @@ static int load_tokenizer_json(struct builder *b, const char *text,
         { post, post_len, "post_processor", NULL },
     };
     const size_t n_parts = sizeof(parts) / sizeof(parts[0]);
-    for (size_t i = 0; i < n_parts && r == 0; i++)
-        if (parts[i].span)
+    for (size_t i = 0; i < n_parts && r == 0; i++) {
+        if (!parts[i].span ||
+            (parts[i].len == 4 && memcmp(parts[i].span, "null", 4) == 0))
+            continue;   /* absent; json-c would wait for more after "null" */
+        if (parts[i].span[0] != '{' && parts[i].span[0] != '[')
+            r = engine_error_set(b->err, -EINVAL, "%s: \"%s\" must be an "
+                                 "object, an array or null", b->what,
+                                 parts[i].name);
+        else
             r = parse_small_json(parts[i].span, parts[i].len, b->what,
                                  &parts[i].obj, b->err);
+    }
     if (r == 0)
         r = parse_added_tokens(b, parts[0].obj);
     if (r == 0)
@@ -1107,7 +1115,7 @@ static int matcher_build(struct builder *b, struct tok_matcher *m,
         m->first_start[c] = acc;
         acc += m->first_count[c];
     }
-    uint16_t fill[256] = { 0 };
+    uint32_t fill[256] = { 0 };
     for (size_t i = 0; i < tok->n_added; i++) {
         const struct tok_added *a = &tok->added[i];
         if (a->normalized != normalized)
