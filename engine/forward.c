@@ -284,22 +284,21 @@ int model_decode(struct model *m, struct model_seq *const *seqs, const int32_t *
     const int64_t V = m->cfg.vocab_size;
     struct fwd_seg segs[MODEL_CHUNK_ROWS];
     pthread_mutex_lock(&m->lock);
-    int32_t done = 0;
     for (int32_t b0 = 0; b0 < n_seq && !rc; b0 += MODEL_CHUNK_ROWS) {
         const int32_t c = n_seq - b0 < MODEL_CHUNK_ROWS ? n_seq - b0 : MODEL_CHUNK_ROWS;
         for (int32_t i = 0; i < c; i++)
             segs[i] = (struct fwd_seg){ seqs[b0 + i], i, 1 };
         rc = forward_rows(m, segs, c, ids + b0, c, logits ? logits + (int64_t)b0 * V : NULL,
                           true, 0, NULL, 0, 0, err);
-        if (!rc) {
-            for (int32_t i = 0; i < c; i++)
+        /* a failed chunk may have updated part of its sequences' state;
+         * earlier chunks advanced, later ones were not touched */
+        for (int32_t i = 0; i < c; i++) {
+            if (rc)
+                seqs[b0 + i]->broken = true;
+            else
                 seqs[b0 + i]->len++;
-            done = b0 + c;
         }
     }
-    if (rc)
-        for (int32_t i = done; i < n_seq; i++)
-            seqs[i]->broken = true;
     pthread_mutex_unlock(&m->lock);
     return rc;
 }
