@@ -93,9 +93,11 @@ static int be_check(struct model *m, int rc, const char *op, int32_t layer,
 {
     if (!rc)
         return 0;
-    const char *msg = m->be->ops->last_error ? m->be->ops->last_error(m->be) : "";
+    const char *msg = m->be->ops->last_error ? m->be->ops->last_error(m->be) : NULL;
+    if (!msg || !*msg)
+        msg = strerror(-rc);
     return engine_error_set(err, rc, "backend %s: %s failed in layer %d: %s",
-                            m->be->ops->name, op, layer, msg ? msg : "");
+                            m->be->ops->name, op, layer, msg);
 }
 
 #define CALL(op, ...) do { \

@@ -769,6 +769,58 @@ static uint32_t caps_dense_only(struct kb_backend *be)
     return KB_CAP_HOST_MEMORY | KB_CAP_READS_MAPPING | KB_CAP_DENSE_BF16 | KB_CAP_DENSE_F32;
 }
 
+static bool moe_fail;
+static const struct kb_backend_ops *real_ops;
+
+static int flaky_moe(struct kb_backend *be, const struct kb_moe *mo, const float *x, int32_t n,
+                     float *y)
+{
+    if (moe_fail)
+        return -EIO;
+    return real_ops->moe(be, mo, x, n, y);
+}
+
+/* A backend failure midway: the error names the op and the layer, the
+ * sequence refuses further steps until reset, then works again. */
+static void test_backend_failure(void **state)
+{
+    struct ckpt c;
+    build(&c, 4);
+    write_ckpt(&c);
+    ckpt_free(&c);
+    struct kb_backend *be = NULL;
+    assert_int_equal(kb_cpu_ref_create(NULL, &be), 0);
+    real_ops = be->ops;
+    struct kb_backend_ops ops = *be->ops;
+    ops.moe = flaky_moe;
+    struct kb_backend flaky = { .ops = &ops, .impl = be->impl };
+    struct model_params p = MODEL_PARAMS_DEFAULT;
+    p.max_context = 16;
+    p.backend_instance = &flaky;
+    struct model *m = NULL;
+    struct engine_error err = { 0 };
+    if (model_load(tmpdir, &p, &m, &err))
+        fail_msg("load: %s", err.msg);
+    struct model_seq *s;
+    int32_t ids[2] = { 5, 6 };
+    assert_int_equal(model_seq_new(m, 0, &s, &err), 0);
+    assert_int_equal(model_prefill(m, s, ids, 2, NULL, &err), 0);
+    moe_fail = true;
+    assert_int_equal(model_decode(m, &s, ids, 1, NULL, &err), -EIO);
+    print_message("  failure: %s\n", err.msg);
+    assert_non_null(strstr(err.msg, "moe failed in layer 0"));
+    moe_fail = false;
+    engine_error_clear(&err);
+    assert_int_equal(model_decode(m, &s, ids, 1, NULL, &err), -EBADFD);
+    assert_non_null(strstr(err.msg, "reset"));
+    assert_int_equal(model_seq_reset(s), 0);
+    assert_int_equal(model_prefill(m, s, ids, 2, NULL, &err), 0);
+    assert_int_equal(model_seq_len(s), 2);
+    model_seq_free(s);
+    model_free(m);
+    be->ops->destroy(be);
+}
+
 /* max_position_embeddings is optional: absent means no model limit. */
 static void test_no_max_position(void **state)
 {
@@ -841,6 +893,7 @@ int main(void)
         cmocka_unit_test(test_causal_lm_prefix),
         cmocka_unit_test(test_random_corruption),
         cmocka_unit_test(test_no_max_position),
+        cmocka_unit_test(test_backend_failure),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
