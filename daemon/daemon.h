@@ -70,6 +70,7 @@ struct send_frame {
 enum session_state {
     S_HANDSHAKE,    /* accepted, waiting for HELLO */
     S_ACTIVE,       /* WELCOME sent, rings live */
+    S_ABORTING,     /* broke the rules or stalled: requests dropped, ERROR frame on its way */
     S_CLOSING,      /* torn down, waiting for in-flight SQEs and batch items */
 };
 
@@ -92,6 +93,7 @@ struct session {
     char                name[SHM_WIRE_NAME];
     uint64_t            t_connect_us;
     uint64_t            full_since_us;  /* event ring full since, 0 = not */
+    uint64_t            t_abort_us;     /* entered S_ABORTING */
     uint32_t            ops_inflight;
     uint32_t            n_in_batch;     /* its sequences inside the worker's batch */
     uint32_t            n_inflight;     /* requests not yet DONE-delivered */
@@ -177,6 +179,9 @@ int daemon_run(struct daemon *d, char *err, size_t errlen);
 
 /* server.c */
 void session_close(struct session *s, const char *why);
+/* End an active session for a reason the client should hear: its requests
+ * are dropped now, an ERROR frame (code, why) is sent, then it is closed. */
+void session_abort(struct session *s, int code, const char *why);
 void session_wake_client(struct session *s);
 int  session_send_error(struct session *s, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -436,8 +436,9 @@ void sched_session_flush(struct session *s)
             break;
         }
         if (r < 0) {
-            session_close(s, r == -EPROTO ? "client forged the event ring head (protocol violation)"
-                                          : "cannot encode an event for this ring size");
+            session_abort(s, r == -EPROTO ? -EPROTO : -EMSGSIZE,
+                          r == -EPROTO ? "client forged the event ring head (protocol violation)"
+                                       : "an event does not fit this session's event ring (connect with a larger evt_ring_bytes)");
             return;
         }
         if (q->state == SEQ_DONE && !q->done_pending && !q->in_batch)
@@ -520,18 +521,18 @@ static void handle_submit(struct session *s, const uint8_t *body, size_t len)
     struct shm_submit_view v;
     const char *why = NULL;
     if (shm_proto_decode_submit(body, len, s->region.layout.data_size, &v, &why) < 0) {
-        session_close(s, why);
+        session_abort(s, -EPROTO, why);
         return;
     }
     const struct shm_req_submit *f = &v.fixed;
     if (seq_find(s, f->req_id)) {
         /* Cannot answer with a DONE: it would be taken for the live request's. */
-        session_close(s, "SUBMIT reuses the req_id of a request still in flight");
+        session_abort(s, -EPROTO, "SUBMIT reuses the req_id of a request still in flight");
         return;
     }
     struct seq *q = seq_alloc(s, f->req_id);
     if (!q) {
-        session_close(s, "out of memory for a request");
+        session_abort(s, -ENOMEM, "residentd is out of memory for a request");
         return;
     }
     q->queued_pending = 1;
@@ -615,7 +616,7 @@ static void handle_cancel(struct session *s, const uint8_t *body, size_t len)
     struct shm_req_cancel c;
     const char *why = NULL;
     if (shm_proto_decode_cancel(body, len, &c, &why) < 0) {
-        session_close(s, why);
+        session_abort(s, -EPROTO, why);
         return;
     }
     struct seq *q = seq_find(s, c.req_id);
@@ -640,7 +641,7 @@ void sched_session_drain(struct session *s)
             struct shm_rec_hdr h;
             int r = shm_ring_cons_next(&s->req, &h, s->reqbuf, shm_ring_max_record(s->req.cap));
             if (r < 0) {
-                session_close(s, "client published an impossible request ring tail or record (protocol violation)");
+                session_abort(s, -EPROTO, "client published an impossible request ring tail or record (protocol violation)");
                 return;
             }
             if (r == 0)
@@ -652,7 +653,7 @@ void sched_session_drain(struct session *s)
             else if (h.type == SHM_REQ_CANCEL)
                 handle_cancel(s, s->reqbuf, len);
             else
-                session_close(s, "unknown request record type");
+                session_abort(s, -EPROTO, "unknown request record type");
         }
         if (s->state != S_ACTIVE)
             return;
@@ -826,8 +827,8 @@ void sched_batch_done(struct daemon *d)
         struct session *s = q->s;
         q->in_batch = 0;
         s->n_in_batch--;
-        if (s->state == S_CLOSING) {
-            seq_free(q);
+        if (s->state != S_ACTIVE) {
+            seq_free(q);    /* its session is going away */
             continue;
         }
         if (q->state == SEQ_DONE) {
@@ -884,7 +885,8 @@ void sched_tick(struct daemon *d, uint64_t now)
             sched_session_flush(s);
             if (s->state == S_ACTIVE && s->full_since_us &&
                 now - s->full_since_us > (uint64_t)d->cfg.slow_client_ms * 1000) {
-                session_close(s, "event ring stayed full past slow_client_ms; requests cancelled");
+                session_abort(s, -ENOBUFS, "event ring stayed full past slow_client_ms; requests cancelled "
+                              "(read events faster or connect with a larger evt_ring_bytes)");
                 continue;
             }
         }

@@ -196,6 +196,8 @@ static void cancel_op(struct daemon *d, struct op *op)
     io_uring_sqe_set_data(sqe, NULL);   /* its completion is ignored */
 }
 
+static int session_queue(struct session *s, const void *buf, uint32_t len, const int *fds, uint32_t n_fds);
+
 /* ---- per-uid accounting ---- */
 
 static struct uid_acct *acct_get(struct daemon *d, uid_t uid)
@@ -298,6 +300,26 @@ void session_close(struct session *s, const char *why)
     cancel_op(d, &s->send_op);
     cancel_op(d, &s->bell_op);
     cancel_op(d, &s->wake_op);
+}
+
+void session_abort(struct session *s, int code, const char *why)
+{
+    if (s->state != S_ACTIVE) {
+        session_close(s, why);
+        return;
+    }
+    daemon_log("session %llu (uid %u pid %d %s): aborted: %s", (unsigned long long)s->id,
+               (unsigned)s->cred.uid, (int)s->cred.pid, s->name, why);
+    s->state = S_ABORTING;
+    s->t_abort_us = daemon_now_us();
+    sched_session_drop(s, 0);
+    cancel_op(s->d, &s->bell_op);
+    cancel_op(s->d, &s->wake_op);
+    uint8_t buf[SHM_WIRE_MAX];
+    int n = shm_wire_encode_error(buf, code, why);
+    s->close_after_send = 1;
+    if (session_queue(s, buf, (uint32_t)n, NULL, 0) < 0)
+        session_close(s, why);
 }
 
 void session_wake_client(struct session *s)
@@ -574,7 +596,7 @@ static void on_send(struct session *s, int res)
         return;
     }
     if (s->close_after_send && !s->sq_len) {
-        session_close(s, "refused");
+        session_close(s, "ERROR frame delivered");
         return;
     }
     if (arm_send(s) < 0)
@@ -653,6 +675,8 @@ static void on_tick(struct daemon *d)
         ns = s->next;
         if (s->state == S_HANDSHAKE && now - s->t_connect_us > (uint64_t)d->cfg.handshake_ms * 1000)
             session_close(s, s->close_after_send ? "did not take its ERROR frame" : "no HELLO within handshake_ms");
+        else if (s->state == S_ABORTING && now - s->t_abort_us > (uint64_t)d->cfg.handshake_ms * 1000)
+            session_close(s, "did not take its ERROR frame");
     }
     sched_tick(d, now);
     if (d->accept_retry_us && now >= d->accept_retry_us && !d->stopping) {

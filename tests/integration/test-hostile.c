@@ -181,10 +181,12 @@ static void forge(const char *what, void (*fn)(struct th_raw *))
     struct th_raw r;
     TH_CHECK(th_raw_open(D.sock, &r, 0, 0) == 0);
     fn(&r);
-    int closed = th_wait_closed(r.sock, 3000, NULL);
-    if (!closed)
-        fprintf(stderr, "hostile: %s: session not closed\n", what);
+    int err = 0;
+    int closed = th_wait_closed(r.sock, 3000, &err);
+    if (!closed || err != -EPROTO)
+        fprintf(stderr, "hostile: %s: closed=%d err=%d\n", what, closed, err);
     TH_CHECK(closed);
+    TH_CHECK(err == -EPROTO);     /* told why before the hang-up */
     th_raw_close(&r);
 }
 
@@ -290,8 +292,30 @@ static void test_never_reads(void)
     uint64_t t0 = th_now_ms();
     TH_CHECK(good_client_ok());
     TH_CHECK(th_now_ms() - t0 < 1000);
-    TH_CHECK(th_wait_closed(r.sock, 3000, NULL));
+    int err = 0;
+    TH_CHECK(th_wait_closed(r.sock, 3000, &err));
+    TH_CHECK(err == -ENOBUFS);
     th_raw_close(&r);
+
+    /* Through libresident: the application learns why. */
+    struct resident_connect_params cp;
+    resident_connect_params_init(&cp);
+    cp.socket_path = D.sock;
+    cp.evt_ring_bytes = 4096;
+    struct resident *c;
+    TH_CHECK(resident_connect(&cp, &c) == 0);
+    struct resident_request q;
+    resident_request_init(&q);
+    q.max_tokens = 4000;
+    TH_CHECK(resident_submit_text(c, &q, "stall", 5, 1, NULL) == 0);
+    usleep(800000);     /* past slow_client_ms without reading */
+    struct resident_event ev;
+    int ret;
+    while ((ret = resident_poll(c, &ev)) == 1)
+        ;
+    TH_CHECK(ret == -ECONNRESET);
+    TH_CHECK(strstr(resident_last_error(c), "slow_client_ms") != NULL);
+    resident_close(c);
 }
 
 static void test_sabotaged_eventfds(void)
