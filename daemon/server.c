@@ -782,6 +782,20 @@ static int ring_setup(struct daemon *d, char *err, size_t errlen)
         IORING_OP_ACCEPT, IORING_OP_RECVMSG, IORING_OP_SENDMSG, IORING_OP_READ, IORING_OP_WRITE,
         IORING_OP_POLL_ADD, IORING_OP_TIMEOUT, IORING_OP_ASYNC_CANCEL,
     };
+    /* Probe before restricting (IORING_REGISTER_PROBE is not allowed after):
+     * a kernel missing an opcode fails here with its name, not later. */
+    struct io_uring_probe *probe = io_uring_get_probe_ring(&d->ring);
+    for (size_t k = 0; probe && k < sizeof(ops); k++) {
+        if (!io_uring_opcode_supported(probe, ops[k])) {
+            snprintf(err, errlen, "this kernel's io_uring lacks opcode %u (residentd needs Linux 6.0 or newer)",
+                     ops[k]);
+            io_uring_free_probe(probe);
+            io_uring_queue_exit(&d->ring);
+            return -EOPNOTSUPP;
+        }
+    }
+    if (probe)
+        io_uring_free_probe(probe);
     struct io_uring_restriction res[sizeof(ops)];
     memset(res, 0, sizeof(res));
     for (size_t k = 0; k < sizeof(ops); k++) {
