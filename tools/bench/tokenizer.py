@@ -141,6 +141,8 @@ def main():
         "hf_encode_cold_mb_s": round(mb / hf_cold_s, 2),
         "c_load_ms": c["load_ms"],
         "c_load_cpu_ms": c["load_cpu_ms"],
+        "c_load_cached_ms": c["load_cached_ms"],
+        "c_load_cached_cpu_ms": c["load_cached_cpu_ms"],
         "c_encode_mb_s": c["mb_s"],
         "c_encode_mb_s_cpu": c["mb_s_cpu"],
         "speedup_wall": round(c["mb_s"] / (mb / best), 2),
