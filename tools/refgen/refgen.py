@@ -33,7 +33,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 torch.set_num_threads(1)
-torch.set_num_interop_threads(1)
+try:
+    torch.set_num_interop_threads(1)
+except RuntimeError:  # already set (module imported a second time, e.g. by specref)
+    pass
 
 # --------------------------------------------------------------------------------------
 # model configurations
@@ -857,6 +860,15 @@ def main():
     if "text" in only:
         import textgold
         manifest["text"] = textgold.build(out, os.path.join(out, DEFAULT_NAME))
+    if "tiny" in only:
+        import specref
+        log("cross-checking goldens against the float64 spec re-implementation")
+        manifest["spec_crosscheck"] = {
+            "what": "tools/refgen/specref.py: independent float64 implementation of spec/model.md §2 (no transformers "
+                    "code) on the same checkpoint files; max relative L2 per position vs the goldens",
+            "results": {m: specref.check(out, m, g) for m, g in (
+                ("tiny-bf16", "tiny-bf16"), ("tiny-w4g32", "tiny-w4g32"),
+                ("tiny-w4g32-partial", "tiny-w4g32-partial"), ("tiny-w4g32-fused", "tiny-w4g32"))}}
     for sub in ("models",):
         base = os.path.join(out, sub)
         if os.path.isdir(base):
