@@ -16,6 +16,7 @@ Each record: {"name", "request", "rendered"} or {"name", "request",
 """
 import copy
 import json
+import random
 import sys
 
 import jinja2
@@ -201,6 +202,74 @@ CASES = [
 ]
 
 
+# Random conversations (fixed seed): strings built from template-relevant
+# atoms (think tags, tool_response wrappers, Unicode whitespace), random
+# roles, parts, tool calls with argument values of every JSON type, random
+# kwargs. Locks in the differential check against jinja2.
+RANDOM_SEED = 7
+RANDOM_COUNT = 150
+R = random.Random(RANDOM_SEED)
+atoms = ["", " ", "\n", "\t", "hi", "Hello, world", "<think>", "</think>", "\n\n", "<tool_call>", "<tool_response>", "</tool_response>",
+         "\u3000", "\xa0", "é", "☃", "\u2028", "x\ny", "  pad  ", "<|im_end|>", "\\", "\"", "{}", "\x1c", "\x85"]
+def s(): return "".join(R.choice(atoms) for _ in range(R.randint(0, 5)))
+def val(d=0):
+    k = R.randint(0, 9 if d < 2 else 5)
+    alts = [s, lambda: R.randint(-5, 10**R.randint(0, 25)), lambda: R.choice([0.5, 1.0, 1e16, 1e-7, -2.5, 123.456, 1e300]),
+            lambda: True, lambda: False, lambda: None,
+            lambda: [val(d+1) for _ in range(R.randint(0, 3))], lambda: {s() or "k": val(d+1) for _ in range(R.randint(0, 3))}, s, s]
+    return alts[k]()
+def content():
+    k = R.randint(0, 9)
+    if k < 6: return s()
+    if k == 6: return None
+    parts = []
+    for _ in range(R.randint(0, 3)):
+        t = R.randint(0, 4)
+        parts.append({"type": "text", "text": s()} if t < 3 else ({"type": "image"} if t == 3 else {"type": "video", "video": "v"}))
+    return parts
+def call():
+    args = {R.choice(["a", "b", "city", "q", "é"]): val() for _ in range(R.randint(0, 3))}
+    if R.random() < 0.3: args = json.dumps(args)
+    c = {"type": "function", "function": {"name": R.choice(["f", "get_weather", "x.y"]), "arguments": args}}
+    return c
+def msg():
+    role = R.choice(["user", "user", "assistant", "assistant", "tool", "system"])
+    m = {"role": role, "content": content()}
+    if role == "assistant":
+        if R.random() < 0.4: m["reasoning_content"] = R.choice([s(), None])
+        if R.random() < 0.4: m["tool_calls"] = [call() for _ in range(R.randint(1, 3))]
+    return m
+def tool():
+    f = {"name": R.choice(["f", "get_weather"])}
+    if R.random() < 0.7: f["description"] = s()
+    if R.random() < 0.7: f["parameters"] = {"type": "object", "properties": {"a": {"type": R.choice(["string", "integer"]), "default": val()}}}
+    if R.random() < 0.2: f["strict"] = True
+    t = {"type": "function", "function": f}
+    return t
+
+
+def random_cases():
+    for i in range(RANDOM_COUNT):
+        msgs = [msg() for _ in range(R.randint(1, 6))]
+        if R.random() < 0.5:
+            msgs.insert(R.randint(0, len(msgs)), {"role": "user", "content": s() + "q"})
+        req = {"messages": msgs}
+        if R.random() < 0.4:
+            req["tools"] = [tool() for _ in range(R.randint(1, 2))]
+        kw = {}
+        if R.random() < 0.3:
+            kw["enable_thinking"] = R.choice([True, False, "false", 0])
+        if R.random() < 0.3:
+            kw["preserve_thinking"] = R.choice([True, False, 1])
+        if R.random() < 0.2:
+            kw["add_vision_id"] = R.choice([True, False])
+        if kw:
+            req["chat_template_kwargs"] = kw
+        if R.random() < 0.7:
+            req["add_generation_prompt"] = R.choice([True, False])
+        yield ("random_%03d" % i, req)
+
+
 def main():
     src = open(sys.argv[1], encoding="utf-8").read()
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
@@ -208,7 +277,7 @@ def main():
     env.globals["raise_exception"] = raise_exception
     tmpl = env.from_string(src)
     out = []
-    for name, req in CASES:
+    for name, req in CASES + list(random_cases()):
         rec = {"name": name, "request": req}
         try:
             rec["rendered"] = render(tmpl, req)
