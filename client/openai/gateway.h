@@ -69,7 +69,8 @@ struct oai_job {
     int             conn_fd;
     bool            suspended;
     bool            cancel;         /* client gone / shutdown: cancel in residentd */
-    bool            queued, done;
+    bool            started;        /* a token arrived: the 200 can go out */
+    bool            done;
     bool            failed;         /* err holds the HTTP error (nothing sent yet) */
     enum oai_endpoint ep;
     struct oai_error err;

@@ -223,12 +223,12 @@ static enum MHD_Result gen_continue(struct MHD_Connection *c, struct conn_state 
             pthread_mutex_unlock(&j->lock);
             return send_error(c, cs, &e);
         }
-        if (oai_finish_failed(&j->fin, j->req.api, &e) && !(j->req.stream && j->queued)) {
+        if (oai_finish_failed(&j->fin, j->req.api, &e) && !(j->req.stream && j->started)) {
             pthread_mutex_unlock(&j->lock);
             return send_error(c, cs, &e);
         }
     }
-    if (j->req.stream && (j->queued || j->done)) {
+    if (j->req.stream && (j->started || j->done)) {
         oai_stream_begin(&j->st);
         j->refs++;      /* the response's reader */
         pthread_mutex_unlock(&j->lock);

@@ -232,11 +232,9 @@ static bool runner_loop(struct oai_job *j, struct resident *r, uint64_t id)
         }
         if (rc == 1 && ev.id == id) {
             if (ev.type == RESIDENT_EVENT_QUEUED) {
-                pthread_mutex_lock(&j->lock);
-                j->queued = true;
-                if (j->req.stream)
-                    oai_job_wake(j);
-                pthread_mutex_unlock(&j->lock);
+                /* Not a commitment: residentd also queues requests it then
+                 * rejects (DONE with an error), and those must get their
+                 * HTTP status. The response starts with the first token. */
             } else if (ev.type == RESIDENT_EVENT_TOKENS) {
                 if (!got_token) {
                     got_token = true;
@@ -248,6 +246,7 @@ static bool runner_loop(struct oai_job *j, struct resident *r, uint64_t id)
                 }
                 last_ns = now;
                 pthread_mutex_lock(&j->lock);
+                j->started = true;
                 int sr = oai_stream_tokens(&j->st, ev.channel, ev.text, ev.text_len);
                 if (sr < 0 && !j->st.proto_err[0])
                     snprintf(j->st.proto_err, sizeof(j->st.proto_err), "gateway: %s", strerror(-sr));

@@ -1,0 +1,170 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Fixtures: a residentd (null generator, temp socket) and resident-openai
+gateways on free loopback ports, started and stopped per test module."""
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+BUILD = os.environ["RESIDENT_BUILD_ROOT"]
+RESIDENTD = os.path.join(BUILD, "daemon", "residentd")
+GATEWAY = os.path.join(BUILD, "client", "openai", "resident-openai")
+MODEL = "Qwen/Qwen3.6-35B-A3B"
+# Limits the tests rely on (residentd -o ...).
+MAX_PROMPT_TOKENS = 2048
+MAX_NEW_TOKENS = 1_000_000
+
+
+class Daemon:
+    def __init__(self, tmp):
+        self.sock = os.path.join(tmp, "residentd.sock")
+        self.log = open(os.path.join(tmp, "residentd.log"), "w+")
+        self.proc = subprocess.Popen(
+            [RESIDENTD, "--socket", self.sock, "--generator", "null",
+             "-o", f"max_prompt_tokens={MAX_PROMPT_TOKENS}",
+             "-o", f"max_new_tokens={MAX_NEW_TOKENS}",
+             "-o", "slow_client_ms=60000",
+             "-o", f"allow_uids={os.getuid()}"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while not os.path.exists(self.sock):
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.log.seek(0)
+                raise RuntimeError("residentd did not start:\n" + self.log.read())
+            time.sleep(0.02)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+class Gateway:
+    """resident-openai on 127.0.0.1:<free port> and a Unix socket."""
+
+    def __init__(self, tmp, daemon_sock, *extra, name="gw"):
+        self.unix = os.path.join(tmp, name + ".sock")
+        self.logpath = os.path.join(tmp, name + ".log")
+        self.errlog = open(self.logpath, "w+")
+        self.proc = subprocess.Popen(
+            [GATEWAY, "--socket", daemon_sock, "--listen", "127.0.0.1:0",
+             "--listen", "unix:" + self.unix, *extra],
+            stdout=subprocess.PIPE, stderr=self.errlog, text=True)
+        self.port = None
+        deadline = time.time() + 10
+        seen = 0
+        while seen < 2:
+            line = self.proc.stdout.readline()
+            if not line:
+                self.errlog.seek(0)
+                raise RuntimeError("resident-openai did not start:\n" + self.errlog.read())
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+            if "listening on" in line:
+                seen += 1
+            if time.time() > deadline:
+                raise RuntimeError("resident-openai: no listening line")
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+
+    def client(self, **kw):
+        import openai
+        kw.setdefault("api_key", "unused")
+        kw.setdefault("max_retries", 0)
+        kw.setdefault("timeout", 30)
+        return openai.OpenAI(base_url=self.base_url, **kw)
+
+    def request(self, method, path, body=None, headers=None, unix=False):
+        """Raw HTTP: (status, headers, body bytes)."""
+        if unix:
+            conn = UnixHTTPConnection(self.unix)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+        if isinstance(body, str):
+            body = body.encode()
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        data = r.read()
+        conn.close()
+        return r.status, dict(r.getheaders()), data
+
+    def metrics(self):
+        status, _, body = self.request("GET", "/metrics")
+        assert status == 200
+        out = {}
+        for line in body.decode().splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+        return out
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self.errlog.close()
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("localhost", timeout=30)
+        self.unix_path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(30)
+        s.connect(self.unix_path)
+        self.sock = s
+
+
+@pytest.fixture(scope="module")
+def tmp():
+    with tempfile.TemporaryDirectory(prefix="resident-openai-") as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp):
+    d = Daemon(tmp)
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(tmp, daemon):
+    g = Gateway(tmp, daemon.sock, "--max-concurrent", "8", "--max-body-bytes", "65536")
+    yield g
+    g.stop()
+
+
+@pytest.fixture
+def make_gateway(tmp, daemon):
+    made = []
+
+    def make(*extra, sock=None, name="gw2"):
+        g = Gateway(tmp, sock or daemon.sock, *extra, name=f"{name}{len(made)}")
+        made.append(g)
+        return g
+    yield make
+    for g in made:
+        g.stop()
