@@ -103,6 +103,9 @@ static const struct mmq_cfg mmq_cfgs[] = {
     { "mmq_w4g32_64x128_w2x4", 64, 128, 256 },
     { "mmq_w4g32_128x64_w4x2", 128, 64, 256 },
     { "mmq_w4g32_128x128_w4x2", 128, 128, 256 },
+    { "mmq_w4g32_32x64_w2x2_pf", 32, 64, 128 },
+    { "mmq_w4g32_64x128_w2x4_pf", 64, 128, 256 },
+    { "mmq_w4g32_128x64_w4x2_pf", 128, 64, 256 },
 };
 #define N_MMQ ((int)(sizeof(mmq_cfgs) / sizeof(mmq_cfgs[0])))
 
@@ -1207,7 +1210,7 @@ static void bench_mmq(struct check *c, const char *name, int m, int n, int k, do
     double ops = 2.0 * m * n * k;
     double best = 1e30;
     int best_cfg = 0;
-    char line[512];
+    char line[1024];
     int off = snprintf(line, sizeof(line), "[");
     for (int cfg = 0; cfg < N_MMQ; cfg++) {
         float ms, t = 1e30f;
@@ -1260,7 +1263,7 @@ static void bench_mmq_moe(struct check *c, const char *name, int t, int n, int k
     CK(gcd_mem_fill32(c->d, ws, 0x3c003c00u, (size_t)E * n * k / 64));
     double ops = 2.0 * A * n * k, best = 1e30;
     int best_cfg = 0;
-    char line[512];
+    char line[1024];
     int off = snprintf(line, sizeof(line), "[");
     for (int cfg = 0; cfg < N_MMQ; cfg++) {
         float ms, tm = 1e30f;

@@ -91,7 +91,7 @@ static __device__ __forceinline__ unsigned int mmq_s8_from_nibbles(unsigned int 
     return ((v | 0x80808080u) - 0x08080808u) ^ 0x80808080u;
 }
 
-template <int BM, int BN, int WM, int WN, int KG>
+template <int BM, int BN, int WM, int WN, int KG, bool PF>
 static __device__ __forceinline__ void
 mmq_w4g32(const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
           const unsigned int *GPU_RESTRICT wq, const unsigned short *GPU_RESTRICT ws,
@@ -134,25 +134,53 @@ mmq_w4g32(const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
             for (int e = 0; e < 8; e++)
                 acc[i][j][e] = 0.0f;
 
-    for (int kt = 0; kt < k; kt += KT) {
-        const int g0 = kt >> 5;
-        /* activations: BM rows x KT bytes in 16-byte pieces */
-        for (int i = tid; i < BM * (KT / 16); i += NT) {
-            int r = i / (KT / 16), c = i % (KT / 16);
-            int m = m0 + r;
-            gpu_u32x4 v = (gpu_u32x4){ 0u, 0u, 0u, 0u };
+    /* PF (prefetch) variants stage through registers: load() fetches one
+     * stage from global memory, store() unpacks it into LDS, and the next
+     * stage's loads are issued before the current stage's matrix work so
+     * their latency overlaps it. The plain variants load and store in one
+     * loop (fewer live registers: no spills on gfx1151). Per thread: XC 16-byte activation pieces, WC packed
+     * 16-byte weight groups, XSC activation scales. */
+    constexpr int XC = BM * (KT / 16) / NT;
+    constexpr int WC = BN * KG / NT;
+    constexpr int XSC = BM * KG / NT;
+    static_assert(XC * NT == BM * (KT / 16) && WC * NT == BN * KG && XSC * NT == BM * KG,
+                  "tile not divisible by the thread count");
+    gpu_u32x4 rx[XC], rw[WC];
+    float rws[WC], rxs[XSC];
+    auto load = [&](int kt) {
+#pragma unroll
+        for (int c = 0; c < XC; c++) {
+            const int i = tid + c * NT, r = i / (KT / 16), cc = i % (KT / 16), m = m0 + r;
+            rx[c] = (gpu_u32x4){ 0u, 0u, 0u, 0u };
             if (m < row_end)
-                v = *(const gpu_u32x4 *)(xq + (long long)m * k + kt + 16 * c);
-            *(gpu_u32x4 *)(xs + r * LD + 16 * c) = v;
+                rx[c] = *(const gpu_u32x4 *)(xq + (long long)m * k + kt + 16 * cc);
         }
-        /* weights: BN rows x KG groups; 16 packed bytes -> 32 int8 */
-        for (int i = tid; i < BN * KG; i += NT) {
-            int r = i / KG, g = i % KG;
-            int nn = n0 + r;
-            gpu_u32x4 p = (gpu_u32x4){ 0x88888888u, 0x88888888u, 0x88888888u, 0x88888888u };
-            if (nn < n)
-                p = *(const gpu_u32x4 *)(wq + (long long)nn * (k >> 3) + (kt >> 3) + 4 * g);
-            unsigned int pw[4] = { p.x, p.y, p.z, p.w };
+#pragma unroll
+        for (int c = 0; c < WC; c++) {
+            const int i = tid + c * NT, r = i / KG, g = i % KG, nn = n0 + r;
+            rw[c] = (gpu_u32x4){ 0x88888888u, 0x88888888u, 0x88888888u, 0x88888888u };
+            rws[c] = 0.0f;
+            if (nn < n) {
+                rw[c] = *(const gpu_u32x4 *)(wq + (long long)nn * (k >> 3) + (kt >> 3) + 4 * g);
+                rws[c] = gpu_bf16_to_f32(ws[(long long)nn * groups + (kt >> 5) + g]);
+            }
+        }
+#pragma unroll
+        for (int c = 0; c < XSC; c++) {
+            const int i = tid + c * NT, r = i / KG, g = i % KG, m = m0 + r;
+            rxs[c] = m < row_end ? xd[(long long)m * groups + (kt >> 5) + g] : 0.0f;
+        }
+    };
+    auto store = [&]() {
+#pragma unroll
+        for (int c = 0; c < XC; c++) {
+            const int i = tid + c * NT, r = i / (KT / 16), cc = i % (KT / 16);
+            *(gpu_u32x4 *)(xs + r * LD + 16 * cc) = rx[c];
+        }
+#pragma unroll
+        for (int c = 0; c < WC; c++) {
+            const int i = tid + c * NT, r = i / KG, g = i % KG;
+            const unsigned int pw[4] = { rw[c].x, rw[c].y, rw[c].z, rw[c].w };
             unsigned int o[8];
 #pragma unroll
             for (int j = 0; j < 4; j++) {
@@ -162,14 +190,60 @@ mmq_w4g32(const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
             gpu_u32x4 *d = (gpu_u32x4 *)(wsm + r * LD + 32 * g);
             d[0] = (gpu_u32x4){ o[0], o[1], o[2], o[3] };
             d[1] = (gpu_u32x4){ o[4], o[5], o[6], o[7] };
-            wds[r * KG + g] = nn < n ? gpu_bf16_to_f32(ws[(long long)nn * groups + g0 + g]) : 0.0f;
+            wds[r * KG + g] = rws[c];
         }
-        for (int i = tid; i < BM * KG; i += NT) {
-            int r = i / KG, g = i % KG;
-            int m = m0 + r;
-            xds[r * KG + g] = m < row_end ? xd[(long long)m * groups + g0 + g] : 0.0f;
+#pragma unroll
+        for (int c = 0; c < XSC; c++) {
+            const int i = tid + c * NT, r = i / KG, g = i % KG;
+            xds[r * KG + g] = rxs[c];
         }
-        gpu_sync();
+    };
+
+    if constexpr (PF)
+        load(0);
+    for (int kt = 0; kt < k; kt += KT) {
+        if constexpr (PF) {
+            store();
+            gpu_sync();
+            if (kt + KT < k)
+                load(kt + KT);
+        } else {
+            const int g0 = kt >> 5;
+            /* activations: BM rows x KT bytes in 16-byte pieces */
+            for (int i = tid; i < BM * (KT / 16); i += NT) {
+                int r = i / (KT / 16), c = i % (KT / 16);
+                int m = m0 + r;
+                gpu_u32x4 v = (gpu_u32x4){ 0u, 0u, 0u, 0u };
+                if (m < row_end)
+                    v = *(const gpu_u32x4 *)(xq + (long long)m * k + kt + 16 * c);
+                *(gpu_u32x4 *)(xs + r * LD + 16 * c) = v;
+            }
+            /* weights: BN rows x KG groups; 16 packed bytes -> 32 int8 */
+            for (int i = tid; i < BN * KG; i += NT) {
+                int r = i / KG, g = i % KG;
+                int nn = n0 + r;
+                gpu_u32x4 p = (gpu_u32x4){ 0x88888888u, 0x88888888u, 0x88888888u, 0x88888888u };
+                if (nn < n)
+                    p = *(const gpu_u32x4 *)(wq + (long long)nn * (k >> 3) + (kt >> 3) + 4 * g);
+                unsigned int pw[4] = { p.x, p.y, p.z, p.w };
+                unsigned int o[8];
+    #pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    o[2 * j] = mmq_s8_from_nibbles(pw[j] & 0x0F0F0F0Fu);
+                    o[2 * j + 1] = mmq_s8_from_nibbles((pw[j] >> 4) & 0x0F0F0F0Fu);
+                }
+                gpu_u32x4 *d = (gpu_u32x4 *)(wsm + r * LD + 32 * g);
+                d[0] = (gpu_u32x4){ o[0], o[1], o[2], o[3] };
+                d[1] = (gpu_u32x4){ o[4], o[5], o[6], o[7] };
+                wds[r * KG + g] = nn < n ? gpu_bf16_to_f32(ws[(long long)nn * groups + g0 + g]) : 0.0f;
+            }
+            for (int i = tid; i < BM * KG; i += NT) {
+                int r = i / KG, g = i % KG;
+                int m = m0 + r;
+                xds[r * KG + g] = m < row_end ? xd[(long long)m * groups + g0 + g] : 0.0f;
+            }
+            gpu_sync();
+        }
 
 #pragma unroll
         for (int g = 0; g < KG; g++) {
@@ -223,17 +297,21 @@ mmq_w4g32(const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
             }
 }
 
-#define MMQ_INST(BM, BN, WM, WN, KG)                                                          \
-    GPU_KERNEL(mmq_w4g32_##BM##x##BN##_w##WM##x##WN, WM * WN * GPU_WARP)                      \
+#define MMQ_INST(BM, BN, WM, WN, KG, PF, SUFFIX)                                              \
+    GPU_KERNEL(mmq_w4g32_##BM##x##BN##_w##WM##x##WN##SUFFIX, WM * WN * GPU_WARP)              \
     (const signed char *xq, const float *xd, const unsigned int *wq, const unsigned short *ws, \
      float *y, int m_rows, int n, int k, const int *seg)                                      \
     {                                                                                         \
-        mmq_w4g32<BM, BN, WM, WN, KG>(xq, xd, wq, ws, y, m_rows, n, k, seg);                 \
+        mmq_w4g32<BM, BN, WM, WN, KG, PF>(xq, xd, wq, ws, y, m_rows, n, k, seg);             \
     }
 
-/* name: block tile BM x BN, warps WM x WN; all stage 4 groups (128 columns) */
-MMQ_INST(32, 64, 2, 2, 4)
-MMQ_INST(64, 64, 2, 2, 4)
-MMQ_INST(64, 128, 2, 4, 4)
-MMQ_INST(128, 64, 4, 2, 4)
-MMQ_INST(128, 128, 4, 2, 4)
+/* name: block tile BM x BN, warps WM x WN, "_pf": next stage prefetched
+ * into registers; all stage 4 groups (128 columns) */
+MMQ_INST(32, 64, 2, 2, 4, false, )
+MMQ_INST(64, 64, 2, 2, 4, false, )
+MMQ_INST(64, 128, 2, 4, 4, false, )
+MMQ_INST(128, 64, 4, 2, 4, false, )
+MMQ_INST(128, 128, 4, 2, 4, false, )
+MMQ_INST(32, 64, 2, 2, 4, true, _pf)
+MMQ_INST(64, 128, 2, 4, 4, true, _pf)
+MMQ_INST(128, 64, 4, 2, 4, true, _pf)
