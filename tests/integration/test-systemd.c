@@ -1,0 +1,179 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * residentd under systemd's protocols, without systemd: a fake
+ * NOTIFY_SOCKET must receive READY=1 once the socket is served and
+ * STOPPING=1 on SIGTERM; with socket activation (LISTEN_FDS=1, a
+ * listening SOCK_SEQPACKET socket on fd 3) residentd serves that socket
+ * and leaves the path alone; a STREAM socket passed by mistake is refused
+ * with a message naming ListenSequentialPacket=.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "client/resident.h"
+#include "tests/integration/harness.h"
+
+static char dir[64], exe[512];
+
+static int bind_unix(int type, const char *path, int listening)
+{
+    int s = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    unlink(path);
+    if (s < 0 || bind(s, (struct sockaddr *)&sa, sizeof(sa)) < 0 || (listening && listen(s, 16) < 0))
+        return -1;
+    return s;
+}
+
+/* Wait for a notify datagram containing `what`. */
+static int wait_notify(int ns, const char *what, int timeout_ms)
+{
+    uint64_t end = th_now_ms() + (uint64_t)timeout_ms;
+    while (th_now_ms() < end) {
+        struct pollfd p = { .fd = ns, .events = POLLIN };
+        if (poll(&p, 1, 100) <= 0)
+            continue;
+        char buf[4096];
+        ssize_t n = recv(ns, buf, sizeof(buf) - 1, 0);
+        if (n <= 0)
+            continue;
+        buf[n] = '\0';
+        if (strstr(buf, what))
+            return 1;
+    }
+    return 0;
+}
+
+static pid_t spawn(int listen_fd, const char *notify_path, const char *sock_path, const char *log)
+{
+    pid_t p = fork();
+    if (p == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int lf = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (lf >= 0)
+            dup2(lf, 2);
+        if (notify_path)
+            setenv("NOTIFY_SOCKET", notify_path, 1);
+        if (listen_fd >= 0) {
+            if (dup2(listen_fd, 3) < 0)
+                _exit(126);
+            char pid[32];
+            snprintf(pid, sizeof(pid), "%d", (int)getpid());
+            setenv("LISTEN_FDS", "1", 1);
+            setenv("LISTEN_PID", pid, 1);
+        }
+        execl(exe, exe, "--socket", sock_path, "--config", "/dev/null", "-o", "socket_mode=0666", (char *)NULL);
+        _exit(127);
+    }
+    return p;
+}
+
+static int client_ok(const char *sock)
+{
+    struct resident_connect_params cp;
+    resident_connect_params_init(&cp);
+    cp.socket_path = sock;
+    struct resident *r = NULL;
+    for (int i = 0; i < 200 && resident_connect(&cp, &r) < 0; i++)
+        usleep(10000);
+    if (!r)
+        return 0;
+    struct resident_request q;
+    resident_request_init(&q);
+    q.max_tokens = 5;
+    uint64_t id;
+    int ok = resident_submit_text(r, &q, "sd", 2, 1, &id) == 0, done = 0;
+    struct resident_event ev;
+    while (ok && !done && resident_wait(r, &ev, 2000) == 1)
+        done = ev.type == RESIDENT_EVENT_DONE && ev.completion_tokens == 5;
+    resident_close(r);
+    return done;
+}
+
+static int reap(pid_t p, int timeout_ms)
+{
+    uint64_t end = th_now_ms() + (uint64_t)timeout_ms;
+    int st;
+    while (th_now_ms() < end) {
+        if (waitpid(p, &st, WNOHANG) == p)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        usleep(5000);
+    }
+    kill(p, SIGKILL);
+    waitpid(p, &st, 0);
+    return -1;
+}
+
+int main(void)
+{
+    th_require_uring();
+    const char *root = getenv("RESIDENT_BUILD_ROOT");
+    snprintf(exe, sizeof(exe), "%s/daemon/residentd", root ? root : ".");
+    snprintf(dir, sizeof(dir), "/tmp/resident-sd-XXXXXX");
+    if (!mkdtemp(dir))
+        return 1;
+    char notify[128], sock[128], log[128];
+    snprintf(notify, sizeof(notify), "%s/notify", dir);
+    snprintf(sock, sizeof(sock), "%s/s.sock", dir);
+    snprintf(log, sizeof(log), "%s/log", dir);
+
+    /* sd_notify: READY=1 when serving, STOPPING=1 on SIGTERM. */
+    int ns = bind_unix(SOCK_DGRAM, notify, 0);
+    TH_CHECK(ns >= 0);
+    pid_t p = spawn(-1, notify, sock, log);
+    TH_CHECK(wait_notify(ns, "READY=1", 5000));
+    TH_CHECK(client_ok(sock));
+    kill(p, SIGTERM);
+    TH_CHECK(wait_notify(ns, "STOPPING=1", 5000));
+    TH_CHECK(reap(p, 5000) == 0);
+    struct stat st;
+    TH_CHECK(stat(sock, &st) < 0);   /* a socket it created itself is removed */
+
+    /* Socket activation with the right socket type. */
+    int ls = bind_unix(SOCK_SEQPACKET, sock, 1);
+    TH_CHECK(ls >= 0);
+    p = spawn(ls, notify, "/nonexistent/unused.sock", log);
+    TH_CHECK(wait_notify(ns, "READY=1", 5000));
+    TH_CHECK(client_ok(sock));
+    kill(p, SIGTERM);
+    TH_CHECK(reap(p, 5000) == 0);
+    TH_CHECK(stat(sock, &st) == 0);  /* systemd's socket is not ours to unlink */
+    close(ls);
+
+    /* The wrong socket type is refused with a hint. */
+    ls = bind_unix(SOCK_STREAM, sock, 1);
+    p = spawn(ls, NULL, "/nonexistent/unused.sock", log);
+    TH_CHECK(reap(p, 5000) != 0);
+    close(ls);
+    char buf[2048] = "";
+    int lf = open(log, O_RDONLY);
+    if (lf >= 0) {
+        ssize_t n = read(lf, buf, sizeof(buf) - 1);
+        buf[n > 0 ? n : 0] = '\0';
+        close(lf);
+    }
+    TH_CHECK(strstr(buf, "ListenSequentialPacket") != NULL);
+
+    close(ns);
+    unlink(notify);
+    unlink(sock);
+    unlink(log);
+    rmdir(dir);
+    if (th_failures) {
+        fprintf(stderr, "test-systemd: %d failures\n", th_failures);
+        return 1;
+    }
+    printf("test-systemd: ok\n");
+    return 0;
+}
