@@ -28,6 +28,8 @@
 
 #include "engine/model.h"
 #include "engine/sample.h"
+#include "engine/text/text-cli-chat.h"
+#include "engine/text/text-cli-tok.h"
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
                "logits files are written as native little-endian floats");
@@ -385,6 +387,12 @@ static const struct cmd cmds[] = {
       "        --repetition-penalty R --presence-penalty P --frequency-penalty F\n"
       "        --stop ID,... --real-vocab N --threads N]" },
     { "info", cmd_info, "--model DIR [--threads N]" },
+    { "tokenize", text_cli_tokenize, "--model DIR   (UTF-8 text on stdin -> JSON array of ids)" },
+    { "detokenize", text_cli_detokenize, "--model DIR   (JSON array of ids on stdin -> text)" },
+    { "render", text_cli_render,
+      "--model DIR   ({\"messages\", \"tools\", \"chat_template_kwargs\", ...} on stdin -> prompt)" },
+    { "parse", text_cli_parse,
+      "--model DIR [--tools FILE] [--thinking on|off]   (model output on stdin -> JSON)" },
 };
 
 static void usage(FILE *f)
