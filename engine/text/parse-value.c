@@ -131,11 +131,13 @@ static void pv_ws(struct pv *p)
 {
     while (p->i < p->n) {
         char c = p->s[p->i];
-        if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+        if (p->mode == PARSE_VALUE_PYTHON && p->depth == 0 && (c == '\n' || c == '\r')) {
+            break;  /* outside brackets a newline ends a Python expression */
+        } else if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
             p->i++;
         } else if (p->mode == PARSE_VALUE_PYTHON && c == '\f') {
             p->i++;
-        } else if (p->mode == PARSE_VALUE_PYTHON && c == '\\' && p->i + 1 < p->n && p->s[p->i + 1] == '\n') {
+        } else if (p->mode == PARSE_VALUE_PYTHON && c == '\\' && p->i + 2 < p->n && p->s[p->i + 1] == '\n') {
             p->i += 2;
         } else if (p->mode == PARSE_VALUE_PYTHON && c == '#') {
             while (p->i < p->n && p->s[p->i] != '\n')
@@ -635,6 +637,35 @@ static size_t py_digit_run(struct pv *p, int base, struct json_out *digits)
     return p->i - start;
 }
 
+/* Digits of an integer in base 2, 8 or 16 to decimal text (malloc'd):
+ * little-endian base-1e9 limbs, multiply-and-add per digit. */
+static char *based_to_decimal(const char *digits, size_t n, int base)
+{
+    size_t cap = n / 7 + 2;     /* 16^7 < 1e9: enough limbs for n hex digits */
+    uint32_t *limb = calloc(cap, sizeof(*limb));
+    size_t nl = 1;
+    if (!limb)
+        return NULL;
+    for (size_t k = 0; k < n; k++) {
+        uint64_t carry = (uint64_t)hexval((unsigned char)digits[k]);
+        for (size_t i = 0; i < nl; i++) {
+            uint64_t x = (uint64_t)limb[i] * (uint64_t)base + carry;
+            limb[i] = (uint32_t)(x % 1000000000u);
+            carry = x / 1000000000u;
+        }
+        if (carry && nl < cap)
+            limb[nl++] = (uint32_t)carry;
+    }
+    char *t = malloc(nl * 9 + 1);
+    if (t) {
+        int w = sprintf(t, "%u", limb[nl - 1]);
+        for (size_t i = nl - 1; i-- > 0;)
+            w += sprintf(t + w, "%09u", limb[i]);
+    }
+    free(limb);
+    return t;
+}
+
 static int py_number(struct pv *p, bool neg, struct json_object **out)
 {
     struct json_out d;
@@ -649,20 +680,14 @@ static int py_number(struct pv *p, bool neg, struct json_object **out)
         if (pv_peek(p) == '_')
             p->i++;
         py_digit_run(p, base, &d);
-        uint64_t v = 0;
-        if (d.len == 0 || d.len > 64)
+        if (d.len == 0 || d.len > 4096)
             rc = pv_fail(p, -EINVAL, "bad or oversized based integer");
-        for (size_t k = 0; rc == 0 && k < d.len; k++) {
-            uint64_t h = (uint64_t)hexval((unsigned char)d.data[k]);
-            if (v > (UINT64_MAX - h) / (uint64_t)base)
-                rc = pv_fail(p, -ERANGE, "based integer beyond 64 bits");
-            else
-                v = v * (uint64_t)base + h;
-        }
+        if (rc == 0 && is_ident_char(pv_peek(p)))
+            rc = pv_fail(p, -EINVAL, "invalid number literal");
         if (rc == 0) {
-            char t[24];
-            int tl = snprintf(t, sizeof(t), "%llu", (unsigned long long)v);
-            *out = int_from_digits(t, (size_t)tl, neg);
+            char *t = based_to_decimal(d.data, d.len, base);
+            *out = t ? int_from_digits(t, strlen(t), neg) : NULL;
+            free(t);
             if (!*out)
                 rc = -ENOMEM;
         }
@@ -760,12 +785,37 @@ static int pv_value(struct pv *p, struct json_object **out)
     if (py_string_start(p, &plen, &raw))
         return py_strings(p, out);
     if (c == '+' || c == '-') {
+        /* One sign on a number literal, which may sit in parentheses:
+         * -(5) is fine, +(-5) and -(5,) are not. */
+        int parens = 0, rc;
         p->i++;
         pv_ws(p);
+        while (pv_peek(p) == '(') {
+            p->i++;
+            parens++;
+            p->depth++;
+            pv_ws(p);
+        }
         int d = pv_peek(p);
         if (!((d >= '0' && d <= '9') || (d == '.' && p->i + 1 < p->n && p->s[p->i + 1] >= '0' && p->s[p->i + 1] <= '9')))
-            return pv_fail(p, -EINVAL, "a sign must be followed by a number");
-        return py_number(p, c == '-', out);
+            rc = pv_fail(p, -EINVAL, "a sign must be followed by a number");
+        else
+            rc = py_number(p, c == '-', out);
+        for (; parens > 0; parens--) {
+            if (rc == 0) {
+                pv_ws(p);
+                if (pv_peek(p) == ')')
+                    p->i++;
+                else
+                    rc = pv_fail(p, -EINVAL, "expected ')'");
+            }
+            p->depth--;
+        }
+        if (rc < 0) {
+            json_object_put(*out);
+            *out = NULL;
+        }
+        return rc;
     }
     if ((c >= '0' && c <= '9') || (c == '.' && p->i + 1 < p->n && p->s[p->i + 1] >= '0' && p->s[p->i + 1] <= '9'))
         return py_number(p, false, out);
@@ -786,6 +836,84 @@ static int pv_value(struct pv *p, struct json_object **out)
     return pv_fail(p, -EINVAL, "unexpected character");
 }
 
+/*
+ * ast.literal_eval's top level (mode "eval"): leading spaces and tabs are
+ * stripped; blank and comment lines may come first, but the line holding
+ * the expression must not be indented; a newline outside brackets ends the
+ * expression (only blank lines and comments may follow); `a, b` without
+ * parentheses is a tuple.
+ */
+static int py_top(struct pv *p, struct json_object **out)
+{
+    while (p->i < p->n && (p->s[p->i] == ' ' || p->s[p->i] == '\t'))
+        p->i++;
+    for (;;) {
+        pv_ws(p);   /* same-line spaces, comments, continuations */
+        if (p->i >= p->n || (p->s[p->i] != '\n' && p->s[p->i] != '\r'))
+            break;
+        p->i++;
+        size_t line = p->i;
+        while (p->i < p->n && (p->s[p->i] == ' ' || p->s[p->i] == '\t' || p->s[p->i] == '\f'))
+            p->i++;
+        if (p->i > line && p->i < p->n && p->s[p->i] != '\n' && p->s[p->i] != '\r' && p->s[p->i] != '#')
+            return pv_fail(p, -EINVAL, "unexpected indent");
+    }
+    struct json_object *v = NULL;
+    int rc = pv_value(p, &v);
+    if (rc < 0)
+        return rc;
+    pv_ws(p);
+    if (pv_peek(p) == ',') {
+        struct json_object *tuple = json_object_new_array();
+        if (!tuple || json_object_array_add(tuple, v) < 0) {
+            json_object_put(tuple);
+            json_object_put(v);
+            return -ENOMEM;
+        }
+        while (pv_peek(p) == ',') {
+            p->i++;
+            pv_ws(p);
+            int c = pv_peek(p);
+            if (c < 0 || c == '\n' || c == '\r')
+                break;   /* trailing comma */
+            rc = pv_value(p, &v);
+            if (rc == 0 && json_object_array_add(tuple, v) < 0) {
+                json_object_put(v);
+                rc = -ENOMEM;
+            }
+            if (rc < 0) {
+                json_object_put(tuple);
+                return rc;
+            }
+            pv_ws(p);
+        }
+        v = tuple;
+    }
+    /* Only blank lines and comments may follow; a last line of bare
+     * indentation is an IndentationError. */
+    for (;;) {
+        pv_ws(p);
+        if (p->i < p->n && (p->s[p->i] == '\n' || p->s[p->i] == '\r')) {
+            p->i++;
+            size_t j = p->i;
+            while (j < p->n && (p->s[j] == ' ' || p->s[j] == '\t' || p->s[j] == '\f'))
+                j++;
+            if (j == p->n && j > p->i) {
+                json_object_put(v);
+                return pv_fail(p, -EINVAL, "unexpected indent");
+            }
+        } else {
+            break;
+        }
+    }
+    if (p->i != p->n) {
+        json_object_put(v);
+        return pv_fail(p, -EINVAL, "extra data after the value");
+    }
+    *out = v;
+    return 0;
+}
+
 int parse_value(const char *text, size_t len, enum parse_value_mode mode,
                 struct json_object **out, struct engine_error *err)
 {
@@ -795,18 +923,18 @@ int parse_value(const char *text, size_t len, enum parse_value_mode mode,
         return engine_error_set(err, -EINVAL, "parse_value: NULL text");
     if (!parse_utf8_valid(text, len))
         return engine_error_set(err, -EILSEQ, "value text is not valid UTF-8");
-    if (mode == PARSE_VALUE_PYTHON) {
-        /* ast.literal_eval strips leading spaces and tabs. */
-        while (p.i < p.n && (p.s[p.i] == ' ' || p.s[p.i] == '\t'))
-            p.i++;
-    }
-    pv_ws(&p);
     struct json_object *v = NULL;
-    int rc = pv_value(&p, &v);
-    if (rc == 0) {
+    int rc;
+    if (mode == PARSE_VALUE_PYTHON) {
+        rc = py_top(&p, &v);
+    } else {
         pv_ws(&p);
-        if (p.i != p.n)
-            rc = pv_fail(&p, -EINVAL, "extra data after the value");
+        rc = pv_value(&p, &v);
+        if (rc == 0) {
+            pv_ws(&p);
+            if (p.i != p.n)
+                rc = pv_fail(&p, -EINVAL, "extra data after the value");
+        }
     }
     if (rc < 0) {
         json_object_put(v);

@@ -437,6 +437,20 @@ static void value_cases(void)
     value_case("--1", Y, NULL);
     value_case("'\\N{BULLET}'", Y, NULL);
     value_case("'\\ud800'", Y, NULL);
+    /* Top level of ast.literal_eval: bare tuples, newlines, indentation. */
+    value_case("1, 'a',", Y, "[1, \"a\"]");
+    value_case("\t51_000,", Y, "[51000]");
+    value_case("5\n\n# done\n", Y, "5");
+    value_case("\n\n#c\n[1,\n 2]", Y, "[1, 2]");
+    value_case("'a'\n'b'", Y, NULL);
+    value_case("+\n5", Y, NULL);
+    value_case("\n 5", Y, NULL);
+    value_case("5\n\t", Y, NULL);
+    value_case("5\\\n", Y, NULL);
+    value_case("-(5)", Y, "-5");
+    value_case("- ((1.5))", Y, "-1.5");
+    value_case("+(-5)", Y, NULL);
+    value_case("0x1f99999999999999999999", Y, "38202055899822281920715161");
     value_case("{[1]: 2}", Y, NULL);
     value_case("", Y, NULL);
 }
