@@ -24,6 +24,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "engine/error.h"
 #include "engine/text/tokenizer.h"
@@ -127,6 +128,24 @@ struct tokenizer {
  * points < 324 (-1 where none). */
 extern const uint16_t tok_byte_to_cp[256];
 int tok_cp_to_byte(uint32_t cp);
+
+/* Convert a vocabulary key (UTF-8 of GPT-2 alphabet characters) to the
+ * bytes it stands for; `out` must hold `len` bytes. Returns the byte count,
+ * or -1 when a character is outside the alphabet. */
+ssize_t tok_key_to_bytes(const char *key, size_t len, char *out);
+
+/* Split regexes known by name, as tokenizer.json spells them. */
+extern const char tok_pat_qwen35[], tok_pat_qwen2[], tok_pat_gpt2[];
+
+/* Compile tok->pattern into tok->split_re (NULL pattern: no split) and set
+ * tok->pretok_name (tokenizer-split.c). */
+int tok_split_compile(struct tokenizer *tok, const char *what,
+                      struct engine_error *err);
+
+/* Build the matcher for added tokens whose "normalized" flag equals
+ * `normalized` (tokenizer-split.c). */
+int tok_matcher_build(const struct tokenizer *tok, struct tok_matcher *m,
+                      bool normalized, struct engine_error *err);
 
 /* FNV-1a style 64-bit hash folded to what the tables need. */
 uint64_t tok_hash_bytes(const void *data, size_t len);

@@ -34,18 +34,6 @@
 #include <unistd.h>
 #include <utf8proc.h>
 
-/* The split regexes we know by name (tokenizer.json spelling). */
-static const char PAT_QWEN35[] =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|"
-    "\\p{N}| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|"
-    "\\s+";
-static const char PAT_QWEN2[] =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
-    "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-static const char PAT_GPT2[] =
-    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|"
-    "\\s+(?!\\S)|\\s+";
-
 /* ------------------------------------------------------------------ */
 /* building                                                             */
 
@@ -83,26 +71,6 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem,
     *p = q;
     *cap = n;
     return 0;
-}
-
-/* Convert a vocabulary key (UTF-8 of GPT-2 alphabet characters) to bytes.
- * Returns the byte count, or -1 when a character is outside the alphabet
- * (then `out` holds nothing useful). `out` must hold `len` bytes. */
-static ssize_t key_to_bytes(const char *key, size_t len, char *out)
-{
-    size_t i = 0, o = 0;
-    while (i < len) {
-        uint32_t cp;
-        size_t n = tok_utf8_decode((const uint8_t *)key + i, len - i, &cp);
-        if (n == 0)
-            return -1;
-        int b = tok_cp_to_byte(cp);
-        if (b < 0)
-            return -1;
-        out[o++] = (char)b;
-        i += n;
-    }
-    return (ssize_t)o;
 }
 
 static int entry_set(struct builder *b, int64_t id, const char *bytes,
@@ -161,7 +129,7 @@ static int vocab_add(struct builder *b, const char *key, size_t klen,
                                 "%s: vocabulary key of %zu bytes for id %lld "
                                 "is over the limit", b->what, klen,
                                 (long long)id);
-    ssize_t n = key_to_bytes(key, klen, tmp);
+    ssize_t n = tok_key_to_bytes(key, klen, tmp);
     b->n_vocab++;
     if (n >= 0)
         return entry_set(b, id, tmp, (size_t)n, TOK_F_BPE);
@@ -241,7 +209,8 @@ static int merge_add(struct builder *b, const char *l, size_t ll,
         return engine_error_set(b->err, -EINVAL, "%s: merge %zu is too long",
                                 b->what, rank);
     char tl[TOK_MAX_TOKEN_BYTES * 4], tr[TOK_MAX_TOKEN_BYTES * 4];
-    ssize_t nl = key_to_bytes(l, ll, tl), nr = key_to_bytes(r, rl, tr);
+    ssize_t nl = tok_key_to_bytes(l, ll, tl);
+    ssize_t nr = tok_key_to_bytes(r, rl, tr);
     int32_t il = nl >= 0 ? tok_vocab_find(tok, tl, (size_t)nl) : -1;
     int32_t ir = nr >= 0 ? tok_vocab_find(tok, tr, (size_t)nr) : -1;
     if (grow((void **)&b->merges, &b->merges_cap, b->n_merges + 1,
@@ -469,7 +438,7 @@ static int added_token_add(struct builder *b, int64_t id, const char *content,
         /* An added token may mark an existing vocabulary token; its bytes
          * must then be that token's. */
         char tmp[TOK_MAX_TOKEN_BYTES];
-        ssize_t n = key_to_bytes(content, clen, tmp);
+        ssize_t n = tok_key_to_bytes(content, clen, tmp);
         if (n < 0 || (size_t)n != e->len ||
             memcmp(tok->blob + e->off, tmp, (size_t)n) != 0)
             return engine_error_set(b->err, -EINVAL,
@@ -482,7 +451,7 @@ static int added_token_add(struct builder *b, int64_t id, const char *content,
         /* HF's ByteLevel decoder maps each char through the byte alphabet
          * when all of them are in it, otherwise keeps the UTF-8. */
         char tmp[TOK_MAX_TOKEN_BYTES];
-        ssize_t n = key_to_bytes(content, clen, tmp);
+        ssize_t n = tok_key_to_bytes(content, clen, tmp);
         int32_t vid = n >= 0 ? tok_vocab_find(tok, tmp, (size_t)n) : -1;
         if (vid >= 0)
             /* HF would give the token the vocabulary's id instead and
@@ -597,7 +566,7 @@ static int parse_pretokenizer(struct builder *b, struct json_object *p)
         if (parse_bytelevel(b, p, &use_regex) < 0)
             return -EINVAL;
         if (use_regex)
-            b->pattern = strdup(PAT_GPT2);
+            b->pattern = strdup(tok_pat_gpt2);
         else
             b->split_none = true;
         return use_regex && !b->pattern
@@ -982,7 +951,7 @@ static int load_vocab_merges(struct builder *b, int dirfd, const char *dir)
     }
     const char *re = jstr(cfg, "pretokenize_regex");
     if (r == 0) {
-        b->pattern = strdup(re ? re : PAT_QWEN2);
+        b->pattern = strdup(re ? re : tok_pat_qwen2);
         if (!b->pattern)
             r = engine_error_set(b->err, -ENOMEM, "out of memory");
     }
@@ -991,147 +960,7 @@ static int load_vocab_merges(struct builder *b, int dirfd, const char *dir)
 }
 
 /* ------------------------------------------------------------------ */
-/* split regex                                                          */
-
-/* The split patterns come from HF tokenizers, which runs them with
- * Oniguruma; there `\s` is Unicode White_Space. PCRE2's \s under UCP is
- * "Perl space" (Z categories + \t\n\v\f\r), which lacks U+0085, so \s and
- * \S are rewritten to the exact White_Space list. Everything else in these
- * patterns (\p{L}, \p{M}, \p{N}, (?i:...), lookahead) means the same in
- * both engines. */
-#define WS_BODY "\\t\\n\\x{0B}\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-" \
-                "\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
-
-static char *pattern_to_pcre2(const char *pat, struct engine_error *err,
-                              const char *what)
-{
-    size_t n = strlen(pat), cap = n * 8 + 64, o = 0;
-    char *out = malloc(cap);
-    if (!out) {
-        engine_error_set(err, -ENOMEM, "out of memory");
-        return NULL;
-    }
-    bool in_class = false;
-    size_t class_start = 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = pat[i];
-        const char *add = NULL;
-        char one[3] = { c, 0, 0 };
-        if (c == '\\' && i + 1 < n) {
-            char e = pat[++i];
-            if (e == 's')
-                add = in_class ? WS_BODY : "[" WS_BODY "]";
-            else if (e == 'S' && !in_class)
-                add = "[^" WS_BODY "]";
-            else if (e == 'S') {
-                free(out);
-                engine_error_set(err, -ENOTSUP,
-                                 "%s: split regex uses \\S inside a "
-                                 "character class, which is not supported",
-                                 what);
-                return NULL;
-            } else {
-                one[1] = e;
-            }
-        } else if (c == '[' && !in_class) {
-            in_class = true;
-            class_start = i;
-        } else if (c == ']' && in_class) {
-            /* ']' right after '[' or '[^' is a literal. */
-            size_t k = i - class_start;
-            if (!(k == 1 || (k == 2 && pat[class_start + 1] == '^')))
-                in_class = false;
-        }
-        if (!add)
-            add = one;
-        size_t al = strlen(add);
-        if (o + al + 1 > cap) {
-            free(out);
-            engine_error_set(err, -EINVAL, "%s: split regex too long", what);
-            return NULL;
-        }
-        memcpy(out + o, add, al);
-        o += al;
-    }
-    out[o] = '\0';
-    return out;
-}
-
-static int compile_split(struct builder *b)
-{
-    struct tokenizer *tok = b->tok;
-    if (!tok->pattern) {
-        /* ByteLevel(use_regex=false) alone: each segment is one word */
-        tok->pretok_name = "none";
-        return 0;
-    }
-    tok->pretok_name = strcmp(tok->pattern, PAT_QWEN35) == 0 ? "qwen35"
-                     : strcmp(tok->pattern, PAT_QWEN2) == 0  ? "qwen2"
-                     : strcmp(tok->pattern, PAT_GPT2) == 0   ? "gpt2"
-                                                             : "custom";
-    char *p = pattern_to_pcre2(tok->pattern, b->err, b->what);
-    if (!p)
-        return -EINVAL;
-    int ec;
-    PCRE2_SIZE eo;
-    tok->split_re = pcre2_compile((PCRE2_SPTR)p, PCRE2_ZERO_TERMINATED,
-                                  PCRE2_UTF | PCRE2_UCP, &ec, &eo, NULL);
-    free(p);
-    if (!tok->split_re) {
-        PCRE2_UCHAR msg[128];
-        pcre2_get_error_message(ec, msg, sizeof(msg));
-        return engine_error_set(b->err, -EINVAL,
-                                "%s: split regex does not compile at offset "
-                                "%zu: %s", b->what, (size_t)eo, (char *)msg);
-    }
-    /* JIT is an optimisation: without it (e.g. a W^X policy) matching
-     * still works, slower. */
-    (void)pcre2_jit_compile(tok->split_re, PCRE2_JIT_COMPLETE);
-    return 0;
-}
-
-/* ------------------------------------------------------------------ */
 /* added-token matchers                                                 */
-
-static int matcher_build(struct builder *b, struct tok_matcher *m,
-                         bool normalized)
-{
-    struct tokenizer *tok = b->tok;
-    size_t n = 0;
-    for (size_t i = 0; i < tok->n_added; i++)
-        if (tok->added[i].normalized == normalized)
-            n++;
-    m->n = n;
-    if (!n)
-        return 0;
-    m->cand = calloc(n, sizeof(*m->cand));
-    if (!m->cand)
-        return engine_error_set(b->err, -ENOMEM, "out of memory");
-    for (size_t i = 0; i < tok->n_added; i++)
-        if (tok->added[i].normalized == normalized)
-            m->first_count[(uint8_t)tok->added[i].content[0]]++;
-    uint32_t acc = 0;
-    for (int c = 0; c < 256; c++) {
-        m->first_start[c] = acc;
-        acc += m->first_count[c];
-    }
-    uint32_t fill[256] = { 0 };
-    for (size_t i = 0; i < tok->n_added; i++) {
-        const struct tok_added *a = &tok->added[i];
-        if (a->normalized != normalized)
-            continue;
-        uint8_t c = (uint8_t)a->content[0];
-        /* insertion sort by length, longest first, within the bucket; the
-         * first listed wins among equal contents */
-        size_t base = m->first_start[c], k = fill[c]++;
-        while (k > 0 && m->cand[base + k - 1]->len < a->len) {
-            m->cand[base + k] = m->cand[base + k - 1];
-            k--;
-        }
-        m->cand[base + k] = a;
-    }
-    return 0;
-}
 
 /* Normalized added tokens match the NFC form of their content. */
 static int added_normalize(struct builder *b)
@@ -1168,11 +997,10 @@ static int added_normalize(struct builder *b)
 int tok_finish_runtime(struct tokenizer *tok, const char *what,
                        struct engine_error *err)
 {
-    struct builder b = { .tok = tok, .err = err, .what = what };
     int r;
-    if ((r = matcher_build(&b, &tok->match_raw, false)) < 0 ||
-        (r = matcher_build(&b, &tok->match_norm, true)) < 0 ||
-        (r = compile_split(&b)) < 0)
+    if ((r = tok_matcher_build(tok, &tok->match_raw, false, err)) < 0 ||
+        (r = tok_matcher_build(tok, &tok->match_norm, true, err)) < 0 ||
+        (r = tok_split_compile(tok, what, err)) < 0)
         return r;
     tok->cache = calloc(TOK_CACHE_SHARDS, sizeof(*tok->cache));
     if (!tok->cache)
@@ -1343,75 +1171,3 @@ void tokenizer_free(struct tokenizer *tok)
     free(tok);
 }
 
-/* ------------------------------------------------------------------ */
-/* lookups                                                              */
-
-size_t tokenizer_token_count(const struct tokenizer *tok)
-{
-    return tok->n_ids;
-}
-
-static const struct tok_entry *entry(const struct tokenizer *tok, int32_t id)
-{
-    if (id < 0 || (size_t)id >= tok->n_ids ||
-        !(tok->entries[id].flags & TOK_F_PRESENT))
-        return NULL;
-    return &tok->entries[id];
-}
-
-bool tokenizer_id_is_special(const struct tokenizer *tok, int32_t id)
-{
-    const struct tok_entry *e = entry(tok, id);
-    return e && (e->flags & TOK_F_SPECIAL);
-}
-
-bool tokenizer_id_is_added(const struct tokenizer *tok, int32_t id)
-{
-    const struct tok_entry *e = entry(tok, id);
-    return e && (e->flags & TOK_F_ADDED);
-}
-
-const char *tokenizer_id_to_bytes(const struct tokenizer *tok, int32_t id,
-                                  size_t *len)
-{
-    const struct tok_entry *e = entry(tok, id);
-    if (!e)
-        return NULL;
-    *len = e->len;
-    return tok->blob + e->off;
-}
-
-size_t tokenizer_max_token_bytes(const struct tokenizer *tok)
-{
-    return tok->max_token_bytes;
-}
-
-const char *tokenizer_pretokenizer_name(const struct tokenizer *tok)
-{
-    return tok->pretok_name;
-}
-
-int32_t tokenizer_token_to_id(const struct tokenizer *tok, const char *token)
-{
-    size_t len = strlen(token);
-    /* Added tokens first, as HF does (by their content as written). */
-    for (size_t i = 0; i < tok->n_added; i++)
-        if (tok->added[i].len == len &&
-            memcmp(tok->added[i].content, token, len) == 0)
-            return tok->added[i].id;
-    if (len > TOK_MAX_TOKEN_BYTES * 4)
-        return -1;
-    char tmp[TOK_MAX_TOKEN_BYTES * 4];
-    ssize_t n = key_to_bytes(token, len, tmp);
-    if (n >= 0)
-        return tok_vocab_find(tok, tmp, (size_t)n);
-    /* A key outside the byte alphabet is stored as its UTF-8. */
-    for (size_t id = 0; id < tok->n_ids; id++) {
-        const struct tok_entry *e = &tok->entries[id];
-        if ((e->flags & (TOK_F_PRESENT | TOK_F_BPE | TOK_F_ADDED)) ==
-                TOK_F_PRESENT &&
-            e->len == len && memcmp(tok->blob + e->off, token, len) == 0)
-            return (int32_t)id;
-    }
-    return -1;
-}

@@ -150,3 +150,23 @@ size_t tok_utf8_check(const uint8_t *s, size_t len)
     }
     return len;
 }
+
+/* Convert a vocabulary key (UTF-8 of GPT-2 alphabet characters) to bytes.
+ * Returns the byte count, or -1 when a character is outside the alphabet
+ * (then `out` holds nothing useful). `out` must hold `len` bytes. */
+ssize_t tok_key_to_bytes(const char *key, size_t len, char *out)
+{
+    size_t i = 0, o = 0;
+    while (i < len) {
+        uint32_t cp;
+        size_t n = tok_utf8_decode((const uint8_t *)key + i, len - i, &cp);
+        if (n == 0)
+            return -1;
+        int b = tok_cp_to_byte(cp);
+        if (b < 0)
+            return -1;
+        out[o++] = (char)b;
+        i += n;
+    }
+    return (ssize_t)o;
+}

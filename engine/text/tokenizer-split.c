@@ -1,0 +1,171 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The two matchers of the encode path, built at load time:
+ *
+ *  - the split regex: the pattern string from tokenizer.json compiled with
+ *    PCRE2 (UTF + UCP, JIT when the system allows it), after rewriting \s
+ *    and \S to Unicode White_Space (see pattern_to_pcre2()); why PCRE2 and
+ *    not a hand-written scanner is measured in docs/performance.md;
+ *  - the added-token matchers (raw and normalised text): candidates grouped
+ *    by first byte, longest first, which gives HF's leftmost-longest
+ *    Aho-Corasick result for the few dozen tokens a model has.
+ */
+#include "engine/text/tokenizer-internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The split regexes we know by name (tokenizer.json spelling). */
+const char tok_pat_qwen35[] =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|"
+    "\\p{N}| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|"
+    "\\s+";
+const char tok_pat_qwen2[] =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
+    "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+const char tok_pat_gpt2[] =
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|"
+    "\\s+(?!\\S)|\\s+";
+
+/* ------------------------------------------------------------------ */
+/* split regex                                                          */
+
+/* The split patterns come from HF tokenizers, which runs them with
+ * Oniguruma; there `\s` is Unicode White_Space. PCRE2's \s under UCP is
+ * "Perl space" (Z categories + \t\n\v\f\r), which lacks U+0085, so \s and
+ * \S are rewritten to the exact White_Space list. Everything else in these
+ * patterns (\p{L}, \p{M}, \p{N}, (?i:...), lookahead) means the same in
+ * both engines. */
+#define WS_BODY "\\t\\n\\x{0B}\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-" \
+                "\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
+
+static char *pattern_to_pcre2(const char *pat, struct engine_error *err,
+                              const char *what)
+{
+    size_t n = strlen(pat), cap = n * 8 + 64, o = 0;
+    char *out = malloc(cap);
+    if (!out) {
+        engine_error_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    bool in_class = false;
+    size_t class_start = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = pat[i];
+        const char *add = NULL;
+        char one[3] = { c, 0, 0 };
+        if (c == '\\' && i + 1 < n) {
+            char e = pat[++i];
+            if (e == 's')
+                add = in_class ? WS_BODY : "[" WS_BODY "]";
+            else if (e == 'S' && !in_class)
+                add = "[^" WS_BODY "]";
+            else if (e == 'S') {
+                free(out);
+                engine_error_set(err, -ENOTSUP,
+                                 "%s: split regex uses \\S inside a "
+                                 "character class, which is not supported",
+                                 what);
+                return NULL;
+            } else {
+                one[1] = e;
+            }
+        } else if (c == '[' && !in_class) {
+            in_class = true;
+            class_start = i;
+        } else if (c == ']' && in_class) {
+            /* ']' right after '[' or '[^' is a literal. */
+            size_t k = i - class_start;
+            if (!(k == 1 || (k == 2 && pat[class_start + 1] == '^')))
+                in_class = false;
+        }
+        if (!add)
+            add = one;
+        size_t al = strlen(add);
+        if (o + al + 1 > cap) {
+            free(out);
+            engine_error_set(err, -EINVAL, "%s: split regex too long", what);
+            return NULL;
+        }
+        memcpy(out + o, add, al);
+        o += al;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+int tok_split_compile(struct tokenizer *tok, const char *what,
+                      struct engine_error *err)
+{
+    if (!tok->pattern) {
+        /* ByteLevel(use_regex=false) alone: each segment is one word */
+        tok->pretok_name = "none";
+        return 0;
+    }
+    tok->pretok_name = strcmp(tok->pattern, tok_pat_qwen35) == 0 ? "qwen35"
+                     : strcmp(tok->pattern, tok_pat_qwen2) == 0  ? "qwen2"
+                     : strcmp(tok->pattern, tok_pat_gpt2) == 0   ? "gpt2"
+                                                             : "custom";
+    char *p = pattern_to_pcre2(tok->pattern, err, what);
+    if (!p)
+        return -EINVAL;
+    int ec;
+    PCRE2_SIZE eo;
+    tok->split_re = pcre2_compile((PCRE2_SPTR)p, PCRE2_ZERO_TERMINATED,
+                                  PCRE2_UTF | PCRE2_UCP, &ec, &eo, NULL);
+    free(p);
+    if (!tok->split_re) {
+        PCRE2_UCHAR msg[128];
+        pcre2_get_error_message(ec, msg, sizeof(msg));
+        return engine_error_set(err, -EINVAL,
+                                "%s: split regex does not compile at offset "
+                                "%zu: %s", what, (size_t)eo, (char *)msg);
+    }
+    /* JIT is an optimisation: without it (e.g. a W^X policy) matching
+     * still works, slower. */
+    (void)pcre2_jit_compile(tok->split_re, PCRE2_JIT_COMPLETE);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* added-token matchers                                                 */
+
+int tok_matcher_build(const struct tokenizer *tok, struct tok_matcher *m,
+                      bool normalized, struct engine_error *err)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < tok->n_added; i++)
+        if (tok->added[i].normalized == normalized)
+            n++;
+    m->n = n;
+    if (!n)
+        return 0;
+    m->cand = calloc(n, sizeof(*m->cand));
+    if (!m->cand)
+        return engine_error_set(err, -ENOMEM, "out of memory");
+    for (size_t i = 0; i < tok->n_added; i++)
+        if (tok->added[i].normalized == normalized)
+            m->first_count[(uint8_t)tok->added[i].content[0]]++;
+    uint32_t acc = 0;
+    for (int c = 0; c < 256; c++) {
+        m->first_start[c] = acc;
+        acc += m->first_count[c];
+    }
+    uint32_t fill[256] = { 0 };
+    for (size_t i = 0; i < tok->n_added; i++) {
+        const struct tok_added *a = &tok->added[i];
+        if (a->normalized != normalized)
+            continue;
+        uint8_t c = (uint8_t)a->content[0];
+        /* insertion sort by length, longest first, within the bucket; the
+         * first listed wins among equal contents */
+        size_t base = m->first_start[c], k = fill[c]++;
+        while (k > 0 && m->cand[base + k - 1]->len < a->len) {
+            m->cand[base + k] = m->cand[base + k - 1];
+            k--;
+        }
+        m->cand[base + k] = a;
+    }
+    return 0;
+}
