@@ -495,6 +495,59 @@ static void convert_cases(struct json_object *tools)
     convert_case(NULL, "get_weather", "days", "3", "\"3\"");
 }
 
+/* Conversion goldens made with CPython (testdata/chat/gen-convert.py). */
+static void convert_goldens(void)
+{
+    const char *src = getenv("RESIDENT_SOURCE_ROOT");
+    char path[4096];
+    if (!src) {
+        printf("RESIDENT_SOURCE_ROOT unset: conversion goldens not run\n");
+        return;
+    }
+    snprintf(path, sizeof(path), "%s/engine/text/testdata/chat/convert-goldens.json", src);
+    FILE *f = fopen(path, "rb");
+    struct json_out text;
+    json_out_init(&text);
+    char chunk[65536];
+    size_t n;
+    while (f && (n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+        json_out_append(&text, chunk, n);
+    if (f)
+        fclose(f);
+    struct json_object *all = NULL;
+    checks++;
+    if (!f || text.err || parse_value(text.data, text.len, PARSE_VALUE_JSON, &all, NULL) < 0) {
+        fprintf(stderr, "FAIL: cannot read %s\n", path);
+        failures++;
+        json_out_free(&text);
+        return;
+    }
+    json_out_free(&text);
+    size_t ran = 0;
+    for (size_t i = 0; i < json_object_array_length(all); i++) {
+        struct json_object *r = json_object_array_get_idx(all, i), *schema, *value, *want;
+        json_object_object_get_ex(r, "schema", &schema);
+        json_object_object_get_ex(r, "value", &value);
+        json_object_object_get_ex(r, "want", &want);
+        if (!want)
+            continue;   /* json.dumps fails there: vLLM gives up on the message */
+        struct json_object *tools = json_object_new_array(), *t = json_object_new_object();
+        struct json_object *fn = json_object_new_object(), *params = json_object_new_object();
+        struct json_object *props = json_object_new_object();
+        json_object_object_add(props, "p", json_object_get(schema));
+        json_object_object_add(params, "properties", props);
+        json_object_object_add(fn, "name", json_object_new_string("f"));
+        json_object_object_add(fn, "parameters", params);
+        json_object_object_add(t, "function", fn);
+        json_object_array_add(tools, t);
+        convert_case(tools, "f", "p", json_object_get_string(value), json_object_get_string(want));
+        json_object_put(tools);
+        ran++;
+    }
+    printf("%zu conversion goldens\n", ran);
+    json_object_put(all);
+}
+
 int main(void)
 {
     struct json_object *tools = NULL;
@@ -544,6 +597,7 @@ int main(void)
     double_repr_cases();
     value_cases();
     convert_cases(tools);
+    convert_goldens();
     json_object_put(tools);
 
     printf("%d checks, %d failures\n", checks, failures);
