@@ -116,6 +116,20 @@ int main(void)
           "detokenize gives the text back (rc %d)", r);
     free(out);
 
+    /* the same through a binary cache, written by the first run */
+    char cache_arg[PATH_MAX];
+    snprintf(cache_arg, sizeof(cache_arg), "%s", dir);
+    char *cache_argv[] = { "detokenize", "--model", model, "--cache-dir",
+                           cache_arg, NULL };
+    for (int i = 0; i < 2; i++) {
+        r = run(text_cli_detokenize, cache_argv, ids_json, strlen(ids_json),
+                &out, &out_len);
+        CHECK(r == 0 && out_len == sizeof(text) - 1 &&
+                  memcmp(out, text, out_len) == 0,
+              "detokenize with --cache-dir, run %d", i);
+        free(out);
+    }
+
     char *skip_argv[] = { "detokenize", "--model", model,
                           "--skip-special-tokens", NULL };
     r = run(text_cli_detokenize, skip_argv, ids_json, strlen(ids_json), &out,
@@ -162,7 +176,10 @@ int main(void)
     tokenizer_free(tok);
     unlink(in_path);
     unlink(out_path);
-    rmdir(dir);
+    char cmd[PATH_MAX + 32];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        perror("rm");
     printf("%d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }

@@ -16,17 +16,18 @@
 
 struct cli_opts {
     const char *model;
+    const char *cache_dir;
     bool no_added, bytes, skip_special;
 };
 
 static int usage(const char *cmd, bool detok)
 {
     if (detok)
-        fprintf(stderr, "usage: %s --model DIR [--skip-special-tokens] "
-                "< ids.json\n", cmd);
+        fprintf(stderr, "usage: %s --model DIR [--cache-dir DIR] "
+                "[--skip-special-tokens] < ids.json\n", cmd);
     else
-        fprintf(stderr, "usage: %s --model DIR [--no-added-tokens] "
-                "[--bytes] < text\n", cmd);
+        fprintf(stderr, "usage: %s --model DIR [--cache-dir DIR] "
+                "[--no-added-tokens] [--bytes] < text\n", cmd);
     return 2;
 }
 
@@ -40,6 +41,8 @@ static int parse(int argc, char **argv, bool detok, struct cli_opts *o)
             o->model = argv[++i];
         } else if (strncmp(a, "--model=", 8) == 0) {
             o->model = a + 8;
+        } else if (strcmp(a, "--cache-dir") == 0 && i + 1 < argc) {
+            o->cache_dir = argv[++i];
         } else if (!detok && strcmp(a, "--no-added-tokens") == 0) {
             o->no_added = true;
         } else if (!detok && strcmp(a, "--bytes") == 0) {
@@ -95,11 +98,13 @@ static int read_stdin(char **out, size_t *len)
     return 0;
 }
 
-static struct tokenizer *load(const char *cmd, const char *dir)
+static struct tokenizer *load(const char *cmd, const struct cli_opts *o)
 {
     struct tokenizer *tok;
     struct engine_error err = { 0 };
-    if (tokenizer_load(dir, &tok, &err) != 0) {
+    struct tokenizer_load_params lp = TOKENIZER_LOAD_PARAMS_DEFAULT;
+    lp.cache_dir = o->cache_dir;
+    if (tokenizer_load_ex(o->model, &lp, &tok, &err) != 0) {
         fprintf(stderr, "%s: %s\n", cmd, err.msg);
         return NULL;
     }
@@ -119,7 +124,7 @@ int text_cli_tokenize(int argc, char **argv)
         fprintf(stderr, "%s: reading stdin: %s\n", cmd, strerror(-r));
         return 1;
     }
-    struct tokenizer *tok = load(cmd, o.model);
+    struct tokenizer *tok = load(cmd, &o);
     if (!tok) {
         free(text);
         return 1;
@@ -197,7 +202,7 @@ int text_cli_detokenize(int argc, char **argv)
         ids[i] = (int32_t)x;
     }
     json_object_put(arr);
-    struct tokenizer *tok = load(cmd, o.model);
+    struct tokenizer *tok = load(cmd, &o);
     if (!tok) {
         free(ids);
         return 1;

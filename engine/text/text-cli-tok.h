@@ -4,6 +4,9 @@
  * (resident-engine). argv[0] is the subcommand name. Both return a process
  * exit status: 0 ok, 1 failure (message on stderr), 2 usage error.
  *
+ *   Both take --cache-dir DIR: keep a binary cache of the parsed vocabulary
+ *   there (see tokenizer_load_ex()), so repeated runs load in milliseconds.
+ *
  *   tokenize --model DIR [--no-added-tokens] [--bytes]
  *       stdin: UTF-8 text (all of it, no newline stripped)
  *       stdout: the ids as a JSON array on one line, e.g. [9419,11,1879]
