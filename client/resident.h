@@ -105,7 +105,7 @@ enum resident_finish {
     RESIDENT_FINISH_CANCELLED   = 5,
     RESIDENT_FINISH_ERROR       = 6,
     RESIDENT_FINISH_SHUTDOWN    = 7,
-    RESIDENT_FINISH_SLOW        = 8,
+    RESIDENT_FINISH_SLOW        = 8,  /* reserved; slow clients get -ECONNRESET + a message */
 };
 
 enum resident_channel {

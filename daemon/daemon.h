@@ -38,7 +38,6 @@ enum op_kind {
     OP_WORKER,      /* read of the worker's completion eventfd */
     OP_SIGNAL,      /* read of the signalfd */
     OP_TICK,        /* periodic timeout */
-    OP_CANCEL,      /* async cancel (completion ignored) */
 };
 
 /* Every SQE's user_data points at one of these. */

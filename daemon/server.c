@@ -749,8 +749,6 @@ static void dispatch(struct daemon *d, struct io_uring_cqe *cqe)
         arm_tick(d);
         on_tick(d);
         break;
-    case OP_CANCEL:
-        break;
     }
 }
 

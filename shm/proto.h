@@ -121,7 +121,7 @@ enum shm_finish {
     SHM_FINISH_CANCELLED   = 5,  /* the client cancelled */
     SHM_FINISH_ERROR       = 6,  /* rejected or failed: see error + msg */
     SHM_FINISH_SHUTDOWN    = 7,  /* the daemon is stopping */
-    SHM_FINISH_SLOW        = 8,  /* the event ring stayed full past the deadline */
+    SHM_FINISH_SLOW        = 8,  /* reserved: a slow client is disconnected with ERROR -ENOBUFS instead */
 };
 
 struct shm_evt_done {

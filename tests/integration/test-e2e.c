@@ -284,6 +284,51 @@ static void test_cancel(void)
     resident_close(r);
 }
 
+/* Chunked prefill: while a 30K-token prompt is read in 512-token chunks
+ * (59 steps), an already-decoding stream keeps getting one token per step.
+ * Events of one session are in publication order, so the number of tokens
+ * of stream A between B's QUEUED and B's first token is exact: >= 58. */
+static void test_chunked_prefill(void)
+{
+    struct resident *r = connect_or_die("e2e-prefill");
+    struct resident_request q;
+    resident_request_init(&q);
+    q.max_tokens = 4096;
+    uint64_t a, b;
+    TH_CHECK(resident_submit_text(r, &q, "stream A", 8, 1, &a) == 0);
+    struct resident_event ev;
+    int a_started = 0;
+    while (!a_started && resident_wait(r, &ev, 2000) == 1)
+        a_started = ev.id == a && ev.type == RESIDENT_EVENT_TOKENS;
+    TH_CHECK(a_started);
+    size_t len = 120000;
+    char *big = malloc(len);
+    memset(big, 'p', len);
+    q.max_tokens = 2;
+    TH_CHECK(resident_submit_text(r, &q, big, len, 1, &b) == 0);
+    free(big);
+    int b_queued = 0, b_first = 0;
+    uint32_t a_during = 0;
+    uint64_t end = th_now_ms() + 10000;
+    while (!b_first && th_now_ms() < end) {
+        if (resident_wait(r, &ev, 500) != 1)
+            continue;
+        if (ev.id == b && ev.type == RESIDENT_EVENT_QUEUED)
+            b_queued = 1;
+        else if (ev.id == b && ev.type == RESIDENT_EVENT_TOKENS)
+            b_first = 1;
+        else if (ev.id == a && ev.type == RESIDENT_EVENT_TOKENS && b_queued)
+            a_during += ev.n_tokens;
+        else if (ev.id == a && ev.type == RESIDENT_EVENT_DONE)
+            break;
+    }
+    printf("prefill: stream A got %u tokens while B's 30000-token prompt was read\n", a_during);
+    TH_CHECK(b_queued && b_first);
+    TH_CHECK(a_during >= 58);
+    resident_cancel(r, a);
+    resident_close(r);
+}
+
 static int child_client(int idx)
 {
     struct resident *r = connect_or_die("e2e-child");
@@ -417,6 +462,7 @@ int main(void)
     test_basic();
     test_many_requests();
     test_cancel();
+    test_chunked_prefill();
     test_concurrent_clients();
 
     int fds1 = th_wait_fds(D.pid, fds0, 3000);
