@@ -56,6 +56,7 @@ struct resident {
     size_t              evbuf_size;
     char                msg[512];
     int                 dead;       /* session over: deliver what is left, then -ECONNRESET */
+    int                 bye;        /* the daemon announced its shutdown */
     char                err[512];
 };
 
@@ -171,6 +172,7 @@ static int session_open(struct resident *r)
     r->sock = r->epfd = r->doorbell_fd = r->wake_fd = -1;
     r->region.fd = -1;
     r->dead = 0;
+    r->bye = 0;
     r->data_head = r->data_tail = 0;
     r->res_head = r->res_len = 0;
     r->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
@@ -483,7 +485,7 @@ static void check_socket(struct resident *r)
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
             return;
         if (n <= 0) {
-            if (!r->dead)
+            if (!r->dead && !r->bye)
                 seterr(r, -ECONNRESET, "residentd closed the session%s", n < 0 ? " (socket error)" : "");
             r->dead = 1;
             return;
@@ -496,6 +498,7 @@ static void check_socket(struct resident *r)
             seterr(r, m.u.error.code, "residentd ended the session: %s", m.u.error.msg);
             r->dead = 1;
         } else if (m.type == SHM_WIRE_BYE) {
+            r->bye = 1;
             seterr(r, -ECONNRESET, "residentd is shutting down (in-flight work ends within %u ms)", m.u.bye.grace_ms);
         }
     }

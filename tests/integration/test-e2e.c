@@ -410,6 +410,43 @@ static void test_shutdown_and_reconnect(void)
     resident_close(r);
 }
 
+/* SIGTERM with no grace: a running request ends with DONE(shutdown), which
+ * reaches a client that drains its ring late; then the session ends with a
+ * message that says the daemon shut down. */
+static void test_shutdown_cancels(void)
+{
+    struct th_daemon d2;
+    const char *const opts[] = { "shutdown_grace_ms=0", NULL };
+    TH_CHECK(th_daemon_start(&d2, opts) == 0);
+    struct resident_connect_params cp;
+    resident_connect_params_init(&cp);
+    cp.socket_path = d2.sock;
+    cp.evt_ring_bytes = 4096;
+    struct resident *r;
+    TH_CHECK(resident_connect(&cp, &r) == 0);
+    struct resident_request q;
+    resident_request_init(&q);
+    q.max_tokens = 4000;
+    uint64_t id;
+    TH_CHECK(resident_submit_text(r, &q, "cut short", 9, 1, &id) == 0);
+    usleep(100000);                 /* paused on our full ring */
+    kill(d2.pid, SIGTERM);
+    usleep(100000);
+    struct resident_event ev;
+    int ret;
+    uint32_t finish = 0, tokens = 0;
+    while ((ret = resident_wait(r, &ev, 3000)) == 1) {
+        if (ev.type == RESIDENT_EVENT_TOKENS)
+            tokens += ev.n_tokens;
+        if (ev.type == RESIDENT_EVENT_DONE && ev.id == id)
+            finish = ev.finish;
+    }
+    TH_CHECK(finish == RESIDENT_FINISH_SHUTDOWN && tokens < 4000);
+    TH_CHECK(ret == -ECONNRESET && strstr(resident_last_error(r), "shutting down"));
+    resident_close(r);
+    TH_CHECK(th_daemon_stop(&d2, 5000) == 0);   /* exited 0 after the SIGTERM above */
+}
+
 static void test_reconnect_same_path(void)
 {
     struct resident *r = connect_or_die("e2e-reconnect");
@@ -472,6 +509,7 @@ int main(void)
     TH_CHECK(rss1 - rss0 < 16384);
     TH_CHECK(th_daemon_alive(&D));
 
+    test_shutdown_cancels();
     test_shutdown_and_reconnect();
     test_reconnect_same_path();
     TH_CHECK(th_daemon_stop(&D, 10000) == 0);
