@@ -393,3 +393,71 @@ def test_curl_errors_and_unix_socket(gw):
                "http://localhost/v1/completions")
     assert out.endswith("data: [DONE]\n\n")
     assert '"finish_reason":"length"' in out
+
+
+def test_socket_activation(daemon, tmp):
+    """systemd passes the listening socket (LISTEN_FDS): served through
+    MHD_OPTION_LISTEN_SOCKET, and a passed non-loopback socket is refused."""
+    import shutil
+    import socket
+    from conftest import GATEWAY
+    activate = shutil.which("systemd-socket-activate")
+    if not activate:
+        pytest.skip("systemd-socket-activate is not installed")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    log = open(os.path.join(tmp, "activated.log"), "w+")
+    p = subprocess.Popen([activate, "-l", f"127.0.0.1:{port}", GATEWAY, "--socket", daemon.sock],
+                         stdout=log, stderr=subprocess.STDOUT)
+    try:
+        import http.client
+        deadline = time.time() + 10
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("GET", "/health")
+                r = conn.getresponse()
+                break
+            except OSError:
+                if time.time() > deadline or p.poll() is not None:
+                    log.seek(0)
+                    pytest.fail("activated gateway did not answer: " + log.read())
+                time.sleep(0.05)
+        assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+        conn.close()
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        assert c.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=3).usage.completion_tokens == 3
+    finally:
+        p.terminate()
+        p.wait(10)
+        log.close()
+    # 0.0.0.0 is not loopback: the gateway must refuse the passed socket.
+    s = socket.socket()
+    s.bind(("0.0.0.0", 0))
+    port = s.getsockname()[1]
+    s.close()
+    p = subprocess.Popen([activate, "-l", f"0.0.0.0:{port}", GATEWAY, "--socket", daemon.sock],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 10
+        while p.poll() is None and time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                pass
+            time.sleep(0.05)
+        out = p.communicate(timeout=10)[0]
+        assert p.returncode != 0 and "not on loopback" in out
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_refuses_non_loopback_listen(daemon):
+    from conftest import GATEWAY
+    r = subprocess.run([GATEWAY, "--socket", daemon.sock, "--listen", "0.0.0.0:0"], capture_output=True, text=True,
+                       timeout=10)
+    assert r.returncode != 0 and "not a loopback address" in r.stderr
