@@ -11,6 +11,7 @@
  *    Aho-Corasick result for the few dozen tokens a model has.
  */
 #include "engine/text/tokenizer-internal.h"
+#include "engine/text/unicode-props.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -32,46 +33,104 @@ const char tok_pat_gpt2[] =
 /* split regex                                                          */
 
 /* The split patterns come from HF tokenizers, which runs them with
- * Oniguruma; there `\s` is Unicode White_Space. PCRE2's \s under UCP is
- * "Perl space" (Z categories + \t\n\v\f\r), which lacks U+0085, so \s and
- * \S are rewritten to the exact White_Space list. Everything else in these
- * patterns (\p{L}, \p{M}, \p{N}, (?i:...), lookahead) means the same in
- * both engines. */
+ * Oniguruma on Unicode 16.0 tables. Two rewrites make PCRE2 10.42 (Unicode
+ * 14.0) match the same code points:
+ *  - \s / \S become the exact Unicode White_Space list: PCRE2's \s under
+ *    UCP is "Perl space" (Z categories + \t\n\v\f\r), which lacks U+0085;
+ *  - \p{L}, \p{M}, \p{N} get the code points Unicode 15 and 16 added to
+ *    those categories (unicode-props.c; none left them, so a union is exact).
+ * Everything else in these patterns ((?i:...), lookahead, classes) means the
+ * same in both engines. */
 #define WS_BODY "\\t\\n\\x{0B}\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-" \
                 "\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
+
+struct pbuf {
+    char  *p;
+    size_t n, cap;
+    bool   oom;
+};
+
+static void pb_add(struct pbuf *b, const char *s, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->n + n + 1)
+            cap *= 2;
+        char *q = realloc(b->p, cap);
+        if (!q) {
+            b->oom = true;
+            return;
+        }
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = '\0';
+}
+
+static void pb_str(struct pbuf *b, const char *s)
+{
+    pb_add(b, s, strlen(s));
+}
 
 static char *pattern_to_pcre2(const char *pat, struct engine_error *err,
                               const char *what)
 {
-    size_t n = strlen(pat), cap = n * 8 + 64, o = 0;
-    char *out = malloc(cap);
-    if (!out) {
-        engine_error_set(err, -ENOMEM, "out of memory");
-        return NULL;
-    }
+    size_t n = strlen(pat);
+    struct pbuf out = { 0 };
     bool in_class = false;
     size_t class_start = 0;
     for (size_t i = 0; i < n; i++) {
         char c = pat[i];
-        const char *add = NULL;
-        char one[3] = { c, 0, 0 };
         if (c == '\\' && i + 1 < n) {
-            char e = pat[++i];
-            if (e == 's')
-                add = in_class ? WS_BODY : "[" WS_BODY "]";
-            else if (e == 'S' && !in_class)
-                add = "[^" WS_BODY "]";
-            else if (e == 'S') {
-                free(out);
+            char e = pat[i + 1];
+            const char *extra = NULL;
+            if ((e == 'p' || e == 'P') && i + 4 < n && pat[i + 2] == '{' &&
+                pat[i + 4] == '}') {
+                extra = pat[i + 3] == 'L' ? unicode16_extra_L
+                      : pat[i + 3] == 'M' ? unicode16_extra_M
+                      : pat[i + 3] == 'N' ? unicode16_extra_N : NULL;
+            }
+            if (extra && e == 'P' && in_class) {
+                free(out.p);
+                engine_error_set(err, -ENOTSUP,
+                                 "%s: split regex uses \\P{%c} inside a "
+                                 "character class, which is not supported",
+                                 what, pat[i + 3]);
+                return NULL;
+            }
+            if (extra) {
+                char prop[8] = { '\\', 'p', '{', pat[i + 3], '}', 0 };
+                if (!in_class)
+                    pb_str(&out, e == 'P' ? "[^" : "[");
+                pb_str(&out, prop);
+                pb_str(&out, extra);
+                if (!in_class)
+                    pb_str(&out, "]");
+                i += 4;
+                continue;
+            }
+            if (e == 's') {
+                pb_str(&out, in_class ? WS_BODY : "[" WS_BODY "]");
+            } else if (e == 'S' && !in_class) {
+                pb_str(&out, "[^" WS_BODY "]");
+            } else if (e == 'S') {
+                free(out.p);
                 engine_error_set(err, -ENOTSUP,
                                  "%s: split regex uses \\S inside a "
                                  "character class, which is not supported",
                                  what);
                 return NULL;
             } else {
-                one[1] = e;
+                pb_add(&out, pat + i, 2);
             }
-        } else if (c == '[' && !in_class) {
+            i++;
+            continue;
+        }
+        if (c == '[' && !in_class) {
             in_class = true;
             class_start = i;
         } else if (c == ']' && in_class) {
@@ -80,19 +139,15 @@ static char *pattern_to_pcre2(const char *pat, struct engine_error *err,
             if (!(k == 1 || (k == 2 && pat[class_start + 1] == '^')))
                 in_class = false;
         }
-        if (!add)
-            add = one;
-        size_t al = strlen(add);
-        if (o + al + 1 > cap) {
-            free(out);
-            engine_error_set(err, -EINVAL, "%s: split regex too long", what);
-            return NULL;
-        }
-        memcpy(out + o, add, al);
-        o += al;
+        pb_add(&out, &c, 1);
     }
-    out[o] = '\0';
-    return out;
+    if (out.oom || !out.p) {
+        free(out.p);
+        engine_error_set(err, -ENOMEM, "%s: out of memory for the split "
+                         "regex", what);
+        return NULL;
+    }
+    return out.p;
 }
 
 int tok_split_compile(struct tokenizer *tok, const char *what,

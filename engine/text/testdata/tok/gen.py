@@ -42,6 +42,9 @@ FIXED = [
     "$$ \\frac{a}{b} $$", "    indented\n        more\n", "ſ 'ſ 'Ｓ",
     "\U0001F600\U0001F3FD\uFE0F\u200D", "\u0300\u0301 leading marks", "4\u0301 digit mark",
     "it'\u017ft", "'\u017ft", "x'\u017f y", "I'LL WE'VE", "a \u0085b", "\u212a'\u212a",
+    # letters / marks / digits added in Unicode 15 and 16 (HF uses 16.0)
+    "a\u1c89b \U00013460x'S\U00013a0a's", "\U00031350\U0002ebf0 CJK H/I", "a\U00011f00b",
+    "x\U0001ccf0y \U00016130", "\U0001e4d0\U0001e4ec \U00011f04", "\u0897a \U00010d4a1",
 ]
 
 
