@@ -114,6 +114,8 @@ class Gateway:
         return out
 
     def stop(self):
+        """SIGTERM; a clean exit is part of the test (sanitizer builds
+        report leaks and errors through the exit status)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -121,8 +123,13 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+                raise RuntimeError("resident-openai did not stop within 10 s of SIGTERM")
         self.proc.stdout.close()
+        self.errlog.seek(0)
+        log = self.errlog.read()
         self.errlog.close()
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"resident-openai exited with {self.proc.returncode}:\n{log}")
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
