@@ -70,14 +70,16 @@ int main(void)
         fprintf(stderr, "RESIDENT_SOURCE_ROOT is not set; run through meson test\n");
         return 77;
     }
-    snprintf(model, sizeof(model), "%s/../shared/models/qwen3.6-tokenizer", src);
-    if (access(model, R_OK) != 0) {
-        fprintf(stderr, "%s is absent; skipping\n", model);
-        return 77;
-    }
     if (!mkdtemp(tmpdir)) {
         perror("mkdtemp");
         return 1;
+    }
+    /* The model directory only supplies the template for the identity
+     * check (a warning); without ../shared an empty directory will do. */
+    snprintf(model, sizeof(model), "%s/../shared/models/qwen3.6-tokenizer", src);
+    if (access(model, R_OK) != 0) {
+        printf("%s is absent; using an empty model directory\n", model);
+        snprintf(model, sizeof(model), "%s", tmpdir);
     }
     char *out = NULL;
     int rc;
@@ -126,6 +128,11 @@ int main(void)
     expect("parse deltas", rc, 0, out,
            "{\"reasoning\": \"abcdefg\"}\n{\"reasoning\": \"hij\"}\n{\"content\": \"ok\"}\n"
            "{\"reasoning\": \"abcdefghij\", \"content\": \"ok\", \"tool_calls\": [], \"finish_reason\": \"stop\"}\n");
+    free(out);
+
+    char *no_model[] = { "parse", "--model", "/nonexistent/model", NULL };
+    rc = run(text_cli_parse, no_model, "x", &out);
+    expect("parse missing model dir", rc, 1, out, "");
     free(out);
 
     char *bad_parse[] = { "parse", "--model", model, "--thinking", "maybe", NULL };

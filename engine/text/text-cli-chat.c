@@ -119,6 +119,10 @@ int text_cli_render(int argc, char **argv)
     }
     if (!model)
         return usage(cmd, "--model DIR is required");
+    if (access(model, R_OK | X_OK) != 0) {
+        fprintf(stderr, "%s: --model %s: %s\n", cmd, model, strerror(errno));
+        return 1;
+    }
     check_model_template(cmd, model);
 
     char *req = NULL, *out = NULL;
@@ -237,6 +241,10 @@ int text_cli_parse(int argc, char **argv)
     }
     if (!model)
         return usage(cmd, "--model DIR is required");
+    if (access(model, R_OK | X_OK) != 0) {
+        fprintf(stderr, "%s: --model %s: %s\n", cmd, model, strerror(errno));
+        return 1;
+    }
 
     struct json_object *tools = NULL;
     if (tools_path && load_tools(cmd, tools_path, &tools) != 0)
