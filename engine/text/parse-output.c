@@ -976,3 +976,40 @@ struct json_object *chat_parse_result_to_json(const struct chat_parse_result *r)
     json_object_object_add(o, "finish_reason", json_object_new_string(r->n_tool_calls ? "tool_calls" : "stop"));
     return o;
 }
+
+struct json_object *chat_delta_to_json(const struct chat_delta *d)
+{
+    struct json_object *o = json_object_new_object();
+    struct json_object *text = json_object_new_string_len(d->text ? d->text : "", (int)d->len);
+    if (!o || !text)
+        goto fail;
+    if (d->type == CHAT_DELTA_REASONING || d->type == CHAT_DELTA_CONTENT) {
+        json_object_object_add(o, d->type == CHAT_DELTA_REASONING ? "reasoning" : "content", text);
+        return o;
+    }
+    struct json_object *calls = json_object_new_array(), *tc = json_object_new_object();
+    struct json_object *fn = json_object_new_object();
+    if (!calls || !tc || !fn) {
+        json_object_put(calls);
+        json_object_put(tc);
+        json_object_put(fn);
+        goto fail;
+    }
+    json_object_object_add(tc, "index", json_object_new_int64((int64_t)d->tool_index));
+    if (d->type == CHAT_DELTA_TOOL_NAME) {
+        json_object_object_add(tc, "id", json_object_new_string(d->tool_id ? d->tool_id : ""));
+        json_object_object_add(tc, "type", json_object_new_string("function"));
+        json_object_object_add(fn, "name", text);
+        json_object_object_add(fn, "arguments", json_object_new_string(""));
+    } else {
+        json_object_object_add(fn, "arguments", text);
+    }
+    json_object_object_add(tc, "function", fn);
+    json_object_array_add(calls, tc);
+    json_object_object_add(o, "tool_calls", calls);
+    return o;
+fail:
+    json_object_put(o);
+    json_object_put(text);
+    return NULL;
+}

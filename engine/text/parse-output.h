@@ -108,6 +108,12 @@ void chat_parse_result_free(struct chat_parse_result *r);
  * "tool_calls"|"stop"} as a new json-c object (NULL on ENOMEM). */
 struct json_object *chat_parse_result_to_json(const struct chat_parse_result *r);
 
+/* One delta as the OpenAI streaming `delta` object: {"reasoning": …},
+ * {"content": …}, {"tool_calls": [{"index", "id", "type": "function",
+ * "function": {"name", "arguments": ""}}]} or {"tool_calls": [{"index",
+ * "function": {"arguments": fragment}}]}. New json-c object; NULL on ENOMEM. */
+struct json_object *chat_delta_to_json(const struct chat_delta *d);
+
 /*
  * Argument conversion (qwen3_coder _convert_param_value): append the JSON
  * text of the raw parameter value `value` converted according to the

@@ -594,6 +594,33 @@ int main(void)
         chat_parse_result_free(&r);
     }
 
+    /* Streaming deltas in OpenAI shape. */
+    {
+        static const struct chat_delta ds[] = {
+            { CHAT_DELTA_REASONING, "r\n", 2, 0, NULL },
+            { CHAT_DELTA_CONTENT, "hi", 2, 0, NULL },
+            { CHAT_DELTA_TOOL_NAME, "get_weather", 11, 1, "call_000000000000000000000001" },
+            { CHAT_DELTA_TOOL_ARGS, "\"city\": \"A\"", 11, 1, NULL },
+        };
+        static const char *const want[] = {
+            "{\"reasoning\": \"r\\n\"}",
+            "{\"content\": \"hi\"}",
+            "{\"tool_calls\": [{\"index\": 1, \"id\": \"call_000000000000000000000001\", \"type\": \"function\", "
+            "\"function\": {\"name\": \"get_weather\", \"arguments\": \"\"}}]}",
+            "{\"tool_calls\": [{\"index\": 1, \"function\": {\"arguments\": \"\\\"city\\\": \\\"A\\\"\"}}]}",
+        };
+        for (size_t i = 0; i < 4; i++) {
+            struct json_object *j = chat_delta_to_json(&ds[i]);
+            struct json_out o;
+            json_out_init(&o);
+            json_out_value(&o, j);
+            char *txt = json_out_take(&o, NULL);
+            expect_str("delta json", txt, want[i]);
+            free(txt);
+            json_object_put(j);
+        }
+    }
+
     double_repr_cases();
     value_cases();
     convert_cases(tools);
