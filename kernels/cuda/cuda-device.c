@@ -34,6 +34,8 @@
     X(memcpy_htod, cuMemcpyHtoD)                          \
     X(memcpy_dtoh, cuMemcpyDtoH)                          \
     X(memset_d32, cuMemsetD32)                            \
+    X(memset_d8, cuMemsetD8)                              \
+    X(memcpy_dtod, cuMemcpyDtoD)                          \
     X(launch_kernel, cuLaunchKernel)                      \
     X(event_create, cuEventCreate)                        \
     X(event_destroy, cuEventDestroy)                      \
@@ -267,6 +269,16 @@ int gpu_cuda_mem_download(struct gpu_cuda *d, void *dst, gpu_cuda_ptr src, size_
 int gpu_cuda_mem_fill32(struct gpu_cuda *d, gpu_cuda_ptr dst, uint32_t value, size_t count)
 {
     return cuda_check(d, d->api.memset_d32((CUdeviceptr)dst, value, count), "cuMemsetD32");
+}
+
+int gpu_cuda_mem_zero(struct gpu_cuda *d, gpu_cuda_ptr dst, size_t bytes)
+{
+    return cuda_check(d, d->api.memset_d8((CUdeviceptr)dst, 0, bytes), "cuMemsetD8");
+}
+
+int gpu_cuda_mem_copy(struct gpu_cuda *d, gpu_cuda_ptr dst, gpu_cuda_ptr src, size_t bytes)
+{
+    return cuda_check(d, d->api.memcpy_dtod((CUdeviceptr)dst, (CUdeviceptr)src, bytes), "cuMemcpyDtoD");
 }
 
 int gpu_cuda_launch(struct gpu_cuda *d, gpu_cuda_function f, unsigned gx, unsigned gy,

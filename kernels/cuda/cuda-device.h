@@ -48,6 +48,8 @@ void gpu_cuda_mem_free(struct gpu_cuda *d, gpu_cuda_ptr p);
 int gpu_cuda_mem_upload(struct gpu_cuda *d, gpu_cuda_ptr dst, const void *src, size_t bytes);
 int gpu_cuda_mem_download(struct gpu_cuda *d, void *dst, gpu_cuda_ptr src, size_t bytes);
 int gpu_cuda_mem_fill32(struct gpu_cuda *d, gpu_cuda_ptr dst, uint32_t value, size_t count);
+int gpu_cuda_mem_zero(struct gpu_cuda *d, gpu_cuda_ptr dst, size_t bytes);
+int gpu_cuda_mem_copy(struct gpu_cuda *d, gpu_cuda_ptr dst, gpu_cuda_ptr src, size_t bytes);
 
 /* Launch on the context's default stream; args as for cuLaunchKernel. */
 int gpu_cuda_launch(struct gpu_cuda *d, gpu_cuda_function f, unsigned gx, unsigned gy,

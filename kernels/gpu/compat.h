@@ -242,6 +242,20 @@ static __device__ __forceinline__ float gpu_bf16_to_f32(unsigned short h)
     return gpu_as_float((unsigned int)h << 16);
 }
 
+/* IEEE half -> float by bits (no vendor half type needed). */
+static __device__ __forceinline__ float gpu_f16_to_f32(unsigned short h)
+{
+    const unsigned int sign = (unsigned int)(h >> 15) << 31;
+    const unsigned int e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0) {                          /* zero / subnormal: m * 2^-24 */
+        const float f = (float)m * 5.9604644775390625e-08f;
+        return sign ? -f : f;
+    }
+    if (e == 31)
+        return gpu_as_float(sign | 0x7f800000u | (m << 13));
+    return gpu_as_float(sign | ((e + 112u) << 23) | (m << 13));
+}
+
 static __device__ __forceinline__ float gpu_warp_sum(float v)
 {
 #pragma unroll

@@ -200,6 +200,17 @@ int gpu_hip_mem_fill32(struct gpu_hip *d, gpu_hip_ptr dst, uint32_t value, size_
     return hip_check(d, hipMemsetD32((hipDeviceptr_t)(uintptr_t)dst, (int)value, count), "hipMemsetD32");
 }
 
+int gpu_hip_mem_zero(struct gpu_hip *d, gpu_hip_ptr dst, size_t bytes)
+{
+    return hip_check(d, hipMemsetD8((hipDeviceptr_t)(uintptr_t)dst, 0, bytes), "hipMemsetD8");
+}
+
+int gpu_hip_mem_copy(struct gpu_hip *d, gpu_hip_ptr dst, gpu_hip_ptr src, size_t bytes)
+{
+    return hip_check(d, hipMemcpyDtoD((hipDeviceptr_t)(uintptr_t)dst, (hipDeviceptr_t)(uintptr_t)src, bytes),
+                     "hipMemcpyDtoD");
+}
+
 int gpu_hip_launch(struct gpu_hip *d, gpu_hip_function f, unsigned gx, unsigned gy,
                    unsigned gz, unsigned block, unsigned smem, void **args)
 {

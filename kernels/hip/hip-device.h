@@ -47,6 +47,8 @@ void gpu_hip_mem_free(struct gpu_hip *d, gpu_hip_ptr p);
 int gpu_hip_mem_upload(struct gpu_hip *d, gpu_hip_ptr dst, const void *src, size_t bytes);
 int gpu_hip_mem_download(struct gpu_hip *d, void *dst, gpu_hip_ptr src, size_t bytes);
 int gpu_hip_mem_fill32(struct gpu_hip *d, gpu_hip_ptr dst, uint32_t value, size_t count);
+int gpu_hip_mem_zero(struct gpu_hip *d, gpu_hip_ptr dst, size_t bytes);
+int gpu_hip_mem_copy(struct gpu_hip *d, gpu_hip_ptr dst, gpu_hip_ptr src, size_t bytes);
 
 /* Launch on the context's default stream; args as for hipModuleLaunchKernel. */
 int gpu_hip_launch(struct gpu_hip *d, gpu_hip_function f, unsigned gx, unsigned gy,
