@@ -124,10 +124,15 @@ int main(void)
     free(out);
 
     char *delta_argv[] = { "parse", "--model", model, "--deltas", "--fixed-ids", NULL };
-    rc = run(text_cli_parse, delta_argv, "abcdefghij</think>ok", &out);
+    rc = run(text_cli_parse, delta_argv, "abcdefghij</think>ok<tool_call>\n<function=f>\n</function>", &out);
     expect("parse deltas", rc, 0, out,
            "{\"reasoning\": \"abcdefg\"}\n{\"reasoning\": \"hij\"}\n{\"content\": \"ok\"}\n"
-           "{\"reasoning\": \"abcdefghij\", \"content\": \"ok\", \"tool_calls\": [], \"finish_reason\": \"stop\"}\n");
+           "{\"tool_calls\": [{\"index\": 0, \"id\": \"call_000000000000000000000000\", \"type\": \"function\", "
+           "\"function\": {\"name\": \"f\", \"arguments\": \"\"}}]}\n"
+           "{\"tool_calls\": [{\"index\": 0, \"function\": {\"arguments\": \"{\"}}]}\n"
+           "{\"tool_calls\": [{\"index\": 0, \"function\": {\"arguments\": \"}\"}}]}\n"
+           "{\"reasoning\": \"abcdefghij\", \"content\": \"ok\", \"tool_calls\": [{\"id\": \"call_000000000000000000000000\", "
+           "\"type\": \"function\", \"function\": {\"name\": \"f\", \"arguments\": \"{}\"}}], \"finish_reason\": \"tool_calls\"}\n");
     free(out);
 
     char *no_model[] = { "parse", "--model", "/nonexistent/model", NULL };

@@ -154,27 +154,19 @@ static void fixed_id(void *user, size_t index, char hex[24])
 
 static int print_delta(void *user, const struct chat_delta *d)
 {
-    static const char *const names[] = { "reasoning", "content", "tool_name", "tool_arguments" };
     struct json_out o;
     (void)user;
+    struct json_object *j = chat_delta_to_json(d);
+    if (!j)
+        return -ENOMEM;
     json_out_init(&o);
-    json_out_puts(&o, "{\"");
-    json_out_puts(&o, names[d->type]);
-    json_out_puts(&o, "\": ");
-    json_out_string(&o, d->text, d->len);
-    if (d->type == CHAT_DELTA_TOOL_NAME || d->type == CHAT_DELTA_TOOL_ARGS) {
-        char buf[64];
-        snprintf(buf, sizeof(buf), ", \"index\": %zu", d->tool_index);
-        json_out_puts(&o, buf);
-    }
-    if (d->tool_id) {
-        json_out_puts(&o, ", \"id\": ");
-        json_out_string(&o, d->tool_id, strlen(d->tool_id));
-    }
-    json_out_puts(&o, "}\n");
+    json_out_value(&o, j);
+    json_out_putc(&o, '\n');
+    json_object_put(j);
     if (o.err) {
+        int rc = o.err;
         json_out_free(&o);
-        return o.err;
+        return rc;
     }
     fwrite(o.data, 1, o.len, stdout);
     json_out_free(&o);

@@ -23,8 +23,9 @@
  *       --tools FILE: JSON list of tools (or a request object holding
  *       "tools") whose schemas type the arguments
  *       --thinking off: the prompt disabled thinking (all output is content)
- *       --deltas: instead, print one JSON line per streaming delta
- *       (stdin fed in 7-byte pieces) followed by the summary line
+ *       --deltas: first print one JSON line per streaming delta in OpenAI
+ *       `delta` shape (chat_delta_to_json; stdin fed in 7-byte pieces),
+ *       then the summary line
  *       --fixed-ids: tool call ids call_000…0, call_000…1, … (for tests)
  */
 #ifndef RESIDENT_ENGINE_TEXT_TEXT_CLI_CHAT_H
