@@ -48,6 +48,7 @@
 #include <unistd.h>
 
 #include "daemon/daemon.h"
+#include "daemon/textstream.h"
 #include "shm/proto.h"
 
 enum seq_state {
@@ -68,13 +69,8 @@ struct seq {
     uint32_t        cancel_finish;      /* finish reason to apply when back from the batch */
     uint32_t        stop_ids[SHM_STOP_IDS_MAX];
     uint32_t        n_stop_ids;
-    uint8_t        *stops;              /* blob: u16 len + bytes, n_stops entries */
-    uint32_t        n_stops, stops_len, stop_max;
-    /* text state */
-    uint8_t         u8part[4];
-    uint32_t        u8need, u8have;
-    uint8_t        *hold;
-    uint32_t        hold_len, hold_cap;
+    uint8_t        *stops;              /* blob: u16 len + bytes (owned) */
+    struct text_stream text;            /* UTF-8 repair + stop-string hold-back */
     /* pending output */
     uint32_t       *p_ids, *p_lens;
     uint32_t        n_pend, cap_pend;
@@ -127,8 +123,8 @@ static void seq_free(struct seq *q)
         s->n_inflight--;
     if (s->acct && s->acct->inflight)
         s->acct->inflight--;
+    text_stream_free(&q->text);
     free(q->stops);
-    free(q->hold);
     free(q->p_ids);
     free(q->p_lens);
     free(q->p_text);
@@ -192,85 +188,7 @@ static void seq_finish(struct seq *q, uint32_t finish, int error, const char *fm
     q->done_pending = 1;
 }
 
-/* ---- text: UTF-8 repair and stop strings ---- */
-
-static const uint8_t replacement[3] = { 0xef, 0xbf, 0xbd };
-
-static int hold_put(struct seq *q, const uint8_t *b, uint32_t n)
-{
-    if (grow((void **)&q->hold, &q->hold_cap, q->hold_len + n, 1) < 0)
-        return -ENOMEM;
-    memcpy(q->hold + q->hold_len, b, n);
-    q->hold_len += n;
-    return 0;
-}
-
-static uint32_t utf8_len(uint8_t c)
-{
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf)
-        return 2;
-    if (c >= 0xe0 && c <= 0xef)
-        return 3;
-    if (c >= 0xf0 && c <= 0xf4)
-        return 4;
-    return 0;
-}
-
-/* Is `c` a valid byte at position `k` (>= 1) of a sequence starting with `lead`? */
-static int utf8_cont_ok(uint8_t lead, uint32_t k, uint8_t c)
-{
-    if (c < 0x80 || c > 0xbf)
-        return 0;
-    if (k == 1) {
-        if (lead == 0xe0 && c < 0xa0)
-            return 0;
-        if (lead == 0xed && c > 0x9f)
-            return 0;
-        if (lead == 0xf0 && c < 0x90)
-            return 0;
-        if (lead == 0xf4 && c > 0x8f)
-            return 0;
-    }
-    return 1;
-}
-
-/* Feed raw generator bytes; complete code points go to the hold buffer. */
-static int utf8_feed(struct seq *q, const uint8_t *b, uint32_t n)
-{
-    for (uint32_t i = 0; i < n; i++) {
-        uint8_t c = b[i];
-        if (q->u8need) {
-            if (utf8_cont_ok(q->u8part[0], q->u8have, c)) {
-                q->u8part[q->u8have++] = c;
-                if (q->u8have == q->u8need) {
-                    if (hold_put(q, q->u8part, q->u8need) < 0)
-                        return -ENOMEM;
-                    q->u8need = q->u8have = 0;
-                }
-                continue;
-            }
-            /* Broken sequence: one U+FFFD, then look at c afresh. */
-            if (hold_put(q, replacement, 3) < 0)
-                return -ENOMEM;
-            q->u8need = q->u8have = 0;
-        }
-        uint32_t l = utf8_len(c);
-        if (l == 1) {
-            if (hold_put(q, &c, 1) < 0)
-                return -ENOMEM;
-        } else if (l == 0) {
-            if (hold_put(q, replacement, 3) < 0)
-                return -ENOMEM;
-        } else {
-            q->u8part[0] = c;
-            q->u8need = l;
-            q->u8have = 1;
-        }
-    }
-    return 0;
-}
+/* ---- text ---- */
 
 /* Add one token to the pending output with `text` bytes released for it. */
 static int pend_token(struct seq *q, uint32_t id, const uint8_t *text, uint32_t n)
@@ -293,57 +211,17 @@ static int pend_token(struct seq *q, uint32_t id, const uint8_t *text, uint32_t 
     return 0;
 }
 
-/* Search the hold buffer for a stop string. Returns the match offset or -1;
- * *keep is set to how many trailing bytes must stay held because they are a
- * proper prefix of some stop string. */
-static long stop_scan(const struct seq *q, uint32_t *keep)
-{
-    long best = -1;
-    *keep = 0;
-    uint32_t pos = 0;
-    for (uint32_t k = 0; k < q->n_stops; k++) {
-        uint16_t l;
-        memcpy(&l, q->stops + pos, 2);
-        const uint8_t *st = q->stops + pos + 2;
-        pos += 2u + l;
-        if (l <= q->hold_len) {
-            const uint8_t *hit = memmem(q->hold, q->hold_len, st, l);
-            if (hit && (best < 0 || hit - q->hold < best))
-                best = hit - q->hold;
-        }
-        uint32_t maxp = (uint32_t)l - 1 < q->hold_len ? (uint32_t)l - 1 : q->hold_len;
-        for (uint32_t p = maxp; p > *keep; p--)
-            if (memcmp(q->hold + q->hold_len - p, st, p) == 0) {
-                *keep = p;
-                break;
-            }
-    }
-    return best;
-}
-
-/* Release held text that can no longer be part of a stop string. Returns 1
- * when a stop string matched (text before it released, rest dropped). */
+/* Release held text that can no longer be part of a stop string as the
+ * text of token `id`. Returns 1 when a stop string matched (text before it
+ * released, the rest dropped), 0, or -ENOMEM. */
 static int text_release(struct seq *q, uint32_t id, int final)
 {
-    uint32_t keep = 0;
-    long hit = q->n_stops ? stop_scan(q, &keep) : -1;
     uint32_t out;
-    if (hit >= 0)
-        out = (uint32_t)hit;
-    else if (final)
-        out = q->hold_len;
-    else
-        out = q->hold_len - keep;
-    if (pend_token(q, id, q->hold, out) < 0)
+    int hit = text_stream_ready(&q->text, final, &out);
+    if (pend_token(q, id, text_stream_data(&q->text), out) < 0)
         return -ENOMEM;
-    if (hit >= 0) {
-        q->hold_len = 0;
-        return 1;
-    }
-    if (q->hold_len > out)
-        memmove(q->hold, q->hold + out, q->hold_len - out);
-    q->hold_len -= out;
-    return 0;
+    text_stream_consume(&q->text, hit ? text_stream_len(&q->text) : out);
+    return hit;
 }
 
 /* ---- event emission ---- */
@@ -474,6 +352,7 @@ static struct seq *seq_alloc(struct session *s, uint64_t req_id)
         return NULL;
     q->s = s;
     q->req_id = req_id;
+    text_stream_init(&q->text, NULL, 0);
     q->t_submit = daemon_now_us();
     q->state = SEQ_RUN;
     q->snext = s->seqs;
@@ -605,8 +484,7 @@ static void handle_submit(struct session *s, const uint8_t *body, size_t len)
             return;
         }
         memcpy(q->stops, v.stop_strs, f->stop_strs_len);
-        q->n_stops = f->n_stop_strs;
-        q->stops_len = f->stop_strs_len;
+        text_stream_init(&q->text, q->stops, f->n_stop_strs);
     }
     run_link(d, q);
 }
@@ -787,7 +665,7 @@ static int is_stop_id(const struct seq *q, uint32_t id)
 static void seq_token(struct seq *q, const struct gen_item *it)
 {
     q->generated++;
-    if (utf8_feed(q, it->piece, it->piece_len < GEN_PIECE_MAX ? it->piece_len : GEN_PIECE_MAX) < 0) {
+    if (text_stream_feed(&q->text, it->piece, it->piece_len < GEN_PIECE_MAX ? it->piece_len : GEN_PIECE_MAX) < 0) {
         seq_finish(q, SHM_FINISH_ERROR, -ENOMEM, "out of memory for output text");
         return;
     }
@@ -798,11 +676,10 @@ static void seq_token(struct seq *q, const struct gen_item *it)
         finish = SHM_FINISH_STOP_ID;
     else if (q->generated >= q->max_tokens)
         finish = SHM_FINISH_LENGTH;
-    if (finish && q->u8need) {
-        /* The stream ends inside a code point: repair it now. */
-        if (hold_put(q, replacement, 3) < 0)
-            finish = SHM_FINISH_ERROR;
-        q->u8need = q->u8have = 0;
+    /* A stream that ends inside a code point gets it repaired now. */
+    if (finish && text_stream_end(&q->text) < 0) {
+        seq_finish(q, SHM_FINISH_ERROR, -ENOMEM, "out of memory for output text");
+        return;
     }
     int r = text_release(q, it->token, finish != 0);
     if (r < 0)
