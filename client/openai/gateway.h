@@ -93,7 +93,8 @@ int oai_job_start(struct oai_job *j);           /* spawns the runner; takes a re
 void oai_job_unref(struct oai_job *j);
 void oai_job_wake(struct oai_job *j);           /* call with j->lock held */
 int oai_gateway_probe(struct oai_gateway *gw, char *why, size_t whylen);
-void oai_gateway_shutdown(struct oai_gateway *gw, int timeout_ms);
+/* Cancel everything; -EBUSY when runners are still busy after timeout_ms. */
+int oai_gateway_shutdown(struct oai_gateway *gw, int timeout_ms);
 
 /* http.c */
 struct MHD_Daemon;

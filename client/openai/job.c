@@ -343,6 +343,22 @@ static void *runner_main(void *arg)
         oai_metrics_running(+1);
         healthy = runner_loop(j, r, id);
         oai_metrics_running(-1);
+        /* The loop gave up without a DONE (the cancel could not be sent or
+         * was not answered in time): end the response anyway, so no
+         * connection stays suspended. */
+        pthread_mutex_lock(&j->lock);
+        if (!j->done) {
+            snprintf(j->fin_msg, sizeof(j->fin_msg), "residentd did not end the cancelled request in time");
+            j->fin = (struct oai_finish){ .finish = RESIDENT_FINISH_ERROR, .error = -ETIMEDOUT, .message = j->fin_msg };
+            if (j->req.stream)
+                oai_stream_finish(&j->st, &j->fin);
+            j->done = true;
+            oai_job_wake(j);
+            pthread_mutex_unlock(&j->lock);
+            oai_metrics_finished(OAI_OUT_ERROR);
+        } else {
+            pthread_mutex_unlock(&j->lock);
+        }
     }
     session_put(gw, r, healthy);
     atomic_fetch_sub(&gw->active, 1);
@@ -383,7 +399,7 @@ int oai_job_start(struct oai_job *j)
     return 0;
 }
 
-void oai_gateway_shutdown(struct oai_gateway *gw, int timeout_ms)
+int oai_gateway_shutdown(struct oai_gateway *gw, int timeout_ms)
 {
     atomic_store(&gw->stopping, true);
     /* Runners see `stopping` within one tick, cancel in residentd and wake
@@ -399,4 +415,5 @@ void oai_gateway_shutdown(struct oai_gateway *gw, int timeout_ms)
         oai_metrics_sessions(-1);
     }
     pthread_mutex_unlock(&gw->lock);
+    return atomic_load(&gw->active) ? -EBUSY : 0;
 }

@@ -388,7 +388,13 @@ int main(int argc, char **argv)
     fprintf(stderr, "resident-openai: %s, stopping\n", strsignal(sig));
     for (int i = 0; i < n; i++)
         oai_http_quiesce(&ls[i]);
-    oai_gateway_shutdown(&gw, 3000);
+    /* Longer than a runner's cancel grace (job.c), so every runner ends and
+     * resumes its connection: libmicrohttpd must not be stopped with
+     * suspended connections. */
+    if (oai_gateway_shutdown(&gw, 7000) < 0) {
+        fprintf(stderr, "resident-openai: generations still running after 7 s; exiting without draining\n");
+        return 1;
+    }
     for (int i = 0; i < n; i++) {
         oai_http_stop(&ls[i]);
         close(fds[i]);

@@ -461,3 +461,25 @@ def test_refuses_non_loopback_listen(daemon):
     r = subprocess.run([GATEWAY, "--socket", daemon.sock, "--listen", "0.0.0.0:0"], capture_output=True, text=True,
                        timeout=10)
     assert r.returncode != 0 and "not a loopback address" in r.stderr
+
+
+def test_gateway_sigterm_with_open_stream(make_gateway):
+    """SIGTERM while a client streams: the generation is cancelled in
+    residentd, the stream ends with an error event and [DONE], and the
+    gateway exits 0 (the fixture checks the status)."""
+    import http.client
+    g = make_gateway(name="term")
+    conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=30)
+    conn.request("POST", "/v1/chat/completions", json.dumps(
+        {"model": MODEL, "messages": MSGS, "stream": True, "max_tokens": MAX_NEW_TOKENS}))
+    r = conn.getresponse()
+    assert r.status == 200 and r.read1(4096).startswith(b"data: ")
+    t0 = time.time()
+    g.proc.send_signal(15)
+    rest = r.read().decode()
+    conn.close()
+    assert rest.endswith("data: [DONE]\n\n")
+    assert '"error"' in rest.rsplit("\n\n", 3)[-3]
+    g.proc.wait(15)
+    assert g.proc.returncode == 0
+    assert time.time() - t0 < 5
