@@ -483,3 +483,22 @@ def test_gateway_sigterm_with_open_stream(make_gateway):
     g.proc.wait(15)
     assert g.proc.returncode == 0
     assert time.time() - t0 < 5
+
+
+def test_generation_config_option(make_gateway, daemon, tmp):
+    """--generation-config: a valid generation_config.json is accepted (its
+    values become the defaults; request.c's unit test checks how), a broken
+    one stops the gateway at start with the field named."""
+    from conftest import GATEWAY
+    good = os.path.join(tmp, "generation_config.json")
+    with open(good, "w") as f:
+        json.dump({"bos_token_id": 248044, "do_sample": True, "eos_token_id": [248046, 248044],
+                   "pad_token_id": 248044, "temperature": 1.0, "top_k": 20, "top_p": 0.95}, f)
+    g = make_gateway("--generation-config", good, name="genconf")
+    assert chat(g, max_tokens=2).usage.completion_tokens == 2
+    bad = os.path.join(tmp, "bad_generation_config.json")
+    with open(bad, "w") as f:
+        json.dump({"top_p": "high"}, f)
+    r = subprocess.run([GATEWAY, "--socket", daemon.sock, "--listen", "127.0.0.1:0", "--generation-config", bad],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode != 0 and "top_p" in r.stderr
