@@ -502,3 +502,32 @@ def test_generation_config_option(make_gateway, daemon, tmp):
     r = subprocess.run([GATEWAY, "--socket", daemon.sock, "--listen", "127.0.0.1:0", "--generation-config", bad],
                        capture_output=True, text=True, timeout=10)
     assert r.returncode != 0 and "top_p" in r.stderr
+
+
+def test_disconnect_while_suspended_nonstreaming(gw):
+    """A non-streaming request waits in a suspended connection, which
+    libmicrohttpd does not watch: the runner's POLLRDHUP check must notice
+    the hang-up and cancel in residentd."""
+    import socket
+    before = gw.metrics()
+    s = socket.create_connection(("127.0.0.1", gw.port))
+    body = json.dumps({"model": MODEL, "messages": MSGS, "max_tokens": MAX_NEW_TOKENS}).encode()
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    deadline = time.time() + 5
+    while gw.metrics()["resident_openai_requests_running"] < 1 and time.time() < deadline:
+        time.sleep(0.01)
+    assert gw.metrics()["resident_openai_requests_running"] == 1
+    time.sleep(0.2)
+    t0 = time.time()
+    s.close()
+    while time.time() < t0 + 5:
+        m = gw.metrics()
+        if m["resident_openai_requests_running"] == 0:
+            break
+        time.sleep(0.02)
+    assert m["resident_openai_requests_running"] == 0
+    assert time.time() - t0 < 2.0
+    assert m['resident_openai_finished_total{reason="cancelled"}'] == \
+        before['resident_openai_finished_total{reason="cancelled"}'] + 1
+    assert m["resident_openai_client_disconnects_total"] == before["resident_openai_client_disconnects_total"] + 1
