@@ -23,7 +23,7 @@ static int run(const char *const *pieces, const uint8_t *stops, uint32_t n_stops
             CHECK(text_stream_end(&t) == 0);
         uint32_t n;
         hit = text_stream_ready(&t, last, &n);
-        if (len + n < cap) {
+        if (n && len + n < cap) {
             memcpy(out + len, text_stream_data(&t), n);
             len += n;
         }

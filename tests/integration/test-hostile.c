@@ -179,7 +179,8 @@ static void test_frames(void)
 static void forge(const char *what, void (*fn)(struct th_raw *))
 {
     struct th_raw r;
-    TH_CHECK(th_raw_open(D.sock, &r, 0, 0) == 0);
+    /* A 4 KiB event ring nobody reads: long requests stay in flight. */
+    TH_CHECK(th_raw_open(D.sock, &r, 4096, 0) == 0);
     fn(&r);
     int err = 0;
     int closed = th_wait_closed(r.sock, 3000, &err);
@@ -261,10 +262,18 @@ static void f_evt_head(struct th_raw *r)
 
 static void f_dup_id(struct th_raw *r)
 {
-    /* Stall the first request on a full ring, then reuse its id. */
-    th_raw_submit(r, 5, "dup", 4000);
-    usleep(50000);
-    th_raw_submit(r, 5, "dup", 10);
+    /* Two SUBMITs with one id, published together: the second arrives
+     * while the first is certainly in flight. */
+    for (int i = 0; i < 2; i++) {
+        void *b;
+        shm_ring_prod_alloc(&r->req, SHM_REQ_SUBMIT, shm_proto_submit_size(0, 0, 3), &b);
+        struct shm_req_submit s = { .req_id = 5, .kind = SHM_PROMPT_RAW, .max_tokens = 100, .top_p = 1,
+                                    .repeat_penalty = 1, .payload_len = 3 };
+        memcpy(b, &s, sizeof(s));
+        memcpy((uint8_t *)b + sizeof(s), "dup", 3);
+    }
+    shm_ring_prod_publish(&r->req);
+    th_raw_ring(r);
 }
 
 static void test_forged(void)
