@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "engine/state.h"
+#include "kernels/cpu/fast.h"
 
 static double now_ms(void)
 {
@@ -120,7 +121,7 @@ int model_load(const char *dir, const struct model_params *params,
     if (params)
         p = *params;
     if (!p.backend)
-        p.backend = "cpu-ref";
+        p.backend = "auto";
     struct model *m = calloc(1, sizeof(*m));
     if (!m)
         return engine_error_set(err, -ENOMEM, "out of memory for the model");
@@ -166,8 +167,23 @@ int model_load(const char *dir, const struct model_params *params,
             goto fail;
         }
         m->be_owned = true;
+    } else if (!strcmp(p.backend, "auto") || !strcmp(p.backend, "cpu") ||
+               !strcmp(p.backend, "cpu-exact")) {
+        /* the fast CPU backend: SIMD kernels picked by CPUID ("cpu-exact":
+         * fp32 activations, for checking the fast path against it) */
+        struct kb_cpu_fast_params fp = KB_CPU_FAST_PARAMS_DEFAULT;
+        fp.n_threads = p.n_threads;
+        fp.exact = !strcmp(p.backend, "cpu-exact");
+        rc = kb_cpu_fast_create(&fp, &m->be);
+        if (rc) {
+            engine_error_set(err, rc, "cannot create the %s backend with %d threads (0..256)",
+                             p.backend, p.n_threads);
+            goto fail;
+        }
+        m->be_owned = true;
     } else {
-        rc = engine_error_set(err, -ENOENT, "unknown backend '%s' (available: cpu-ref)", p.backend);
+        rc = engine_error_set(err, -ENOENT, "unknown backend '%s' (available: auto, cpu, "
+                              "cpu-exact, cpu-ref)", p.backend);
         goto fail;
     }
     if ((m->be->ops->api_version >> 16) != KB_API_VERSION_MAJOR) {

@@ -1,0 +1,437 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * AVX-512 kernels of the fast CPU backend (F, BW, VL, VNNI, BF16; Intel
+ * Cooper Lake / Sapphire Rapids and later, AMD Zen 4 / Zen 5 — Strix Halo).
+ * Every function carries the target attribute, so the file is built with
+ * the project's ordinary flags and only called after the CPUID check in
+ * fast.c.
+ *
+ * The int8 path (fast_q4_q8): the W4 weights are read as stored (see the
+ * q8 row format in fast-kernels.h): a 64-byte load is 4 groups of one row;
+ * `& 0x0f` and `>> 4 & 0x0f` give the unsigned nibbles of the even and the
+ * odd columns, two vpdpbusd multiply them with the matching int8
+ * activations, and each group's 4 lanes are scaled in fp32 by weight scale
+ * x activation scale with the -8 offset folded into the activation's
+ * correction term. Up to 4 token rows share each weight load (prefill), so
+ * the weights stream from memory once per row block whatever the batch.
+ *
+ * The exact path (fast_q4_f32) dequantises a row with a 16-entry lookup
+ * table per group (vpermps over bf16(q * s) for q = -8..7, the reference
+ * backend's formula, bit for bit) into a row buffer in L1, then does fp32
+ * FMA dot products with each token row.
+ */
+#include "kernels/cpu/fast-kernels.h"
+#include "kernels/cpu/ref.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16,avx512dq,fma")))
+#define T512_INLINE T512 __attribute__((always_inline)) static inline
+
+/* ------------------------------------------------------------------ */
+/* Activation conversion                                                */
+
+T512 void fast_q8_quantize_avx512(const float *x, int64_t cols, uint8_t *out)
+{
+    const int64_t nch = (cols + FAST_Q8_CHUNK_COLS - 1) / FAST_Q8_CHUNK_COLS;
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    for (int64_t k = 0; k < nch; k++) {
+        uint8_t *c = out + k * FAST_Q8_CHUNK_BYTES;
+        float d[4], cs[4];
+        for (int g = 0; g < 4; g++) {
+            int64_t c0 = k * FAST_Q8_CHUNK_COLS + g * 32;
+            int64_t rem = cols - c0;
+            if (rem <= 0) {
+                memset(c + 16 * g, 0, 16);
+                memset(c + 64 + 16 * g, 0, 16);
+                d[g] = cs[g] = 0.0f;
+                continue;
+            }
+            __mmask16 m0 = rem >= 16 ? 0xffff : (__mmask16)((1u << rem) - 1);
+            __mmask16 m1 = rem >= 32 ? 0xffff : rem <= 16 ? 0 : (__mmask16)((1u << (rem - 16)) - 1);
+            __m512 a = _mm512_maskz_loadu_ps(m0, x + c0);
+            __m512 b = _mm512_maskz_loadu_ps(m1, x + c0 + 16);
+            float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(a, absmask),
+                                                            _mm512_and_ps(b, absmask)));
+            float dg = amax / 127.0f;
+            float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+            __m512 vid = _mm512_set1_ps(id);
+            __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, vid));   /* round to nearest even */
+            __m512i qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, vid));
+            __m512i qe = _mm512_permutex2var_epi32(qa, even, qb);
+            __m512i qo = _mm512_permutex2var_epi32(qa, odd, qb);
+            _mm_storeu_si128((__m128i *)(c + 16 * g), _mm512_cvtsepi32_epi8(qe));
+            _mm_storeu_si128((__m128i *)(c + 64 + 16 * g), _mm512_cvtsepi32_epi8(qo));
+            int32_t qs = _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+            d[g] = dg;
+            cs[g] = 2.0f * dg * (float)qs;
+        }
+        float *dl = (float *)(c + 128), *cl = (float *)(c + 192);
+        for (int j = 0; j < 16; j++) {
+            dl[j] = d[j / 4];
+            cl[j] = cs[j / 4];
+        }
+    }
+}
+
+T512 void fast_bf16_convert_avx512(const float *x, int64_t cols, uint16_t *out)
+{
+    const int64_t padded = (int64_t)fast_bf16_row_elems(cols);
+    for (int64_t c = 0; c < padded; c += 32) {
+        int64_t rem = cols - c;
+        __mmask16 m0 = rem >= 16 ? 0xffff : rem <= 0 ? 0 : (__mmask16)((1u << rem) - 1);
+        __mmask16 m1 = rem >= 32 ? 0xffff : rem <= 16 ? 0 : (__mmask16)((1u << (rem - 16)) - 1);
+        __m512 a = _mm512_maskz_loadu_ps(m0, x + c);
+        __m512 b = _mm512_maskz_loadu_ps(m1, x + c + 16);
+        __m512bh v = _mm512_cvtne2ps_pbh(b, a);                   /* a low, b high */
+        _mm512_storeu_si512((void *)(out + c), (__m512i)v);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* W4 x int8                                                            */
+
+T512_INLINE void q4q8_tile(const uint8_t *wr, const uint16_t *sr, int64_t ng, int64_t nch,
+                           const uint8_t *const a[4], const int nt, float out[4])
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i sidx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    __m512 acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
+    for (int64_t k = 0; k < nch; k++) {
+        int64_t grem = ng - 4 * k;
+        __m512i wv;
+        __m128i s4;
+        if (grem >= 4) {
+            wv = _mm512_loadu_si512((const void *)(wr + 64 * k));
+            s4 = _mm_loadl_epi64((const __m128i *)(sr + 4 * k));
+        } else {
+            __mmask64 mb = (__mmask64)((1ull << (16 * grem)) - 1);
+            wv = _mm512_maskz_loadu_epi8(mb, wr + 64 * k);
+            s4 = _mm_maskz_loadu_epi16((__mmask8)((1u << grem) - 1), sr + 4 * k);
+        }
+        __m128 sf = _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(s4), 16));
+        __m512 sw = _mm512_permutexvar_ps(sidx, _mm512_castps128_ps512(sf));
+        __m512i lo = _mm512_and_si512(wv, m4);
+        __m512i hi = _mm512_and_si512(_mm512_srli_epi16(wv, 4), m4);
+#define Q4Q8_TOKEN(i, acc)                                                              \
+        {                                                                               \
+            const uint8_t *c = a[i] + (size_t)k * FAST_Q8_CHUNK_BYTES;                  \
+            __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo,                 \
+                                            _mm512_loadu_si512((const void *)c));       \
+            d = _mm512_dpbusd_epi32(d, hi, _mm512_loadu_si512((const void *)(c + 64))); \
+            __m512 f = _mm512_fmsub_ps(_mm512_cvtepi32_ps(d),                           \
+                                       _mm512_loadu_ps((const float *)(c + 128)),       \
+                                       _mm512_loadu_ps((const float *)(c + 192)));      \
+            acc = _mm512_fmadd_ps(f, sw, acc);                                          \
+        }
+        Q4Q8_TOKEN(0, acc0)
+        if (nt > 1) Q4Q8_TOKEN(1, acc1)
+        if (nt > 2) Q4Q8_TOKEN(2, acc2)
+        if (nt > 3) Q4Q8_TOKEN(3, acc3)
+#undef Q4Q8_TOKEN
+    }
+    out[0] = _mm512_reduce_add_ps(acc0);
+    if (nt > 1) out[1] = _mm512_reduce_add_ps(acc1);
+    if (nt > 2) out[2] = _mm512_reduce_add_ps(acc2);
+    if (nt > 3) out[3] = _mm512_reduce_add_ps(acc3);
+}
+
+T512 void fast_q4_q8_avx512(const struct kb_weight *w, int64_t r0, int64_t r1,
+                            const uint8_t *act, size_t act_stride, const int32_t *tok, int32_t n,
+                            float *y, int64_t y_stride)
+{
+    const int64_t cols = w->cols, ng = cols / KB_Q4_GROUP;
+    const int64_t nch = (cols + FAST_Q8_CHUNK_COLS - 1) / FAST_Q8_CHUNK_COLS;
+    const uint8_t *wd = (const uint8_t *)w->data;
+    const uint16_t *sd = (const uint16_t *)w->scales;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *wr = wd + r * (cols / 2);
+        const uint16_t *sr = sd + r * ng;
+        if (r + 1 < r1) {
+            /* the next row's first lines; the hardware prefetcher picks up
+             * the rest of a 1 KB row by itself */
+            _mm_prefetch((const char *)(wr + cols / 2), _MM_HINT_T0);
+            _mm_prefetch((const char *)(sr + ng), _MM_HINT_T0);
+        }
+        for (int32_t t0 = 0; t0 < n; t0 += 4) {
+            const int nt = n - t0 >= 4 ? 4 : n - t0;
+            const uint8_t *a[4];
+            for (int i = 0; i < 4; i++) {
+                int32_t ti = t0 + (i < nt ? i : 0);
+                a[i] = act + (size_t)(tok ? tok[ti] : ti) * act_stride;
+            }
+            float o[4];
+            switch (nt) {
+            case 1: q4q8_tile(wr, sr, ng, nch, a, 1, o); break;
+            case 2: q4q8_tile(wr, sr, ng, nch, a, 2, o); break;
+            case 3: q4q8_tile(wr, sr, ng, nch, a, 3, o); break;
+            default: q4q8_tile(wr, sr, ng, nch, a, 4, o); break;
+            }
+            for (int i = 0; i < nt; i++)
+                y[(int64_t)(t0 + i) * y_stride + r] = o[i];
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* fp32 dot products of a row buffer / dense row with token rows        */
+
+T512_INLINE __m512 load_dense16(const struct kb_weight *w, const void *row, int64_t c, __mmask16 m)
+{
+    switch (w->type) {
+    case KB_WTYPE_BF16: {
+        __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)row + c);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    case KB_WTYPE_F16: {
+        __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)row + c);
+        return _mm512_cvtph_ps(h);
+    }
+    default:
+        return _mm512_maskz_loadu_ps(m, (const float *)row + c);
+    }
+}
+
+/* out[i] = dot(row (as weight type `type`), x_i) for nt <= 4 token rows. */
+T512_INLINE void dot_tile(const struct kb_weight *w, const void *row, int64_t cols,
+                          const float *const x[4], const int nt, float out[4])
+{
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    __m512 acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
+    for (int64_t c = 0; c < cols; c += 16) {
+        __mmask16 m = cols - c >= 16 ? 0xffff : (__mmask16)((1u << (cols - c)) - 1);
+        __m512 wv = load_dense16(w, row, c, m);
+        acc0 = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x[0] + c), acc0);
+        if (nt > 1) acc1 = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x[1] + c), acc1);
+        if (nt > 2) acc2 = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x[2] + c), acc2);
+        if (nt > 3) acc3 = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x[3] + c), acc3);
+    }
+    out[0] = _mm512_reduce_add_ps(acc0);
+    if (nt > 1) out[1] = _mm512_reduce_add_ps(acc1);
+    if (nt > 2) out[2] = _mm512_reduce_add_ps(acc2);
+    if (nt > 3) out[3] = _mm512_reduce_add_ps(acc3);
+}
+
+T512_INLINE void dot_rows(const struct kb_weight *w, const void *row, int64_t r,
+                          const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
+                          float *y, int64_t y_stride)
+{
+    const int64_t cols = w->cols;
+    for (int32_t t0 = 0; t0 < n; t0 += 4) {
+        const int nt = n - t0 >= 4 ? 4 : n - t0;
+        const float *xs[4];
+        for (int i = 0; i < 4; i++) {
+            int32_t ti = t0 + (i < nt ? i : 0);
+            xs[i] = x + (int64_t)(tok ? tok[ti] : ti) * x_stride;
+        }
+        float o[4];
+        switch (nt) {
+        case 1: dot_tile(w, row, cols, xs, 1, o); break;
+        case 2: dot_tile(w, row, cols, xs, 2, o); break;
+        case 3: dot_tile(w, row, cols, xs, 3, o); break;
+        default: dot_tile(w, row, cols, xs, 4, o); break;
+        }
+        for (int i = 0; i < nt; i++)
+            y[(int64_t)(t0 + i) * y_stride + r] = o[i];
+    }
+}
+
+/* bf16(v) for finite v, round to nearest even (kb_f32_to_bf16). */
+T512_INLINE __m512 round_bf16(__m512 v)
+{
+    __m512i u = _mm512_castps_si512(v);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    u = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+    return _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32((int)0xffff0000u)));
+}
+
+T512 void fast_q4_f32_avx512(const struct kb_weight *w, int64_t r0, int64_t r1,
+                             const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
+                             float *y, int64_t y_stride, float *rowbuf)
+{
+    const int64_t cols = w->cols, ng = cols / KB_Q4_GROUP;
+    const bool simple = !w->g_idx && w->scale_type == KB_WTYPE_BF16;
+    const __m512 qv = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+    const __m512i ilo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i ihi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const __m512i m4 = _mm512_set1_epi32(0x0f);
+    struct kb_weight dense = { .type = KB_WTYPE_F32, .rows = 1, .cols = cols };
+    for (int64_t r = r0; r < r1; r++) {
+        if (simple) {
+            const uint8_t *wr = (const uint8_t *)w->data + r * (cols / 2);
+            const uint16_t *sr = (const uint16_t *)w->scales + r * ng;
+            for (int64_t g = 0; g < ng; g++) {
+                __m512 s = _mm512_castsi512_ps(_mm512_set1_epi32((int)((uint32_t)sr[g] << 16)));
+                __m512 lut = round_bf16(_mm512_mul_ps(qv, s));
+                __m512i e = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(wr + 16 * g)));
+                __m512 ve = _mm512_permutexvar_ps(_mm512_and_si512(e, m4), lut);
+                __m512 vo = _mm512_permutexvar_ps(_mm512_srli_epi32(e, 4), lut);
+                _mm512_storeu_ps(rowbuf + 32 * g, _mm512_permutex2var_ps(ve, ilo, vo));
+                _mm512_storeu_ps(rowbuf + 32 * g + 16, _mm512_permutex2var_ps(ve, ihi, vo));
+            }
+        } else {
+            kb_ref_weight_row(w, r, rowbuf);
+        }
+        dot_rows(&dense, rowbuf, r, x, x_stride, tok, n, y, y_stride);
+    }
+}
+
+T512 void fast_dense_f32_avx512(const struct kb_weight *w, int64_t r0, int64_t r1,
+                                const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
+                                float *y, int64_t y_stride)
+{
+    const size_t esz = w->type == KB_WTYPE_F32 ? 4 : 2;
+    for (int64_t r = r0; r < r1; r++) {
+        const void *row = (const uint8_t *)w->data + (size_t)(r * w->cols) * esz;
+        switch (w->type) {
+        case KB_WTYPE_BF16: {
+            struct kb_weight d = { .type = KB_WTYPE_BF16, .cols = w->cols };
+            dot_rows(&d, row, r, x, x_stride, tok, n, y, y_stride);
+            break;
+        }
+        case KB_WTYPE_F16: {
+            struct kb_weight d = { .type = KB_WTYPE_F16, .cols = w->cols };
+            dot_rows(&d, row, r, x, x_stride, tok, n, y, y_stride);
+            break;
+        }
+        default: {
+            struct kb_weight d = { .type = KB_WTYPE_F32, .cols = w->cols };
+            dot_rows(&d, row, r, x, x_stride, tok, n, y, y_stride);
+            break;
+        }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Dense bf16 x bf16                                                    */
+
+T512_INLINE void bf16_tile(const uint16_t *row, int64_t cols, const uint16_t *const x[4],
+                           const int nt, float out[4])
+{
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    __m512 acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
+    for (int64_t c = 0; c < cols; c += 32) {
+        __mmask32 m = cols - c >= 32 ? 0xffffffffu : (__mmask32)((1u << (cols - c)) - 1);
+        __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, row + c);
+        acc0 = _mm512_dpbf16_ps(acc0, wv, (__m512bh)_mm512_loadu_si512((const void *)(x[0] + c)));
+        if (nt > 1) acc1 = _mm512_dpbf16_ps(acc1, wv, (__m512bh)_mm512_loadu_si512((const void *)(x[1] + c)));
+        if (nt > 2) acc2 = _mm512_dpbf16_ps(acc2, wv, (__m512bh)_mm512_loadu_si512((const void *)(x[2] + c)));
+        if (nt > 3) acc3 = _mm512_dpbf16_ps(acc3, wv, (__m512bh)_mm512_loadu_si512((const void *)(x[3] + c)));
+    }
+    out[0] = _mm512_reduce_add_ps(acc0);
+    if (nt > 1) out[1] = _mm512_reduce_add_ps(acc1);
+    if (nt > 2) out[2] = _mm512_reduce_add_ps(acc2);
+    if (nt > 3) out[3] = _mm512_reduce_add_ps(acc3);
+}
+
+T512 void fast_bf16_bf16_avx512(const struct kb_weight *w, int64_t r0, int64_t r1,
+                                const uint16_t *xb, int64_t xb_stride, int32_t n,
+                                float *y, int64_t y_stride)
+{
+    const int64_t cols = w->cols;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint16_t *row = (const uint16_t *)w->data + r * cols;
+        for (int32_t t0 = 0; t0 < n; t0 += 4) {
+            const int nt = n - t0 >= 4 ? 4 : n - t0;
+            const uint16_t *xs[4];
+            for (int i = 0; i < 4; i++)
+                xs[i] = xb + (int64_t)(t0 + (i < nt ? i : 0)) * xb_stride;
+            float o[4];
+            switch (nt) {
+            case 1: bf16_tile(row, cols, xs, 1, o); break;
+            case 2: bf16_tile(row, cols, xs, 2, o); break;
+            case 3: bf16_tile(row, cols, xs, 3, o); break;
+            default: bf16_tile(row, cols, xs, 4, o); break;
+            }
+            for (int i = 0; i < nt; i++)
+                y[(int64_t)(t0 + i) * y_stride + r] = o[i];
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Elementwise                                                          */
+
+/* exp(x) for x <= 88: 2^(x log2 e) split into 2^k * 2^f, f in [-0.5, 0.5],
+ * degree-6 polynomial (relative error < 2e-7, like expf's last bit or two). */
+T512_INLINE __m512 exp512(__m512 x)
+{
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
+    __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+    __m512 k = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(t, k);                       /* [-0.5, 0.5] */
+    __m512 p = _mm512_set1_ps(1.5353362e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3398874e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, k);
+}
+
+T512 void fast_swiglu_avx512(float *y, const float *g, const float *u, int64_t count)
+{
+    for (int64_t i = 0; i < count; i += 16) {
+        __mmask16 m = count - i >= 16 ? 0xffff : (__mmask16)((1u << (count - i)) - 1);
+        __m512 gv = _mm512_maskz_loadu_ps(m, g + i);
+        __m512 uv = _mm512_maskz_loadu_ps(m, u + i);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+        __m512 s = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+        _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(s, uv));
+    }
+}
+
+/* One query row against cache rows 0..len-1 (kc / vc advance row_stride
+ * floats per position): out[hd] = softmax(q.k * scale) v. scores[len]. */
+T512 void fast_attn_row_avx512(const float *q, const float *kc, const float *vc, int64_t row_stride,
+                               int64_t len, int32_t hd, float scale, float *scores, float *out)
+{
+    float mx = -INFINITY;
+    for (int64_t s = 0; s < len; s++) {
+        const float *k = kc + s * row_stride;
+        __m512 acc = _mm512_setzero_ps();
+        for (int32_t i = 0; i < hd; i += 16) {
+            __mmask16 m = hd - i >= 16 ? 0xffff : (__mmask16)((1u << (hd - i)) - 1);
+            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i), _mm512_maskz_loadu_ps(m, k + i), acc);
+        }
+        float v = _mm512_reduce_add_ps(acc) * scale;
+        scores[s] = v;
+        if (v > mx)
+            mx = v;
+    }
+    __m512 vmx = _mm512_set1_ps(mx), vsum = _mm512_setzero_ps();
+    for (int64_t s = 0; s < len; s += 16) {
+        __mmask16 m = len - s >= 16 ? 0xffff : (__mmask16)((1u << (len - s)) - 1);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + s), vmx));
+        e = _mm512_maskz_mov_ps(m, e);
+        _mm512_mask_storeu_ps(scores + s, m, e);
+        vsum = _mm512_add_ps(vsum, e);
+    }
+    const float inv = 1.0f / _mm512_reduce_add_ps(vsum);
+    for (int32_t i = 0; i < hd; i += 64) {
+        /* 4 registers of output at a time so each V row is read once per
+         * 64 dims */
+        __mmask16 mk[4];
+        __m512 o[4];
+        for (int j = 0; j < 4; j++) {
+            int32_t c = i + 16 * j;
+            mk[j] = c >= hd ? 0 : hd - c >= 16 ? 0xffff : (__mmask16)((1u << (hd - c)) - 1);
+            o[j] = _mm512_setzero_ps();
+        }
+        for (int64_t s = 0; s < len; s++) {
+            __m512 p = _mm512_set1_ps(scores[s]);
+            const float *v = vc + s * row_stride + i;
+            for (int j = 0; j < 4; j++)
+                o[j] = _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(mk[j], v + 16 * j), o[j]);
+        }
+        for (int j = 0; j < 4; j++)
+            _mm512_mask_storeu_ps(out + i + 16 * j, mk[j], _mm512_mul_ps(o[j], _mm512_set1_ps(inv)));
+    }
+}

@@ -1,0 +1,81 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * ISA-specific kernels of the fast CPU backend (fast-avx512.c). Every
+ * kernel computes output rows [r0, r1) of one weight for n token rows and
+ * writes y[i * y_stride + r]; token i's input row is row tok[i] (or i when
+ * tok is NULL) of the activation array, so MoE can run an expert over the
+ * tokens routed to it without gathering them first.
+ *
+ * Int8 activation format ("q8 rows", built by fast_q8_quantize_*): the row
+ * is cut into chunks of 128 columns (4 quantisation groups of 32, zero
+ * padded at the end). A chunk is 256 bytes:
+ *     int8  lo[64]   lo[16g + b] = q(x[32g + 2b])       even columns
+ *     int8  hi[64]   hi[16g + b] = q(x[32g + 2b + 1])   odd columns
+ *     float d[16]    lane j: scale of group j / 4
+ *     float c[16]    lane j: 2 * scale * sum(q over group j / 4)
+ * This is the order in which a 64-byte load of the packed W4 weights
+ * presents its nibbles (byte b of a group holds columns 2b and 2b+1 in its
+ * low and high nibble), so the weights are used as stored, without any
+ * repacking: low nibbles meet lo, high nibbles meet hi, and one vpdpbusd
+ * (u8 x s8) lane sums 4 products of one group. The nibbles are the
+ * unsigned u = q + 8, so sum(q * a) = sum(u * a) - 8 * sum(a); lane j's
+ * share of the correction is 8 * sum(a) / 4 = c / d, which is why c holds
+ * 2 * d * sum(q). Per lane: (float(acc) * d - c) * weight_scale.
+ */
+#ifndef RESIDENT_KERNELS_CPU_FAST_KERNELS_H
+#define RESIDENT_KERNELS_CPU_FAST_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/backend.h"
+
+#define FAST_Q8_CHUNK_COLS  128
+#define FAST_Q8_CHUNK_BYTES 256
+
+static inline size_t fast_q8_row_bytes(int64_t cols)
+{
+    return (size_t)((cols + FAST_Q8_CHUNK_COLS - 1) / FAST_Q8_CHUNK_COLS) * FAST_Q8_CHUNK_BYTES;
+}
+
+/* bf16 rows for the dense bf16 x bf16 kernel: padded to 32 columns. */
+static inline size_t fast_bf16_row_elems(int64_t cols)
+{
+    return (size_t)((cols + 31) / 32) * 32;
+}
+
+/* x[cols] -> q8 row (cols % 32 == 0 not required; the tail is zero). */
+void fast_q8_quantize_avx512(const float *x, int64_t cols, uint8_t *out);
+
+/* x[cols] -> bf16 (round to nearest even), zero padded to 32 columns. */
+void fast_bf16_convert_avx512(const float *x, int64_t cols, uint16_t *out);
+
+/* W4 g32 (bf16 scales, no g_idx) x q8 rows. */
+void fast_q4_q8_avx512(const struct kb_weight *w, int64_t r0, int64_t r1,
+                       const uint8_t *act, size_t act_stride, const int32_t *tok, int32_t n,
+                       float *y, int64_t y_stride);
+
+/* Any W4 weight x fp32 rows, with the weights dequantised exactly as the
+ * reference does (bf16(q * s)); rowbuf holds w->cols floats. */
+void fast_q4_f32_avx512(const struct kb_weight *w, int64_t r0, int64_t r1,
+                        const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
+                        float *y, int64_t y_stride, float *rowbuf);
+
+/* Dense (f32 / f16 / bf16) weight x fp32 rows, fp32 FMA. */
+void fast_dense_f32_avx512(const struct kb_weight *w, int64_t r0, int64_t r1,
+                           const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
+                           float *y, int64_t y_stride);
+
+/* Dense bf16 weight x bf16 rows (vdpbf16ps), xb_stride in elements. */
+void fast_bf16_bf16_avx512(const struct kb_weight *w, int64_t r0, int64_t r1,
+                           const uint16_t *xb, int64_t xb_stride, int32_t n,
+                           float *y, int64_t y_stride);
+
+/* y[i] = silu(g[i]) * u[i] (y may alias g). */
+void fast_swiglu_avx512(float *y, const float *g, const float *u, int64_t count);
+
+/* Causal attention for one query row block of one head group: see fast.c. */
+void fast_attn_row_avx512(const float *q, const float *kc, const float *vc, int64_t row_stride,
+                          int64_t len, int32_t hd, float scale, float *scores, float *out);
+
+#endif

@@ -1,0 +1,861 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The fast CPU backend ("cpu"). Same op table and results-within-tolerance
+ * as the reference backend (kernels/cpu/ref.c, the oracle), built for
+ * speed:
+ *
+ * - ISA by CPUID at creation: AVX-512 (F/BW/VL/DQ + VNNI + BF16) kernels in
+ *   fast-avx512.c; on any other CPU every op is delegated to the reference
+ *   backend (correct, slow). One binary for all x86-64.
+ * - Two numeric modes. "cpu" (fast): activations entering a W4 product are
+ *   quantised to int8 per group of 32 (one fp32 scale each, like llama.cpp's
+ *   Q8_0) and multiplied with vpdpbusd; activations entering a dense bf16
+ *   product (lm_head) are rounded to bf16 and use vdpbf16ps. "cpu-exact":
+ *   fp32 activations everywhere, W4 weights dequantised bit-exactly like the
+ *   reference (bf16(q * s)), fp32 FMA accumulation. The MoE router and the
+ *   shared-expert gate always use the exact fp32 path: expert selection is
+ *   a discontinuous function of the router logits.
+ * - Weights are read in place from the checkpoint mapping, in their stored
+ *   layout: the int8 activation layout (fast-kernels.h) is arranged to match
+ *   the packed nibbles instead, so there is no repacking, no load-time cost
+ *   and no second copy of 18 GB of weights.
+ * - Thread pool (threadpool.c) sized to n_threads (default: online CPUs).
+ *   Work split: a matmul splits its output rows into one contiguous range
+ *   per thread (multiples of 16 rows), each thread runs its rows over all
+ *   tokens of the batch, so decode (1 token) reads each weight byte once in
+ *   total and prefill (up to 64 tokens per call) reuses each weight row from
+ *   L1 for 4 tokens per register tile. MoE: tokens are grouped by expert
+ *   (each routed expert's weights are read once per call whatever the number
+ *   of tokens routed to it) and the (expert, 32-row block) items of all
+ *   experts go through one atomic work counter, so 8 small experts keep all
+ *   threads busy in decode and uneven expert loads balance in prefill.
+ * - No allocation on the per-token path: scratch (quantised activations,
+ *   routing lists, expert outputs, attention scores) grows to the largest
+ *   size seen and is then reused.
+ * - Other ops: attention and SwiGLU are vectorised here; embed, norms,
+ *   RoPE, add, mul_sigmoid and the Gated DeltaNet recurrence are delegated
+ *   to the reference backend (they are a few percent of the time; see
+ *   docs/performance.md, CPU).
+ */
+#include "kernels/cpu/fast.h"
+
+#include "kernels/cpu/fast-kernels.h"
+#include "kernels/cpu/ref.h"
+#include "kernels/cpu/threadpool.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define FAST_MAX_THREADS 256
+#define FAST_ROW_ALIGN   16
+#define FAST_MOE_BLOCK   32              /* rows per MoE work item          */
+
+struct fast_tscratch {
+    float  *buf;
+    size_t  cap;                         /* floats                           */
+};
+
+struct cpu_fast {
+    struct kb_backend   *ref;            /* delegate for the other ops        */
+    struct tp_pool      *tp;
+    int32_t              n_threads;
+    int32_t              isa;
+    bool                 exact;
+    char                 err[256];
+    uint8_t             *scr;            /* per-call scratch (calling thread) */
+    size_t               scr_cap;
+    struct fast_tscratch ts[FAST_MAX_THREADS];
+};
+
+static struct cpu_fast *fast_of(struct kb_backend *be)
+{
+    return (struct cpu_fast *)be->impl;
+}
+
+static int fast_fail(struct kb_backend *be, int code, const char *what)
+{
+    snprintf(fast_of(be)->err, sizeof(fast_of(be)->err), "cpu: %s", what);
+    return code;
+}
+
+/* ------------------------------------------------------------------ */
+/* CPU features                                                         */
+
+int32_t kb_cpu_fast_best_isa(void)
+{
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16"))
+        return KB_CPU_ISA_AVX512;
+#endif
+    return KB_CPU_ISA_SCALAR;
+}
+
+const char *kb_cpu_isa_name(int32_t isa)
+{
+    switch (isa) {
+    case KB_CPU_ISA_AVX512: return "avx512-vnni-bf16";
+    case KB_CPU_ISA_SCALAR: return "scalar (cpu-ref kernels)";
+    default: return "auto";
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Scratch                                                              */
+
+static void *scratch(struct cpu_fast *f, size_t bytes)
+{
+    if (bytes > f->scr_cap) {
+        size_t cap = bytes + bytes / 4 + 4096;
+        void *p = aligned_alloc(64, (cap + 63) & ~(size_t)63);
+        if (!p)
+            return NULL;
+        free(f->scr);
+        f->scr = p;
+        f->scr_cap = cap;
+    }
+    return f->scr;
+}
+
+/* Per-thread float buffers of at least `floats` each. */
+static int tscratch(struct cpu_fast *f, size_t floats)
+{
+    for (int32_t i = 0; i < f->n_threads; i++) {
+        if (f->ts[i].cap >= floats)
+            continue;
+        size_t cap = floats + 1024;
+        float *p = aligned_alloc(64, ((cap * sizeof(float)) + 63) & ~(size_t)63);
+        if (!p)
+            return -ENOMEM;
+        free(f->ts[i].buf);
+        f->ts[i].buf = p;
+        f->ts[i].cap = cap;
+    }
+    return 0;
+}
+
+static size_t align64(size_t x)
+{
+    return (x + 63) & ~(size_t)63;
+}
+
+/* ------------------------------------------------------------------ */
+/* Weight checks and kinds                                              */
+
+static bool weight_ok(const struct kb_weight *w)
+{
+    if (!w || !w->data || w->rows <= 0 || w->cols <= 0)
+        return false;
+    if (w->type == KB_WTYPE_Q4G32)
+        return w->scales && w->cols % KB_Q4_GROUP == 0 && w->scale_type != KB_WTYPE_Q4G32;
+    return w->type == KB_WTYPE_F32 || w->type == KB_WTYPE_F16 || w->type == KB_WTYPE_BF16;
+}
+
+/* W4 that the int8 kernel takes as stored. */
+static bool q4_simple(const struct kb_weight *w)
+{
+    return w->type == KB_WTYPE_Q4G32 && !w->g_idx && w->scale_type == KB_WTYPE_BF16;
+}
+
+/* How a product's activations are presented. */
+enum act_kind { ACT_F32, ACT_Q8, ACT_BF16 };
+
+static enum act_kind act_kind_for(const struct cpu_fast *f, const struct kb_weight *w)
+{
+    if (f->exact)
+        return ACT_F32;
+    if (q4_simple(w))
+        return ACT_Q8;
+    if (w->type == KB_WTYPE_BF16)
+        return ACT_BF16;
+    return ACT_F32;
+}
+
+static size_t act_row_bytes(enum act_kind k, int64_t cols)
+{
+    switch (k) {
+    case ACT_Q8: return fast_q8_row_bytes(cols);
+    case ACT_BF16: return fast_bf16_row_elems(cols) * sizeof(uint16_t);
+    default: return (size_t)cols * sizeof(float);
+    }
+}
+
+static void act_convert(enum act_kind k, const float *x, int64_t cols, void *out)
+{
+    if (k == ACT_Q8)
+        fast_q8_quantize_avx512(x, cols, out);
+    else if (k == ACT_BF16)
+        fast_bf16_convert_avx512(x, cols, out);
+    else
+        memcpy(out, x, (size_t)cols * sizeof(float));
+}
+
+/* Rows [r0, r1) of w for n tokens. act: activation rows of kind k with a
+ * row stride of act_stride bytes (ACT_F32: the caller's fp32 rows). */
+static void product_rows(const struct kb_weight *w, enum act_kind k, const void *act,
+                         size_t act_stride, const int32_t *tok, int32_t n,
+                         int64_t r0, int64_t r1, float *y, int64_t y_stride, float *rowbuf)
+{
+    if (r0 >= r1 || n <= 0)
+        return;
+    if (k == ACT_Q8) {
+        fast_q4_q8_avx512(w, r0, r1, act, act_stride, tok, n, y, y_stride);
+    } else if (k == ACT_BF16) {
+        /* bf16 activation rows are only built contiguous (no token list) */
+        fast_bf16_bf16_avx512(w, r0, r1, act, (int64_t)(act_stride / sizeof(uint16_t)), n,
+                              y, y_stride);
+    } else if (w->type == KB_WTYPE_Q4G32) {
+        fast_q4_f32_avx512(w, r0, r1, act, (int64_t)(act_stride / sizeof(float)), tok, n,
+                           y, y_stride, rowbuf);
+    } else {
+        fast_dense_f32_avx512(w, r0, r1, act, (int64_t)(act_stride / sizeof(float)), tok, n,
+                              y, y_stride);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* matmul                                                               */
+
+struct mm_ctx {
+    struct cpu_fast        *f;
+    const struct kb_weight *w;
+    enum act_kind           k;
+    const void             *act;
+    size_t                  act_stride;
+    int32_t                 n;
+    float                  *y;
+};
+
+static void mm_job(void *arg, int32_t tid, int32_t nth)
+{
+    struct mm_ctx *c = arg;
+    int64_t r0, r1;
+    tp_split(c->w->rows, FAST_ROW_ALIGN, tid, nth, &r0, &r1);
+    product_rows(c->w, c->k, c->act, c->act_stride, NULL, c->n, r0, r1, c->y, c->w->rows,
+                 c->f->ts[tid].buf);
+}
+
+static int fast_matmul_impl(struct kb_backend *be, const struct kb_weight *w,
+                            const float *x, int32_t n, float *y, bool force_exact)
+{
+    struct cpu_fast *f = fast_of(be);
+    enum act_kind k = force_exact ? ACT_F32 : act_kind_for(f, w);
+    size_t stride = act_row_bytes(k, w->cols);
+    const void *act = x;
+    if (k != ACT_F32) {
+        uint8_t *a = scratch(f, stride * (size_t)n);
+        if (!a)
+            return fast_fail(be, -ENOMEM, "matmul: out of memory");
+        for (int32_t t = 0; t < n; t++)
+            act_convert(k, x + (int64_t)t * w->cols, w->cols, a + (size_t)t * stride);
+        act = a;
+    }
+    if (w->type == KB_WTYPE_Q4G32 && tscratch(f, (size_t)w->cols))
+        return fast_fail(be, -ENOMEM, "matmul: out of memory");
+    struct mm_ctx c = { f, w, k, act, stride, n, y };
+    /* tiny products (norm-like vectors, the shared-expert gate) are not
+     * worth waking the pool */
+    if (w->rows * w->cols * (int64_t)n < (1 << 16))
+        mm_job(&c, 0, 1);
+    else
+        tp_pool_run(f->tp, mm_job, &c);
+    return 0;
+}
+
+static int fast_matmul(struct kb_backend *be, const struct kb_weight *w,
+                       const float *x, int32_t n, float *y)
+{
+    struct cpu_fast *f = fast_of(be);
+    if (f->isa == KB_CPU_ISA_SCALAR)
+        return f->ref->ops->matmul(f->ref, w, x, n, y);
+    if (!weight_ok(w) || n < 0 || (n > 0 && (!x || !y)))
+        return fast_fail(be, -EINVAL, "matmul: bad weight or arguments");
+    if (n == 0)
+        return 0;
+    return fast_matmul_impl(be, w, x, n, y, false);
+}
+
+/* ------------------------------------------------------------------ */
+/* MoE                                                                  */
+
+/* Work list of one MoE call. Assignments (token, weight) are sorted by
+ * expert; expert e owns assignments [off[e], off[e+1]); the shared expert
+ * is "expert" E with all n tokens. */
+struct moe_ctx {
+    struct cpu_fast      *f;
+    const struct kb_moe  *m;
+    enum act_kind         k;             /* for the expert products          */
+    int32_t               n, E, H, I;    /* I: scratch row width (max inter) */
+    const int32_t        *off;           /* [E+2]                            */
+    const int32_t        *tok;           /* [A] token of each assignment     */
+    const int32_t        *slot;          /* [n][K+1] assignment of (t, j)    */
+    const float          *wt;            /* [A] routing weight               */
+    const void           *actx;          /* x rows as k                      */
+    size_t                actx_stride;
+    float                *hg, *hu;       /* [A][I]                           */
+    void                 *acth;          /* h rows as k                      */
+    size_t                acth_stride;
+    float                *ye;            /* [A][H]                           */
+    float                *y;
+    const int32_t        *items;         /* [n_items] expert << 16 | block   */
+    int32_t               n_items;
+    atomic_int            next;
+};
+
+static const struct kb_weight *moe_w(const struct kb_moe *m, int32_t E, int32_t e, int which)
+{
+    if (e == E)
+        return which == 0 ? m->shared_gate : which == 1 ? m->shared_up : m->shared_down;
+    return which == 0 ? &m->gate[e] : which == 1 ? &m->up[e] : &m->down[e];
+}
+
+/* gate and up projections of every (expert, row block) */
+static void moe_job_gate_up(void *arg, int32_t tid, int32_t nth)
+{
+    struct moe_ctx *c = arg;
+    int32_t it;
+    while ((it = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed)) < c->n_items) {
+        int32_t e = c->items[it] >> 16, blk = c->items[it] & 0xffff;
+        const struct kb_weight *g = moe_w(c->m, c->E, e, 0), *u = moe_w(c->m, c->E, e, 1);
+        int64_t r0 = (int64_t)blk * FAST_MOE_BLOCK;
+        int64_t r1 = r0 + FAST_MOE_BLOCK < g->rows ? r0 + FAST_MOE_BLOCK : g->rows;
+        int32_t a0 = c->off[e], cnt = c->off[e + 1] - a0;
+        product_rows(g, c->k, c->actx, c->actx_stride, c->tok + a0, cnt, r0, r1,
+                     c->hg + (int64_t)a0 * c->I, c->I, c->f->ts[tid].buf);
+        product_rows(u, c->k, c->actx, c->actx_stride, c->tok + a0, cnt, r0, r1,
+                     c->hu + (int64_t)a0 * c->I, c->I, c->f->ts[tid].buf);
+    }
+}
+
+/* h = silu(g) * u per assignment, converted for the down projection */
+static void moe_job_act(void *arg, int32_t tid, int32_t nth)
+{
+    struct moe_ctx *c = arg;
+    const int32_t A = c->off[c->E + 1];
+    int64_t b, e;
+    tp_split(A, 1, tid, nth, &b, &e);
+    for (int64_t a = b; a < e; a++) {
+        int32_t ex = 0;
+        /* the expert of assignment a (experts are few: binary search) */
+        int32_t lo = 0, hi = c->E + 1;
+        while (hi - lo > 1) {
+            int32_t mid = (lo + hi) / 2;
+            if (c->off[mid] <= a)
+                lo = mid;
+            else
+                hi = mid;
+        }
+        ex = lo;
+        int64_t inter = moe_w(c->m, c->E, ex, 0)->rows;
+        float *h = c->hg + a * c->I;
+        fast_swiglu_avx512(h, h, c->hu + a * c->I, inter);
+        if (c->k != ACT_F32)
+            act_convert(c->k, h, inter, (uint8_t *)c->acth + (size_t)a * c->acth_stride);
+    }
+}
+
+static void moe_job_down(void *arg, int32_t tid, int32_t nth)
+{
+    struct moe_ctx *c = arg;
+    int32_t it;
+    while ((it = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed)) < c->n_items) {
+        int32_t e = c->items[it] >> 16, blk = c->items[it] & 0xffff;
+        const struct kb_weight *d = moe_w(c->m, c->E, e, 2);
+        int64_t r0 = (int64_t)blk * FAST_MOE_BLOCK;
+        int64_t r1 = r0 + FAST_MOE_BLOCK < d->rows ? r0 + FAST_MOE_BLOCK : d->rows;
+        int32_t a0 = c->off[e], cnt = c->off[e + 1] - a0;
+        if (c->k == ACT_F32)
+            product_rows(d, ACT_F32, c->hg + (int64_t)a0 * c->I, (size_t)c->I * sizeof(float),
+                         NULL, cnt, r0, r1, c->ye + (int64_t)a0 * c->H, c->H, c->f->ts[tid].buf);
+        else
+            product_rows(d, c->k, (const uint8_t *)c->acth + (size_t)a0 * c->acth_stride,
+                         c->acth_stride, NULL, cnt, r0, r1, c->ye + (int64_t)a0 * c->H, c->H,
+                         c->f->ts[tid].buf);
+    }
+}
+
+/* y[t] = sum_j w_j ye[slot(t, j)] (+ shared); threads split the columns */
+static void moe_job_combine(void *arg, int32_t tid, int32_t nth)
+{
+    struct moe_ctx *c = arg;
+    const int32_t K = c->m->top_k, S = K + 1;
+    const bool shared = c->m->shared_inter > 0;
+    int64_t c0, c1;
+    tp_split(c->H, 16, tid, nth, &c0, &c1);
+    for (int32_t t = 0; t < c->n; t++) {
+        float *yt = c->y + (int64_t)t * c->H;
+        memset(yt + c0, 0, (size_t)(c1 - c0) * sizeof(float));
+        for (int32_t j = 0; j < K + (shared ? 1 : 0); j++) {
+            int32_t a = c->slot[(int64_t)t * S + j];
+            const float w = c->wt[a];
+            const float *src = c->ye + (int64_t)a * c->H;
+            for (int64_t i = c0; i < c1; i++)
+                yt[i] += w * src[i];
+        }
+    }
+}
+
+static float sigmoidf_(float x)
+{
+    return 1.0f / (1.0f + expf(-x));
+}
+
+static int fast_moe(struct kb_backend *be, const struct kb_moe *m,
+                    const float *x, int32_t n, float *y)
+{
+    struct cpu_fast *f = fast_of(be);
+    if (f->isa == KB_CPU_ISA_SCALAR)
+        return f->ref->ops->moe(f->ref, m, x, n, y);
+    const int32_t E = m->n_experts, K = m->top_k, H = m->hidden;
+    const int32_t I = m->inter > m->shared_inter ? m->inter : m->shared_inter;
+    if (E <= 0 || E >= 32767 || K <= 0 || K > E || H <= 0 || m->inter <= 0 ||
+        !weight_ok(m->router) || m->router->rows != E || m->router->cols != H)
+        return fast_fail(be, -EINVAL, "moe: bad configuration");
+    for (int32_t e = 0; e < E; e++)
+        if (!weight_ok(&m->gate[e]) || !weight_ok(&m->up[e]) || !weight_ok(&m->down[e]) ||
+            m->gate[e].rows != m->inter || m->gate[e].cols != H ||
+            m->up[e].rows != m->inter || m->up[e].cols != H ||
+            m->down[e].rows != H || m->down[e].cols != m->inter)
+            return fast_fail(be, -EINVAL, "moe: expert weight shapes differ from the block");
+    const bool shared = m->shared_inter > 0;
+    if (shared &&
+        (!weight_ok(m->shared_gate) || !weight_ok(m->shared_up) || !weight_ok(m->shared_down) ||
+         m->shared_gate->rows != m->shared_inter || m->shared_gate->cols != H ||
+         m->shared_up->rows != m->shared_inter || m->shared_up->cols != H ||
+         m->shared_down->rows != H || m->shared_down->cols != m->shared_inter ||
+         (m->shared_expert_gate && (!weight_ok(m->shared_expert_gate) ||
+                                    m->shared_expert_gate->rows != 1 ||
+                                    m->shared_expert_gate->cols != H))))
+        return fast_fail(be, -EINVAL, "moe: shared expert shapes differ from the block");
+    if (n <= 0)
+        return n < 0 ? fast_fail(be, -EINVAL, "moe: negative row count") : 0;
+
+    /* The activation kind is decided once for the block: int8 only when
+     * every expert matrix is plain W4 (mixed checkpoints take fp32). */
+    enum act_kind k = ACT_F32;
+    if (!f->exact) {
+        bool all_q4 = !shared || (q4_simple(m->shared_gate) && q4_simple(m->shared_up) &&
+                                  q4_simple(m->shared_down));
+        for (int32_t e = 0; e < E && all_q4; e++)
+            all_q4 = q4_simple(&m->gate[e]) && q4_simple(&m->up[e]) && q4_simple(&m->down[e]);
+        if (all_q4)
+            k = ACT_Q8;
+    }
+
+    const size_t nn = (size_t)n, S = (size_t)K + 1;
+    const size_t A = nn * S;                              /* upper bound     */
+    const size_t xs = k == ACT_Q8 ? fast_q8_row_bytes(H) : 0;
+    const size_t hs = k == ACT_Q8 ? fast_q8_row_bytes(I) : 0;
+    const int32_t blocks_gu = (I + FAST_MOE_BLOCK - 1) / FAST_MOE_BLOCK;
+    const int32_t blocks_d = (H + FAST_MOE_BLOCK - 1) / FAST_MOE_BLOCK;
+    const size_t max_items = (size_t)(E + 1) * (size_t)(blocks_gu > blocks_d ? blocks_gu : blocks_d);
+    size_t o_logits = 0;
+    size_t o_sel = o_logits + align64(nn * (size_t)E * sizeof(float));
+    size_t o_selw = o_sel + align64(nn * (size_t)K * sizeof(int32_t));
+    size_t o_sg = o_selw + align64(nn * (size_t)K * sizeof(float));
+    size_t o_off = o_sg + align64(nn * sizeof(float));
+    size_t o_tok = o_off + align64(((size_t)E + 2) * sizeof(int32_t) * 2);
+    size_t o_wt = o_tok + align64(A * sizeof(int32_t));
+    size_t o_slot = o_wt + align64(A * sizeof(float));
+    size_t o_items = o_slot + align64(A * sizeof(int32_t));
+    size_t o_actx = o_items + align64(max_items * sizeof(int32_t));
+    size_t o_hg = o_actx + align64(nn * xs);
+    size_t o_hu = o_hg + align64(A * (size_t)I * sizeof(float));
+    size_t o_acth = o_hu + align64(A * (size_t)I * sizeof(float));
+    size_t o_ye = o_acth + align64(A * hs);
+    size_t total = o_ye + align64(A * (size_t)H * sizeof(float));
+    uint8_t *s = scratch(f, total);
+    if (!s || tscratch(f, (size_t)(I > H ? I : H)))
+        return fast_fail(be, -ENOMEM, "moe: out of memory");
+    float *logits = (float *)(s + o_logits), *selw = (float *)(s + o_selw);
+    float *sg = (float *)(s + o_sg), *wt = (float *)(s + o_wt);
+    int32_t *sel = (int32_t *)(s + o_sel), *off = (int32_t *)(s + o_off);
+    int32_t *fill = off + E + 2, *tok = (int32_t *)(s + o_tok);
+    int32_t *slot = (int32_t *)(s + o_slot), *items = (int32_t *)(s + o_items);
+
+    /* router (exact fp32: selection must not flip on rounding) */
+    struct mm_ctx rc_ = { f, m->router, ACT_F32, x, (size_t)H * sizeof(float), n, logits };
+    tp_pool_run(f->tp, mm_job, &rc_);
+    for (int32_t t = 0; t < n; t++) {
+        float *l = logits + (int64_t)t * E;
+        float mx = -INFINITY;
+        for (int32_t e = 0; e < E; e++)
+            mx = l[e] > mx ? l[e] : mx;
+        double sum = 0.0;
+        for (int32_t e = 0; e < E; e++) {
+            l[e] = expf(l[e] - mx);
+            sum += l[e];
+        }
+        const float inv = (float)(1.0 / sum);
+        /* top-k by repeated max over the unnormalised values (same order,
+         * first index wins ties like the reference) */
+        int32_t *st = sel + (int64_t)t * K;
+        float *sw = selw + (int64_t)t * K;
+        double wsum = 0.0;
+        for (int32_t j = 0; j < K; j++) {
+            int32_t best = -1;
+            for (int32_t e = 0; e < E; e++) {
+                if (l[e] < 0.0f)
+                    continue;                            /* taken            */
+                if (best < 0 || l[e] > l[best])
+                    best = e;
+            }
+            st[j] = best;
+            sw[j] = l[best] * inv;
+            wsum += sw[j];
+            l[best] = -1.0f;
+        }
+        if (m->norm_topk)
+            for (int32_t j = 0; j < K; j++)
+                sw[j] = (float)(sw[j] / wsum);
+        sg[t] = 1.0f;
+        if (shared && m->shared_expert_gate) {
+            product_rows(m->shared_expert_gate, ACT_F32, x + (int64_t)t * H, (size_t)H * sizeof(float),
+                         NULL, 1, 0, 1, sg + t, 1, NULL);
+            sg[t] = sigmoidf_(sg[t]);
+        }
+    }
+
+    /* group the assignments by expert (counting sort) */
+    memset(off, 0, ((size_t)E + 2) * sizeof(int32_t));
+    for (size_t i = 0; i < nn * (size_t)K; i++)
+        off[sel[i] + 1]++;
+    off[E + 1] = shared ? n : 0;
+    for (int32_t e = 0; e <= E; e++)
+        off[e + 1] += off[e];
+    memcpy(fill, off, ((size_t)E + 2) * sizeof(int32_t));
+    for (int32_t t = 0; t < n; t++) {
+        for (int32_t j = 0; j < K; j++) {
+            int32_t e = sel[(int64_t)t * K + j], a = fill[e]++;
+            tok[a] = t;
+            wt[a] = selw[(int64_t)t * K + j];
+            slot[(int64_t)t * (int64_t)S + j] = a;
+        }
+        if (shared) {
+            int32_t a = fill[E]++;
+            tok[a] = t;
+            wt[a] = sg[t];
+            slot[(int64_t)t * (int64_t)S + K] = a;
+        }
+    }
+
+    struct moe_ctx c = {
+        .f = f, .m = m, .k = k, .n = n, .E = E, .H = H, .I = I,
+        .off = off, .tok = tok, .slot = slot, .wt = wt,
+        .actx = x, .actx_stride = (size_t)H * sizeof(float),
+        .hg = (float *)(s + o_hg), .hu = (float *)(s + o_hu),
+        .acth = s + o_acth, .acth_stride = hs,
+        .ye = (float *)(s + o_ye), .y = y, .items = items,
+    };
+    if (k == ACT_Q8) {
+        uint8_t *ax = s + o_actx;
+        for (int32_t t = 0; t < n; t++)
+            fast_q8_quantize_avx512(x + (int64_t)t * H, H, ax + (size_t)t * xs);
+        c.actx = ax;
+        c.actx_stride = xs;
+    }
+    /* items of the gate/up pass: the biggest experts first, so the tail of
+     * the atomic queue is small work */
+    int32_t ni = 0;
+    for (int32_t e = 0; e <= E; e++) {
+        if (off[e + 1] == off[e])
+            continue;
+        int32_t rows = (int32_t)moe_w(m, E, e, 0)->rows;
+        for (int32_t b = 0; b * FAST_MOE_BLOCK < rows; b++)
+            items[ni++] = e << 16 | b;
+    }
+    c.n_items = ni;
+    atomic_init(&c.next, 0);
+    tp_pool_run(f->tp, moe_job_gate_up, &c);
+    tp_pool_run(f->tp, moe_job_act, &c);
+    ni = 0;
+    for (int32_t e = 0; e <= E; e++) {
+        if (off[e + 1] == off[e])
+            continue;
+        for (int32_t b = 0; b < blocks_d; b++)
+            items[ni++] = e << 16 | b;
+    }
+    c.n_items = ni;
+    atomic_store(&c.next, 0);
+    tp_pool_run(f->tp, moe_job_down, &c);
+    tp_pool_run(f->tp, moe_job_combine, &c);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Attention                                                            */
+
+struct attn_ctx {
+    struct cpu_fast      *f;
+    const struct kb_attn *a;
+    const struct kb_kv   *kv;
+    int64_t               past;
+    const float          *q;
+    int64_t               q_stride;
+    int32_t               n;
+    float                *out;
+    atomic_int            next;
+};
+
+static void attn_job(void *arg, int32_t tid, int32_t nth)
+{
+    struct attn_ctx *c = arg;
+    const int32_t nh = c->a->n_heads, hd = c->a->head_dim, group = nh / c->a->n_kv_heads;
+    const int64_t row = (int64_t)c->a->n_kv_heads * hd, items = (int64_t)c->n * nh;
+    float *scores = c->f->ts[tid].buf;
+    int32_t it;
+    /* later tokens have longer rows: hand them out first */
+    while ((it = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed)) < items) {
+        int64_t idx = items - 1 - it;
+        int32_t t = (int32_t)(idx / nh), h = (int32_t)(idx % nh);
+        const int64_t kh = h / group;
+        fast_attn_row_avx512(c->q + ((int64_t)t * nh + h) * c->q_stride,
+                             c->kv->k + kh * hd, c->kv->v + kh * hd, row, c->past + t + 1, hd,
+                             c->a->scale, scores, c->out + ((int64_t)t * nh + h) * hd);
+    }
+}
+
+static int fast_attention(struct kb_backend *be, const struct kb_attn *at,
+                          struct kb_kv *kv, int64_t past,
+                          const float *q, int64_t q_stride,
+                          const float *k, const float *v, int32_t n, float *out)
+{
+    struct cpu_fast *f = fast_of(be);
+    if (f->isa == KB_CPU_ISA_SCALAR)
+        return f->ref->ops->attention(f->ref, at, kv, past, q, q_stride, k, v, n, out);
+    const int32_t nh = at->n_heads, nkv = at->n_kv_heads, hd = at->head_dim;
+    if (nh <= 0 || nkv <= 0 || nh % nkv || hd <= 0 || q_stride < hd)
+        return fast_fail(be, -EINVAL, "attention: bad head configuration");
+    if (past < 0 || n < 0 || past + n > kv->capacity)
+        return fast_fail(be, -EINVAL, "attention: KV cache capacity exceeded");
+    const int64_t row = (int64_t)nkv * hd;
+    memcpy(kv->k + past * row, k, (size_t)n * (size_t)row * sizeof(float));
+    memcpy(kv->v + past * row, v, (size_t)n * (size_t)row * sizeof(float));
+    if (tscratch(f, (size_t)(past + n + 16)))
+        return fast_fail(be, -ENOMEM, "attention: out of memory");
+    struct attn_ctx c = { .f = f, .a = at, .kv = kv, .past = past, .q = q,
+                          .q_stride = q_stride, .n = n, .out = out };
+    atomic_init(&c.next, 0);
+    tp_pool_run(f->tp, attn_job, &c);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Delegated ops                                                        */
+
+static int fast_embed(struct kb_backend *be, const struct kb_weight *table,
+                      const int32_t *ids, int32_t n, float *out)
+{
+    struct kb_backend *r = fast_of(be)->ref;
+    return r->ops->embed(r, table, ids, n, out);
+}
+
+static int fast_rmsnorm(struct kb_backend *be, float *y, int64_t y_stride,
+                        const float *x, int64_t x_stride, int64_t rows, int32_t dim,
+                        const struct kb_weight *w, float eps, bool plus_one)
+{
+    struct kb_backend *r = fast_of(be)->ref;
+    return r->ops->rmsnorm(r, y, y_stride, x, x_stride, rows, dim, w, eps, plus_one);
+}
+
+static int fast_rope(struct kb_backend *be, float *x, int32_t n, int32_t rows_per_token,
+                     int64_t stride, int32_t rot_dim, const int32_t *pos, double theta)
+{
+    struct kb_backend *r = fast_of(be)->ref;
+    return r->ops->rope(r, x, n, rows_per_token, stride, rot_dim, pos, theta);
+}
+
+static int fast_add(struct kb_backend *be, float *y, const float *a, const float *b,
+                    int64_t count)
+{
+    for (int64_t i = 0; i < count; i++)
+        y[i] = a[i] + b[i];
+    return 0;
+}
+
+static int fast_mul_sigmoid(struct kb_backend *be, float *y, int64_t y_stride,
+                            const float *x, int64_t x_stride,
+                            const float *gate, int64_t gate_stride,
+                            int64_t rows, int32_t dim)
+{
+    struct kb_backend *r = fast_of(be)->ref;
+    return r->ops->mul_sigmoid(r, y, y_stride, x, x_stride, gate, gate_stride, rows, dim);
+}
+
+static int fast_gdn(struct kb_backend *be, const struct kb_gdn *g,
+                    struct kb_gdn_state *st, const float *qkv, const float *z,
+                    const float *b, const float *a, int32_t n, float *y)
+{
+    struct kb_backend *r = fast_of(be)->ref;
+    return r->ops->gdn(r, g, st, qkv, z, b, a, n, y);
+}
+
+/* ------------------------------------------------------------------ */
+/* Memory and lifetime                                                  */
+
+static void *fast_alloc(struct kb_backend *be, size_t bytes)
+{
+    /* 64-byte aligned so vector loads of activation rows never split a
+     * cache line at the start */
+    size_t sz = (bytes + 63) & ~(size_t)63;
+    void *p = aligned_alloc(64, sz ? sz : 64);
+    if (p)
+        memset(p, 0, sz ? sz : 64);
+    return p;
+}
+
+static void fast_free(struct kb_backend *be, void *p)
+{
+    free(p);
+}
+
+static int fast_memcpy(struct kb_backend *be, void *dst, const void *src, size_t bytes)
+{
+    if (bytes)
+        memmove(dst, src, bytes);
+    return 0;
+}
+
+static int fast_zero(struct kb_backend *be, void *dst, size_t bytes)
+{
+    if (bytes)
+        memset(dst, 0, bytes);
+    return 0;
+}
+
+static uint32_t fast_caps(struct kb_backend *be)
+{
+    return KB_CAP_HOST_MEMORY | KB_CAP_READS_MAPPING | KB_CAP_Q4G32 |
+           KB_CAP_DENSE_BF16 | KB_CAP_DENSE_F16 | KB_CAP_DENSE_F32 | KB_CAP_G_IDX;
+}
+
+static const char *fast_last_error(struct kb_backend *be)
+{
+    struct cpu_fast *f = fast_of(be);
+    if (f->err[0])
+        return f->err;
+    return f->ref->ops->last_error ? f->ref->ops->last_error(f->ref) : "";
+}
+
+static void fast_destroy(struct kb_backend *be)
+{
+    if (!be)
+        return;
+    struct cpu_fast *f = fast_of(be);
+    if (f) {
+        tp_pool_destroy(f->tp);
+        if (f->ref)
+            f->ref->ops->destroy(f->ref);
+        for (int32_t i = 0; i < FAST_MAX_THREADS; i++)
+            free(f->ts[i].buf);
+        free(f->scr);
+        free(f);
+    }
+    free(be);
+}
+
+static const struct kb_backend_ops fast_ops = {
+    .api_version = KB_API_VERSION,
+    .name = "cpu",
+    .caps = fast_caps,
+    .last_error = fast_last_error,
+    .destroy = fast_destroy,
+    .alloc = fast_alloc,
+    .free = fast_free,
+    .upload = fast_memcpy,
+    .download = fast_memcpy,
+    .copy = fast_memcpy,
+    .zero = fast_zero,
+    .embed = fast_embed,
+    .matmul = fast_matmul,
+    .rmsnorm = fast_rmsnorm,
+    .rope = fast_rope,
+    .add = fast_add,
+    .mul_sigmoid = fast_mul_sigmoid,
+    .gdn = fast_gdn,
+    .attention = fast_attention,
+    .moe = fast_moe,
+};
+
+static const struct kb_backend_ops fast_exact_ops = {
+    .api_version = KB_API_VERSION,
+    .name = "cpu-exact",
+    .caps = fast_caps,
+    .last_error = fast_last_error,
+    .destroy = fast_destroy,
+    .alloc = fast_alloc,
+    .free = fast_free,
+    .upload = fast_memcpy,
+    .download = fast_memcpy,
+    .copy = fast_memcpy,
+    .zero = fast_zero,
+    .embed = fast_embed,
+    .matmul = fast_matmul,
+    .rmsnorm = fast_rmsnorm,
+    .rope = fast_rope,
+    .add = fast_add,
+    .mul_sigmoid = fast_mul_sigmoid,
+    .gdn = fast_gdn,
+    .attention = fast_attention,
+    .moe = fast_moe,
+};
+
+int32_t kb_cpu_fast_isa(struct kb_backend *be)
+{
+    return fast_of(be)->isa;
+}
+
+int32_t kb_cpu_fast_threads(struct kb_backend *be)
+{
+    return fast_of(be)->n_threads;
+}
+
+int kb_cpu_fast_create(const struct kb_cpu_fast_params *params, struct kb_backend **out)
+{
+    struct kb_cpu_fast_params p = KB_CPU_FAST_PARAMS_DEFAULT;
+    if (params)
+        p = *params;
+    if (p.n_threads < 0 || p.n_threads > FAST_MAX_THREADS)
+        return -EINVAL;
+    int32_t best = kb_cpu_fast_best_isa();
+    int32_t isa = p.isa == KB_CPU_ISA_AUTO ? best : p.isa;
+    if (isa != KB_CPU_ISA_SCALAR && isa != KB_CPU_ISA_AVX512)
+        return -EINVAL;
+    if (isa == KB_CPU_ISA_AVX512 && best != KB_CPU_ISA_AVX512)
+        return -ENOTSUP;
+    int32_t nt = p.n_threads;
+    if (nt == 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        nt = c < 1 ? 1 : c > FAST_MAX_THREADS ? FAST_MAX_THREADS : (int32_t)c;
+    }
+    struct kb_backend *be = calloc(1, sizeof(*be));
+    struct cpu_fast *f = calloc(1, sizeof(*f));
+    if (!be || !f) {
+        free(be);
+        free(f);
+        return -ENOMEM;
+    }
+    be->impl = f;
+    be->ops = p.exact ? &fast_exact_ops : &fast_ops;
+    f->isa = isa;
+    f->exact = p.exact;
+    f->n_threads = nt;
+    struct kb_cpu_params rp = { .n_threads = nt > 64 ? 64 : nt };
+    int rc = kb_cpu_ref_create(&rp, &f->ref);
+    if (!rc)
+        rc = tp_pool_create(nt, &f->tp);
+    if (rc) {
+        fast_destroy(be);
+        return rc;
+    }
+    f->n_threads = tp_pool_size(f->tp);
+    *out = be;
+    return 0;
+}

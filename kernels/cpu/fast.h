@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The fast CPU backend ("cpu"): the same op table as the reference backend
+ * (kernels/backend.h) with SIMD kernels chosen at run time by CPUID and a
+ * persistent thread pool. See fast.c for the design.
+ */
+#ifndef RESIDENT_KERNELS_CPU_FAST_H
+#define RESIDENT_KERNELS_CPU_FAST_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "kernels/backend.h"
+
+enum kb_cpu_isa {
+    KB_CPU_ISA_AUTO   = 0,               /* best the CPU supports            */
+    KB_CPU_ISA_SCALAR = 1,               /* every op delegated to cpu-ref    */
+    KB_CPU_ISA_AVX512 = 3,               /* AVX-512 F/BW/VL + VNNI + BF16    */
+};
+
+struct kb_cpu_fast_params {
+    int32_t n_threads;                   /* 0 = all online CPUs              */
+    bool    exact;                       /* fp32 activations everywhere (no
+                                            int8 / bf16 activation rounding) */
+    int32_t isa;                         /* enum kb_cpu_isa                  */
+};
+#define KB_CPU_FAST_PARAMS_DEFAULT { .n_threads = 0, .exact = false, .isa = KB_CPU_ISA_AUTO }
+
+/* Create the fast backend. -ENOTSUP if an explicitly requested ISA is not
+ * supported by this CPU. The backend's name is "cpu" ("cpu-exact" with
+ * exact set). */
+int kb_cpu_fast_create(const struct kb_cpu_fast_params *params, struct kb_backend **out);
+
+/* Best ISA this CPU supports (enum kb_cpu_isa), and a name for it. */
+int32_t kb_cpu_fast_best_isa(void);
+const char *kb_cpu_isa_name(int32_t isa);
+
+/* The ISA a fast backend runs with and its thread count (for reports). */
+int32_t kb_cpu_fast_isa(struct kb_backend *be);
+int32_t kb_cpu_fast_threads(struct kb_backend *be);
+
+#endif
