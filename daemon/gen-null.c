@@ -153,9 +153,15 @@ const struct gen_ops gen_null_ops = {
     .step = null_step,
 };
 
+/* The engine generator (daemon/gen-engine.c) exists only in builds that
+ * link the engine; a weak reference keeps this file independent of it. */
+extern const struct gen_ops gen_engine_ops __attribute__((weak));
+
 const struct gen_ops *gen_lookup(const char *name)
 {
     if (strcmp(name, gen_null_ops.name) == 0)
         return &gen_null_ops;
+    if (&gen_engine_ops != NULL && strcmp(name, gen_engine_ops.name) == 0)
+        return &gen_engine_ops;
     return NULL;
 }

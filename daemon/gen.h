@@ -61,7 +61,7 @@ struct gen_ops {
 
 /**
  * gen_lookup() - find a generator by name
- * @name: "null" (the only one until the engine lands)
+ * @name: "null", or "engine" when daemon/gen-engine.c is linked in
  *
  * Return: the ops table, or NULL.
  */

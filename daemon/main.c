@@ -110,8 +110,8 @@ int main(int argc, char **argv)
 
     d.gen = gen_lookup(d.cfg.generator);
     if (!d.gen) {
-        fprintf(stderr, "residentd: generator '%s' is unknown; available: null "
-                "(the model generator needs the engine, which this build does not have yet)\n", d.cfg.generator);
+        fprintf(stderr, "residentd: generator '%s' is unknown; available: null%s\n", d.cfg.generator,
+                gen_lookup("engine") ? ", engine" : " (this build has no engine generator)");
         return 2;
     }
     if (d.gen->synthetic && d.cfg.model[0])
