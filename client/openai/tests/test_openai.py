@@ -281,13 +281,14 @@ def test_concurrent_streams(gw):
 
 
 def test_metrics(gw):
-    chat(gw, max_tokens=4)
+    # 200 tokens arrive in several events, so inter-token gaps get observed.
+    assert chat(gw, max_tokens=200).usage.completion_tokens == 200
     m = gw.metrics()
     assert m['resident_openai_requests_total{endpoint="chat_completions",code="2xx"}'] >= 1
-    assert m["resident_openai_generation_tokens_total"] >= 4
+    assert m["resident_openai_generation_tokens_total"] >= 200
     assert m["resident_openai_prompt_tokens_total"] > 0
     assert m["resident_openai_time_to_first_token_seconds_count"] >= 1
-    assert m["resident_openai_inter_token_latency_seconds_count"] >= 3
+    assert m["resident_openai_inter_token_latency_seconds_count"] >= 1
     assert m['resident_openai_time_to_first_token_seconds_bucket{le="+Inf"}'] == \
         m["resident_openai_time_to_first_token_seconds_count"]
     assert m["resident_openai_requests_running"] == 0
