@@ -307,13 +307,13 @@ static void out_value(struct json_out *o, const struct json_object *cv, int dept
     case json_type_object: {
         bool first = true;
         json_out_putc(o, '{');
-        json_object_object_foreach(v, key, val) {
+        JSON_OUT_FOREACH(v, ent) {
             if (!first)
                 json_out_puts(o, ", ");
             first = false;
-            json_out_string(o, key, strlen(key));
+            json_out_string(o, JSON_OUT_KEY(ent), strlen(JSON_OUT_KEY(ent)));
             json_out_puts(o, ": ");
-            out_value(o, val, depth + 1);
+            out_value(o, JSON_OUT_VAL(ent), depth + 1);
         }
         json_out_putc(o, '}');
         break;

@@ -26,7 +26,18 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-struct json_object;
+#include <json-c/json_object.h>
+#include <json-c/linkhash.h>
+
+/* Walk an object's members in insertion order. json-c's own
+ * json_object_object_foreach is a GNU statement expression, which clang
+ * reports under -Wpedantic; this is the same walk without one. `obj` must
+ * be an object. */
+#define JSON_OUT_FOREACH(obj, ent) \
+    for (struct lh_entry *ent = lh_table_head(json_object_get_object((struct json_object *)(obj))); ent; \
+         ent = lh_entry_next(ent))
+#define JSON_OUT_KEY(ent) ((const char *)lh_entry_k(ent))
+#define JSON_OUT_VAL(ent) ((struct json_object *)lh_entry_v(ent))
 
 /* Nesting limit for serialization (Python's default recursion limit is
  * about 1000 frames; inputs come from parse-value.c, which stops at

@@ -256,13 +256,11 @@ static bool implicit_end_name(const struct chat_parser *p, const char *s, size_t
     const struct json_object *props = chat_tool_properties(p->opts.tools, p->fname, p->fname_len);
     if (!props)
         return true;
-    bool found = false;
-    json_object_object_foreach((struct json_object *)props, key, val) {
-        (void)val;
-        if (strlen(key) == n && memcmp(key, s, n) == 0)
-            found = true;
+    JSON_OUT_FOREACH(props, ent) {
+        if (strlen(JSON_OUT_KEY(ent)) == n && memcmp(JSON_OUT_KEY(ent), s, n) == 0)
+            return true;
     }
-    return found;
+    return false;
 }
 
 static bool schema_name(const struct chat_parser *p, const char *s, size_t n)
@@ -270,9 +268,8 @@ static bool schema_name(const struct chat_parser *p, const char *s, size_t n)
     const struct json_object *props = chat_tool_properties(p->opts.tools, p->fname, p->fname_len);
     if (!props)
         return true;
-    json_object_object_foreach((struct json_object *)props, key, val) {
-        (void)val;
-        if (strlen(key) == n && memcmp(key, s, n) == 0)
+    JSON_OUT_FOREACH(props, ent) {
+        if (strlen(JSON_OUT_KEY(ent)) == n && memcmp(JSON_OUT_KEY(ent), s, n) == 0)
             return true;
     }
     return false;

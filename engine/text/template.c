@@ -209,13 +209,13 @@ static void py_str(struct json_out *o, const struct json_object *cv, bool repr, 
     case json_type_object: {
         bool first = true;
         json_out_putc(o, '{');
-        json_object_object_foreach(v, key, val) {
+        JSON_OUT_FOREACH(v, ent) {
             if (!first)
                 json_out_puts(o, ", ");
             first = false;
-            py_repr_str(o, key, strlen(key));
+            py_repr_str(o, JSON_OUT_KEY(ent), strlen(JSON_OUT_KEY(ent)));
             json_out_puts(o, ": ");
-            py_str(o, val, true, depth + 1);
+            py_str(o, JSON_OUT_VAL(ent), true, depth + 1);
         }
         json_out_putc(o, '}');
         break;
@@ -342,22 +342,24 @@ static int render_tool(struct tpl *t, const struct json_object *tool, size_t idx
     json_out_value(o, desc);
     json_out_puts(o, ", \"parameters\": ");
     json_out_value(o, params);
-    json_object_object_foreach(fn, fkey, fval) {
+    JSON_OUT_FOREACH(fn, fent) {
+        const char *fkey = JSON_OUT_KEY(fent);
         if (strcmp(fkey, "name") == 0 || strcmp(fkey, "description") == 0 || strcmp(fkey, "parameters") == 0)
             continue;
         json_out_puts(o, ", ");
         json_out_string(o, fkey, strlen(fkey));
         json_out_puts(o, ": ");
-        json_out_value(o, fval);
+        json_out_value(o, JSON_OUT_VAL(fent));
     }
     json_out_putc(o, '}');
-    json_object_object_foreach(tool, tkey, tval) {
+    JSON_OUT_FOREACH(tool, tent) {
+        const char *tkey = JSON_OUT_KEY(tent);
         if (strcmp(tkey, "type") == 0 || strcmp(tkey, "function") == 0)
             continue;
         json_out_puts(o, ", ");
         json_out_string(o, tkey, strlen(tkey));
         json_out_puts(o, ": ");
-        json_out_value(o, tval);
+        json_out_value(o, JSON_OUT_VAL(tent));
     }
     json_out_putc(o, '}');
     return o->err;
@@ -412,9 +414,10 @@ static int render_tool_call(struct tpl *t, const struct json_object *tc, size_t 
         if (!json_object_is_type(args, json_type_object)) {
             rc = raise_msg(t, "Can only get item pairs from a mapping.");
         } else {
-            json_object_object_foreach(args, key, val) {
+            JSON_OUT_FOREACH(args, ent) {
+                struct json_object *val = JSON_OUT_VAL(ent);
                 json_out_puts(o, "<parameter=");
-                json_out_puts(o, key);
+                json_out_puts(o, JSON_OUT_KEY(ent));
                 json_out_puts(o, ">\n");
                 if (is_string(val))
                     json_out_append(o, sdata(val), slen(val));

@@ -605,8 +605,8 @@ int main(void)
         static const char *const want[] = {
             "{\"reasoning\": \"r\\n\"}",
             "{\"content\": \"hi\"}",
-            "{\"tool_calls\": [{\"index\": 1, \"id\": \"call_000000000000000000000001\", \"type\": \"function\", "
-            "\"function\": {\"name\": \"get_weather\", \"arguments\": \"\"}}]}",
+            ("{\"tool_calls\": [{\"index\": 1, \"id\": \"call_000000000000000000000001\", \"type\": \"function\", "
+             "\"function\": {\"name\": \"get_weather\", \"arguments\": \"\"}}]}"),
             "{\"tool_calls\": [{\"index\": 1, \"function\": {\"arguments\": \"\\\"city\\\": \\\"A\\\"\"}}]}",
         };
         for (size_t i = 0; i < 4; i++) {

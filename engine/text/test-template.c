@@ -161,12 +161,14 @@ static int run_goldens(const char *path, const struct chat_render_opts *opts, st
 static int run_shipped(const char *path, struct json_object *goldens)
 {
     struct json_object *doc = load_json(path), *cases;
-    if (!doc || !json_object_object_get_ex(doc, "cases", &cases)) {
+    if (!doc || !json_object_object_get_ex(doc, "cases", &cases) || !json_object_is_type(cases, json_type_object)) {
         json_object_put(doc);
         return -1;
     }
     int matched = 0;
-    json_object_object_foreach(cases, name, rendered) {
+    JSON_OUT_FOREACH(cases, ent) {
+        const char *name = JSON_OUT_KEY(ent);
+        struct json_object *rendered = JSON_OUT_VAL(ent);
         struct json_object *req = NULL;
         for (size_t i = 0; goldens && i < json_object_array_length(goldens); i++) {
             struct json_object *rec = json_object_array_get_idx(goldens, i), *n;
