@@ -25,58 +25,7 @@
  */
 #include "kernels/backend.h"
 #include "kernels/cpu/ref.h"
-/* One source, two vendors: built as gpu-check (CUDA driver API, sm_90
- * cubins) and, with -DGPU_CHECK_HIP, as gpu-check-hip (HIP module API,
- * gfx1151 code objects). gcd_* names map to either host layer. */
-#ifdef GPU_CHECK_HIP
-#include "kernels/hip/hip-device.h"
-#define gcd_dev gpu_hip
-#define gcd_ptr gpu_hip_ptr
-#define gcd_module gpu_hip_module
-#define gcd_function gpu_hip_function
-#define gcd_open gpu_hip_open
-#define gcd_close gpu_hip_close
-#define gcd_last_error gpu_hip_last_error
-#define gcd_describe gpu_hip_describe
-#define gcd_sm_count gpu_hip_sm_count
-#define gcd_module_load gpu_hip_module_load
-#define gcd_function_get gpu_hip_function_get
-#define gcd_mem_alloc gpu_hip_mem_alloc
-#define gcd_mem_free gpu_hip_mem_free
-#define gcd_mem_upload gpu_hip_mem_upload
-#define gcd_mem_download gpu_hip_mem_download
-#define gcd_mem_fill32 gpu_hip_mem_fill32
-#define gcd_launch gpu_hip_launch
-#define gcd_sync gpu_hip_sync
-#define gcd_timer_start gpu_hip_timer_start
-#define gcd_timer_stop gpu_hip_timer_stop
-#define GPU_CHECK_OBJ "gfx1151.hsaco"
-#define GPU_CHECK_PEAK_NOTE "gfx1151 datasheet int8 WMMA: 59.4 TOPS"
-#else
-#include "kernels/cuda/cuda-device.h"
-#define gcd_dev gpu_cuda
-#define gcd_ptr gpu_cuda_ptr
-#define gcd_module gpu_cuda_module
-#define gcd_function gpu_cuda_function
-#define gcd_open gpu_cuda_open
-#define gcd_close gpu_cuda_close
-#define gcd_last_error gpu_cuda_last_error
-#define gcd_describe gpu_cuda_describe
-#define gcd_sm_count gpu_cuda_sm_count
-#define gcd_module_load gpu_cuda_module_load
-#define gcd_function_get gpu_cuda_function_get
-#define gcd_mem_alloc gpu_cuda_mem_alloc
-#define gcd_mem_free gpu_cuda_mem_free
-#define gcd_mem_upload gpu_cuda_mem_upload
-#define gcd_mem_download gpu_cuda_mem_download
-#define gcd_mem_fill32 gpu_cuda_mem_fill32
-#define gcd_launch gpu_cuda_launch
-#define gcd_sync gpu_cuda_sync
-#define gcd_timer_start gpu_cuda_timer_start
-#define gcd_timer_stop gpu_cuda_timer_stop
-#define GPU_CHECK_OBJ "sm_90.cubin"
-#define GPU_CHECK_PEAK_NOTE "H100/H200 SXM datasheet dense int8: 1979 TOPS, reachable only with wgmma"
-#endif
+#include "kernels/cuda/gpu-check.h"
 
 #include <errno.h>
 #include <math.h>
@@ -89,15 +38,8 @@
 /* ------------------------------------------------------------------ */
 /* Set-up                                                               */
 
-static const char *const check_modules[] = { "gemv-w4", "mmq-w4", "moe", "norm", "gdn", "attn", "bench" };
-#define CHECK_N_MODULES (sizeof(check_modules) / sizeof(check_modules[0]))
-
 /* MMQ tile configurations, as instantiated in kernels/gpu/mmq-w4.cu */
-struct mmq_cfg {
-    const char *name;
-    int bm, bn, threads;
-};
-static const struct mmq_cfg mmq_cfgs[] = {
+const struct mmq_cfg check_mmq_cfgs[N_MMQ] = {
     { "mmq_w4g32_32x64_w2x2", 32, 64, 128 },
     { "mmq_w4g32_64x64_w2x2", 64, 64, 128 },
     { "mmq_w4g32_64x128_w2x4", 64, 128, 256 },
@@ -107,34 +49,13 @@ static const struct mmq_cfg mmq_cfgs[] = {
     { "mmq_w4g32_64x128_w2x4_pf", 64, 128, 256 },
     { "mmq_w4g32_128x64_w4x2_pf", 128, 64, 256 },
 };
-#define N_MMQ ((int)(sizeof(mmq_cfgs) / sizeof(mmq_cfgs[0])))
 
-struct check {
-    struct gcd_dev *d;
-    struct kb_backend *ref;
-    gcd_module mod[CHECK_N_MODULES];
-    uint64_t rng;
-    int failures, checks;
-    gcd_function gemv[2][8];             /* [R==4][B-1] */
-    gcd_function gemv_q8[2][8];
-    gcd_function mmq[N_MMQ];
-    gcd_function quant, route, sort, combine, swiglu;
-    gcd_function rmsnorm, rmsnorm_gated, rope, mul_sigmoid;
-    gcd_function gdn_conv, gdn_rec, attn_split, attn_merge;
-    gcd_function bcopy, bread, bmma;
-};
+static const char *const check_modules[] = { "gemv-w4", "mmq-w4", "moe", "norm", "gdn", "attn", "bench" };
+_Static_assert(sizeof(check_modules) / sizeof(check_modules[0]) == CHECK_N_MODULES, "module list");
 
-#define CK(expr)                                                                          \
-    do {                                                                                  \
-        int rc_ = (expr);                                                                 \
-        if (rc_) {                                                                        \
-            fprintf(stderr, "gpu-check: %s:%d: %s: %s\n", __FILE__, __LINE__, #expr,      \
-                    gcd_last_error(c->d));                                           \
-            exit(2);                                                                      \
-        }                                                                                 \
-    } while (0)
 
-static double rnd_u(struct check *c)                 /* [0, 1) */
+
+double check_rnd_u(struct check *c)                 /* [0, 1) */
 {
     c->rng ^= c->rng << 13;
     c->rng ^= c->rng >> 7;
@@ -144,10 +65,10 @@ static double rnd_u(struct check *c)                 /* [0, 1) */
 
 static float rnd_s(struct check *c)                  /* [-1, 1) */
 {
-    return (float)(2.0 * rnd_u(c) - 1.0);
+    return (float)(2.0 * check_rnd_u(c) - 1.0);
 }
 
-static void *xmalloc(size_t n)
+void *check_xmalloc(size_t n)
 {
     void *p = malloc(n ? n : 1);
     if (!p) {
@@ -157,16 +78,16 @@ static void *xmalloc(size_t n)
     return p;
 }
 
-static gcd_ptr dev_alloc(struct check *c, size_t bytes)
+gcd_ptr check_dev_alloc(struct check *c, size_t bytes)
 {
     gcd_ptr p;
     CK(gcd_mem_alloc(c->d, bytes, &p));
     return p;
 }
 
-static gcd_ptr dev_upload(struct check *c, const void *src, size_t bytes)
+gcd_ptr check_dev_upload(struct check *c, const void *src, size_t bytes)
 {
-    gcd_ptr p = dev_alloc(c, bytes);
+    gcd_ptr p = check_dev_alloc(c, bytes);
     CK(gcd_mem_upload(c->d, p, src, bytes));
     return p;
 }
@@ -178,7 +99,7 @@ static void dev_poison(struct check *c, gcd_ptr p, size_t n_floats)
 
 static float *dev_download_f(struct check *c, gcd_ptr p, size_t n)
 {
-    float *h = xmalloc(n * sizeof(float));
+    float *h = check_xmalloc(n * sizeof(float));
     CK(gcd_sync(c->d));
     CK(gcd_mem_download(c->d, h, p, n * sizeof(float)));
     return h;
@@ -206,7 +127,7 @@ static void check_setup(struct check *c, const char *dir)
             c->gemv_q8[r][b - 1] = fn(c, 0, path);
         }
     for (int i = 0; i < N_MMQ; i++)
-        c->mmq[i] = fn(c, 1, mmq_cfgs[i].name);
+        c->mmq[i] = fn(c, 1, check_mmq_cfgs[i].name);
     c->quant = fn(c, 1, "quantize_q8g32");
     c->route = fn(c, 2, "moe_route");
     c->sort = fn(c, 2, "moe_sort");
@@ -270,14 +191,14 @@ static void w4_init(struct check *c, struct w4 *w, int64_t rows, int64_t cols)
 {
     w->rows = rows;
     w->cols = cols;
-    w->packed = xmalloc((size_t)(rows * cols / 8) * 4);
-    w->scales = xmalloc((size_t)(rows * cols / 32) * 2);
+    w->packed = check_xmalloc((size_t)(rows * cols / 8) * 4);
+    w->scales = check_xmalloc((size_t)(rows * cols / 32) * 2);
     for (int64_t i = 0; i < rows * cols / 8; i++) {
         c->rng = c->rng * 6364136223846793005ull + 1442695040888963407ull;
         w->packed[i] = (uint32_t)(c->rng >> 32) ^ (uint32_t)(c->rng >> 7);
     }
     for (int64_t i = 0; i < rows * cols / 32; i++)
-        w->scales[i] = kb_f32_to_bf16((float)(0.004 + 0.02 * rnd_u(c)));
+        w->scales[i] = kb_f32_to_bf16((float)(0.004 + 0.02 * check_rnd_u(c)));
 }
 
 static void w4_free(struct w4 *w)
@@ -307,7 +228,7 @@ static void rand_x(struct check *c, float *x, long n)
 {
     for (long i = 0; i < n; i++) {
         x[i] = rnd_s(c);
-        if (rnd_u(c) < 0.01)                   /* a few outlier channels */
+        if (check_rnd_u(c) < 0.01)                   /* a few outlier channels */
             x[i] *= 20.0f;
     }
 }
@@ -317,7 +238,7 @@ static void abs_sums(const struct w4 *w, int64_t row0, int64_t rows, const float
                      const float *xd, double *s_wx, double *s_wd)
 {
     struct kb_weight kw = w4_view(w, row0, rows);
-    float *row = xmalloc((size_t)w->cols * sizeof(float));
+    float *row = check_xmalloc((size_t)w->cols * sizeof(float));
     for (int64_t r = 0; r < rows; r++) {
         kb_ref_weight_row(&kw, r, row);
         for (int b = 0; b < nb; b++) {
@@ -346,7 +267,7 @@ static int gemv_lpr(int k)
     return lpr;
 }
 
-static void gemv_launch(struct check *c, int big, int nb, gcd_ptr wq, gcd_ptr ws,
+void check_gemv_launch(struct check *c, int big, int nb, gcd_ptr wq, gcd_ptr ws,
                         gcd_ptr x, gcd_ptr y, int n, int k, gcd_ptr ids,
                         int slices, long long x_slice, long long y_slice)
 {
@@ -358,7 +279,7 @@ static void gemv_launch(struct check *c, int big, int nb, gcd_ptr wq, gcd_ptr ws
 }
 
 /* x_slice in elements: xq moves by x_slice bytes, xd by x_slice/32. */
-static void gemv_q8_launch(struct check *c, int big, int nb, gcd_ptr wq, gcd_ptr ws,
+void check_gemv_q8_launch(struct check *c, int big, int nb, gcd_ptr wq, gcd_ptr ws,
                            gcd_ptr xq, gcd_ptr xd, gcd_ptr y, int n, int k,
                            gcd_ptr ids, int slices, long long x_slice, long long y_slice)
 {
@@ -378,31 +299,31 @@ static void check_gemv_shape(struct check *c, int n, int k)
 {
     struct w4 w;
     w4_init(c, &w, n, k);
-    float *x = xmalloc((size_t)8 * k * sizeof(float));
+    float *x = check_xmalloc((size_t)8 * k * sizeof(float));
     rand_x(c, x, 8L * k);
-    float *ref = xmalloc((size_t)8 * n * sizeof(float));
-    double *swx = xmalloc((size_t)8 * n * sizeof(double));
+    float *ref = check_xmalloc((size_t)8 * n * sizeof(float));
+    double *swx = check_xmalloc((size_t)8 * n * sizeof(double));
     struct kb_weight kw = w4_view(&w, 0, n);
     CK(c->ref->ops->matmul(c->ref, &kw, x, 8, ref));
     abs_sums(&w, 0, n, x, 8, NULL, swx, NULL);
-    float *xd = xmalloc((size_t)8 * (k / 32) * sizeof(float));
-    double *swd = xmalloc((size_t)8 * n * sizeof(double));
+    float *xd = check_xmalloc((size_t)8 * (k / 32) * sizeof(float));
+    double *swd = check_xmalloc((size_t)8 * n * sizeof(double));
     host_xd(x, 8, k, xd);
     abs_sums(&w, 0, n, x, 8, xd, swx, swd);
-    gcd_ptr dwq = dev_upload(c, w.packed, (size_t)n * k / 2);
-    gcd_ptr dws = dev_upload(c, w.scales, (size_t)n * k / 16);
-    gcd_ptr dx = dev_upload(c, x, (size_t)8 * k * sizeof(float));
-    gcd_ptr dy = dev_alloc(c, (size_t)8 * n * sizeof(float));
-    gcd_ptr dxq = dev_alloc(c, (size_t)8 * k), dxd = dev_alloc(c, (size_t)8 * (k / 32) * 4);
+    gcd_ptr dwq = check_dev_upload(c, w.packed, (size_t)n * k / 2);
+    gcd_ptr dws = check_dev_upload(c, w.scales, (size_t)n * k / 16);
+    gcd_ptr dx = check_dev_upload(c, x, (size_t)8 * k * sizeof(float));
+    gcd_ptr dy = check_dev_alloc(c, (size_t)8 * n * sizeof(float));
+    gcd_ptr dxq = check_dev_alloc(c, (size_t)8 * k), dxd = check_dev_alloc(c, (size_t)8 * (k / 32) * 4);
     quant_launch(c, dx, k, 0, 8, k, dxq, dxd);
     for (int q8 = 0; q8 < 2; q8++)
         for (int big = 0; big < 2; big++)
             for (int nb = 1; nb <= 8; nb++) {
                 dev_poison(c, dy, (size_t)8 * n);
                 if (q8)
-                    gemv_q8_launch(c, big, nb, dwq, dws, dxq, dxd, dy, n, k, 0, 1, 0, 0);
+                    check_gemv_q8_launch(c, big, nb, dwq, dws, dxq, dxd, dy, n, k, 0, 1, 0, 0);
                 else
-                    gemv_launch(c, big, nb, dwq, dws, dx, dy, n, k, 0, 1, 0, 0);
+                    check_gemv_launch(c, big, nb, dwq, dws, dx, dy, n, k, 0, 1, 0, 0);
                 float *got = dev_download_f(c, dy, (size_t)nb * n);
                 double worst = 0.0, se = 0.0, sr = 0.0;
                 long bad = 0;
@@ -444,22 +365,22 @@ static void check_gemv_experts(struct check *c)
     struct w4 w;
     w4_init(c, &w, (int64_t)E * n, k);
     int ids[8] = { 3, 15, 0, 7, 8, 2, 11, 5 };
-    float *x = xmalloc((size_t)top * k * sizeof(float));
+    float *x = check_xmalloc((size_t)top * k * sizeof(float));
     rand_x(c, x, (long)top * k);
-    float *ref = xmalloc((size_t)top * n * sizeof(float));
-    double *swx = xmalloc((size_t)top * n * sizeof(double));
+    float *ref = check_xmalloc((size_t)top * n * sizeof(float));
+    double *swx = check_xmalloc((size_t)top * n * sizeof(double));
     for (int s = 0; s < top; s++) {
         struct kb_weight kw = w4_view(&w, (int64_t)ids[s] * n, n);
         CK(c->ref->ops->matmul(c->ref, &kw, x + (int64_t)s * k, 1, ref + (int64_t)s * n));
         abs_sums(&w, (int64_t)ids[s] * n, n, x + (int64_t)s * k, 1, NULL, swx + (int64_t)s * n, NULL);
     }
-    gcd_ptr dwq = dev_upload(c, w.packed, (size_t)E * n * k / 2);
-    gcd_ptr dws = dev_upload(c, w.scales, (size_t)E * n * k / 16);
-    gcd_ptr dx = dev_upload(c, x, (size_t)top * k * sizeof(float));
-    gcd_ptr dids = dev_upload(c, ids, sizeof(ids));
-    gcd_ptr dy = dev_alloc(c, (size_t)top * n * sizeof(float));
+    gcd_ptr dwq = check_dev_upload(c, w.packed, (size_t)E * n * k / 2);
+    gcd_ptr dws = check_dev_upload(c, w.scales, (size_t)E * n * k / 16);
+    gcd_ptr dx = check_dev_upload(c, x, (size_t)top * k * sizeof(float));
+    gcd_ptr dids = check_dev_upload(c, ids, sizeof(ids));
+    gcd_ptr dy = check_dev_alloc(c, (size_t)top * n * sizeof(float));
     dev_poison(c, dy, (size_t)top * n);
-    gemv_launch(c, 0, 1, dwq, dws, dx, dy, n, k, dids, top, k, n);
+    check_gemv_launch(c, 0, 1, dwq, dws, dx, dy, n, k, dids, top, k, n);
     float *got = dev_download_f(c, dy, (size_t)top * n);
     double worst = 0.0;
     long bad = 0;
@@ -472,16 +393,16 @@ static void check_gemv_experts(struct check *c)
     report(c, "gemv experts (8 of 16 stacked, 256x512, ids)", worst, bad, (long)top * n, NULL);
     free(got);
     {
-        float *xd = xmalloc((size_t)top * (k / 32) * sizeof(float));
-        double *swd = xmalloc((size_t)top * n * sizeof(double));
+        float *xd = check_xmalloc((size_t)top * (k / 32) * sizeof(float));
+        double *swd = check_xmalloc((size_t)top * n * sizeof(double));
         host_xd(x, top, k, xd);
         for (int s = 0; s < top; s++)
             abs_sums(&w, (int64_t)ids[s] * n, n, x + (int64_t)s * k, 1, xd + (int64_t)s * (k / 32),
                      swx + (int64_t)s * n, swd + (int64_t)s * n);
-        gcd_ptr dxq = dev_alloc(c, (size_t)top * k), dxd = dev_alloc(c, (size_t)top * (k / 32) * 4);
+        gcd_ptr dxq = check_dev_alloc(c, (size_t)top * k), dxd = check_dev_alloc(c, (size_t)top * (k / 32) * 4);
         quant_launch(c, dx, k, 0, top, k, dxq, dxd);
         dev_poison(c, dy, (size_t)top * n);
-        gemv_q8_launch(c, 1, 1, dwq, dws, dxq, dxd, dy, n, k, dids, top, k, n);
+        check_gemv_q8_launch(c, 1, 1, dwq, dws, dxq, dxd, dy, n, k, dids, top, k, n);
         got = dev_download_f(c, dy, (size_t)top * n);
         worst = 0.0;
         bad = 0;
@@ -533,11 +454,11 @@ static void quant_launch(struct check *c, gcd_ptr x, long long x_ld, gcd_ptr row
     CK(gcd_launch(c->d, c->quant, (unsigned)((th + 255) / 256), 1, 1, 256, 0, args));
 }
 
-static void mmq_launch(struct check *c, int cfg, gcd_ptr xq, gcd_ptr xd, gcd_ptr wq,
+void check_mmq_launch(struct check *c, int cfg, gcd_ptr xq, gcd_ptr xd, gcd_ptr wq,
                        gcd_ptr ws, gcd_ptr y, int m, int n, int k, gcd_ptr seg,
                        int experts, int max_rows)
 {
-    const struct mmq_cfg *t = &mmq_cfgs[cfg];
+    const struct mmq_cfg *t = &check_mmq_cfgs[cfg];
     void *args[] = { &xq, &xd, &wq, &ws, &y, &m, &n, &k, &seg };
     int rows = seg ? max_rows : m;
     CK(gcd_launch(c->d, c->mmq[cfg], (unsigned)((n + t->bn - 1) / t->bn),
@@ -549,22 +470,22 @@ static void check_mmq_shape(struct check *c, int m, int n, int k)
 {
     struct w4 w;
     w4_init(c, &w, n, k);
-    float *x = xmalloc((size_t)m * k * sizeof(float));
+    float *x = check_xmalloc((size_t)m * k * sizeof(float));
     rand_x(c, x, (long)m * k);
-    float *xd = xmalloc((size_t)m * (k / 32) * sizeof(float));
+    float *xd = check_xmalloc((size_t)m * (k / 32) * sizeof(float));
     host_xd(x, m, k, xd);
-    float *ref = xmalloc((size_t)m * n * sizeof(float));
-    double *swx = xmalloc((size_t)m * n * sizeof(double)), *swd = xmalloc((size_t)m * n * sizeof(double));
+    float *ref = check_xmalloc((size_t)m * n * sizeof(float));
+    double *swx = check_xmalloc((size_t)m * n * sizeof(double)), *swd = check_xmalloc((size_t)m * n * sizeof(double));
     struct kb_weight kw = w4_view(&w, 0, n);
     CK(c->ref->ops->matmul(c->ref, &kw, x, m, ref));
     abs_sums(&w, 0, n, x, m, xd, swx, swd);
     /* abs_sums indexes [b][rows]: here b = token, rows = n: same as y [m][n] */
-    gcd_ptr dwq = dev_upload(c, w.packed, (size_t)n * k / 2);
-    gcd_ptr dws = dev_upload(c, w.scales, (size_t)n * k / 16);
-    gcd_ptr dx = dev_upload(c, x, (size_t)m * k * sizeof(float));
-    gcd_ptr dxq = dev_alloc(c, (size_t)m * k);
-    gcd_ptr dxd = dev_alloc(c, (size_t)m * (k / 32) * sizeof(float));
-    gcd_ptr dy = dev_alloc(c, (size_t)m * n * sizeof(float));
+    gcd_ptr dwq = check_dev_upload(c, w.packed, (size_t)n * k / 2);
+    gcd_ptr dws = check_dev_upload(c, w.scales, (size_t)n * k / 16);
+    gcd_ptr dx = check_dev_upload(c, x, (size_t)m * k * sizeof(float));
+    gcd_ptr dxq = check_dev_alloc(c, (size_t)m * k);
+    gcd_ptr dxd = check_dev_alloc(c, (size_t)m * (k / 32) * sizeof(float));
+    gcd_ptr dy = check_dev_alloc(c, (size_t)m * n * sizeof(float));
     dev_poison(c, dxd, (size_t)m * (k / 32));
     quant_launch(c, dx, k, 0, m, k, dxq, dxd);
     float *gxd = dev_download_f(c, dxd, (size_t)m * (k / 32));
@@ -578,7 +499,7 @@ static void check_mmq_shape(struct check *c, int m, int n, int k)
     free(gxd);
     for (int cfg = 0; cfg < N_MMQ; cfg++) {
         dev_poison(c, dy, (size_t)m * n);
-        mmq_launch(c, cfg, dxq, dxd, dwq, dws, dy, m, n, k, 0, 1, 0);
+        check_mmq_launch(c, cfg, dxq, dxd, dwq, dws, dy, m, n, k, 0, 1, 0);
         float *got = dev_download_f(c, dy, (size_t)m * n);
         double worst = 0.0, se = 0.0, sr = 0.0;
         long bad = 0;
@@ -597,7 +518,7 @@ static void check_mmq_shape(struct check *c, int m, int n, int k)
         }
         char extra[64];
         snprintf(extra, sizeof(extra), "rel. RMS err %.2e", sqrt(se / (sr > 0 ? sr : 1)));
-        snprintf(what, sizeof(what), "%s %dx%dx%d", mmq_cfgs[cfg].name + 10, m, n, k);
+        snprintf(what, sizeof(what), "%s %dx%dx%d", check_mmq_cfgs[cfg].name + 10, m, n, k);
         report(c, what, worst, bad, (long)m * n, extra);
         free(got);
     }
@@ -648,20 +569,20 @@ static void check_moe(struct check *c)
 {
     const int T = 67, E = 256, top = 8, H = 256, I = 128;   /* small hidden for a quick CPU ref */
     const int A = T * top;
-    float *logits = xmalloc((size_t)T * E * sizeof(float));
+    float *logits = check_xmalloc((size_t)T * E * sizeof(float));
     for (long i = 0; i < (long)T * E; i++)
         logits[i] = 3.0f * rnd_s(c);
-    int *ids = xmalloc((size_t)A * sizeof(int));
-    float *wts = xmalloc((size_t)A * sizeof(float));
+    int *ids = check_xmalloc((size_t)A * sizeof(int));
+    float *wts = check_xmalloc((size_t)A * sizeof(float));
     host_route(logits, T, E, top, ids, wts);
 
-    gcd_ptr dl = dev_upload(c, logits, (size_t)T * E * sizeof(float));
-    gcd_ptr dids = dev_alloc(c, (size_t)A * sizeof(int)), dw = dev_alloc(c, (size_t)A * sizeof(float));
+    gcd_ptr dl = check_dev_upload(c, logits, (size_t)T * E * sizeof(float));
+    gcd_ptr dids = check_dev_alloc(c, (size_t)A * sizeof(int)), dw = check_dev_alloc(c, (size_t)A * sizeof(float));
     dev_poison(c, dw, A);
     int t_ = T, e_ = E, k_ = top, renorm = 1;
     void *ra[] = { &dl, &t_, &e_, &k_, &renorm, &dids, &dw };
     CK(gcd_launch(c->d, c->route, (unsigned)((T + 3) / 4), 1, 1, 128, 0, ra));
-    int *gids = xmalloc((size_t)A * sizeof(int));
+    int *gids = check_xmalloc((size_t)A * sizeof(int));
     CK(gcd_sync(c->d));
     CK(gcd_mem_download(c->d, gids, dids, (size_t)A * sizeof(int)));
     float *gw = dev_download_f(c, dw, A);
@@ -675,13 +596,13 @@ static void check_moe(struct check *c)
     /* sort on the device from the reference ids (so later checks do not
      * depend on the routing check) */
     CK(gcd_mem_upload(c->d, dids, ids, (size_t)A * sizeof(int)));
-    gcd_ptr dseg = dev_alloc(c, (size_t)(E + 1) * sizeof(int));
-    gcd_ptr drow = dev_alloc(c, (size_t)A * sizeof(int)), dpos = dev_alloc(c, (size_t)A * sizeof(int));
+    gcd_ptr dseg = check_dev_alloc(c, (size_t)(E + 1) * sizeof(int));
+    gcd_ptr drow = check_dev_alloc(c, (size_t)A * sizeof(int)), dpos = check_dev_alloc(c, (size_t)A * sizeof(int));
     int a_ = A;
     void *sa[] = { &dids, &a_, &k_, &e_, &dseg, &drow, &dpos };
     CK(gcd_launch(c->d, c->sort, 1, 1, 1, 1024, 0, sa));
-    int *seg = xmalloc((size_t)(E + 1) * sizeof(int)), *row_tok = xmalloc((size_t)A * sizeof(int));
-    int *pos = xmalloc((size_t)A * sizeof(int));
+    int *seg = check_xmalloc((size_t)(E + 1) * sizeof(int)), *row_tok = check_xmalloc((size_t)A * sizeof(int));
+    int *pos = check_xmalloc((size_t)A * sizeof(int));
     CK(gcd_sync(c->d));
     CK(gcd_mem_download(c->d, seg, dseg, (size_t)(E + 1) * sizeof(int)));
     CK(gcd_mem_download(c->d, row_tok, drow, (size_t)A * sizeof(int)));
@@ -703,7 +624,7 @@ static void check_moe(struct check *c)
     report(c, "moe_sort segments and permutation", bad ? 2.0 : 0.0, bad, A + E + 1, NULL);
     if (bad) {
         /* keep the grouped-GEMM checks meaningful: continue with a host sort */
-        int *cur = xmalloc((size_t)E * sizeof(int));
+        int *cur = check_xmalloc((size_t)E * sizeof(int));
         for (int e = 0, s = 0; e < E; s += cnt[e], e++)
             seg[e] = cur[e] = s;
         seg[E] = A;
@@ -723,16 +644,16 @@ static void check_moe(struct check *c)
     struct w4 gu, dn;
     w4_init(c, &gu, (int64_t)E * 2 * I, H);
     w4_init(c, &dn, (int64_t)E * H, I);
-    float *x = xmalloc((size_t)T * H * sizeof(float));
+    float *x = check_xmalloc((size_t)T * H * sizeof(float));
     rand_x(c, x, (long)T * H);
     /* reference: per token, per slot; the gate|up rows are also kept in
      * sorted order with their MMQ error bounds for the stage check */
     float *ref_out = calloc((size_t)T * H, sizeof(float));
-    float *href = xmalloc((size_t)A * 2 * I * sizeof(float)), *act = xmalloc((size_t)I * sizeof(float));
-    double *hwx = xmalloc((size_t)A * 2 * I * sizeof(double)), *hwd = xmalloc((size_t)A * 2 * I * sizeof(double));
-    float *xd_tok = xmalloc((size_t)T * (H / 32) * sizeof(float));
+    float *href = check_xmalloc((size_t)A * 2 * I * sizeof(float)), *act = check_xmalloc((size_t)I * sizeof(float));
+    double *hwx = check_xmalloc((size_t)A * 2 * I * sizeof(double)), *hwd = check_xmalloc((size_t)A * 2 * I * sizeof(double));
+    float *xd_tok = check_xmalloc((size_t)T * (H / 32) * sizeof(float));
     host_xd(x, T, H, xd_tok);
-    float *ybuf = xmalloc((size_t)H * sizeof(float));
+    float *ybuf = check_xmalloc((size_t)H * sizeof(float));
     for (int t = 0; t < T; t++)
         for (int s = 0; s < top; s++) {
             int e = ids[t * top + s], r = pos[t * top + s];
@@ -748,15 +669,15 @@ static void check_moe(struct check *c)
             for (int h = 0; h < H; h++)
                 ref_out[(int64_t)t * H + h] += wts[t * top + s] * ybuf[h];
         }
-    gcd_ptr dx = dev_upload(c, x, (size_t)T * H * sizeof(float));
-    gcd_ptr dguq = dev_upload(c, gu.packed, (size_t)E * 2 * I * H / 2);
-    gcd_ptr dgus = dev_upload(c, gu.scales, (size_t)E * 2 * I * H / 16);
-    gcd_ptr ddnq = dev_upload(c, dn.packed, (size_t)E * H * I / 2);
-    gcd_ptr ddns = dev_upload(c, dn.scales, (size_t)E * H * I / 16);
-    gcd_ptr dxq = dev_alloc(c, (size_t)A * H), dxd = dev_alloc(c, (size_t)A * (H / 32) * 4);
-    gcd_ptr dh = dev_alloc(c, (size_t)A * 2 * I * 4), dact = dev_alloc(c, (size_t)A * I * 4);
-    gcd_ptr daq = dev_alloc(c, (size_t)A * I), dad = dev_alloc(c, (size_t)A * (I / 32) * 4);
-    gcd_ptr dys = dev_alloc(c, (size_t)A * H * 4), dout = dev_alloc(c, (size_t)T * H * 4);
+    gcd_ptr dx = check_dev_upload(c, x, (size_t)T * H * sizeof(float));
+    gcd_ptr dguq = check_dev_upload(c, gu.packed, (size_t)E * 2 * I * H / 2);
+    gcd_ptr dgus = check_dev_upload(c, gu.scales, (size_t)E * 2 * I * H / 16);
+    gcd_ptr ddnq = check_dev_upload(c, dn.packed, (size_t)E * H * I / 2);
+    gcd_ptr ddns = check_dev_upload(c, dn.scales, (size_t)E * H * I / 16);
+    gcd_ptr dxq = check_dev_alloc(c, (size_t)A * H), dxd = check_dev_alloc(c, (size_t)A * (H / 32) * 4);
+    gcd_ptr dh = check_dev_alloc(c, (size_t)A * 2 * I * 4), dact = check_dev_alloc(c, (size_t)A * I * 4);
+    gcd_ptr daq = check_dev_alloc(c, (size_t)A * I), dad = check_dev_alloc(c, (size_t)A * (I / 32) * 4);
+    gcd_ptr dys = check_dev_alloc(c, (size_t)A * H * 4), dout = check_dev_alloc(c, (size_t)T * H * 4);
     CK(gcd_mem_upload(c->d, dw, wts, (size_t)A * sizeof(float)));
     int max_rows = 0;
     for (int e = 0; e < E; e++)
@@ -766,7 +687,7 @@ static void check_moe(struct check *c)
         dev_poison(c, dys, (size_t)A * H);
         dev_poison(c, dout, (size_t)T * H);
         quant_launch(c, dx, H, drow, A, H, dxq, dxd);
-        mmq_launch(c, cfg, dxq, dxd, dguq, dgus, dh, A, 2 * I, H, dseg, E, max_rows);
+        check_mmq_launch(c, cfg, dxq, dxd, dguq, dgus, dh, A, 2 * I, H, dseg, E, max_rows);
         {
             /* stage check: grouped gate|up rows vs per-expert reference,
              * rigorous MMQ bound as in check_mmq_shape */
@@ -781,7 +702,7 @@ static void check_moe(struct check *c)
                 worst = isnan(d) ? INFINITY : fmax(worst, d / bound);
             }
             char what[96];
-            snprintf(what, sizeof(what), "moe grouped gate|up %s", mmq_cfgs[cfg].name + 10);
+            snprintf(what, sizeof(what), "moe grouped gate|up %s", check_mmq_cfgs[cfg].name + 10);
             report(c, what, worst, bad, (long)A * 2 * I, NULL);
             free(gh);
         }
@@ -789,7 +710,7 @@ static void check_moe(struct check *c)
         void *wa[] = { &dh, &a_, &i_, &dact };
         CK(gcd_launch(c->d, c->swiglu, (unsigned)((A * I + 255) / 256), 1, 1, 256, 0, wa));
         quant_launch(c, dact, I, 0, A, I, daq, dad);
-        mmq_launch(c, cfg, daq, dad, ddnq, ddns, dys, A, H, I, dseg, E, max_rows);
+        check_mmq_launch(c, cfg, daq, dad, ddnq, ddns, dys, A, H, I, dseg, E, max_rows);
         int h_ = H, acc = 0;
         void *ca[] = { &dys, &dpos, &dw, &k_, &h_, &dout, &acc };
         CK(gcd_launch(c->d, c->combine, (unsigned)T, 1, 1, 256, 0, ca));
@@ -809,7 +730,7 @@ static void check_moe(struct check *c)
         double rel = sqrt(se / sr);
         char what[96], extra[64];
         snprintf(extra, sizeof(extra), "rel. RMS err %.2e (bound 3e-2)", rel);
-        snprintf(what, sizeof(what), "moe block grouped %s", mmq_cfgs[cfg].name + 10);
+        snprintf(what, sizeof(what), "moe block grouped %s", check_mmq_cfgs[cfg].name + 10);
         report(c, what, isnan(rel) ? INFINITY : rel / 3e-2, bad, (long)T * H, extra);
         free(got);
     }
@@ -843,14 +764,14 @@ static void check_moe(struct check *c)
 static void check_small_ops(struct check *c)
 {
     const int rows = 37, dim = 2048;
-    float *x = xmalloc((size_t)rows * dim * 4), *w = xmalloc((size_t)dim * 4);
-    float *ref = xmalloc((size_t)rows * dim * 4);
+    float *x = check_xmalloc((size_t)rows * dim * 4), *w = check_xmalloc((size_t)dim * 4);
+    float *ref = check_xmalloc((size_t)rows * dim * 4);
     rand_x(c, x, (long)rows * dim);
     for (int i = 0; i < dim; i++)
         w[i] = 0.3f * rnd_s(c);
     struct kb_weight kw = f32_vec(w, dim);
-    gcd_ptr dx = dev_upload(c, x, (size_t)rows * dim * 4), dw = dev_upload(c, w, (size_t)dim * 4);
-    gcd_ptr dy = dev_alloc(c, (size_t)rows * dim * 4);
+    gcd_ptr dx = check_dev_upload(c, x, (size_t)rows * dim * 4), dw = check_dev_upload(c, w, (size_t)dim * 4);
+    gcd_ptr dy = check_dev_alloc(c, (size_t)rows * dim * 4);
     for (int plus = 0; plus < 2; plus++) {
         CK(c->ref->ops->rmsnorm(c->ref, ref, dim, x, dim, rows, dim, &kw, 1e-6f, plus));
         dev_poison(c, dy, (size_t)rows * dim);
@@ -881,7 +802,7 @@ static void check_small_ops(struct check *c)
     /* gated RMSNorm per 128-wide head: rows*16 heads */
     {
         const int heads = rows * 16, hd = 128;
-        float *z = xmalloc((size_t)heads * hd * 4), *nw = xmalloc((size_t)hd * 4);
+        float *z = check_xmalloc((size_t)heads * hd * 4), *nw = check_xmalloc((size_t)hd * 4);
         rand_x(c, z, (long)heads * hd);
         for (int i = 0; i < hd; i++)
             nw[i] = 1.0f + 0.2f * rnd_s(c);
@@ -895,7 +816,7 @@ static void check_small_ops(struct check *c)
                 ref[h * hd + i] = nw[i] * (x[h * hd + i] * inv) * (zz / (1.0f + expf(-zz)));
             }
         }
-        gcd_ptr dz = dev_upload(c, z, (size_t)heads * hd * 4), dn = dev_upload(c, nw, (size_t)hd * 4);
+        gcd_ptr dz = check_dev_upload(c, z, (size_t)heads * hd * 4), dn = check_dev_upload(c, nw, (size_t)hd * 4);
         dev_poison(c, dy, (size_t)heads * hd);
         int h_ = hd;
         float eps = 1e-6f;
@@ -915,11 +836,11 @@ static void check_small_ops(struct check *c)
         int pos[5] = { 0, 1, 17, 4095, 200000 };
         memcpy(ref, x, (size_t)nt * nh * hd * 4);
         CK(c->ref->ops->rope(c->ref, ref, nt, nh, hd, rot, pos, 1e7));
-        gcd_ptr dp = dev_upload(c, pos, sizeof(pos));
+        gcd_ptr dp = check_dev_upload(c, pos, sizeof(pos));
         float inv_freq[32];
         for (int i = 0; i < rot / 2; i++)
             inv_freq[i] = 1.0f / powf(1e7f, (float)(2 * i) / (float)rot);
-        gcd_ptr dif = dev_upload(c, inv_freq, sizeof(inv_freq));
+        gcd_ptr dif = check_dev_upload(c, inv_freq, sizeof(inv_freq));
         CK(gcd_mem_upload(c->d, dy, x, (size_t)nt * nh * hd * 4));
         int nt_ = nt, nh_ = nh, rot_ = rot;
         long long st = hd;
@@ -958,11 +879,11 @@ static void check_gdn(struct check *c, int n)
 {
     const int nk = 16, nv = 32, d = 128, K = 4;
     const int conv_dim = 2 * nk * d + nv * d, vd = nv * d;
-    float *qkv = xmalloc((size_t)n * conv_dim * 4), *z = xmalloc((size_t)n * vd * 4);
-    float *b = xmalloc((size_t)n * nv * 4), *a = xmalloc((size_t)n * nv * 4);
-    float *convw = xmalloc((size_t)conv_dim * K * 4), *alog = xmalloc((size_t)nv * 4);
-    float *dtb = xmalloc((size_t)nv * 4), *nw = xmalloc((size_t)d * 4);
-    float *cst = xmalloc((size_t)(K - 1) * conv_dim * 4), *ssm = xmalloc((size_t)nv * d * d * 4);
+    float *qkv = check_xmalloc((size_t)n * conv_dim * 4), *z = check_xmalloc((size_t)n * vd * 4);
+    float *b = check_xmalloc((size_t)n * nv * 4), *a = check_xmalloc((size_t)n * nv * 4);
+    float *convw = check_xmalloc((size_t)conv_dim * K * 4), *alog = check_xmalloc((size_t)nv * 4);
+    float *dtb = check_xmalloc((size_t)nv * 4), *nw = check_xmalloc((size_t)d * 4);
+    float *cst = check_xmalloc((size_t)(K - 1) * conv_dim * 4), *ssm = check_xmalloc((size_t)nv * d * d * 4);
     rand_x(c, qkv, (long)n * conv_dim);
     rand_x(c, z, (long)n * vd);
     for (int i = 0; i < n * nv; i++) {
@@ -972,7 +893,7 @@ static void check_gdn(struct check *c, int n)
     for (int i = 0; i < conv_dim * K; i++)
         convw[i] = 0.5f * rnd_s(c);
     for (int i = 0; i < nv; i++) {
-        alog[i] = (float)log(0.5 + 8.0 * rnd_u(c));
+        alog[i] = (float)log(0.5 + 8.0 * check_rnd_u(c));
         dtb[i] = rnd_s(c);
     }
     for (int i = 0; i < d; i++)
@@ -981,15 +902,15 @@ static void check_gdn(struct check *c, int n)
         cst[i] = rnd_s(c);
     for (long i = 0; i < (long)nv * d * d; i++)
         ssm[i] = 0.05f * rnd_s(c);
-    gcd_ptr dqkv = dev_upload(c, qkv, (size_t)n * conv_dim * 4), dz = dev_upload(c, z, (size_t)n * vd * 4);
-    gcd_ptr db = dev_upload(c, b, (size_t)n * nv * 4), da = dev_upload(c, a, (size_t)n * nv * 4);
-    gcd_ptr dcw = dev_upload(c, convw, (size_t)conv_dim * K * 4);
-    gcd_ptr dal = dev_upload(c, alog, (size_t)nv * 4), ddt = dev_upload(c, dtb, (size_t)nv * 4);
-    gcd_ptr dnw = dev_upload(c, nw, (size_t)d * 4);
-    gcd_ptr dcs = dev_upload(c, cst, (size_t)(K - 1) * conv_dim * 4);
-    gcd_ptr dss = dev_upload(c, ssm, (size_t)nv * d * d * 4);
-    gcd_ptr du = dev_alloc(c, (size_t)n * conv_dim * 4), dyo = dev_alloc(c, (size_t)n * vd * 4);
-    gcd_ptr dy = dev_alloc(c, (size_t)n * vd * 4);
+    gcd_ptr dqkv = check_dev_upload(c, qkv, (size_t)n * conv_dim * 4), dz = check_dev_upload(c, z, (size_t)n * vd * 4);
+    gcd_ptr db = check_dev_upload(c, b, (size_t)n * nv * 4), da = check_dev_upload(c, a, (size_t)n * nv * 4);
+    gcd_ptr dcw = check_dev_upload(c, convw, (size_t)conv_dim * K * 4);
+    gcd_ptr dal = check_dev_upload(c, alog, (size_t)nv * 4), ddt = check_dev_upload(c, dtb, (size_t)nv * 4);
+    gcd_ptr dnw = check_dev_upload(c, nw, (size_t)d * 4);
+    gcd_ptr dcs = check_dev_upload(c, cst, (size_t)(K - 1) * conv_dim * 4);
+    gcd_ptr dss = check_dev_upload(c, ssm, (size_t)nv * d * d * 4);
+    gcd_ptr du = check_dev_alloc(c, (size_t)n * conv_dim * 4), dyo = check_dev_alloc(c, (size_t)n * vd * 4);
+    gcd_ptr dy = check_dev_alloc(c, (size_t)n * vd * 4);
     dev_poison(c, dy, (size_t)n * vd);
 
     struct kb_weight wc = { .type = KB_WTYPE_F32, .rows = conv_dim, .cols = K, .data = convw };
@@ -997,7 +918,7 @@ static void check_gdn(struct check *c, int n)
     struct kb_gdn g = { .n_k_heads = nk, .n_v_heads = nv, .d_k = d, .d_v = d, .conv_kernel = K,
                         .norm_eps = 1e-6f, .conv1d = &wc, .A_log = &wa, .dt_bias = &wd, .norm = &wn };
     struct kb_gdn_state st = { .conv = cst, .ssm = ssm };
-    float *ref = xmalloc((size_t)n * vd * 4);
+    float *ref = check_xmalloc((size_t)n * vd * 4);
     CK(c->ref->ops->gdn(c->ref, &g, &st, qkv, z, b, a, n, ref));
 
     int n_ = n, cd = conv_dim, k_ = K, nk_ = nk, nv_ = nv;
@@ -1031,23 +952,23 @@ static void check_attention(struct check *c, int len)
 {
     const int nh = 16, nkv = 2, hd = 256;
     const long row = (long)nkv * hd;
-    float *kc = xmalloc((size_t)len * row * 4), *vc = xmalloc((size_t)len * row * 4);
-    float *q = xmalloc((size_t)nh * hd * 4), *ref = xmalloc((size_t)nh * hd * 4);
+    float *kc = check_xmalloc((size_t)len * row * 4), *vc = check_xmalloc((size_t)len * row * 4);
+    float *q = check_xmalloc((size_t)nh * hd * 4), *ref = check_xmalloc((size_t)nh * hd * 4);
     rand_x(c, kc, len * row);
     rand_x(c, vc, len * row);
     rand_x(c, q, (long)nh * hd);
     struct kb_attn at = { .n_heads = nh, .n_kv_heads = nkv, .head_dim = hd, .scale = 1.0f / 16.0f };
-    float *kc2 = xmalloc((size_t)len * row * 4), *vc2 = xmalloc((size_t)len * row * 4);
+    float *kc2 = check_xmalloc((size_t)len * row * 4), *vc2 = check_xmalloc((size_t)len * row * 4);
     memcpy(kc2, kc, (size_t)len * row * 4);
     memcpy(vc2, vc, (size_t)len * row * 4);
     struct kb_kv kv = { .k = kc2, .v = vc2, .capacity = len };
     CK(c->ref->ops->attention(c->ref, &at, &kv, len - 1, q, hd, kc + (len - 1) * row,
                               vc + (len - 1) * row, 1, ref));
-    gcd_ptr dk = dev_upload(c, kc, (size_t)len * row * 4), dv = dev_upload(c, vc, (size_t)len * row * 4);
-    gcd_ptr dq = dev_upload(c, q, (size_t)nh * hd * 4);
+    gcd_ptr dk = check_dev_upload(c, kc, (size_t)len * row * 4), dv = check_dev_upload(c, vc, (size_t)len * row * 4);
+    gcd_ptr dq = check_dev_upload(c, q, (size_t)nh * hd * 4);
     int chunks = (len + 255) / 256;
-    gcd_ptr dpo = dev_alloc(c, (size_t)nh * chunks * hd * 4), dms = dev_alloc(c, (size_t)nh * chunks * 8);
-    gcd_ptr dout = dev_alloc(c, (size_t)nh * hd * 4);
+    gcd_ptr dpo = check_dev_alloc(c, (size_t)nh * chunks * hd * 4), dms = check_dev_alloc(c, (size_t)nh * chunks * 8);
+    gcd_ptr dout = check_dev_alloc(c, (size_t)nh * hd * 4);
     dev_poison(c, dout, (size_t)nh * hd);
     long long qld = hd;
     int l_ = len, nh_ = nh, nkv_ = nkv, hd_ = hd;
@@ -1066,260 +987,6 @@ static void check_attention(struct check *c, int len)
     void *hf[] = { kc, vc, q, ref, kc2, vc2, got };
     for (size_t i = 0; i < sizeof(hf) / sizeof(hf[0]); i++)
         free(hf[i]);
-}
-
-/* ------------------------------------------------------------------ */
-/* Benchmarks                                                           */
-
-static double bench_copy_gbs(struct check *c, double *read_gbs)
-{
-    const size_t bytes = (size_t)1 << 30;
-    gcd_ptr a = dev_alloc(c, bytes), b = dev_alloc(c, bytes), sink = dev_alloc(c, 16);
-    CK(gcd_mem_fill32(c->d, a, 0x01020304u, bytes / 4));
-    long long n16 = (long long)(bytes / 16);
-    int blocks = gcd_sm_count(c->d) * 8;
-    void *args[] = { &a, &b, &n16, &blocks };
-    void *rargs[] = { &a, &n16, &blocks, &sink };
-    float ms = 0.0f, best = 1e30f, rbest = 1e30f;
-    for (int i = 0; i < 6; i++) {
-        CK(gcd_timer_start(c->d));
-        CK(gcd_launch(c->d, c->bcopy, (unsigned)blocks, 1, 1, 256, 0, args));
-        CK(gcd_timer_stop(c->d, &ms));
-        if (i && ms < best)
-            best = ms;
-        CK(gcd_timer_start(c->d));
-        CK(gcd_launch(c->d, c->bread, (unsigned)blocks, 1, 1, 256, 0, rargs));
-        CK(gcd_timer_stop(c->d, &ms));
-        if (i && ms < rbest)
-            rbest = ms;
-    }
-    gcd_mem_free(c->d, a);
-    gcd_mem_free(c->d, b);
-    gcd_mem_free(c->d, sink);
-    *read_gbs = (double)bytes / (rbest * 1e-3) / 1e9;
-    return 2.0 * (double)bytes / (best * 1e-3) / 1e9;
-}
-
-/* GEMV bandwidth on one shape: copies of the weights cycled so the set
- * exceeds L2; bytes counted = packed weights + scales (+ x, y). */
-static void bench_gemv(struct check *c, const char *name, int n, int k, int experts, int nb,
-                       double copy_gbs, double read_gbs)
-{
-    const int slices = experts ? 8 : 1;
-    const int64_t mats = experts ? experts : 1;
-    const size_t wbytes = (size_t)mats * n * k / 2, sbytes = (size_t)mats * n * k / 16;
-    int copies = (int)((512u << 20) / (wbytes + sbytes)) + 1;
-    if (copies > 64)
-        copies = 64;
-    gcd_ptr *wq = xmalloc(sizeof(gcd_ptr) * (size_t)copies);
-    gcd_ptr *ws = xmalloc(sizeof(gcd_ptr) * (size_t)copies);
-    for (int i = 0; i < copies; i++) {
-        wq[i] = dev_alloc(c, wbytes);
-        ws[i] = dev_alloc(c, sbytes);
-        CK(gcd_mem_fill32(c->d, wq[i], 0x9abc1234u ^ (uint32_t)i, wbytes / 4));
-        CK(gcd_mem_fill32(c->d, ws[i], 0x3c003c00u, sbytes / 4));
-    }
-    const size_t xn = (size_t)nb * k * slices, yn = (size_t)nb * n * slices;
-    gcd_ptr x = dev_alloc(c, xn * 4), y = dev_alloc(c, yn * 4), ids = 0;
-    CK(gcd_mem_fill32(c->d, x, 0x3f000000u, xn));
-    if (experts) {
-        int h_ids[8];
-        for (int i = 0; i < 8; i++)
-            h_ids[i] = (i * 37 + 11) % experts;
-        ids = dev_upload(c, h_ids, sizeof(h_ids));
-    }
-    gcd_ptr xq = dev_alloc(c, xn), xd = dev_alloc(c, xn / 32 * 4);
-    CK(gcd_mem_fill32(c->d, xq, 0x05fb07f9u, xn / 4));
-    CK(gcd_mem_fill32(c->d, xd, 0x3c000000u, xn / 32));
-    /* back-to-back launches over the copies between two events: the
-     * per-launch time includes the launch gap, as in a decode step.
-     * variants: [q8][rows per lane 1 / 4] */
-    double best_t[2][2] = { { 1e30, 1e30 }, { 1e30, 1e30 } };
-    const int reps = copies < 16 ? 16 : copies;
-    for (int q8 = 0; q8 < 2; q8++)
-        for (int big = 0; big < 2; big++) {
-            for (int round = 0; round < 3; round++) {
-                float ms;
-                CK(gcd_timer_start(c->d));
-                for (int it = 0; it < reps; it++) {
-                    long long xs = experts ? (long long)nb * k : 0, ys = (long long)nb * n;
-                    if (q8)
-                        gemv_q8_launch(c, big, nb, wq[it % copies], ws[it % copies], xq, xd, y, n, k,
-                                       ids, slices, xs, ys);
-                    else
-                        gemv_launch(c, big, nb, wq[it % copies], ws[it % copies], x, y, n, k, ids,
-                                    slices, xs, ys);
-                }
-                CK(gcd_timer_stop(c->d, &ms));
-                if (round && ms / reps < best_t[q8][big])
-                    best_t[q8][big] = ms / reps;
-            }
-        }
-    const double touched = (double)(wbytes + sbytes) / (double)mats * (double)slices;
-    for (int q8 = 0; q8 < 2; q8++) {
-        int big = best_t[q8][1] < best_t[q8][0];
-        double act_bytes = q8 ? (double)xn * (1.0 + 4.0 / 32) : (double)xn * 4;
-        double gbs = (touched + act_bytes + (double)yn * 4) / (best_t[q8][big] * 1e-3) / 1e9;
-        printf("BENCH gemv%s %-28s B=%d: %8.2f us %7.1f GB/s = %5.1f %% of read, %5.1f %% of copy bw "
-               "(rows/lane %d; other %.2f us)\n",
-               q8 ? "-q8" : "-a16", name, nb, best_t[q8][big] * 1e3, gbs, 100.0 * gbs / read_gbs,
-               100.0 * gbs / copy_gbs, big ? 4 : 1, best_t[q8][!big] * 1e3);
-    }
-    gcd_mem_free(c->d, xq);
-    gcd_mem_free(c->d, xd);
-    for (int i = 0; i < copies; i++) {
-        gcd_mem_free(c->d, wq[i]);
-        gcd_mem_free(c->d, ws[i]);
-    }
-    free(wq);
-    free(ws);
-    gcd_mem_free(c->d, x);
-    gcd_mem_free(c->d, y);
-    gcd_mem_free(c->d, ids);
-}
-
-static double bench_peak_int8(struct check *c)
-{
-    int iters = 4096, seed = 1;
-    gcd_ptr sink = dev_alloc(c, 16);
-    void *args[] = { &iters, &seed, &sink };
-    unsigned blocks = (unsigned)gcd_sm_count(c->d) * 8;
-    float ms, best = 1e30f;
-    for (int i = 0; i < 4; i++) {
-        CK(gcd_timer_start(c->d));
-        CK(gcd_launch(c->d, c->bmma, blocks, 1, 1, 256, 0, args));
-        CK(gcd_timer_stop(c->d, &ms));
-        if (i && ms < best)
-            best = ms;
-    }
-    gcd_mem_free(c->d, sink);
-    double ops = (double)blocks * 8 /* warps */ * iters * 4 /* chains */ * (16.0 * 16 * 32 * 2);
-    return ops / (best * 1e-3) / 1e12;
-}
-
-/* MMQ on a model shape: every tile config timed, best reported. */
-static void bench_mmq(struct check *c, const char *name, int m, int n, int k, double peak)
-{
-    gcd_ptr xq = dev_alloc(c, (size_t)m * k), xd = dev_alloc(c, (size_t)m * (k / 32) * 4);
-    gcd_ptr wq = dev_alloc(c, (size_t)n * k / 2), ws = dev_alloc(c, (size_t)n * k / 16);
-    gcd_ptr y = dev_alloc(c, (size_t)m * n * 4);
-    CK(gcd_mem_fill32(c->d, xq, 0x01fe03fdu, (size_t)m * k / 4));
-    CK(gcd_mem_fill32(c->d, xd, 0x3c000000u, (size_t)m * (k / 32)));
-    CK(gcd_mem_fill32(c->d, wq, 0x12345678u, (size_t)n * k / 8));
-    CK(gcd_mem_fill32(c->d, ws, 0x3c003c00u, (size_t)n * k / 64));
-    double ops = 2.0 * m * n * k;
-    double best = 1e30;
-    int best_cfg = 0;
-    char line[1024];
-    int off = snprintf(line, sizeof(line), "[");
-    for (int cfg = 0; cfg < N_MMQ; cfg++) {
-        float ms, t = 1e30f;
-        for (int it = 0; it < 4; it++) {
-            CK(gcd_timer_start(c->d));
-            mmq_launch(c, cfg, xq, xd, wq, ws, y, m, n, k, 0, 1, 0);
-            CK(gcd_timer_stop(c->d, &ms));
-            if (it && ms < t)
-                t = ms;
-        }
-        off += snprintf(line + off, sizeof(line) - (size_t)off, "%s%s %.0f", cfg ? ", " : "",
-                        mmq_cfgs[cfg].name + 10, ops / (t * 1e-3) / 1e12);
-        if (t < best) {
-            best = t;
-            best_cfg = cfg;
-        }
-    }
-    snprintf(line + off, sizeof(line) - (size_t)off, "]");
-    double tops = ops / (best * 1e-3) / 1e12;
-    printf("BENCH mmq %-26s M=%d N=%d K=%d: %8.1f us %6.1f TOPS = %4.1f %% of measured int8 "
-           "mma peak, best %s; all TOPS %s\n",
-           name, m, n, k, best * 1e3, tops, 100.0 * tops / peak, mmq_cfgs[best_cfg].name + 10, line);
-    gcd_ptr frees[] = { xq, xd, wq, ws, y };
-    for (size_t i = 0; i < 5; i++)
-        gcd_mem_free(c->d, frees[i]);
-}
-
-/* Grouped (MoE) MMQ: T tokens x top-8 of 256 experts, rows sorted by expert,
- * every expert's weights in one stacked tensor; the prefill MoE layout. */
-static void bench_mmq_moe(struct check *c, const char *name, int t, int n, int k, double peak)
-{
-    const int E = 256, top = 8, A = t * top;
-    int *seg = xmalloc((size_t)(E + 1) * sizeof(int)), *cnt = calloc((size_t)E, sizeof(int));
-    for (int i = 0; i < t; i++)
-        for (int s = 0; s < top; s++)           /* distinct experts per token */
-            cnt[(int)((unsigned)(i * 131 + s * 32 + (int)(rnd_u(c) * 31)) % (unsigned)E)]++;
-    int max_rows = 0;
-    seg[0] = 0;
-    for (int e = 0; e < E; e++) {
-        seg[e + 1] = seg[e] + cnt[e];
-        max_rows = cnt[e] > max_rows ? cnt[e] : max_rows;
-    }
-    gcd_ptr dseg = dev_upload(c, seg, (size_t)(E + 1) * sizeof(int));
-    gcd_ptr xq = dev_alloc(c, (size_t)A * k), xd = dev_alloc(c, (size_t)A * (k / 32) * 4);
-    gcd_ptr wq = dev_alloc(c, (size_t)E * n * k / 2), ws = dev_alloc(c, (size_t)E * n * k / 16);
-    gcd_ptr y = dev_alloc(c, (size_t)A * n * 4);
-    CK(gcd_mem_fill32(c->d, xq, 0x01fe03fdu, (size_t)A * k / 4));
-    CK(gcd_mem_fill32(c->d, xd, 0x3c000000u, (size_t)A * (k / 32)));
-    CK(gcd_mem_fill32(c->d, wq, 0x12345678u, (size_t)E * n * k / 8));
-    CK(gcd_mem_fill32(c->d, ws, 0x3c003c00u, (size_t)E * n * k / 64));
-    double ops = 2.0 * A * n * k, best = 1e30;
-    int best_cfg = 0;
-    char line[1024];
-    int off = snprintf(line, sizeof(line), "[");
-    for (int cfg = 0; cfg < N_MMQ; cfg++) {
-        float ms, tm = 1e30f;
-        for (int it = 0; it < 4; it++) {
-            CK(gcd_timer_start(c->d));
-            mmq_launch(c, cfg, xq, xd, wq, ws, y, A, n, k, dseg, E, max_rows);
-            CK(gcd_timer_stop(c->d, &ms));
-            if (it && ms < tm)
-                tm = ms;
-        }
-        off += snprintf(line + off, sizeof(line) - (size_t)off, "%s%s %.0f", cfg ? ", " : "",
-                        mmq_cfgs[cfg].name + 10, ops / (tm * 1e-3) / 1e12);
-        if (tm < best) {
-            best = tm;
-            best_cfg = cfg;
-        }
-    }
-    snprintf(line + off, sizeof(line) - (size_t)off, "]");
-    double tops = ops / (best * 1e-3) / 1e12;
-    double gbs = ((double)E * n * k * (0.5 + 1.0 / 16)) / (best * 1e-3) / 1e9;
-    printf("BENCH mmq-moe %-22s T=%d (x8 = %d rows, max %d/expert) N=%d K=%d: %8.1f us %6.1f TOPS "
-           "= %4.1f %% of mma peak, weights streamed at %.0f GB/s, best %s; all TOPS %s\n",
-           name, t, A, max_rows, n, k, best * 1e3, tops, 100.0 * tops / peak, gbs,
-           mmq_cfgs[best_cfg].name + 10, line);
-    gcd_ptr frees[] = { dseg, xq, xd, wq, ws, y };
-    for (size_t i = 0; i < 6; i++)
-        gcd_mem_free(c->d, frees[i]);
-    free(seg);
-    free(cnt);
-}
-
-static void run_bench(struct check *c)
-{
-    double read_gbs;
-    double copy_gbs = bench_copy_gbs(c, &read_gbs);
-    printf("BENCH copy bandwidth (1 GiB, read+write counted): %.1f GB/s; read-only stream %.1f GB/s\n",
-           copy_gbs, read_gbs);
-    bench_gemv(c, "lm_head 248320x2048", 248320, 2048, 0, 1, copy_gbs, read_gbs);
-    bench_gemv(c, "lm_head 248320x2048", 248320, 2048, 0, 4, copy_gbs, read_gbs);
-    bench_gemv(c, "lm_head 248320x2048", 248320, 2048, 0, 8, copy_gbs, read_gbs);
-    bench_gemv(c, "gdn qkv 8192x2048", 8192, 2048, 0, 1, copy_gbs, read_gbs);
-    bench_gemv(c, "gdn out 2048x4096", 2048, 4096, 0, 1, copy_gbs, read_gbs);
-    bench_gemv(c, "experts gate|up 8x(1024x2048)", 1024, 2048, 256, 1, copy_gbs, read_gbs);
-    bench_gemv(c, "experts down 8x(2048x512)", 2048, 512, 256, 1, copy_gbs, read_gbs);
-    double peak = bench_peak_int8(c);
-    printf("BENCH int8 matrix peak loop (compat.h 16x16x32 tiles): %.1f TOPS (" GPU_CHECK_PEAK_NOTE ")\n",
-           peak);
-    bench_mmq(c, "gdn qkv", 512, 8192, 2048, peak);
-    bench_mmq(c, "gdn qkv", 2048, 8192, 2048, peak);
-    bench_mmq(c, "attn/gdn out", 2048, 2048, 4096, peak);
-    bench_mmq(c, "expert gate|up (dense)", 2048, 1024, 2048, peak);
-    bench_mmq(c, "expert down (dense)", 2048, 2048, 512, peak);
-    bench_mmq(c, "lm_head", 512, 248320, 2048, peak);
-    bench_mmq_moe(c, "experts gate|up", 512, 1024, 2048, peak);
-    bench_mmq_moe(c, "experts gate|up", 2048, 1024, 2048, peak);
-    bench_mmq_moe(c, "experts down", 2048, 2048, 512, peak);
 }
 
 int main(int argc, char **argv)
@@ -1387,7 +1054,7 @@ int main(int argc, char **argv)
     printf("RESULT: %d/%d checks passed\n", c->checks - c->failures, c->checks);
     fflush(stdout);
     if (bench)
-        run_bench(c);
+        check_bench_run(c);
     c->ref->ops->destroy(c->ref);
     gcd_close(c->d);
     return c->failures ? 1 : 0;
