@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,7 +135,7 @@ static void test_ring_forged(void)
     CHECK(shm_ring_prod_space(&p) == -EPROTO);
 }
 
-#define STREAM_N 200000
+#define STREAM_N 100000
 
 static struct ring_mem stream_mem;
 static _Atomic int stream_stop;
@@ -150,6 +151,7 @@ static void *stream_producer(void *arg)
         int r;
         while ((r = shm_ring_prod_alloc(p, 3, len, &body)) == -EAGAIN) {
             shm_ring_prod_publish(p);
+            sched_yield();      /* 2 shared CPUs: let the consumer run */
             if (atomic_load(&stream_stop))
                 return (void *)2;
         }
@@ -186,6 +188,7 @@ static void test_ring_stream(void)
         }
         if (r == 0) {
             shm_ring_cons_release(&c);
+            sched_yield();
             continue;
         }
         seed = seed * 1103515245u + 12345u;
