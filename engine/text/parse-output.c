@@ -837,6 +837,11 @@ size_t chat_parser_tool_calls(const struct chat_parser *p)
     return p->n_calls;
 }
 
+bool chat_parser_reasoning_ended(const struct chat_parser *p)
+{
+    return p->rstate == R_CONTENT;
+}
+
 /* ---- whole text ------------------------------------------------------------ */
 
 struct collect {

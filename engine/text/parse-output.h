@@ -83,6 +83,10 @@ int chat_parser_feed(struct chat_parser *p, const char *text, size_t len, chat_d
 int chat_parser_finish(struct chat_parser *p, chat_delta_fn emit, void *user);
 /* Number of tool calls emitted so far (finish_reason "tool_calls" if > 0). */
 size_t chat_parser_tool_calls(const struct chat_parser *p);
+/* True once the reasoning part is over (`</think>` seen, a confirmed
+ * implicit end at `<tool_call>`, or thinking disabled): from here on the
+ * output is content, so e.g. structured-output constraints may start. */
+bool chat_parser_reasoning_ended(const struct chat_parser *p);
 
 struct chat_tool_call {
     char  id[CHAT_TOOL_ID_LEN + 1];

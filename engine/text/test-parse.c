@@ -594,6 +594,39 @@ int main(void)
         chat_parse_result_free(&r);
     }
 
+    /* Where the reasoning ends. */
+    {
+        struct chat_parser *p;
+        struct stream st;
+        memset(&st, 0, sizeof(st));
+        chat_parser_new(&opts, &p, NULL);
+        chat_parser_feed(p, "thinking </thi", 14, stream_delta, &st);
+        checks++;
+        if (chat_parser_reasoning_ended(p)) {
+            fprintf(stderr, "FAIL reasoning ended before </think>\n");
+            failures++;
+        }
+        chat_parser_feed(p, "nk>answer", 9, stream_delta, &st);
+        checks++;
+        if (!chat_parser_reasoning_ended(p)) {
+            fprintf(stderr, "FAIL reasoning not ended after </think>\n");
+            failures++;
+        }
+        chat_parser_free(p);
+        struct chat_parser_opts nothink = opts;
+        nothink.thinking = false;
+        chat_parser_new(&nothink, &p, NULL);
+        checks++;
+        if (!chat_parser_reasoning_ended(p)) {
+            fprintf(stderr, "FAIL thinking off must start in content\n");
+            failures++;
+        }
+        chat_parser_free(p);
+        json_out_free(&st.reasoning);
+        json_out_free(&st.content);
+        json_out_free(&st.calls);
+    }
+
     /* Streaming deltas in OpenAI shape. */
     {
         static const struct chat_delta ds[] = {
