@@ -5,10 +5,12 @@
  * checked against the null generator's formula, so any lost, duplicated
  * or reordered token (or a second DONE, or a missing one) is counted.
  * All counts must be zero, and the daemon must end with the fds it began
- * with. Bounded: gives up after 50 s.
+ * with, although hostile sessions churn beside the good ones the whole
+ * time. Bounded: gives up after 50 s.
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -151,6 +153,43 @@ out:
     return NULL;
 }
 
+/* Misbehaving sessions churning beside the soak: forged tails, garbage
+ * frames, clients that vanish mid-request. The good clients must not
+ * notice. */
+static _Atomic int hostile_stop;
+static _Atomic int hostile_rounds;
+
+static void *hostile_main(void *arg)
+{
+    (void)arg;
+    unsigned rnd = 12345;
+    while (!atomic_load(&hostile_stop)) {
+        struct th_raw r;
+        if (th_raw_open(D.sock, &r, 4096, 0) < 0)
+            continue;
+        switch (rand_r(&rnd) % 3) {
+        case 0:
+            atomic_store(&shm_region_req_ctl(&r.region)->tail.v, (uint64_t)rand_r(&rnd) << 20);
+            th_raw_ring(&r);
+            break;
+        case 1: {
+            uint8_t junk[64];
+            for (size_t i = 0; i < sizeof(junk); i++)
+                junk[i] = (uint8_t)rand_r(&rnd);
+            th_send_raw(r.sock, junk, sizeof(junk), NULL, 0);
+            break;
+        }
+        default:
+            th_raw_submit(&r, 1, "vanish", 4000);
+            break;
+        }
+        usleep(2000);
+        th_raw_close(&r);
+        atomic_fetch_add(&hostile_rounds, 1);
+    }
+    return NULL;
+}
+
 int main(void)
 {
     th_require_uring();
@@ -167,6 +206,8 @@ int main(void)
         st[i].index = i;
         pthread_create(&th[i], NULL, client_main, &st[i]);
     }
+    pthread_t hostile;
+    pthread_create(&hostile, NULL, hostile_main, NULL);
     struct client_stats sum = { 0 };
     for (int i = 0; i < N_CLIENTS; i++) {
         pthread_join(th[i], NULL);
@@ -178,7 +219,11 @@ int main(void)
         sum.bad_finish += st[i].bad_finish;
         sum.errors += st[i].errors;
     }
+    atomic_store(&hostile_stop, 1);
+    pthread_join(hostile, NULL);
     uint64_t ms = th_now_ms() - t0;
+    printf("soak: %d hostile sessions churned alongside\n", atomic_load(&hostile_rounds));
+    TH_CHECK(atomic_load(&hostile_rounds) > 0);
     printf("soak: %d clients x %d requests in %llu ms: %llu tokens, %llu cancels; lost %llu, duplicated %llu, "
            "reordered %llu, bad finish %llu, errors %llu\n", N_CLIENTS, M_REQUESTS, (unsigned long long)ms,
            (unsigned long long)sum.tokens, (unsigned long long)sum.cancels, (unsigned long long)sum.lost,
