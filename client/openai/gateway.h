@@ -50,6 +50,7 @@ struct oai_gateway {
     bool           has_defaults;
     long long      started;         /* unix seconds, /v1/models "created" */
     atomic_uint    active;          /* admitted generations */
+    atomic_uint    runners;         /* runner threads alive */
     atomic_bool    stopping;
     pthread_mutex_t lock;           /* pool, job list, generator name */
     struct resident *idle[OAI_POOL_MAX];
@@ -72,6 +73,8 @@ struct oai_job {
     bool            started;        /* a token arrived: the 200 can go out */
     bool            done;
     bool            failed;         /* err holds the HTTP error (nothing sent yet) */
+    bool            running;        /* counted in the running gauge */
+    bool            released;       /* admission slot and gauge given back */
     enum oai_endpoint ep;
     struct oai_error err;
     struct oai_request req;

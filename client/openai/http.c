@@ -342,6 +342,7 @@ static enum MHD_Result gen_start(struct MHD_Connection *c, struct conn_state *cs
         atomic_fetch_sub(&gw->active, 1);
         oai_error_set(&e, 503, "server_error", "service_unavailable", NULL, "cannot start a runner thread");
         pthread_mutex_lock(&j->lock);
+        j->released = true;
         j->failed = true;
         j->err = e;
         oai_job_wake(j);

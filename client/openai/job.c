@@ -141,12 +141,27 @@ void oai_job_wake(struct oai_job *j)
     pthread_cond_broadcast(&j->cond);
 }
 
+/* The generation is over: give back its admission slot and its place in
+ * the running gauge before the client can see the answer, so a client
+ * that sends its next request at once is not refused with 429 (and
+ * /metrics read after a response is exact). Called with j->lock held. */
+static void job_release_locked(struct oai_job *j)
+{
+    if (j->released)
+        return;
+    j->released = true;
+    atomic_fetch_sub(&j->gw->active, 1);
+    if (j->running)
+        oai_metrics_running(-1);
+}
+
 /* A failure before anything was sent: the handler answers with err. */
 static void job_fail(struct oai_job *j, const struct oai_error *e)
 {
     pthread_mutex_lock(&j->lock);
     j->err = *e;
     j->failed = true;
+    job_release_locked(j);
     oai_job_wake(j);
     pthread_mutex_unlock(&j->lock);
 }
@@ -224,6 +239,7 @@ static bool runner_loop(struct oai_job *j, struct resident *r, uint64_t id)
             if (j->req.stream)
                 oai_stream_finish(&j->st, &j->fin);
             j->done = true;
+            job_release_locked(j);
             oai_job_wake(j);
             pthread_mutex_unlock(&j->lock);
             oai_metrics_finished(OAI_OUT_ERROR);
@@ -278,6 +294,7 @@ static bool runner_loop(struct oai_job *j, struct resident *r, uint64_t id)
                     oai_stream_finish(&j->st, &j->fin);
                 j->done = true;
                 enum oai_outcome o = outcome_of(j);
+                job_release_locked(j);
                 oai_job_wake(j);
                 pthread_mutex_unlock(&j->lock);
                 oai_metrics_finished(o);
@@ -340,9 +357,11 @@ static void *runner_main(void *arg)
         job_fail(j, &e);
     }
     if (rc == 0) {
+        pthread_mutex_lock(&j->lock);
+        j->running = true;
         oai_metrics_running(+1);
+        pthread_mutex_unlock(&j->lock);
         healthy = runner_loop(j, r, id);
-        oai_metrics_running(-1);
         /* The loop gave up without a DONE (the cancel could not be sent or
          * was not answered in time): end the response anyway, so no
          * connection stays suspended. */
@@ -353,6 +372,7 @@ static void *runner_main(void *arg)
             if (j->req.stream)
                 oai_stream_finish(&j->st, &j->fin);
             j->done = true;
+            job_release_locked(j);
             oai_job_wake(j);
             pthread_mutex_unlock(&j->lock);
             oai_metrics_finished(OAI_OUT_ERROR);
@@ -360,9 +380,12 @@ static void *runner_main(void *arg)
             pthread_mutex_unlock(&j->lock);
         }
     }
+    pthread_mutex_lock(&j->lock);
+    job_release_locked(j);
+    pthread_mutex_unlock(&j->lock);
     session_put(gw, r, healthy);
-    atomic_fetch_sub(&gw->active, 1);
     oai_job_unref(j);
+    atomic_fetch_sub(&gw->runners, 1);
     return NULL;
 }
 
@@ -387,7 +410,10 @@ int oai_job_start(struct oai_job *j)
     gw->jobs = j;
     pthread_mutex_unlock(&gw->lock);
     pthread_t t;
+    atomic_fetch_add(&gw->runners, 1);
     int rc = pthread_create(&t, &a, runner_main, j);
+    if (rc)
+        atomic_fetch_sub(&gw->runners, 1);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&a);
     if (rc) {
@@ -405,7 +431,7 @@ int oai_gateway_shutdown(struct oai_gateway *gw, int timeout_ms)
     /* Runners see `stopping` within one tick, cancel in residentd and wake
      * their (suspended) connections with the end of the stream. */
     uint64_t end = oai_now_ns() + (uint64_t)timeout_ms * 1000000ull;
-    while (atomic_load(&gw->active) && oai_now_ns() < end) {
+    while (atomic_load(&gw->runners) && oai_now_ns() < end) {
         struct timespec ts = { 0, 10 * 1000000L };
         nanosleep(&ts, NULL);
     }
@@ -415,5 +441,5 @@ int oai_gateway_shutdown(struct oai_gateway *gw, int timeout_ms)
         oai_metrics_sessions(-1);
     }
     pthread_mutex_unlock(&gw->lock);
-    return atomic_load(&gw->active) ? -EBUSY : 0;
+    return atomic_load(&gw->runners) ? -EBUSY : 0;
 }

@@ -80,7 +80,14 @@ class Gateway:
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
 
     def client(self, **kw):
+        """An openai.OpenAI for this gateway (no retries: every status is
+        checked as sent). Building one costs ~0.1 s (TLS setup), so the
+        default one is kept."""
         import openai
+        if not kw:
+            if getattr(self, "_client", None) is None:
+                self._client = self.client(api_key="unused")
+            return self._client
         kw.setdefault("api_key", "unused")
         kw.setdefault("max_retries", 0)
         kw.setdefault("timeout", 30)

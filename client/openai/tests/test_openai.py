@@ -237,6 +237,13 @@ def test_too_many_concurrent(make_gateway):
             time.sleep(0.05)
     else:
         pytest.fail("the slot was not freed after the client closed its stream")
+    # A finished request gives its slot back before its answer is sent:
+    # back-to-back requests at the limit are never refused.
+    for i in range(20):
+        if i % 2:
+            assert chat(g, max_tokens=2).usage.completion_tokens == 2
+        else:
+            assert stream_text(g, max_tokens=2)[1] == ["length"]
 
 
 def test_auth(make_gateway, tmp):
@@ -532,3 +539,27 @@ def test_disconnect_while_suspended_nonstreaming(gw):
     assert m['resident_openai_finished_total{reason="cancelled"}'] == \
         before['resident_openai_finished_total{reason="cancelled"}'] + 1
     assert m["resident_openai_client_disconnects_total"] == before["resident_openai_client_disconnects_total"] + 1
+
+
+def test_burst_over_the_limit(gw):
+    """30 requests at once against --max-concurrent 8: each one is either
+    served or refused with 429, and nothing is left running afterwards."""
+    statuses, lock = [], threading.Lock()
+
+    def one(i):
+        body = {"model": MODEL, "messages": MSGS, "max_tokens": 300, "seed": i, "stream": i % 2 == 0}
+        status, _, data = gw.request("POST", "/v1/chat/completions", body)
+        if status == 200 and i % 2 == 0:
+            assert data.decode().endswith("data: [DONE]\n\n")
+        with lock:
+            statuses.append(status)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(statuses) == 30 and set(statuses) <= {200, 429}, statuses
+    assert statuses.count(200) >= 8
+    m = gw.metrics()
+    assert m["resident_openai_requests_running"] == 0 and m["resident_openai_queue_depth"] == 0
+    assert m["resident_openai_daemon_sessions"] <= 9
