@@ -113,6 +113,15 @@ int daemon_config_set(struct daemon_config *c, const char *key, const char *valu
         c->socket_mode = (uint32_t)x;
         return 0;
     }
+    if (strcmp(key, "socket_group") == 0) {
+        if (strlen(value) >= sizeof(c->socket_group)) {
+            snprintf(err, errlen, "%s = '%s': group names are at most %zu bytes", key, value,
+                     sizeof(c->socket_group) - 1);
+            return -EINVAL;
+        }
+        snprintf(c->socket_group, sizeof(c->socket_group), "%s", value);
+        return 0;
+    }
     if (strcmp(key, "socket") == 0 || strcmp(key, "model") == 0 || strcmp(key, "generator") == 0) {
         char *dst = key[0] == 's' ? c->socket : key[0] == 'm' ? c->model : c->generator;
         size_t cap = key[0] == 's' ? sizeof(c->socket) : key[0] == 'm' ? sizeof(c->model) : sizeof(c->generator);

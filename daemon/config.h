@@ -8,6 +8,7 @@
  * Keys, defaults and meaning (also in docs/protocol.md, "Policy"):
  *   socket                   /run/resident/resident.sock
  *   socket_mode              0660   (octal) permission bits of the socket
+ *   socket_group             ""     group owning the socket (name or gid); "" = ours
  *   model                    ""     model directory (the engine loads it)
  *   generator                null   "null" = synthetic deterministic output
  *   allow_uids               "0"    comma list; the daemon's own uid is always allowed
@@ -42,6 +43,7 @@
 struct daemon_config {
     char     socket[108];
     uint32_t socket_mode;
+    char     socket_group[64];
     char     model[4096];
     char     generator[32];
     uid_t    allow_uids[DAEMON_ALLOW_MAX];

@@ -25,7 +25,7 @@ static void usage(FILE *f)
         "  --generator NAME   'null' = deterministic synthetic tokens, not a model\n"
         "  -o KEY=VALUE       override one configuration key\n"
         "\n"
-        "configuration keys: socket socket_mode model generator allow_uids allow_gids\n"
+        "configuration keys: socket socket_mode socket_group model generator allow_uids allow_gids\n"
         "  max_sessions max_sessions_per_uid max_inflight_per_uid max_prompt_tokens\n"
         "  max_new_tokens max_ring_bytes_per_uid max_fds_per_uid max_batch prefill_chunk\n"
         "  slow_client_ms handshake_ms shutdown_grace_ms\n",

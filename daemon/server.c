@@ -40,6 +40,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -882,8 +883,35 @@ static int listen_setup(struct daemon *d, char *err, size_t errlen)
         close(fd);
         return -e;
     }
+    if (d->cfg.socket_group[0]) {
+        /* Access control is the socket's group plus the SO_PEERCRED policy
+         * (allow_uids / allow_gids); name the same group in both. */
+        char *end;
+        errno = 0;
+        unsigned long g = strtoul(d->cfg.socket_group, &end, 10);
+        gid_t gid = (gid_t)g;
+        if (*end || errno) {
+            struct group *gr = getgrnam(d->cfg.socket_group);
+            if (!gr) {
+                snprintf(err, errlen, "socket_group '%s' is not a known group (create it, e.g. with "
+                         "systemd-sysusers, or give a numeric gid)", d->cfg.socket_group);
+                close(fd);
+                unlink(path);
+                return -ENOENT;
+            }
+            gid = gr->gr_gid;
+        }
+        if (chown(path, (uid_t)-1, gid) < 0) {
+            int e = errno;
+            snprintf(err, errlen, "cannot give %s to group %s: %s", path, d->cfg.socket_group, strerror(e));
+            close(fd);
+            unlink(path);
+            return -e;
+        }
+    }
     d->listen_fd = fd;
-    daemon_log("listening on %s (mode %04o)", path, d->cfg.socket_mode);
+    daemon_log("listening on %s (mode %04o%s%s)", path, d->cfg.socket_mode,
+               d->cfg.socket_group[0] ? ", group " : "", d->cfg.socket_group);
     return 0;
 }
 

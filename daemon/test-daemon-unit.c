@@ -28,6 +28,8 @@ static void test_config(void)
     CHECK(daemon_config_set(&c, "allow_gids", "abc", err, sizeof(err)) == -EINVAL);
     CHECK(daemon_config_set(&c, "socket_mode", "0666", err, sizeof(err)) == 0 && c.socket_mode == 0666);
     CHECK(daemon_config_set(&c, "socket_mode", "0999", err, sizeof(err)) == -EINVAL);
+    CHECK(daemon_config_set(&c, "socket_group", "resident", err, sizeof(err)) == 0 &&
+          strcmp(c.socket_group, "resident") == 0);
 
     char path[] = "/tmp/residentd-conf-XXXXXX";
     int fd = mkstemp(path);
