@@ -74,7 +74,7 @@ static enum oai_endpoint route(const char *url)
         return OAI_EP_CHAT;
     if (strcmp(url, "/v1/completions") == 0)
         return OAI_EP_COMPLETIONS;
-    if (strcmp(url, "/v1/models") == 0)
+    if (strcmp(url, "/v1/models") == 0 || strncmp(url, "/v1/models/", 11) == 0)
         return OAI_EP_MODELS;
     if (strcmp(url, "/health") == 0)
         return OAI_EP_HEALTH;
@@ -102,8 +102,17 @@ static const char *model_id(const struct oai_gateway *gw)
     return gw->model_name;
 }
 
-static enum MHD_Result do_models(struct MHD_Connection *c, struct conn_state *cs, struct oai_gateway *gw)
+static enum MHD_Result do_models(struct MHD_Connection *c, struct conn_state *cs, struct oai_gateway *gw,
+                                 const char *url)
 {
+    /* GET /v1/models/{id}: the id may hold '/' (Qwen/...). */
+    const char *one = strlen(url) > 11 ? url + 11 : NULL;
+    if (one && strcmp(one, model_id(gw)) != 0) {
+        struct oai_error e;
+        oai_error_set(&e, 404, "invalid_request_error", "model_not_found", "model",
+                      "The model `%.200s` does not exist; this server serves `%.200s`", one, model_id(gw));
+        return send_error(c, cs, &e);
+    }
     struct json_object *o = json_object_new_object();
     struct json_object *data = json_object_new_array();
     struct json_object *m = json_object_new_object();
@@ -124,6 +133,11 @@ static enum MHD_Result do_models(struct MHD_Connection *c, struct conn_state *cs
         json_object_object_add(m, "resident_synthetic", json_object_new_boolean(gw->synthetic));
     }
     pthread_mutex_unlock(&gw->lock);
+    if (one) {
+        json_object_put(o);
+        json_object_put(data);
+        return send_json(c, cs, 200, m);
+    }
     json_object_array_add(data, m);
     json_object_object_add(o, "object", json_object_new_string("list"));
     json_object_object_add(o, "data", data);
@@ -396,7 +410,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
             return MHD_YES;
         }
         if (cs->ep == OAI_EP_MODELS)
-            return do_models(c, cs, gw);
+            return do_models(c, cs, gw, url);
         if (cs->ep == OAI_EP_HEALTH)
             return do_health(c, cs, gw);
         return do_metrics(c, cs);

@@ -45,6 +45,9 @@ def test_models(gw):
     status, _, body = gw.request("GET", "/v1/models")
     m = json.loads(body)["data"][0]
     assert status == 200 and m["object"] == "model" and m["owned_by"] == "resident"
+    assert gw.client().models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        gw.client().models.retrieve("gpt-4o")
 
 
 def test_health(gw):
