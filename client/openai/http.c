@@ -335,13 +335,11 @@ static enum MHD_Result gen_start(struct MHD_Connection *c, struct conn_state *cs
     int k = snprintf(id, sizeof(id), "%s", api == OAI_API_CHAT ? "chatcmpl-" : "cmpl-");
     for (size_t i = 0; i < sizeof(rnd); i++)
         k += snprintf(id + k, sizeof(id) - (size_t)k, "%02x", rnd[i]);
-    pthread_mutex_lock(&gw->lock);
-    char fp[80];
-    snprintf(fp, sizeof(fp), "resident-%s", gw->generator[0] ? gw->generator : "unknown");
-    pthread_mutex_unlock(&gw->lock);
+    /* system_fingerprint is filled in by the runner once its session says
+     * which generator residentd runs. */
     struct oai_stream_params sp = {
         .api = api, .stream = j->req.stream, .include_usage = j->req.include_usage, .id = id,
-        .model = model_id(gw), .created = (long long)time(NULL), .fingerprint = fp,
+        .model = model_id(gw), .created = (long long)time(NULL), .fingerprint = NULL,
     };
     oai_stream_init(&j->st, &sp);
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);

@@ -337,6 +337,10 @@ static void *runner_main(void *arg)
     bool healthy = false;
     int rc = session_get(gw, &r, why, sizeof(why));
     if (rc == 0) {
+        /* The generator is known for sure only now (first session). */
+        pthread_mutex_lock(&j->lock);
+        snprintf(j->st.fingerprint, sizeof(j->st.fingerprint), "resident-%s", resident_generator(r));
+        pthread_mutex_unlock(&j->lock);
         rc = submit(r, j, &id);
         if (rc == -ECONNRESET) {
             /* The pooled session died between the check and the submit. */

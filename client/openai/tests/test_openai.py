@@ -58,6 +58,16 @@ def test_health(gw):
     assert j["generator"] == "null" and j["synthetic"] is True
 
 
+def test_first_request_labels_the_generator(make_gateway):
+    """A fresh gateway knows the generator from the session the request
+    itself opened: the very first answer is already labelled."""
+    g = make_gateway(name="fresh")
+    r = chat(g, max_tokens=2)
+    assert r.system_fingerprint == "resident-null"
+    status, headers, _ = g.request("POST", "/v1/chat/completions", {"messages": MSGS, "max_tokens": 2})
+    assert status == 200 and headers["X-Resident-Generator"] == "null"
+
+
 def test_health_and_requests_without_daemon(make_gateway, tmp):
     g = make_gateway(sock=os.path.join(tmp, "no-such-daemon.sock"))
     status, _, body = g.request("GET", "/health")
