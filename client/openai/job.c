@@ -272,7 +272,8 @@ static bool runner_loop(struct oai_job *j, struct resident *r, uint64_t id)
                     oai_job_wake(j);
                 /* Flow control: leave residentd's events in the ring while
                  * the client is behind; residentd pauses the sequence. */
-                while (j->req.stream && j->st.out.len > OAI_SSE_HIGH && j->conn && !j->cancel) {
+                while (j->req.stream && j->st.out.len > OAI_SSE_HIGH && j->conn && !j->cancel &&
+                       !atomic_load(&j->gw->stopping)) {
                     struct timespec ts;
                     clock_gettime(CLOCK_REALTIME, &ts);
                     ts.tv_nsec += 50 * 1000000L;
