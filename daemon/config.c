@@ -194,3 +194,63 @@ int daemon_config_load(struct daemon_config *c, const char *path, int must_exist
     fclose(f);
     return ret;
 }
+
+int daemon_config_build(struct daemon_config *c, const struct daemon_config_source *src, char *err, size_t errlen)
+{
+    struct daemon_config *n = malloc(sizeof(*n));
+    if (!n) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    daemon_config_defaults(n);
+    int r = daemon_config_load(n, src->path, src->must_exist, err, errlen);
+    for (size_t i = 0; r == 0 && i < src->n_overrides; i++) {
+        char msg[900];
+        r = daemon_config_set(n, src->overrides[i].key, src->overrides[i].value, msg, sizeof(msg));
+        if (r < 0)
+            snprintf(err, errlen, "command line: %s", msg);
+    }
+    if (r == 0)
+        *c = *n;
+    free(n);
+    return r;
+}
+
+static void note_restart(char *buf, size_t len, const char *key)
+{
+    size_t used = strlen(buf);
+    snprintf(buf + used, len - used, "%s%s", used ? " " : "", key);
+}
+
+void daemon_config_apply_live(struct daemon_config *cur, const struct daemon_config *next,
+                              char *restart_keys, size_t len)
+{
+    restart_keys[0] = '\0';
+    if (strcmp(cur->socket, next->socket) != 0)
+        note_restart(restart_keys, len, "socket");
+    if (cur->socket_mode != next->socket_mode)
+        note_restart(restart_keys, len, "socket_mode");
+    if (strcmp(cur->socket_group, next->socket_group) != 0)
+        note_restart(restart_keys, len, "socket_group");
+    if (strcmp(cur->model, next->model) != 0)
+        note_restart(restart_keys, len, "model");
+    if (strcmp(cur->generator, next->generator) != 0)
+        note_restart(restart_keys, len, "generator");
+    if (cur->max_batch != next->max_batch)
+        note_restart(restart_keys, len, "max_batch");
+    memcpy(cur->allow_uids, next->allow_uids, sizeof(cur->allow_uids));
+    cur->n_allow_uids = next->n_allow_uids;
+    memcpy(cur->allow_gids, next->allow_gids, sizeof(cur->allow_gids));
+    cur->n_allow_gids = next->n_allow_gids;
+    cur->max_sessions = next->max_sessions;
+    cur->max_sessions_per_uid = next->max_sessions_per_uid;
+    cur->max_inflight_per_uid = next->max_inflight_per_uid;
+    cur->max_prompt_tokens = next->max_prompt_tokens;
+    cur->max_new_tokens = next->max_new_tokens;
+    cur->max_ring_bytes_per_uid = next->max_ring_bytes_per_uid;
+    cur->max_fds_per_uid = next->max_fds_per_uid;
+    cur->prefill_chunk = next->prefill_chunk;
+    cur->slow_client_ms = next->slow_client_ms;
+    cur->handshake_ms = next->handshake_ms;
+    cur->shutdown_grace_ms = next->shutdown_grace_ms;
+}

@@ -3,7 +3,9 @@
  * residentd configuration: defaults, /etc/resident/residentd.conf
  * (simple `key = value` lines, `#` comments) and command-line overrides
  * (`-o key=value`, plus the dedicated --socket/--model/--generator flags).
- * Later settings win: defaults < config file < command line.
+ * Later settings win: defaults < config file < command line. SIGHUP
+ * rebuilds the whole stack and applies what can change live
+ * (daemon_config_apply_live()).
  *
  * Keys, defaults and meaning (also in docs/protocol.md, "Policy"):
  *   socket                   /run/resident/resident.sock
@@ -63,6 +65,47 @@ struct daemon_config {
     uint32_t handshake_ms;
     uint32_t shutdown_grace_ms;
 };
+
+/* One command-line override, applied after the config file (and again on
+ * every reload). */
+struct daemon_setting {
+    const char *key;
+    const char *value;
+};
+
+/* How the configuration was assembled, so SIGHUP can do it again. */
+struct daemon_config_source {
+    const char                  *path;          /* config file */
+    int                          must_exist;    /* given with --config */
+    const struct daemon_setting *overrides;
+    size_t                       n_overrides;
+};
+
+/**
+ * daemon_config_build() - defaults, then the file, then the overrides
+ * @c: result (untouched on failure)
+ * @src: where the settings come from
+ * @err: message naming file:line or the override
+ * @errlen: its size
+ *
+ * Return: 0 or -errno.
+ */
+int daemon_config_build(struct daemon_config *c, const struct daemon_config_source *src, char *err, size_t errlen);
+
+/**
+ * daemon_config_apply_live() - take over the settings a running daemon can change
+ * @cur: running configuration
+ * @next: freshly built one
+ * @restart_keys: receives a space-separated list of changed keys that only
+ *                take effect after a restart ("" if none)
+ * @len: its size
+ *
+ * Live: allow_uids, allow_gids, every max_* limit except max_batch,
+ * prefill_chunk, slow_client_ms, handshake_ms, shutdown_grace_ms. Sessions
+ * keep what they were granted; new requests and sessions see new limits.
+ */
+void daemon_config_apply_live(struct daemon_config *cur, const struct daemon_config *next,
+                              char *restart_keys, size_t len);
 
 /**
  * daemon_config_defaults() - fill @c with the documented defaults

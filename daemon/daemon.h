@@ -132,6 +132,7 @@ struct worker {
 
 struct daemon {
     struct daemon_config  cfg;
+    struct daemon_config_source cfg_src;    /* for SIGHUP reloads */
     const struct gen_ops *gen;
     void                 *gen_ctx;
     struct io_uring       ring;

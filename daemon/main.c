@@ -93,18 +93,25 @@ int main(int argc, char **argv)
 
     static struct daemon d;
     char err[1024];
-    daemon_config_defaults(&d.cfg);
-    int r = daemon_config_load(&d.cfg, config_path ? config_path : DAEMON_CONFIG_DEFAULT_PATH,
-                               config_path != NULL, err, sizeof(err));
-    for (size_t i = 0; r == 0 && i < n_ov; i++) {
-        char msg[900];
-        r = daemon_config_set(&d.cfg, ov[i].key, ov[i].value, msg, sizeof(msg));
-        if (r < 0)
-            snprintf(err, sizeof(err), "command line: %s", msg);
+    /* The overrides stay alive for the daemon's lifetime: SIGHUP re-applies them. */
+    struct daemon_setting *settings = calloc(n_ov + 1, sizeof(*settings));
+    if (!settings) {
+        free(ov);
+        return 1;
     }
-    free(ov);
+    for (size_t i = 0; i < n_ov; i++) {
+        settings[i].key = ov[i].key;
+        settings[i].value = ov[i].value;
+    }
+    d.cfg_src.path = config_path ? config_path : DAEMON_CONFIG_DEFAULT_PATH;
+    d.cfg_src.must_exist = config_path != NULL;
+    d.cfg_src.overrides = settings;
+    d.cfg_src.n_overrides = n_ov;
+    int r = daemon_config_build(&d.cfg, &d.cfg_src, err, sizeof(err));
     if (r < 0) {
         fprintf(stderr, "residentd: %s\n", err);
+        free(settings);
+        free(ov);
         return 2;
     }
 
@@ -112,6 +119,8 @@ int main(int argc, char **argv)
     if (!d.gen) {
         fprintf(stderr, "residentd: generator '%s' is unknown; available: null%s\n", d.cfg.generator,
                 gen_lookup("engine") ? ", engine" : " (this build has no engine generator)");
+        free(settings);
+        free(ov);
         return 2;
     }
     if (d.gen->synthetic && d.cfg.model[0])
@@ -119,6 +128,8 @@ int main(int argc, char **argv)
     r = d.gen->create(d.cfg.model, &d.gen_ctx, err, sizeof(err));
     if (r < 0) {
         fprintf(stderr, "residentd: generator %s: %s\n", d.gen->name, err);
+        free(settings);
+        free(ov);
         return 1;
     }
     if (d.gen->synthetic)
@@ -131,6 +142,8 @@ int main(int argc, char **argv)
     d.signal_fd = -1;
     r = daemon_run(&d, err, sizeof(err));
     d.gen->destroy(d.gen_ctx);
+    free(settings);
+    free(ov);
     if (r < 0) {
         fprintf(stderr, "residentd: %s\n", err);
         return 1;

@@ -667,6 +667,29 @@ static int stop_progress(struct daemon *d, uint64_t now)
     return d->sessions == NULL && !d->batch_busy;
 }
 
+/* ---- SIGHUP ---- */
+
+/* Re-read residentd.conf (and re-apply the command-line overrides). A bad
+ * file keeps the running configuration; keys that need a restart are
+ * named in the log. */
+static void reload(struct daemon *d)
+{
+    sd_notify(0, "RELOADING=1\nSTATUS=reloading configuration");
+    struct daemon_config next;
+    char err[1024];
+    int r = daemon_config_build(&next, &d->cfg_src, err, sizeof(err));
+    if (r < 0) {
+        daemon_log("SIGHUP: configuration not reloaded, keeping the running one: %s", err);
+    } else {
+        char restart[256];
+        daemon_config_apply_live(&d->cfg, &next, restart, sizeof(restart));
+        daemon_log("SIGHUP: configuration reloaded from %s%s%s%s", d->cfg_src.path,
+                   restart[0] ? " (changed, but only applied after a restart: " : "", restart,
+                   restart[0] ? ")" : "");
+    }
+    sd_notifyf(0, "READY=1\nSTATUS=serving (generator %s)", d->gen->name);
+}
+
 /* ---- the loop ---- */
 
 static void on_tick(struct daemon *d)
@@ -744,6 +767,8 @@ static void dispatch(struct daemon *d, struct io_uring_cqe *cqe)
         arm_read(d, &d->signal_op, d->signal_fd, d->sig_buf, sizeof(struct signalfd_siginfo));
         if (res == (int)sizeof(si) && (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT))
             begin_stop(d, si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+        else if (res == (int)sizeof(si) && si.ssi_signo == SIGHUP && !d->stopping)
+            reload(d);
         break;
     }
     case OP_TICK:
@@ -924,6 +949,7 @@ int daemon_run(struct daemon *d, char *err, size_t errlen)
     sigemptyset(&mask);
     sigaddset(&mask, SIGTERM);
     sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
     sigprocmask(SIG_BLOCK, &mask, NULL);
     signal(SIGPIPE, SIG_IGN);
     d->signal_fd = signalfd(-1, &mask, SFD_CLOEXEC);

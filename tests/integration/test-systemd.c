@@ -5,7 +5,8 @@
  * STOPPING=1 on SIGTERM; with socket activation (LISTEN_FDS=1, a
  * listening SOCK_SEQPACKET socket on fd 3) residentd serves that socket
  * and leaves the path alone; a STREAM socket passed by mistake is refused
- * with a message naming ListenSequentialPacket=.
+ * with a message naming ListenSequentialPacket=; SIGHUP reloads the config
+ * file (RELOADING=1 ... READY=1) and a broken file keeps the running one.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -55,6 +56,8 @@ static int wait_notify(int ns, const char *what, int timeout_ms)
     return 0;
 }
 
+static const char *config_file = "/dev/null";
+
 static pid_t spawn(int listen_fd, const char *notify_path, const char *sock_path, const char *log)
 {
     pid_t p = fork();
@@ -73,7 +76,7 @@ static pid_t spawn(int listen_fd, const char *notify_path, const char *sock_path
             setenv("LISTEN_FDS", "1", 1);
             setenv("LISTEN_PID", pid, 1);
         }
-        execl(exe, exe, "--socket", sock_path, "--config", "/dev/null", "-o", "socket_mode=0666", (char *)NULL);
+        execl(exe, exe, "--socket", sock_path, "--config", config_file, "-o", "socket_mode=0666", (char *)NULL);
         _exit(127);
     }
     return p;
@@ -99,6 +102,41 @@ static int client_ok(const char *sock)
         done = ev.type == RESIDENT_EVENT_DONE && ev.completion_tokens == 5;
     resident_close(r);
     return done;
+}
+
+/* Ask for `n` tokens; returns the DONE error (0 = success with n tokens). */
+static int request(const char *sock, uint32_t n)
+{
+    struct resident_connect_params cp;
+    resident_connect_params_init(&cp);
+    cp.socket_path = sock;
+    struct resident *r;
+    if (resident_connect(&cp, &r) < 0)
+        return -ECONNREFUSED;
+    struct resident_request q;
+    resident_request_init(&q);
+    q.max_tokens = n;
+    uint64_t id;
+    int ret = -EIO;
+    if (resident_submit_text(r, &q, "cfg", 3, 1, &id) == 0) {
+        struct resident_event ev;
+        while (resident_wait(r, &ev, 3000) == 1)
+            if (ev.type == RESIDENT_EVENT_DONE) {
+                ret = ev.error ? ev.error : ev.completion_tokens == n ? 0 : -EIO;
+                break;
+            }
+    }
+    resident_close(r);
+    return ret;
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (f) {
+        fputs(text, f);
+        fclose(f);
+    }
 }
 
 static int reap(pid_t p, int timeout_ms)
@@ -164,6 +202,35 @@ int main(void)
         close(lf);
     }
     TH_CHECK(strstr(buf, "ListenSequentialPacket") != NULL);
+
+    /* SIGHUP re-reads the config file: RELOADING=1 ... READY=1, new limits
+     * apply to new requests; a broken file keeps the running values. */
+    char conf[128];
+    snprintf(conf, sizeof(conf), "%s/residentd.conf", dir);
+    write_file(conf, "max_new_tokens = 100\n");
+    config_file = conf;
+    p = spawn(-1, notify, sock, log);
+    TH_CHECK(wait_notify(ns, "READY=1", 5000));
+    TH_CHECK(request(sock, 200) == -E2BIG);
+    write_file(conf, "# raised\nmax_new_tokens = 1000\n");
+    kill(p, SIGHUP);
+    TH_CHECK(wait_notify(ns, "RELOADING=1", 5000));
+    TH_CHECK(wait_notify(ns, "READY=1", 5000));
+    TH_CHECK(request(sock, 200) == 0);
+    write_file(conf, "max_new_tokens = lots\n");
+    kill(p, SIGHUP);
+    TH_CHECK(wait_notify(ns, "READY=1", 5000));
+    TH_CHECK(request(sock, 200) == 0);
+    kill(p, SIGTERM);
+    TH_CHECK(reap(p, 5000) == 0);
+    lf = open(log, O_RDONLY);
+    if (lf >= 0) {
+        ssize_t n = read(lf, buf, sizeof(buf) - 1);
+        buf[n > 0 ? n : 0] = '\0';
+        close(lf);
+    }
+    TH_CHECK(strstr(buf, "keeping the running one") != NULL && strstr(buf, ":1:") != NULL);
+    unlink(conf);
 
     close(ns);
     unlink(notify);
