@@ -67,4 +67,54 @@ struct model_seq {
 int  forward_scratch_alloc(struct model *m, struct engine_error *err);
 void forward_scratch_release(struct model *m);
 
+/*
+ * Snapshot / restore / copy of a sequence's state (engine/prefix-cache.c,
+ * forking a sequence). Host images are fp32 in these layouts:
+ *   GDN image: for each linear_attention layer, in layer order,
+ *              conv [K-1][conv_dim] then ssm [n_v_heads][d_k][d_v];
+ *   KV rows:   for each full_attention layer, in layer order,
+ *              K [n][kv_dim] then V [n][kv_dim] of positions pos..pos+n-1
+ *              (kv_dim = num_key_value_heads * head_dim).
+ * The GDN state cannot be rolled back, so an image is only ever taken at
+ * the sequence's current length; KV rows are position-addressed and can be
+ * taken for any range below it. Transfers go through the backend
+ * (download/upload/copy) under the model lock, so they are serialised with
+ * forward passes exactly like model_prefill/model_decode.
+ *
+ * Restoring onto a sequence is three steps: model_seq_reset (len 0), then
+ * model_seq_kv_load for every range of [0, len), then model_seq_gdn_load,
+ * which sets the length. A failed load marks the sequence broken.
+ */
+struct model_state_geom {
+    int32_t  n_gdn_layers;                /* linear_attention layers          */
+    int32_t  n_attn_layers;               /* full_attention layers            */
+    int64_t  kv_dim;                      /* floats of K (or V) per token/layer */
+    uint64_t kv_token_bytes;              /* K+V of one token, all attn layers */
+    uint64_t gdn_bytes;                   /* one GDN image                    */
+};
+
+void model_state_geom_get(const struct model *m, struct model_state_geom *g);
+
+/* Copy the GDN state at the current length into dst (gdn_bytes). */
+int model_seq_gdn_save(struct model_seq *s, void *dst, struct engine_error *err);
+
+/* Copy KV rows [pos, pos+n) (pos+n <= len) into dst (n * kv_token_bytes). */
+int model_seq_kv_save(struct model_seq *s, int64_t pos, int64_t n, float *dst,
+                      struct engine_error *err);
+
+/* Write KV rows [pos, pos+n) from src; pos must be >= len (rows in use are
+ * never overwritten) and pos+n <= capacity. */
+int model_seq_kv_load(struct model_seq *s, int64_t pos, int64_t n, const float *src,
+                      struct engine_error *err);
+
+/* Set the GDN state from src and the length to len (1..capacity) on a
+ * sequence of length 0 whose KV rows [0, len) were loaded. */
+int model_seq_gdn_load(struct model_seq *s, const void *src, int64_t len,
+                       struct engine_error *err);
+
+/* Make dst an exact copy of src (GDN state, KV rows [0, len), len) inside
+ * the backend, without a host round trip. Same model; dst capacity must
+ * hold src's length; dst != src. */
+int model_seq_copy(struct model_seq *dst, struct model_seq *src, struct engine_error *err);
+
 #endif
