@@ -928,7 +928,7 @@ static int listen_setup(struct daemon *d, char *err, size_t errlen)
         }
         if (chown(path, (uid_t)-1, gid) < 0) {
             int e = errno;
-            snprintf(err, errlen, "cannot give %s to group %s: %s", path, d->cfg.socket_group, strerror(e));
+            snprintf(err, errlen, "cannot give the socket to group %s: %s", d->cfg.socket_group, strerror(e));
             close(fd);
             unlink(path);
             return -e;
