@@ -21,4 +21,6 @@ for exe in "$build/daemon/residentd" "$build/client/openai/resident-openai"; do
     fi
 done
 command -v curl >/dev/null 2>&1 || { echo "skip: curl is not installed (raw SSE framing tests)"; exit 77; }
+# The source tree may be read-only (CI): no __pycache__ there.
+export PYTHONDONTWRITEBYTECODE=1
 exec "$py" -m pytest -q -p no:cacheprovider "$@"
