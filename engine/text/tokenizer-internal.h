@@ -162,6 +162,12 @@ size_t tok_utf8_decode(const uint8_t *s, size_t len, uint32_t *cp);
 /* Offset of the first invalid byte, or len when all of s is valid UTF-8. */
 size_t tok_utf8_check(const uint8_t *s, size_t len);
 
+/* NFC as HF tokenizers computes it (utf8proc, with marks added after
+ * Unicode 9.0 kept as starters; see tokenizer.c). `s` must be valid UTF-8.
+ * Returns a malloc'd buffer, or NULL with `err` set. */
+uint8_t *tok_nfc(const uint8_t *s, size_t n, size_t *out_len,
+                 struct engine_error *err);
+
 /* Tests and fuzzing: run only the split regex over valid UTF-8 `text`,
  * calling fn for each pre-token. */
 int tok_split_for_test(const struct tokenizer *tok, const char *text,

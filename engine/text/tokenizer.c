@@ -10,7 +10,8 @@
  *    widen the match over adjacent White_Space.
  * 2. Each plain segment is NFC-normalised (utf8proc). A per-code-point
  *    quick check skips the normaliser for text that is NFC by construction
- *    (ASCII, CJK, kana, emoji, ...), which is most text.
+ *    (ASCII, CJK, kana, emoji, ...), which is most text. HF normalises with
+ *    Unicode 9.0 data, so marks encoded later are kept as starters.
  * 3. Added tokens marked "normalized" are cut out of the normalised text.
  * 4. The split regex from tokenizer.json cuts pre-tokens (PCRE2 with JIT;
  *    see docs/performance.md for why not a hand-written scanner). Text the
@@ -26,6 +27,7 @@
  * tokenizer share nothing but the locked word cache.
  */
 #include "engine/text/tokenizer-internal.h"
+#include "engine/text/unicode-props.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -524,6 +526,80 @@ static bool nfc_inert(uint32_t c)
     return true;
 }
 
+static bool nfc_opaque(uint32_t c)
+{
+    size_t lo = 0, hi = unicode9_nfc_opaque_count;
+    if (c < unicode9_nfc_opaque[0][0])
+        return false;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (c < unicode9_nfc_opaque[mid][0])
+            hi = mid;
+        else if (c > unicode9_nfc_opaque[mid][1])
+            lo = mid + 1;
+        else
+            return true;
+    }
+    return false;
+}
+
+/* NFC as HF computes it. HF's normaliser has Unicode 9.0 data, utf8proc
+ * has 15.0: a mark added after 9.0 is a plain starter to HF, which neither
+ * reorders nor composes across it. Normalising the runs between such code
+ * points separately, and copying them unchanged, gives exactly that. The
+ * result is malloc'd. */
+uint8_t *tok_nfc(const uint8_t *s, size_t n, size_t *out_len,
+                 struct engine_error *err)
+{
+    uint8_t *out = malloc(n * 3 + 1);   /* NFC grows UTF-8 at most 3x */
+    size_t o = 0, run = 0, i = 0;
+    if (!out) {
+        engine_error_set(err, -ENOMEM, "tokenizer: out of memory");
+        return NULL;
+    }
+    while (run < n) {
+        /* find the next opaque code point (or the end) */
+        size_t stop = i;
+        uint32_t cp = 0;
+        size_t k = 0;
+        while (stop < n) {
+            k = tok_utf8_decode(s + stop, n - stop, &cp);
+            if (k == 0)
+                k = 1;
+            if (s[stop] >= 0x80 && nfc_opaque(cp))
+                break;
+            stop += k;
+        }
+        if (stop > run) {
+            utf8proc_uint8_t *nf = NULL;
+            utf8proc_ssize_t m = utf8proc_map(s + run,
+                                              (utf8proc_ssize_t)(stop - run),
+                                              &nf, UTF8PROC_STABLE |
+                                                       UTF8PROC_COMPOSE);
+            if (m < 0 || o + (size_t)m > n * 3) {
+                free(nf);
+                free(out);
+                engine_error_set(err, m == UTF8PROC_ERROR_NOMEM
+                                             ? -ENOMEM : -EILSEQ,
+                                 "tokenizer: NFC normalisation failed: %s",
+                                 m < 0 ? utf8proc_errmsg(m) : "grew too much");
+                return NULL;
+            }
+            memcpy(out + o, nf, (size_t)m);
+            o += (size_t)m;
+            free(nf);
+        }
+        if (stop < n) {
+            memcpy(out + o, s + stop, k);
+            o += k;
+            stop += k;
+        }
+        run = i = stop;
+    }
+    *out_len = o;
+    return out;
+}
+
 static int segment_normalized(struct enc *e, const uint8_t *s, size_t n)
 {
     if (e->match_added && e->tok->match_norm.n)
@@ -549,17 +625,11 @@ static int segment_raw(struct enc *e, const uint8_t *s, size_t n)
     }
     if (i == n)
         return segment_normalized(e, s, n);
-    utf8proc_uint8_t *nf = NULL;
-    utf8proc_ssize_t m = utf8proc_map(s, (utf8proc_ssize_t)n, &nf,
-                                      UTF8PROC_STABLE | UTF8PROC_COMPOSE);
-    if (m < 0) {
-        free(nf);
-        return engine_error_set(e->err, m == UTF8PROC_ERROR_NOMEM
-                                            ? -ENOMEM : -EILSEQ,
-                                "tokenizer: NFC normalisation failed: %s",
-                                utf8proc_errmsg(m));
-    }
-    int r = segment_normalized(e, nf, (size_t)m);
+    size_t m;
+    uint8_t *nf = tok_nfc(s, n, &m, e->err);
+    if (!nf)
+        return -ENOMEM;
+    int r = segment_normalized(e, nf, m);
     free(nf);
     return r;
 }

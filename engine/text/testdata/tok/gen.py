@@ -45,6 +45,9 @@ FIXED = [
     # letters / marks / digits added in Unicode 15 and 16 (HF uses 16.0)
     "a\u1c89b \U00013460x'S\U00013a0a's", "\U00031350\U0002ebf0 CJK H/I", "a\U00011f00b",
     "x\U0001ccf0y \U00016130", "\U0001e4d0\U0001e4ec \U00011f04", "\u0897a \U00010d4a1",
+    # marks added after Unicode 9.0: HF's NFC (Unicode 9.0 data) leaves them as starters
+    "a\u1df6\u0316 a\u1df6\u0301 e\u0301\u1df6\u0316x", "a\U0001e4ef\U0001e4ec\u0316",
+    "o\u0302\U00011f42\u0323 \u0915\u093c\u08d3\u0316",
 ]
 
 

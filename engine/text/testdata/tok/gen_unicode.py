@@ -1,5 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Generates engine/text/unicode-props.c: the code points that Unicode 16.0
+"""Generates engine/text/unicode-props.c.
+
+1. The code points that Unicode 16.0
 (the tables HF tokenizers 0.23 matches \\p{L}, \\p{M}, \\p{N} with) puts in
 the categories L, M and N but Unicode 14.0 (PCRE2 10.42's tables, and
 Python 3.11's unicodedata) does not. The split regex adds them to each
@@ -7,7 +9,13 @@ Python 3.11's unicodedata) does not. The split regex adds them to each
 point leaves L, M or N between 14.0 and 16.0 (checked here), so a union is
 exact.
 
-    .venv-tok/bin/pip install unicodedata2==16.0.0
+2. HF's NFC normalizer (unicode-normalization-alignments) uses Unicode 9.0
+data: marks added later are plain starters to it (measured: a + U+1DF6 +
+U+0316 is not reordered). The table lists the code points added after 9.0
+that have a non-zero combining class or a canonical decomposition in 16.0;
+tokenizer.c normalises around them so they act as starters, as in HF.
+
+    .venv-tok/bin/pip install unicodedata2==16.0.0 unicode-age
     .venv-tok/bin/python engine/text/testdata/tok/gen_unicode.py
 (run with Python 3.11, whose unicodedata is Unicode 14.0.0)
 """
@@ -73,5 +81,25 @@ for p in "LMN":
     out.append("const char unicode16_extra_%s[] =" % p)
     out.append(body(ranges(add)) + ";")
     out.append("")
+import unicode_age  # noqa: E402
+
+post9 = []
+for a, b, major, minor in unicode_age.iter_spans():
+    if (major, minor) > (9, 0):
+        for cp in range(a, b + 1):
+            c = chr(cp)
+            d = new.decomposition(c)
+            if new.combining(c) != 0 or (d and not d.startswith("<")):
+                post9.append(cp)
+rs = ranges(sorted(post9))
+out.append("/* %d code points added after Unicode 9.0 that NFC would move or")
+out[-1] = out[-1] % len(post9)
+out.append(" * compose in later versions; HF treats them as starters. */")
+out.append("const uint32_t unicode9_nfc_opaque[][2] = {")
+for a, b in rs:
+    out.append("    { 0x%X, 0x%X }," % (a, b))
+out.append("};")
+out.append("const size_t unicode9_nfc_opaque_count = %d;" % len(rs))
+out.append("")
 with open(OUT, "w") as f:
     f.write("\n".join(out))
