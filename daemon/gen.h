@@ -9,9 +9,11 @@
  *
  * Threading: create/destroy/seq_new/seq_free run on the event-loop thread;
  * step() runs on the compute worker thread, never concurrently with itself
- * or with seq_new/seq_free of a sequence that is in the batch. seq_new must
- * be cheap (it may only copy or hash the prompt); heavy work such as
- * tokenizing a long prompt belongs in step().
+ * or with seq_new/seq_free of a sequence that is in the batch. seq_new
+ * blocks the event loop while it runs: it must report the prompt's token
+ * count (the scheduler applies max_prompt_tokens and chunks the prefill by
+ * it), so it may render and tokenize, but must stay in the milliseconds;
+ * every forward pass belongs in step().
  *
  * Errors: 0 or -errno; messages go to the caller's buffer.
  */
