@@ -421,6 +421,9 @@ static void on_accept(struct daemon *d, int fd)
     else if (d->n_sessions > d->cfg.max_sessions)
         session_send_error(s, -EUSERS, "residentd has %u sessions; limit max_sessions = %u",
                            d->n_sessions - 1, d->cfg.max_sessions);
+    else if (s->acct->fds > d->cfg.max_fds_per_uid)
+        session_send_error(s, -EMFILE, "uid %u holds %u daemon fds; limit max_fds_per_uid = %u",
+                           (unsigned)s->cred.uid, s->acct->fds - 1, d->cfg.max_fds_per_uid);
     else if (s->acct->sessions > d->cfg.max_sessions_per_uid)
         session_send_error(s, -EUSERS, "uid %u has %u sessions; limit max_sessions_per_uid = %u",
                            (unsigned)s->cred.uid, s->acct->sessions - 1, d->cfg.max_sessions_per_uid);
