@@ -239,10 +239,15 @@ static bool runner_loop(struct oai_job *j, struct resident *r, uint64_t id)
             if (j->req.stream)
                 oai_stream_finish(&j->st, &j->fin);
             j->done = true;
+            /* Counted before the release, so /metrics never shows a
+             * generation neither running nor finished. */
+            oai_metrics_finished(OAI_OUT_ERROR);
+            if (waiting)
+                oai_metrics_waiting(-1);
+            waiting = false;
             job_release_locked(j);
             oai_job_wake(j);
             pthread_mutex_unlock(&j->lock);
-            oai_metrics_finished(OAI_OUT_ERROR);
             healthy = false;
             break;
         }
@@ -294,13 +299,15 @@ static bool runner_loop(struct oai_job *j, struct resident *r, uint64_t id)
                 if (j->req.stream)
                     oai_stream_finish(&j->st, &j->fin);
                 j->done = true;
-                enum oai_outcome o = outcome_of(j);
+                oai_metrics_finished(outcome_of(j));
+                if (waiting)
+                    oai_metrics_waiting(-1);
+                waiting = false;
+                oai_metrics_tokens(ev.prompt_tokens, ev.completion_tokens);
+                oai_metrics_e2e((double)(now - j->t0_ns) / 1e9);
                 job_release_locked(j);
                 oai_job_wake(j);
                 pthread_mutex_unlock(&j->lock);
-                oai_metrics_finished(o);
-                oai_metrics_tokens(ev.prompt_tokens, ev.completion_tokens);
-                oai_metrics_e2e((double)(now - j->t0_ns) / 1e9);
                 break;
             }
         }
@@ -377,10 +384,10 @@ static void *runner_main(void *arg)
             if (j->req.stream)
                 oai_stream_finish(&j->st, &j->fin);
             j->done = true;
+            oai_metrics_finished(OAI_OUT_ERROR);
             job_release_locked(j);
             oai_job_wake(j);
             pthread_mutex_unlock(&j->lock);
-            oai_metrics_finished(OAI_OUT_ERROR);
         } else {
             pthread_mutex_unlock(&j->lock);
         }
