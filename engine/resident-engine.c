@@ -25,6 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "engine/model.h"
 #include "engine/sample.h"
@@ -380,6 +383,205 @@ static int cmd_info(int argc, char **argv)
     return status;
 }
 
+/* ---- bench: prefill / decode throughput (docs/performance.md, CPU) ---- */
+
+static double bench_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int bench_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Bytes of weights one decoded token reads: every dense / attention / GDN
+ * projection, the router, the shared expert, top_k of num_experts routed
+ * experts, the final norm and lm_head, one embedding row. W4 g32 matrices
+ * cost rows*cols/2 + rows*cols/32*2 (bf16 scales); bf16 ones 2 bytes each. */
+static uint64_t bench_bytes_per_token(const struct model_config *c)
+{
+    const uint64_t H = (uint64_t)c->hidden_size, V = (uint64_t)c->vocab_size;
+#define Q4(r, cc) ((uint64_t)(r) * (uint64_t)(cc) / 2 + (uint64_t)(r) * (uint64_t)(cc) / 32 * 2)
+    uint64_t b = H * 2 + V * H * 2 + H * 2;                /* embed row, lm_head, norm */
+    const uint64_t key = (uint64_t)c->linear_num_key_heads * (uint64_t)c->linear_key_head_dim;
+    const uint64_t val = (uint64_t)c->linear_num_value_heads * (uint64_t)c->linear_value_head_dim;
+    const uint64_t nv = (uint64_t)c->linear_num_value_heads;
+    const uint64_t q = (uint64_t)c->num_attention_heads * (uint64_t)c->head_dim;
+    const uint64_t kv = (uint64_t)c->num_key_value_heads * (uint64_t)c->head_dim;
+    const uint64_t I = (uint64_t)c->moe_intermediate_size, SI = (uint64_t)c->shared_expert_intermediate_size;
+    for (int i = 0; i < c->num_hidden_layers; i++) {
+        b += 2 * H * 2;                                    /* two norms      */
+        if (c->layer_types[i] == MODEL_LAYER_FULL_ATTENTION)
+            b += Q4(2 * q, H) + 2 * Q4(kv, H) + Q4(H, q);
+        else
+            b += Q4(2 * key + val, H) + Q4(val, H) + 2 * Q4(nv, H) + Q4(H, val);
+        b += (uint64_t)c->num_experts * H * 2 + H * 2;     /* router, shared gate */
+        b += (uint64_t)c->num_experts_per_tok * 3 * Q4(I, H) + 3 * Q4(SI, H);
+    }
+#undef Q4
+    return b;
+}
+
+static int cmd_bench(int argc, char **argv)
+{
+    static const struct option bopts[] = {
+        { "model", required_argument, NULL, 'm' }, { "threads", required_argument, NULL, 't' },
+        { "backend", required_argument, NULL, 'b' }, { "pp", required_argument, NULL, 'p' },
+        { "tg", required_argument, NULL, 'g' }, { "depth", required_argument, NULL, 'd' },
+        { "reps", required_argument, NULL, 'r' }, { "json", no_argument, NULL, 'j' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *model = NULL, *backend = "cpu", *pp_arg = "512,4096", *depth_arg = "0,4096";
+    int64_t threads = 0, tg = 128, reps = 1;
+    bool json = false;
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "", bopts, NULL)) != -1) {
+        int rc = 0;
+        switch (ch) {
+        case 'm': model = optarg; break;
+        case 'b': backend = optarg; break;
+        case 'p': pp_arg = optarg; break;
+        case 'd': depth_arg = optarg; break;
+        case 'j': json = true; break;
+        case 't': rc = parse_i64(optarg, "--threads", 1, 256, &threads); break;
+        case 'g': rc = parse_i64(optarg, "--tg", 1, 1 << 20, &tg); break;
+        case 'r': rc = parse_i64(optarg, "--reps", 1, 100, &reps); break;
+        default: return EXIT_USAGE;
+        }
+        if (rc)
+            return EXIT_USAGE;
+    }
+    if (!model) {
+        fprintf(stderr, "resident-engine bench: --model is required\n");
+        return EXIT_USAGE;
+    }
+    if (!threads) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n < 1 ? 1 : n > 64 ? 64 : n;
+    }
+    int32_t *pp = NULL, *depth = NULL;
+    int64_t n_pp = 0, n_depth = 0;
+    if (parse_ids(pp_arg, &pp, &n_pp) || parse_ids(depth_arg, &depth, &n_depth)) {
+        free(pp);
+        return EXIT_USAGE;
+    }
+    int64_t cap = 1;
+    for (int64_t i = 0; i < n_pp; i++)
+        cap = pp[i] + 1 > cap ? pp[i] + 1 : cap;
+    for (int64_t i = 0; i < n_depth; i++)
+        cap = depth[i] + tg + 1 > cap ? depth[i] + tg + 1 : cap;
+
+    struct model_params p = MODEL_PARAMS_DEFAULT;
+    struct engine_error err = { 0 };
+    p.backend = backend;
+    p.n_threads = (int32_t)threads;
+    p.max_context = cap;
+    struct model *m = NULL;
+    struct model_seq *s = NULL;
+    int status = EXIT_FAILURE;
+    double t_load = bench_now();
+    if (model_load(model, &p, &m, &err)) {
+        fprintf(stderr, "resident-engine bench: cannot load model '%s': %s\n", model, err.msg);
+        goto out;
+    }
+    t_load = bench_now() - t_load;
+    const struct model_config *c = model_get_config(m);
+    const int32_t V = model_vocab(m), real = model_real_vocab(m);
+    float *logits = malloc((size_t)V * sizeof(float));
+    int32_t *ids = malloc((size_t)cap * sizeof(int32_t));
+    double *samp = malloc((size_t)reps * sizeof(double));
+    double *pp_tps = calloc((size_t)n_pp, sizeof(double));
+    double *tg_tps = calloc((size_t)n_depth, sizeof(double));
+    if (!logits || !ids || !samp || !pp_tps || !tg_tps || model_seq_new(m, cap, &s, &err)) {
+        fprintf(stderr, "resident-engine bench: out of memory or %s\n", err.msg);
+        goto out2;
+    }
+    uint64_t rs = 0x2545f4914f6cdd1dull;
+    for (int64_t i = 0; i < cap; i++) {
+        rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17;
+        ids[i] = (int32_t)(rs % (uint64_t)real);
+    }
+    struct model_prefill_params lp = { .logits = logits };
+    double ttft = 0.0;
+    /* warm-up: one short prefill pages in the dense weights and sizes the
+     * backend's scratch */
+    if (model_prefill(m, s, ids, 8, &lp, &err))
+        goto fail;
+    for (int64_t i = 0; i < n_pp; i++) {
+        for (int64_t r = 0; r < reps; r++) {
+            model_seq_reset(s);
+            double t0 = bench_now();
+            if (model_prefill(m, s, ids, pp[i], &lp, &err))
+                goto fail;
+            samp[r] = bench_now() - t0;
+        }
+        qsort(samp, (size_t)reps, sizeof(double), bench_cmp_double);
+        pp_tps[i] = pp[i] / samp[reps / 2];
+        if (i == n_pp - 1)
+            ttft = samp[reps / 2] * 1e3;
+        if (!json)
+            printf("prefill %6d tokens: %8.2f tok/s (median of %" PRId64 ")\n", pp[i], pp_tps[i], reps);
+    }
+    for (int64_t i = 0; i < n_depth; i++) {
+        for (int64_t r = 0; r < reps; r++) {
+            model_seq_reset(s);
+            if (depth[i] > 0 && model_prefill(m, s, ids, depth[i], &lp, &err))
+                goto fail;
+            int32_t tok = ids[depth[i]];
+            double t0 = bench_now();
+            for (int64_t k = 0; k < tg; k++) {
+                struct model_seq *one = s;
+                if (model_decode(m, &one, &tok, 1, logits, &err))
+                    goto fail;
+                tok = ids[(depth[i] + k + 1) % cap];
+            }
+            samp[r] = bench_now() - t0;
+        }
+        qsort(samp, (size_t)reps, sizeof(double), bench_cmp_double);
+        tg_tps[i] = (double)tg / samp[reps / 2];
+        if (!json)
+            printf("decode  %6" PRId64 " tokens at depth %d: %8.2f tok/s\n", tg, depth[i], tg_tps[i]);
+    }
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    const uint64_t bpt = bench_bytes_per_token(c);
+    if (json) {
+        printf("{\"model\":\"%s\",\"backend\":\"%s\",\"threads\":%" PRId64 ",\"layers\":%d,"
+               "\"load_s\":%.3f,\"prefill\":[", model, backend, threads, c->num_hidden_layers, t_load);
+        for (int64_t i = 0; i < n_pp; i++)
+            printf("%s{\"tokens\":%d,\"tok_s\":%.3f}", i ? "," : "", pp[i], pp_tps[i]);
+        printf("],\"decode\":[");
+        for (int64_t i = 0; i < n_depth; i++)
+            printf("%s{\"depth\":%d,\"tokens\":%" PRId64 ",\"tok_s\":%.3f,\"gb_s\":%.3f}", i ? "," : "",
+                   depth[i], tg, tg_tps[i], tg_tps[i] * (double)bpt * 1e-9);
+        printf("],\"ttft_ms\":%.1f,\"ttft_tokens\":%d,\"peak_rss_mib\":%.1f,\"bytes_per_token\":%" PRIu64 "}\n",
+               ttft, n_pp ? pp[n_pp - 1] : 0, (double)ru.ru_maxrss / 1024.0, bpt);
+    } else {
+        printf("TTFT (%d-token prompt): %.1f ms\npeak RSS: %.1f MiB\n"
+               "weights read per decoded token: %.1f MiB (%.2f GB/s at depth %d)\n",
+               n_pp ? pp[n_pp - 1] : 0, ttft, (double)ru.ru_maxrss / 1024.0,
+               (double)bpt / 1048576.0, n_depth ? tg_tps[0] * (double)bpt * 1e-9 : 0.0,
+               n_depth ? depth[0] : 0);
+    }
+    status = EXIT_SUCCESS;
+    goto out2;
+fail:
+    fprintf(stderr, "resident-engine bench: %s\n", err.msg);
+out2:
+    free(logits); free(ids); free(samp); free(pp_tps); free(tg_tps);
+out:
+    model_seq_free(s);
+    model_free(m);
+    free(pp);
+    free(depth);
+    return status;
+}
+
 static const struct cmd cmds[] = {
     { "logits", cmd_logits, "--model DIR --ids 1,2,3 --out FILE [--threads N]" },
     { "generate", cmd_generate,
@@ -387,6 +589,9 @@ static const struct cmd cmds[] = {
       "        --repetition-penalty R --presence-penalty P --frequency-penalty F\n"
       "        --stop ID,... --real-vocab N --threads N]" },
     { "info", cmd_info, "--model DIR [--threads N]" },
+    { "bench", cmd_bench,
+      "--model DIR [--threads N] [--backend cpu|cpu-exact|cpu-ref] [--pp 512,4096]\n"
+      "        [--tg 128] [--depth 0,4096] [--reps R] [--json]   (throughput report)" },
     { "tokenize", text_cli_tokenize, "--model DIR   (UTF-8 text on stdin -> JSON array of ids)" },
     { "detokenize", text_cli_detokenize, "--model DIR   (JSON array of ids on stdin -> text)" },
     { "render", text_cli_render,
