@@ -6,6 +6,11 @@
  *
  *   resident-engine logits --model DIR --ids 1,2,3 --out FILE [--threads N]
  *       one prefill; FILE = float32 little-endian [n_ids][vocab_size]
+ *   logits, generate and info also take [--backend NAME] [--kernel-dir DIR]:
+ *       NAME cpu-ref, cpu, cpu-exact, auto (default: the engine's pick) or,
+ *       where built with the GPU backends, cuda / hip (device 0, kernels
+ *       NAME.sm_90.cubin / NAME.gfx1151.hsaco from DIR, default
+ *       $RESIDENT_GPU_KERNEL_DIR)
  *   resident-engine generate --model DIR --ids 1,2,3 -n N
  *       [--temp T] [--top-p P] [--top-k K] [--min-p P] [--seed S]
  *       [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]
@@ -33,6 +38,10 @@
 #include "engine/sample.h"
 #include "engine/text/text-cli-chat.h"
 #include "engine/text/text-cli-tok.h"
+#include "kernels/backend.h"
+#if defined(RESIDENT_HAVE_CUDA) || defined(RESIDENT_HAVE_HIP)
+#include "kernels/cuda/gpu-backend.h"
+#endif
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
                "logits files are written as native little-endian floats");
@@ -113,7 +122,45 @@ struct common {
     const char *ids_arg;
     int32_t     threads;
     int32_t     real_vocab;
+    const char *backend;                 /* NULL: the engine's default        */
+    const char *kernel_dir;              /* GPU backends                      */
 };
+
+/* A GPU backend load() created; the model does not own it (unload frees). */
+static struct kb_backend *gpu_backend;
+
+static int gpu_create(const struct common *c)
+{
+    const bool cuda = !strcmp(c->backend, "cuda"), hip = !strcmp(c->backend, "hip");
+    if (!cuda && !hip)
+        return 1;                        /* not a GPU backend name            */
+    const char *dir = c->kernel_dir ? c->kernel_dir : getenv("RESIDENT_GPU_KERNEL_DIR");
+    int rc = -ENOTSUP;
+    const char *why = "this resident-engine was built without it (no cuda.h / libamdhip64)";
+#ifdef RESIDENT_HAVE_CUDA
+    if (cuda && dir) {
+        struct kb_gpu_params gp = { .device = 0, .kernel_dir = dir };
+        if ((rc = kb_cuda_create(&gp, &gpu_backend)))
+            why = kb_cuda_create_error();
+    }
+#endif
+#ifdef RESIDENT_HAVE_HIP
+    if (hip && dir) {
+        struct kb_gpu_params gp = { .device = 0, .kernel_dir = dir };
+        if ((rc = kb_hip_create(&gp, &gpu_backend)))
+            why = kb_hip_create_error();
+    }
+#endif
+    if (!dir && rc == -ENOTSUP) {
+#if defined(RESIDENT_HAVE_CUDA) || defined(RESIDENT_HAVE_HIP)
+        rc = -EINVAL;
+        why = "--kernel-dir DIR (or RESIDENT_GPU_KERNEL_DIR) is required";
+#endif
+    }
+    if (rc)
+        fprintf(stderr, "resident-engine: cannot use the %s backend: %s\n", c->backend, why);
+    return rc;
+}
 
 static int load(const struct common *c, int64_t capacity, struct model **m)
 {
@@ -122,15 +169,35 @@ static int load(const struct common *c, int64_t capacity, struct model **m)
     p.n_threads = c->threads;
     p.real_vocab = c->real_vocab;
     p.max_context = capacity;
+    if (c->backend) {
+        int rc = gpu_create(c);
+        if (rc < 0)
+            return rc;
+        p.backend = c->backend;
+        p.backend_instance = gpu_backend;
+    }
     int rc = model_load(c->model, &p, m, &err);
-    if (rc)
+    if (rc) {
         fprintf(stderr, "resident-engine: cannot load model '%s': %s\n", c->model, err.msg);
+        if (gpu_backend)
+            gpu_backend->ops->destroy(gpu_backend);
+        gpu_backend = NULL;
+    }
     return rc;
+}
+
+static void unload(struct model *m)
+{
+    model_free(m);
+    if (gpu_backend)
+        gpu_backend->ops->destroy(gpu_backend);
+    gpu_backend = NULL;
 }
 
 enum {
     OPT_MODEL = 1000, OPT_IDS, OPT_OUT, OPT_THREADS, OPT_TEMP, OPT_TOP_P, OPT_TOP_K,
     OPT_MIN_P, OPT_SEED, OPT_REP, OPT_PRES, OPT_FREQ, OPT_STOP, OPT_REAL_VOCAB,
+    OPT_BACKEND, OPT_KERNEL_DIR,
 };
 
 static const struct option long_opts[] = {
@@ -148,6 +215,8 @@ static const struct option long_opts[] = {
     { "frequency-penalty", required_argument, NULL, OPT_FREQ },
     { "stop", required_argument, NULL, OPT_STOP },
     { "real-vocab", required_argument, NULL, OPT_REAL_VOCAB },
+    { "backend", required_argument, NULL, OPT_BACKEND },
+    { "kernel-dir", required_argument, NULL, OPT_KERNEL_DIR },
     { NULL, 0, NULL, 0 },
 };
 
@@ -165,7 +234,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 {
     struct sample_params sp = SAMPLE_PARAMS_DEFAULT;
     *o = (struct opts){ .c = { .threads = 1 }, .n = -1, .sp = sp };
-    int64_t v;
+    int64_t v = 0;
     int ch;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "n:", long_opts, NULL)) != -1) {
@@ -175,6 +244,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         case OPT_IDS:   o->c.ids_arg = optarg; break;
         case OPT_OUT:   o->out = optarg; break;
         case OPT_STOP:  o->stop = optarg; break;
+        case OPT_BACKEND: o->c.backend = optarg; break;
+        case OPT_KERNEL_DIR: o->c.kernel_dir = optarg; break;
         case OPT_THREADS:
             rc = parse_i64(optarg, "--threads", 1, 64, &v);
             o->c.threads = (int32_t)v;
@@ -273,7 +344,7 @@ out:
     free(logits);
     free(ids);
     model_seq_free(s);
-    model_free(m);
+    unload(m);
     return status;
 }
 
@@ -350,7 +421,7 @@ out:
     free(stop_ids);
     sampler_free(smp);
     model_seq_free(s);
-    model_free(m);
+    unload(m);
     return status;
 }
 
@@ -379,7 +450,7 @@ static int cmd_info(int argc, char **argv)
                model_seq_bytes(s) - per_tok, per_tok);
     }
     model_seq_free(s);
-    model_free(m);
+    unload(m);
     return status;
 }
 
@@ -583,12 +654,13 @@ out:
 }
 
 static const struct cmd cmds[] = {
-    { "logits", cmd_logits, "--model DIR --ids 1,2,3 --out FILE [--threads N]" },
+    { "logits", cmd_logits, "--model DIR --ids 1,2,3 --out FILE [--threads N]\n"
+      "        [--backend cpu-ref|cpu|cpu-exact|cuda|hip --kernel-dir DIR]" },
     { "generate", cmd_generate,
       "--model DIR --ids 1,2,3 -n N [--temp T --top-p P --top-k K --min-p P --seed S\n"
       "        --repetition-penalty R --presence-penalty P --frequency-penalty F\n"
-      "        --stop ID,... --real-vocab N --threads N]" },
-    { "info", cmd_info, "--model DIR [--threads N]" },
+      "        --stop ID,... --real-vocab N --threads N --backend NAME --kernel-dir DIR]" },
+    { "info", cmd_info, "--model DIR [--threads N --backend NAME --kernel-dir DIR]" },
     { "bench", cmd_bench,
       "--model DIR [--threads N] [--backend cpu|cpu-exact|cpu-ref] [--pp 512,4096]\n"
       "        [--tg 128] [--depth 0,4096] [--reps R] [--json]   (throughput report)" },
