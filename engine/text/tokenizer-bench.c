@@ -208,8 +208,10 @@ static int split_bench(int argc, char **argv)
     }
     double t_jit = 1e30, t_int = 1e30, t_hand = 1e30;
     size_t docs = 0, differ = 0, pieces = 0;
-    pcre2_code *jit_code = tok->split_re;
-    pcre2_code *int_code = pcre2_code_copy(jit_code); /* copy drops JIT */
+    /* copies drop the JIT code */
+    pcre2_code *jit_re = tok->split_re, *jit_fast = tok->split_fast;
+    pcre2_code *int_re = pcre2_code_copy(jit_re);
+    pcre2_code *int_fast = pcre2_code_copy(jit_fast);
     for (int round = 0; round < repeat; round++) {
         for (int mode = 0; mode < 3; mode++) {
             struct split_rec pc = { 0 }, hd = { 0 };
@@ -221,7 +223,9 @@ static int split_bench(int argc, char **argv)
                 size_t len = end ? (size_t)(end - doc) : (size_t)(n - at);
                 docs++;
                 if (mode < 2) {
-                    tok->split_re = mode == 0 ? jit_code : int_code;
+                    tok->split_re = mode == 0 ? jit_re : int_re;
+                    tok->split_fast = mode == 0 ? jit_fast : int_fast;
+                    tok->split_re_jit = tok->split_fast_jit = mode == 0;
                     pc.n = 0;
                     pc.base = doc;
                     tok_split_for_test(tok, doc, len, rec_cb, &pc, &err);
@@ -236,7 +240,9 @@ static int split_bench(int argc, char **argv)
                     /* compare with PCRE2 on the same document */
                     pc.n = 0;
                     pc.base = doc;
-                    tok->split_re = jit_code;
+                    tok->split_re = jit_re;
+                    tok->split_fast = jit_fast;
+                    tok->split_re_jit = tok->split_fast_jit = true;
                     double p0 = cpu_ms();
                     tok_split_for_test(tok, doc, len, rec_cb, &pc, &err);
                     c0 += cpu_ms() - p0;   /* not part of the hand time */
@@ -255,8 +261,11 @@ static int split_bench(int argc, char **argv)
             free(hd.ends);
         }
     }
-    tok->split_re = jit_code;
-    pcre2_code_free(int_code);
+    tok->split_re = jit_re;
+    tok->split_fast = jit_fast;
+    tok->split_re_jit = tok->split_fast_jit = true;
+    pcre2_code_free(int_re);
+    pcre2_code_free(int_fast);
     double mb = (double)n / 1e6;
     printf("{\"regex\": \"%s\", \"bytes\": %ld, \"documents\": %zu, "
            "\"pieces\": %zu, \"pcre2_jit_mb_s\": %.1f, "

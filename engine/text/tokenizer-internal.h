@@ -118,7 +118,11 @@ struct tokenizer {
     bool              ignore_merges;
     char             *pattern;          /* split regex as in the file;
                                            NULL: no split                  */
-    pcre2_code       *split_re;
+    pcre2_code       *split_re;         /* exact: Unicode 16 classes      */
+    pcre2_code       *split_fast;       /* PCRE2's own classes: the same
+                                           result for text without any
+                                           code point new in Unicode 15/16 */
+    bool              split_re_jit, split_fast_jit;
     const char       *pretok_name;
 
     struct tok_cache_shard *cache;      /* TOK_CACHE_SHARDS shards         */
@@ -137,8 +141,8 @@ ssize_t tok_key_to_bytes(const char *key, size_t len, char *out);
 /* Split regexes known by name, as tokenizer.json spells them. */
 extern const char tok_pat_qwen35[], tok_pat_qwen2[], tok_pat_gpt2[];
 
-/* Compile tok->pattern into tok->split_re (NULL pattern: no split) and set
- * tok->pretok_name (tokenizer-split.c). */
+/* Compile tok->pattern into tok->split_re and tok->split_fast (NULL
+ * pattern: no split) and set tok->pretok_name (tokenizer-split.c). */
 int tok_split_compile(struct tokenizer *tok, const char *what,
                       struct engine_error *err);
 

@@ -1158,6 +1158,7 @@ void tokenizer_free(struct tokenizer *tok)
         free(tok->cache);
     }
     pcre2_code_free(tok->split_re);
+    pcre2_code_free(tok->split_fast);
     free(tok->pattern);
     free(tok->match_raw.cand);
     free(tok->match_norm.cand);

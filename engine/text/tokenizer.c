@@ -45,7 +45,6 @@ struct enc {
     pcre2_match_data       *md;
     pcre2_match_context    *mctx;
     pcre2_jit_stack        *jstack;
-    bool                    use_jit;
     /* BPE scratch, grown on demand */
     int32_t                *sym, *mrg;
     uint32_t               *rank;
@@ -333,15 +332,13 @@ static int bpe_word(struct enc *e, const uint8_t *w, size_t n)
 /* ------------------------------------------------------------------ */
 /* pre-tokenizer                                                        */
 
-static int regex_match(struct enc *e, const uint8_t *s, size_t n, size_t off)
+static int regex_match(struct enc *e, const pcre2_code *re, bool jit,
+                       const uint8_t *s, size_t n, size_t off)
 {
-    const struct tokenizer *tok = e->tok;
     for (;;) {
-        int rc = e->use_jit
-                     ? pcre2_jit_match(tok->split_re, s, n, off, 0, e->md,
-                                       e->mctx)
-                     : pcre2_match(tok->split_re, s, n, off,
-                                   PCRE2_NO_UTF_CHECK, e->md, e->mctx);
+        int rc = jit ? pcre2_jit_match(re, s, n, off, 0, e->md, e->mctx)
+                     : pcre2_match(re, s, n, off, PCRE2_NO_UTF_CHECK, e->md,
+                                   e->mctx);
         if (rc != PCRE2_ERROR_JIT_STACKLIMIT || e->jstack)
             return rc;
         /* Only pathological inputs get here; give this call a big stack. */
@@ -354,16 +351,46 @@ static int regex_match(struct enc *e, const uint8_t *s, size_t n, size_t off)
     }
 }
 
+/* Does the text hold a code point that Unicode 15/16 added to L, M or N?
+ * All of them are 3- or 4-byte sequences. */
+static bool has_unicode16_extra(const uint8_t *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < 0xe0)
+            continue;
+        uint32_t c;
+        size_t k = tok_utf8_decode(s + i, n - i, &c);
+        if (k == 0 || c < unicode16_extra_ranges[0][0])
+            continue;
+        size_t lo = 0, hi = unicode16_extra_ranges_count;
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (c < unicode16_extra_ranges[mid][0])
+                hi = mid;
+            else if (c > unicode16_extra_ranges[mid][1])
+                lo = mid + 1;
+            else
+                return true;
+        }
+        i += k - 1;
+    }
+    return false;
+}
+
 typedef int (*word_fn)(struct enc *e, const uint8_t *w, size_t n);
 
 static int split_words(struct enc *e, const uint8_t *s, size_t n,
                        word_fn word)
 {
-    if (!e->tok->split_re)
+    const struct tokenizer *tok = e->tok;
+    if (!tok->split_re)
         return word(e, s, n);
+    bool exact = has_unicode16_extra(s, n);
+    const pcre2_code *re = exact ? tok->split_re : tok->split_fast;
+    bool jit = exact ? tok->split_re_jit : tok->split_fast_jit;
     size_t off = 0, gap = 0;
     while (off < n) {
-        int rc = regex_match(e, s, n, off);
+        int rc = regex_match(e, re, jit, s, n, off);
         if (rc == PCRE2_ERROR_NOMATCH)
             break;
         if (rc < 0) {
@@ -693,12 +720,10 @@ int tokenizer_encode_ex(const struct tokenizer *tok, const char *text,
     struct enc e = { .tok = tok, .err = err,
                      .match_added = params->match_added_tokens };
     if (tok->split_re) {
-        e.md = pcre2_match_data_create_from_pattern(tok->split_re, NULL);
+        /* Both patterns have no capture groups: one pair suffices. */
+        e.md = pcre2_match_data_create(1, NULL);
         if (!e.md)
             return engine_error_set(err, -ENOMEM, "out of memory");
-        size_t jit_size = 0;
-        e.use_jit = pcre2_pattern_info(tok->split_re, PCRE2_INFO_JITSIZE,
-                                       &jit_size) == 0 && jit_size > 0;
     }
     int r;
     if (e.match_added && tok->match_raw.n)
@@ -755,12 +780,10 @@ int tok_split_for_test(const struct tokenizer *tok, const char *text,
     if (tok_utf8_check((const uint8_t *)text, len) < len)
         return engine_error_set(err, -EILSEQ, "invalid UTF-8");
     if (tok->split_re) {
-        e.md = pcre2_match_data_create_from_pattern(tok->split_re, NULL);
+        /* Both patterns have no capture groups: one pair suffices. */
+        e.md = pcre2_match_data_create(1, NULL);
         if (!e.md)
             return engine_error_set(err, -ENOMEM, "out of memory");
-        size_t jit_size = 0;
-        e.use_jit = pcre2_pattern_info(tok->split_re, PCRE2_INFO_JITSIZE,
-                                       &jit_size) == 0 && jit_size > 0;
     }
     int r = split_words(&e, (const uint8_t *)text, len, split_hook_word);
     enc_free(&e);

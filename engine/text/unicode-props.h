@@ -14,6 +14,9 @@
 extern const char unicode16_extra_L[];
 extern const char unicode16_extra_M[];
 extern const char unicode16_extra_N[];
+/* The union of the three as sorted inclusive ranges. */
+extern const uint32_t unicode16_extra_ranges[][2];
+extern const size_t unicode16_extra_ranges_count;
 
 /* Code point ranges (inclusive, ascending) added after Unicode 9.0 with a
  * non-zero combining class or a canonical decomposition: HF's NFC (Unicode

@@ -65,6 +65,7 @@ out = ["/* SPDX-License-Identifier: Apache-2.0 */",
        " */",
        '#include "engine/text/unicode-props.h"',
        ""]
+all_add = []
 for p in "LMN":
     add, rem = [], []
     for cp in range(0x110000):
@@ -77,10 +78,20 @@ for p in "LMN":
         if a and not b:
             rem.append(cp)
     assert not rem, (p, rem[:10])
+    all_add += add
     out.append("/* %d code points */" % len(add))
     out.append("const char unicode16_extra_%s[] =" % p)
     out.append(body(ranges(add)) + ";")
     out.append("")
+out.append("/* The same code points as ranges, for a quick test of whether a")
+out.append(" * text needs the extended classes at all. */")
+out.append("const uint32_t unicode16_extra_ranges[][2] = {")
+for a, b in ranges(sorted(all_add)):
+    out.append("    { 0x%X, 0x%X }," % (a, b))
+out.append("};")
+out.append("const size_t unicode16_extra_ranges_count = %d;" % len(ranges(sorted(all_add))))
+out.append("")
+
 import unicode_age  # noqa: E402
 
 post9 = []
