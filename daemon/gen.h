@@ -23,7 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define GEN_PIECE_MAX 64
+#define GEN_PIECE_MAX 128   /* longest token of the Qwen3 vocab; a TOKENS record of one token stays far below the smallest ring's cap/4 (1 KiB) */
 
 struct gen_prompt {
     uint32_t       kind;        /* enum shm_prompt_kind */
@@ -32,6 +32,7 @@ struct gen_prompt {
     uint64_t       seed;
     float          temperature, top_p, min_p, repeat_penalty;
     uint32_t       top_k;
+    uint32_t       max_new_tokens;  /* the request's output limit (sizes the sequence state) */
 };
 
 /* One sequence's part of a compute step. */

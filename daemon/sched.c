@@ -461,6 +461,7 @@ static void handle_submit(struct session *s, const uint8_t *body, size_t len)
             .kind = f->kind, .bytes = prompt, .len = f->payload_len, .seed = f->seed,
             .temperature = f->temperature, .top_p = f->top_p, .min_p = f->min_p,
             .repeat_penalty = f->repeat_penalty, .top_k = f->top_k,
+            .max_new_tokens = q->max_tokens,
         };
         r = d->gen->seq_new(d->gen_ctx, &gp, &q->gen_seq, &q->prompt_tokens, err, sizeof(err));
     }
