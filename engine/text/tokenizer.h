@@ -11,7 +11,10 @@
  *             -> GPT-2 byte mapping -> rank-ordered BPE merges -> ids
  *
  * Ids are always read from the vocabulary, never derived from merge ranks.
- * No BOS/EOS is ever added (Qwen has no post-processor tokens).
+ * No BOS/EOS is ever added (Qwen has no post-processor tokens). Where HF's
+ * engines use other Unicode versions than our libraries (its split regex
+ * has Unicode 16.0 categories, its NFC Unicode 9.0 data), the encoder
+ * follows HF; see docs/performance.md "Tokenizer".
  *
  * Input text must be valid UTF-8; invalid input is refused with -EILSEQ and
  * a message giving the byte offset (HF tokenizers only ever sees Rust
@@ -126,7 +129,8 @@ const char *tokenizer_id_to_bytes(const struct tokenizer *tok, int32_t id,
 /* Longest byte string any single token decodes to. */
 size_t tokenizer_max_token_bytes(const struct tokenizer *tok);
 
-/* Name of the split regex in use: "qwen35", "qwen2", "gpt2" or "custom". */
+/* Name of the split regex in use: "qwen35", "qwen2", "gpt2", "custom", or
+ * "none" (ByteLevel without a regex). */
 const char *tokenizer_pretokenizer_name(const struct tokenizer *tok);
 
 #endif
