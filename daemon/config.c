@@ -2,6 +2,7 @@
 /* residentd configuration parsing (see daemon/config.h for the keys). */
 #include <ctype.h>
 #include <errno.h>
+#include <grp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,12 @@ void daemon_config_defaults(struct daemon_config *c)
     c->slow_client_ms = 10000;
     c->handshake_ms = 5000;
     c->shutdown_grace_ms = 2000;
+    c->privileges = DAEMON_PRIV_KEEP;
+    snprintf(c->user, sizeof(c->user), "residentd");
+    snprintf(c->supplementary_groups, sizeof(c->supplementary_groups), "render");
+    c->keep_cap_ipc_lock = 0;
+    c->memlock = DAEMON_MEMLOCK_LOCK;
+    c->fd_store = DAEMON_FD_STORE_AUTO;
 }
 
 static int parse_u64(const char *v, uint64_t lo, uint64_t hi, int base, uint64_t *out)
@@ -59,6 +66,68 @@ static int parse_id_list(const char *v, uint32_t *ids, size_t *n)
     *n = k;
     return 0;
 }
+
+/* Group names or numeric gids. sysusers picks the gid of "resident" per
+ * machine, so the shipped configuration names the group. */
+static int parse_group_list(const char *v, gid_t *ids, size_t *n, char *bad, size_t badlen)
+{
+    char buf[1024];
+    size_t k = 0;
+    bad[0] = '\0';
+    if (strlen(v) >= sizeof(buf))
+        return -EINVAL;
+    snprintf(buf, sizeof(buf), "%s", v);
+    for (char *save = NULL, *t = strtok_r(buf, ", ", &save); t; t = strtok_r(NULL, ", ", &save)) {
+        uint64_t x;
+        if (k == DAEMON_ALLOW_MAX)
+            return -E2BIG;
+        if (parse_u64(t, 0, UINT32_MAX - 1, 10, &x) == 0) {
+            ids[k++] = (gid_t)x;
+            continue;
+        }
+        struct group gr, *res = NULL;
+        char grbuf[16384];
+        if (getgrnam_r(t, &gr, grbuf, sizeof(grbuf), &res) != 0 || !res) {
+            snprintf(bad, badlen, "%s", t);
+            return -ENOENT;
+        }
+        ids[k++] = res->gr_gid;
+    }
+    *n = k;
+    return 0;
+}
+
+struct word {
+    const char *name;
+    int         value;
+};
+
+static int parse_word(const char *v, const struct word *words, int *out)
+{
+    for (; words->name; words++)
+        if (strcmp(v, words->name) == 0) {
+            *out = words->value;
+            return 0;
+        }
+    return -EINVAL;
+}
+
+static const struct word privilege_words[] = {
+    { "keep", DAEMON_PRIV_KEEP }, { "auto", DAEMON_PRIV_AUTO },
+    { "drop", DAEMON_PRIV_DROP }, { "verify", DAEMON_PRIV_VERIFY }, { NULL, 0 },
+};
+static const struct word memlock_words[] = {
+    { "lock", DAEMON_MEMLOCK_LOCK }, { "on", DAEMON_MEMLOCK_LOCK },
+    { "onfault", DAEMON_MEMLOCK_ONFAULT }, { "off", DAEMON_MEMLOCK_OFF }, { NULL, 0 },
+};
+static const struct word fd_store_words[] = {
+    { "auto", DAEMON_FD_STORE_AUTO }, { "yes", DAEMON_FD_STORE_YES }, { "no", DAEMON_FD_STORE_NO },
+    { NULL, 0 },
+};
+static const struct word bool_words[] = {
+    { "yes", 1 }, { "true", 1 }, { "on", 1 }, { "1", 1 },
+    { "no", 0 }, { "false", 0 }, { "off", 0 }, { "0", 0 }, { NULL, 0 },
+};
 
 struct u32_key {
     const char *name;
@@ -132,14 +201,56 @@ int daemon_config_set(struct daemon_config *c, const char *key, const char *valu
         snprintf(dst, cap, "%s", value);
         return 0;
     }
-    if (strcmp(key, "allow_uids") == 0 || strcmp(key, "allow_gids") == 0) {
-        int uids = key[6] == 'u';
-        if (parse_id_list(value, uids ? c->allow_uids : c->allow_gids,
-                          uids ? &c->n_allow_uids : &c->n_allow_gids) < 0) {
+    if (strcmp(key, "allow_uids") == 0) {
+        if (parse_id_list(value, c->allow_uids, &c->n_allow_uids) < 0) {
             snprintf(err, errlen, "%s = '%s': expected up to %d comma-separated numeric ids", key, value,
                      DAEMON_ALLOW_MAX);
             return -EINVAL;
         }
+        return 0;
+    }
+    if (strcmp(key, "allow_gids") == 0 || strcmp(key, "allow_groups") == 0) {
+        char bad[256];
+        int r = parse_group_list(value, c->allow_gids, &c->n_allow_gids, bad, sizeof(bad));
+        if (r == -ENOENT)
+            snprintf(err, errlen, "%s = '%s': group '%s' does not exist on this host (create it, e.g. "
+                     "with systemd-sysusers, or give a numeric gid)", key, value, bad);
+        else if (r < 0)
+            snprintf(err, errlen, "%s = '%s': expected up to %d comma-separated group names or gids",
+                     key, value, DAEMON_ALLOW_MAX);
+        return r < 0 ? -EINVAL : 0;
+    }
+    if (strcmp(key, "privileges") == 0 || strcmp(key, "memlock") == 0 || strcmp(key, "fd_store") == 0 ||
+        strcmp(key, "keep_cap_ipc_lock") == 0) {
+        const struct word *w = key[0] == 'p' ? privilege_words : key[0] == 'm' ? memlock_words
+                             : key[0] == 'f' ? fd_store_words : bool_words;
+        const char *accepted = key[0] == 'p' ? "keep, auto, drop or verify"
+                             : key[0] == 'm' ? "lock, onfault or off"
+                             : key[0] == 'f' ? "auto, yes or no" : "yes or no";
+        int v;
+        if (parse_word(value, w, &v) < 0) {
+            snprintf(err, errlen, "%s = '%s': expected %s", key, value, accepted);
+            return -EINVAL;
+        }
+        if (key[0] == 'p')
+            c->privileges = (enum daemon_privileges)v;
+        else if (key[0] == 'm')
+            c->memlock = (enum daemon_memlock)v;
+        else if (key[0] == 'f')
+            c->fd_store = (enum daemon_fd_store)v;
+        else
+            c->keep_cap_ipc_lock = v;
+        return 0;
+    }
+    if (strcmp(key, "user") == 0 || strcmp(key, "supplementary_groups") == 0) {
+        char *dst = key[0] == 'u' ? c->user : c->supplementary_groups;
+        size_t cap = key[0] == 'u' ? sizeof(c->user) : sizeof(c->supplementary_groups);
+        if (strlen(value) >= cap || (key[0] == 'u' && value[0] == '\0')) {
+            snprintf(err, errlen, "%s = '%s': must be %s..%zu bytes", key, value, key[0] == 'u' ? "1" : "0",
+                     cap - 1);
+            return -EINVAL;
+        }
+        snprintf(dst, cap, "%s", value);
         return 0;
     }
     snprintf(err, errlen, "unknown key '%s' (see residentd --help for the list)", key);
@@ -238,6 +349,18 @@ void daemon_config_apply_live(struct daemon_config *cur, const struct daemon_con
         note_restart(restart_keys, len, "generator");
     if (cur->max_batch != next->max_batch)
         note_restart(restart_keys, len, "max_batch");
+    if (cur->privileges != next->privileges)
+        note_restart(restart_keys, len, "privileges");
+    if (strcmp(cur->user, next->user) != 0)
+        note_restart(restart_keys, len, "user");
+    if (strcmp(cur->supplementary_groups, next->supplementary_groups) != 0)
+        note_restart(restart_keys, len, "supplementary_groups");
+    if (cur->keep_cap_ipc_lock != next->keep_cap_ipc_lock)
+        note_restart(restart_keys, len, "keep_cap_ipc_lock");
+    if (cur->memlock != next->memlock)
+        note_restart(restart_keys, len, "memlock");
+    if (cur->fd_store != next->fd_store)
+        note_restart(restart_keys, len, "fd_store");
     memcpy(cur->allow_uids, next->allow_uids, sizeof(cur->allow_uids));
     cur->n_allow_uids = next->n_allow_uids;
     memcpy(cur->allow_gids, next->allow_gids, sizeof(cur->allow_gids));

@@ -14,7 +14,9 @@
  *   model                    ""     model directory (the engine loads it)
  *   generator                null   "null" = synthetic deterministic output
  *   allow_uids               "0"    comma list; the daemon's own uid is always allowed
- *   allow_gids               ""     comma list; primary or supplementary group
+ *   allow_gids               ""     comma list of group names or gids; the peer's
+ *                                   primary or any supplementary group (SO_PEERGROUPS)
+ *   allow_groups                    synonym of allow_gids (names resolved at load)
  *   max_sessions             256    all users together
  *   max_sessions_per_uid     32
  *   max_inflight_per_uid     64     requests queued or running
@@ -27,6 +29,20 @@
  *   slow_client_ms           10000  event ring full this long => cancel + disconnect
  *   handshake_ms             5000   connect -> HELLO deadline
  *   shutdown_grace_ms        2000   SIGTERM: in-flight work may finish this long
+ *
+ * Service keys (docs/service.md; all need a restart to change):
+ *   privileges               keep   keep: no privilege change (tests, development);
+ *                                   auto: verify under a service manager or as
+ *                                   non-root, drop when started by hand as root;
+ *                                   drop / verify: force that mode (svc-caps.h)
+ *   user                     residentd  by-hand root start: the user to drop to
+ *   supplementary_groups     render comma list of group names kept after the drop
+ *   keep_cap_ipc_lock        no     keep CAP_IPC_LOCK permitted (not effective)
+ *   memlock                  lock   lock | onfault | off: lock the weight mappings
+ *                                   before READY=1 (--no-lock = off)
+ *   fd_store                 auto   auto | yes | no: keep the weights in a sealed
+ *                                   memfd in systemd's fd store (auto: when
+ *                                   NOTIFY_SOCKET is set) and reuse it on restart
  *
  * Errors: 0 or -EINVAL; the message buffer names the key, the file and line
  * and the accepted range.
@@ -41,6 +57,25 @@
 #define DAEMON_CONFIG_DEFAULT_PATH "/etc/resident/residentd.conf"
 #define DAEMON_SOCKET_DEFAULT      "/run/resident/resident.sock"
 #define DAEMON_ALLOW_MAX           64
+
+enum daemon_privileges {
+    DAEMON_PRIV_KEEP = 0,
+    DAEMON_PRIV_AUTO,
+    DAEMON_PRIV_DROP,
+    DAEMON_PRIV_VERIFY,
+};
+
+enum daemon_memlock {
+    DAEMON_MEMLOCK_LOCK = 0,
+    DAEMON_MEMLOCK_ONFAULT,
+    DAEMON_MEMLOCK_OFF,
+};
+
+enum daemon_fd_store {
+    DAEMON_FD_STORE_AUTO = 0,
+    DAEMON_FD_STORE_YES,
+    DAEMON_FD_STORE_NO,
+};
 
 struct daemon_config {
     char     socket[108];
@@ -64,6 +99,13 @@ struct daemon_config {
     uint32_t slow_client_ms;
     uint32_t handshake_ms;
     uint32_t shutdown_grace_ms;
+    /* service (restart-only) */
+    enum daemon_privileges privileges;
+    char     user[64];
+    char     supplementary_groups[256];
+    int      keep_cap_ipc_lock;
+    enum daemon_memlock memlock;
+    enum daemon_fd_store fd_store;
 };
 
 /* One command-line override, applied after the config file (and again on

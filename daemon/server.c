@@ -961,7 +961,8 @@ int daemon_run(struct daemon *d, char *err, size_t errlen)
         snprintf(err, errlen, "signalfd/eventfd: %s", strerror(errno));
         return -errno;
     }
-    r = listen_setup(d, err, errlen);
+    /* main() normally passes the socket in (svc_activation_listen()). */
+    r = d->listen_fd >= 0 ? 0 : listen_setup(d, err, errlen);
     if (r < 0)
         return r;
     r = sched_init(d);

@@ -44,6 +44,7 @@ int svc_activation_collect(struct svc_activation *a, const struct svc_listen_con
 {
     const char *want = cfg_name(cfg);
     char **names = NULL;
+    struct stat st;
     int n, ret;
 
     svc_activation_init(a);
@@ -80,6 +81,14 @@ int svc_activation_collect(struct svc_activation *a, const struct svc_listen_con
              * a listening SEQPACKET socket can only be meant as ours. */
             a->listen_fd = fd;
             a->listen_inherited = true;
+        } else if (strcmp(name, "unknown") == 0 && a->listen_fd < 0 && fstat(fd, &st) == 0 &&
+                   S_ISSOCK(st.st_mode)) {
+            /* An unnamed socket of the wrong kind: a misconfigured socket
+             * unit, not something to ignore while we bind our own. */
+            ret = svc_log_errno(-EINVAL, "fd %d (unnamed) is not a listening AF_UNIX SOCK_SEQPACKET socket: "
+                                "residentd.socket must use ListenSequentialPacket=%s (not ListenStream=/"
+                                "ListenDatagram=) with Accept=no", fd, cfg_path(cfg));
+            close(fd);
         } else if (strncmp(name, SVC_FDSTORE_PREFIX, strlen(SVC_FDSTORE_PREFIX)) == 0 &&
                    a->n_store < SVC_ACTIVATION_STORE_MAX) {
             a->store_fd[a->n_store] = fd;

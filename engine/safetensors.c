@@ -1034,6 +1034,15 @@ const char *st_set_file_path(const struct st_set *set, uint32_t file)
     return set->files[file].path;
 }
 
+int st_set_file_mapping(const struct st_set *set, uint32_t file, const void **addr, size_t *len)
+{
+    if (!set || file >= set->n_files)
+        return -EINVAL;
+    *addr = set->files[file].map;
+    *len = set->files[file].size;
+    return 0;
+}
+
 void st_set_get_stats(const struct st_set *set, struct st_set_stats *out)
 {
     memset(out, 0, sizeof(*out));

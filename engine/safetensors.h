@@ -82,6 +82,10 @@ const struct st_tensor *st_set_findf(const struct st_set *set, const char *fmt, 
 
 uint32_t st_set_file_count(const struct st_set *set);
 
+/* The read-only mapping of shard `file` (the whole file), e.g. for mlock by
+ * the daemon. Returns 0, or -EINVAL for a bad index (outputs untouched). */
+int st_set_file_mapping(const struct st_set *set, uint32_t file, const void **addr, size_t *len);
+
 /* Loader report: tensors and bytes per dtype, files and bytes mapped. */
 struct st_set_stats {
     uint32_t files;

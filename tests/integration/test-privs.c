@@ -1,0 +1,563 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * residentd as a service, started by hand as root (CI runs as root without
+ * systemd as PID 1; everything else skips with 77):
+ *
+ *  drop:     privileges = drop, user = nobody: /proc/PID/status shows
+ *            Uid/Gid 65534, CapEff/CapPrm/CapBnd/CapInh/CapAmb 0,
+ *            NoNewPrivs 1, VmLck >= the checkpoint's bytes; a fake
+ *            NOTIFY_SOCKET sees STATUS= with VmLck before READY=1; a client
+ *            outside allow_groups is refused (-EPERM), one whose
+ *            *supplementary* group is allowed (named, not numeric) is served.
+ *            keep_cap_ipc_lock = yes: CapPrm = CapBnd = CAP_IPC_LOCK, CapEff 0.
+ *  memlock:  as nobody under RLIMIT_MEMLOCK 1 MiB the start fails before
+ *            READY naming LimitMEMLOCK= and CAP_IPC_LOCK and the bytes.
+ *  fd store: fd_store = yes hands a sealed memfd to the fake manager
+ *            (FDSTORE=1, FDNAME=resident-weights); a restart given it in
+ *            LISTEN_FDS/LISTEN_FDNAMES is ready without reading the model
+ *            files (/proc/PID/io rchar); a touched shard (mtime) and a foreign
+ *            memfd are discarded (FDSTOREREMOVE=1) and the files re-read.
+ *            Prints start-to-READY times with and without the store.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client/resident.h"
+#include "daemon/svc-testlib.h"
+
+#define NOBODY 65534u
+
+static char exe[512], src_model[512], dir[256], model[512], nsock_path[300];
+static int nsock = -1;
+static uint64_t shard_bytes;        /* all *.safetensors of the model copy */
+
+struct run {
+    pid_t    pid;
+    char     log[512];
+    char     sock[300];
+    uint64_t t_start_ms, t_ready_ms;
+    int      status_vmlck_before_ready;
+    int      ready;
+    int      store_fd;              /* fd received with FDSTORE=1, or -1 */
+    int      store_removed;         /* FDSTOREREMOVE=1 seen */
+};
+
+struct spawn_opts {
+    const char *const *args;        /* extra arguments */
+    int  notify;                    /* export NOTIFY_SOCKET */
+    int  pass_fd;                   /* >= 0: pass as LISTEN_FDS=1 */
+    const char *pass_name;          /* its LISTEN_FDNAMES */
+    uid_t as_uid;                   /* != 0: become this uid before exec */
+    uint64_t memlock_limit;         /* != 0: RLIMIT_MEMLOCK */
+};
+
+static void copy_file(const char *from, const char *to)
+{
+    int in = open(from, O_RDONLY | O_CLOEXEC);
+    int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    T_CHECKF(in >= 0 && out >= 0, "copy %s -> %s: %s", from, to, strerror(errno));
+    char buf[1 << 16];
+    ssize_t n;
+    while ((n = read(in, buf, sizeof(buf))) > 0)
+        T_CHECK(write(out, buf, (size_t)n) == n);
+    T_CHECK(n == 0);
+    close(in);
+    close(out);
+}
+
+/* A copy the tests may touch (mtime) and nobody may read. */
+static void make_model_copy(void)
+{
+    static const char *files[] = { "config.json", "model.safetensors.index.json", "model.safetensors",
+                                   "model_mtp.safetensors", NULL };
+    snprintf(model, sizeof(model), "%s/model", dir);
+    T_CHECK(mkdir(model, 0755) == 0);
+    shard_bytes = 0;
+    for (int i = 0; files[i]; i++) {
+        char a[1024], b[1024];
+        snprintf(a, sizeof(a), "%s/%s", src_model, files[i]);
+        snprintf(b, sizeof(b), "%s/%s", model, files[i]);
+        if (access(a, R_OK) != 0)
+            continue;
+        copy_file(a, b);
+        struct stat st;
+        T_CHECK(stat(b, &st) == 0);
+        if (strstr(files[i], ".safetensors") && !strstr(files[i], ".json"))
+            shard_bytes += (uint64_t)st.st_size;
+    }
+    T_CHECKF(shard_bytes > 1000000, "model copy has only %" PRIu64 " shard bytes", shard_bytes);
+}
+
+static void drain_notify(void)
+{
+    char buf[4096];
+    int fds[4];
+    size_t nf = 4;
+    while (svc_testlib_notify_recv(nsock, buf, sizeof(buf), 0, fds, &nf) > 0) {
+        for (size_t i = 0; i < nf; i++)
+            close(fds[i]);
+        nf = 4;
+    }
+}
+
+static void spawn(struct run *r, const char *name, const struct spawn_opts *o)
+{
+    const char *argv[64];
+    int n = 0;
+    memset(r, 0, sizeof(*r));
+    r->store_fd = -1;
+    snprintf(r->log, sizeof(r->log), "%s/%s.log", dir, name);
+    snprintf(r->sock, sizeof(r->sock), "%s/sock-%s/s.sock", dir, name);
+    char sdir[300];
+    snprintf(sdir, sizeof(sdir), "%s/sock-%s", dir, name);
+    T_CHECK(mkdir(sdir, 0755) == 0);
+    if (o->as_uid)
+        T_CHECK(chown(sdir, o->as_uid, (gid_t)-1) == 0);
+    argv[n++] = exe;
+    argv[n++] = "--socket";
+    argv[n++] = r->sock;
+    argv[n++] = "--config";
+    argv[n++] = "/dev/null";
+    argv[n++] = "--generator";
+    argv[n++] = "null";
+    argv[n++] = "-o";
+    argv[n++] = "socket_mode=0666";
+    for (int i = 0; o->args && o->args[i] && n < 60; i++)
+        argv[n++] = o->args[i];
+    argv[n] = NULL;
+    drain_notify();
+    r->t_start_ms = svc_testlib_now_ms();
+    pid_t pid = fork();
+    T_CHECK(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int lf = open(r->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (lf >= 0)
+            dup2(lf, 2);
+        /* After the drop the process is not dumpable: LeakSanitizer could
+         * not inspect it at exit. */
+        setenv("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=1", 1);
+        if (!o->notify)
+            unsetenv("NOTIFY_SOCKET");
+        if (o->memlock_limit) {
+            struct rlimit rl = { o->memlock_limit, o->memlock_limit };
+            if (setrlimit(RLIMIT_MEMLOCK, &rl) < 0)
+                _exit(125);
+        }
+        if (o->pass_fd >= 0) {
+            if (o->pass_fd != 3 && dup2(o->pass_fd, 3) < 0)
+                _exit(126);
+            char pid_s[32];
+            snprintf(pid_s, sizeof(pid_s), "%d", (int)getpid());
+            setenv("LISTEN_FDS", "1", 1);
+            setenv("LISTEN_PID", pid_s, 1);
+            setenv("LISTEN_FDNAMES", o->pass_name, 1);
+        }
+        if (o->as_uid) {
+            gid_t g = NOBODY;
+            if (setgroups(1, &g) < 0 || setresgid(g, g, g) < 0 || setresuid(o->as_uid, o->as_uid, o->as_uid) < 0)
+                _exit(124);
+        }
+        execv(exe, (char *const *)argv);
+        _exit(127);
+    }
+    r->pid = pid;
+}
+
+/* Collect notify messages until READY=1 (1) or exit/timeout (0). */
+static int wait_ready(struct run *r, int timeout_ms)
+{
+    uint64_t end = svc_testlib_now_ms() + (uint64_t)timeout_ms;
+    int seen_vmlck = 0;
+    while (svc_testlib_now_ms() < end) {
+        char buf[4096];
+        int fds[4];
+        size_t nf = 4;
+        int n = svc_testlib_notify_recv(nsock, buf, sizeof(buf), 100, fds, &nf);
+        if (n > 0) {
+            if (strstr(buf, "STATUS=") && strstr(buf, "VmLck") && !r->ready)
+                seen_vmlck = 1;
+            if (strstr(buf, "FDSTOREREMOVE=1") && strstr(buf, "FDNAME=resident-weights"))
+                r->store_removed = 1;
+            if (strstr(buf, "FDSTORE=1") && strstr(buf, "FDNAME=resident-weights") && nf == 1) {
+                if (r->store_fd >= 0)
+                    close(r->store_fd);
+                r->store_fd = fds[0];
+                nf = 0;
+            }
+            for (size_t i = 0; i < nf; i++)
+                close(fds[i]);
+            if (strstr(buf, "READY=1")) {
+                r->ready = 1;
+                r->t_ready_ms = svc_testlib_now_ms();
+                r->status_vmlck_before_ready = seen_vmlck;
+                return 1;
+            }
+            continue;
+        }
+        int st;
+        if (waitpid(r->pid, &st, WNOHANG) == r->pid) {
+            r->pid = 0;
+            return 0;
+        }
+    }
+    return 0;
+}
+
+static void dump_log(const struct run *r)
+{
+    char cmd[700];
+    snprintf(cmd, sizeof(cmd), "cat '%s' >&2", r->log);
+    if (system(cmd) != 0)
+        fprintf(stderr, "(no log)\n");
+}
+
+static int log_has(const struct run *r, const char *what)
+{
+    FILE *f = fopen(r->log, "re");
+    if (!f)
+        return 0;
+    char line[4096];
+    int found = 0;
+    while (!found && fgets(line, sizeof(line), f))
+        found = strstr(line, what) != NULL;
+    fclose(f);
+    return found;
+}
+
+static void stop(struct run *r)
+{
+    if (r->pid > 0) {
+        kill(r->pid, SIGTERM);
+        int st = svc_testlib_wait(r->pid);
+        T_CHECKF(st == 0, "residentd exited with %d after SIGTERM", st);
+        r->pid = 0;
+    }
+}
+
+static uint64_t proc_u64(pid_t pid, const char *file, const char *key)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/%s", (int)pid, file);
+    FILE *f = fopen(path, "re");
+    T_CHECKF(f, "%s: %s", path, strerror(errno));
+    uint64_t v = UINT64_MAX;
+    size_t kl = strlen(key);
+    while (fgets(line, sizeof(line), f))
+        if (strncmp(line, key, kl) == 0 && line[kl] == ':')
+            v = strtoull(line + kl + 1, NULL, 10);
+    fclose(f);
+    T_CHECKF(v != UINT64_MAX, "%s has no %s", path, key);
+    return v;
+}
+
+static void expect_status(pid_t pid, const char *key, const char *want)
+{
+    char v[256];
+    T_CHECKF(svc_testlib_proc_status(pid, key, v, sizeof(v)) == 0, "no %s", key);
+    T_CHECKF(strcmp(v, want) == 0, "%s is '%s', expected '%s'", key, v, want);
+}
+
+/* Connect as uid/gid with `groups` and run one request. Returns 0 when
+ * served, else the connect error (-EPERM when the policy refuses). */
+static int client_as(const char *sock, uid_t uid, gid_t gid, gid_t suppl)
+{
+    pid_t p = fork();
+    T_CHECK(p >= 0);
+    if (p == 0) {
+        gid_t gl[1] = { suppl };
+        if (setgroups(suppl ? 1 : 0, gl) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0)
+            _exit(100);
+        struct resident_connect_params cp;
+        resident_connect_params_init(&cp);
+        cp.socket_path = sock;
+        struct resident *h = NULL;
+        int rc = resident_connect(&cp, &h);
+        if (rc < 0)
+            _exit(rc == -EPERM ? 2 : 3);
+        struct resident_request q;
+        resident_request_init(&q);
+        q.max_tokens = 4;
+        uint64_t id;
+        int ok = resident_submit_text(h, &q, "hi", 2, 1, &id) == 0, done = 0;
+        struct resident_event ev;
+        while (ok && !done && resident_wait(h, &ev, 5000) == 1)
+            done = ev.type == RESIDENT_EVENT_DONE && ev.completion_tokens == 4;
+        resident_close(h);
+        _exit(done ? 0 : 4);
+    }
+    int st = svc_testlib_wait(p);
+    return st == 0 ? 0 : st == 2 ? -EPERM : -EIO - st;
+}
+
+/* A group that exists, is not nobody's, and is not root's. */
+static const struct group *pick_group(void)
+{
+    static const char *names[] = { "users", "staff", "games", "audio", "video", "plugdev", NULL };
+    for (int i = 0; names[i]; i++) {
+        struct group *g = getgrnam(names[i]);
+        if (g && g->gr_gid != 0 && g->gr_gid != NOBODY)
+            return g;
+    }
+    return NULL;
+}
+
+static void test_drop(void)
+{
+    const struct group *g = pick_group();
+    if (!g)
+        T_SKIP_BECAUSE("no group users/staff/games/audio/video/plugdev to allow");
+    static char gname[64], allow[96], suppl[96];
+    snprintf(gname, sizeof(gname), "%s", g->gr_name);
+    gid_t ggid = g->gr_gid;
+    snprintf(allow, sizeof(allow), "allow_groups=%s", gname);
+    snprintf(suppl, sizeof(suppl), "supplementary_groups=%s", gname);
+    char model_arg[600];
+    snprintf(model_arg, sizeof(model_arg), "model=%s", src_model);
+    const char *args[] = { "-o", model_arg, "-o", "privileges=drop", "-o", "user=nobody", "-o", suppl,
+                           "-o", "fd_store=no", "-o", allow, "-o", "allow_uids=0", NULL };
+    struct run r;
+    spawn(&r, "drop", &(struct spawn_opts){ .args = args, .notify = 1, .pass_fd = -1 });
+    if (!wait_ready(&r, 20000)) {
+        dump_log(&r);
+        T_CHECKF(0, "residentd (privileges = drop) did not send READY=1");
+    }
+    T_CHECKF(r.status_vmlck_before_ready, "no STATUS= with VmLck before READY=1");
+
+    expect_status(r.pid, "Uid", "65534\t65534\t65534\t65534");
+    expect_status(r.pid, "Gid", "65534\t65534\t65534\t65534");
+    char groups[256], want_groups[64];
+    svc_testlib_proc_status(r.pid, "Groups", groups, sizeof(groups));
+    snprintf(want_groups, sizeof(want_groups), "%u", (unsigned)ggid);
+    T_CHECKF(strstr(groups, want_groups), "Groups '%s' lacks %s (supplementary_groups)", groups, want_groups);
+    expect_status(r.pid, "CapInh", "0000000000000000");
+    expect_status(r.pid, "CapPrm", "0000000000000000");
+    expect_status(r.pid, "CapEff", "0000000000000000");
+    expect_status(r.pid, "CapBnd", "0000000000000000");
+    expect_status(r.pid, "CapAmb", "0000000000000000");
+    expect_status(r.pid, "NoNewPrivs", "1");
+    uint64_t vmlck_kb = proc_u64(r.pid, "status", "VmLck");
+    /* st_set_open_dir maps the shards the index names; model.safetensors at least. */
+    struct stat st;
+    char shard[600];
+    snprintf(shard, sizeof(shard), "%s/model.safetensors", src_model);
+    T_CHECK(stat(shard, &st) == 0);
+    T_CHECKF(vmlck_kb * 1024 >= (uint64_t)st.st_size, "VmLck %" PRIu64 " kB < model.safetensors %lld bytes",
+             vmlck_kb, (long long)st.st_size);
+    T_CHECKF(log_has(&r, "dropped privileges: uid=65534/65534/65534"), "final credentials not logged");
+    printf("drop: Uid/Gid 65534, CapInh/Prm/Eff/Bnd/Amb 0, NoNewPrivs 1, Groups %s, VmLck %" PRIu64 " kB "
+           "(model.safetensors %lld bytes); start to READY %" PRIu64 " ms\n", groups, vmlck_kb,
+           (long long)st.st_size, r.t_ready_ms - r.t_start_ms);
+
+    /* Peer groups: uid 4242 in no allowed group is refused; uid 4243 whose
+     * supplementary group is the allowed (named) one is served. */
+    int rc = client_as(r.sock, 4242, 4242, 4242);
+    T_CHECKF(rc == -EPERM, "client outside allow_groups: %d, expected -EPERM", rc);
+    rc = client_as(r.sock, 4243, 4243, ggid);
+    T_CHECKF(rc == 0, "client with supplementary group %s (allowed): %d", gname, rc);
+    rc = client_as(r.sock, 4244, ggid, 4244);
+    T_CHECKF(rc == 0, "client with primary group %s (allowed): %d", gname, rc);
+    printf("policy: uid 4242 refused (-EPERM); uid 4243 via supplementary group %s (%u) served; "
+           "uid 4244 via primary group served\n", gname, (unsigned)ggid);
+    stop(&r);
+
+    /* keep_cap_ipc_lock = yes: CAP_IPC_LOCK (bit 14) permitted + bounding only. */
+    const char *args2[] = { "-o", model_arg, "-o", "privileges=drop", "-o", "user=nobody",
+                            "-o", "supplementary_groups=", "-o", "fd_store=no", "-o", "keep_cap_ipc_lock=yes", NULL };
+    spawn(&r, "drop-keep", &(struct spawn_opts){ .args = args2, .notify = 1, .pass_fd = -1 });
+    if (!wait_ready(&r, 20000)) {
+        dump_log(&r);
+        T_CHECKF(0, "residentd (keep_cap_ipc_lock) did not send READY=1");
+    }
+    expect_status(r.pid, "CapPrm", "0000000000004000");
+    expect_status(r.pid, "CapBnd", "0000000000004000");
+    expect_status(r.pid, "CapEff", "0000000000000000");
+    expect_status(r.pid, "NoNewPrivs", "1");
+    printf("keep_cap_ipc_lock: CapPrm = CapBnd = 0x4000, CapEff 0\n");
+    stop(&r);
+}
+
+static void test_memlock_refused(void)
+{
+    char model_arg[600];
+    snprintf(model_arg, sizeof(model_arg), "model=%s", model);
+    const char *args[] = { "-o", model_arg, "-o", "privileges=auto", "-o", "fd_store=no", NULL };
+    struct run r;
+    spawn(&r, "memlock", &(struct spawn_opts){ .args = args, .pass_fd = -1, .as_uid = NOBODY,
+                                              .memlock_limit = 1 << 20 });
+    int st = svc_testlib_wait(r.pid);
+    r.pid = 0;
+    if (st != 1)
+        dump_log(&r);
+    T_CHECKF(st == 1, "residentd under RLIMIT_MEMLOCK 1 MiB exited %d, expected 1", st);
+    T_CHECKF(log_has(&r, "LimitMEMLOCK=") && log_has(&r, "CAP_IPC_LOCK") && log_has(&r, "cannot lock "),
+             "the memlock failure does not name LimitMEMLOCK= / CAP_IPC_LOCK and the bytes");
+    T_CHECKF(!log_has(&r, "ready"), "residentd became ready without locking");
+    printf("memlock: as nobody with RLIMIT_MEMLOCK 1 MiB the start fails naming LimitMEMLOCK= and CAP_IPC_LOCK\n");
+    /* --no-lock: the same start succeeds, unlocked. */
+    const char *args2[] = { "-o", model_arg, "-o", "privileges=auto", "-o", "fd_store=no", "--no-lock", NULL };
+    spawn(&r, "nolock", &(struct spawn_opts){ .args = args2, .pass_fd = -1, .as_uid = NOBODY,
+                                             .memlock_limit = 1 << 20 });
+    for (int i = 0; i < 500 && !log_has(&r, "ready"); i++)
+        usleep(20000);
+    if (!log_has(&r, "ready"))
+        dump_log(&r);
+    T_CHECKF(log_has(&r, "ready"), "--no-lock start did not become ready");
+    T_CHECK(proc_u64(r.pid, "status", "VmLck") == 0);
+    stop(&r);
+}
+
+static uint64_t rchar_at_ready(const struct run *r)
+{
+    return proc_u64(r->pid, "io", "rchar");
+}
+
+static void test_fd_store(void)
+{
+    char model_arg[600];
+    snprintf(model_arg, sizeof(model_arg), "model=%s", model);
+    const char *plain_args[] = { "-o", model_arg, "-o", "fd_store=no", NULL };
+    const char *store_args[] = { "-o", model_arg, "-o", "fd_store=yes", NULL };
+    struct run r;
+
+    /* Without the store: mapped + locked from the files. */
+    spawn(&r, "plain", &(struct spawn_opts){ .args = plain_args, .notify = 1, .pass_fd = -1 });
+    if (!wait_ready(&r, 20000)) {
+        dump_log(&r);
+        T_CHECKF(0, "plain start: no READY=1");
+    }
+    uint64_t t_plain = r.t_ready_ms - r.t_start_ms;
+    T_CHECK(r.store_fd < 0);
+    stop(&r);
+
+    /* First start with the store: copies the shards and hands the memfd over. */
+    spawn(&r, "fill", &(struct spawn_opts){ .args = store_args, .notify = 1, .pass_fd = -1 });
+    if (!wait_ready(&r, 20000)) {
+        dump_log(&r);
+        T_CHECKF(0, "fd-store start: no READY=1");
+    }
+    uint64_t t_fill = r.t_ready_ms - r.t_start_ms, rchar_fill = rchar_at_ready(&r);
+    T_CHECKF(r.store_fd >= 0, "no FDSTORE=1 with FDNAME=resident-weights and an fd before READY=1");
+    T_CHECKF(rchar_fill >= shard_bytes, "fill read %" PRIu64 " bytes < shards %" PRIu64, rchar_fill, shard_bytes);
+    T_CHECK(proc_u64(r.pid, "status", "VmLck") * 1024 >= shard_bytes);
+    int store = r.store_fd;
+    stop(&r);
+
+    /* Restart with it: no model file is read. */
+    spawn(&r, "restart", &(struct spawn_opts){ .args = store_args, .notify = 1, .pass_fd = store,
+                                              .pass_name = "resident-weights" });
+    if (!wait_ready(&r, 20000)) {
+        dump_log(&r);
+        T_CHECKF(0, "restart from the fd store: no READY=1");
+    }
+    uint64_t t_restart = r.t_ready_ms - r.t_start_ms, rchar_restart = rchar_at_ready(&r);
+    uint64_t vmlck = proc_u64(r.pid, "status", "VmLck") * 1024;
+    if (!log_has(&r, "reusing resident-weights"))
+        dump_log(&r);
+    T_CHECK(log_has(&r, "reusing resident-weights"));
+    T_CHECKF(rchar_restart < shard_bytes / 4, "restart read %" PRIu64 " bytes (shards %" PRIu64 ")",
+             rchar_restart, shard_bytes);
+    T_CHECKF(vmlck >= shard_bytes, "VmLck %" PRIu64 " < %" PRIu64 " after the restart", vmlck, shard_bytes);
+    T_CHECK(!r.store_removed && r.store_fd < 0);
+    T_CHECK(r.status_vmlck_before_ready);
+    stop(&r);
+    printf("fd store: shards %" PRIu64 " bytes; start to READY: no store %" PRIu64 " ms, first start with "
+           "store %" PRIu64 " ms (rchar %" PRIu64 "), restart from store %" PRIu64 " ms (rchar %" PRIu64
+           ", VmLck %" PRIu64 " kB)\n", shard_bytes, t_plain, t_fill, rchar_fill, t_restart, rchar_restart,
+           vmlck / 1024);
+
+    /* Stale: a shard's mtime changed -> discarded (FDSTOREREMOVE=1), re-read, stored anew. */
+    char shard[600];
+    snprintf(shard, sizeof(shard), "%s/model.safetensors", model);
+    struct timespec ts[2] = { { 0, UTIME_OMIT }, { 0, 0 } };
+    clock_gettime(CLOCK_REALTIME, &ts[1]);
+    ts[1].tv_sec += 5;
+    T_CHECK(utimensat(AT_FDCWD, shard, ts, 0) == 0);
+    spawn(&r, "stale", &(struct spawn_opts){ .args = store_args, .notify = 1, .pass_fd = store,
+                                            .pass_name = "resident-weights" });
+    if (!wait_ready(&r, 20000)) {
+        dump_log(&r);
+        T_CHECKF(0, "restart with a stale store entry: no READY=1");
+    }
+    T_CHECKF(r.store_removed, "stale entry: no FDSTOREREMOVE=1");
+    T_CHECK(log_has(&r, "stale or foreign"));
+    T_CHECK(rchar_at_ready(&r) >= shard_bytes);
+    T_CHECKF(r.store_fd >= 0, "stale entry: no fresh FDSTORE=1");
+    close(r.store_fd);
+    stop(&r);
+    close(store);
+
+    /* Foreign: an unsealed memfd under our name. */
+    int foreign = memfd_create("resident-weights", MFD_CLOEXEC);
+    T_CHECK(foreign >= 0 && ftruncate(foreign, 1 << 20) == 0);
+    spawn(&r, "foreign", &(struct spawn_opts){ .args = store_args, .notify = 1, .pass_fd = foreign,
+                                              .pass_name = "resident-weights" });
+    if (!wait_ready(&r, 20000)) {
+        dump_log(&r);
+        T_CHECKF(0, "restart with a foreign store entry: no READY=1");
+    }
+    T_CHECK(r.store_removed && log_has(&r, "stale or foreign"));
+    if (r.store_fd >= 0)
+        close(r.store_fd);
+    stop(&r);
+    close(foreign);
+    printf("fd store: touched shard (mtime) and foreign memfd discarded with FDSTOREREMOVE=1, files re-read\n");
+}
+
+static int getpwnam_ok(void)
+{
+    struct passwd *pw = getpwnam("nobody");
+    return pw && pw->pw_uid == NOBODY && pw->pw_gid == NOBODY;
+}
+
+int main(void)
+{
+    if (geteuid() != 0)
+        T_SKIP_BECAUSE("needs root (starts residentd by hand as root and drops to nobody)");
+    const char *b = getenv("RESIDENT_BUILD_ROOT"), *s = getenv("RESIDENT_SOURCE_ROOT");
+    if (!b || !s)
+        T_SKIP_BECAUSE("RESIDENT_BUILD_ROOT / RESIDENT_SOURCE_ROOT unset (run through meson test)");
+    snprintf(exe, sizeof(exe), "%s/daemon/residentd", b);
+    snprintf(src_model, sizeof(src_model), "%s/tests/data/default-model", s);
+    if (access(exe, X_OK) != 0)
+        T_SKIP_BECAUSE("%s not built", exe);
+    char probe[600];
+    snprintf(probe, sizeof(probe), "%s/model.safetensors", src_model);
+    if (access(probe, R_OK) != 0)
+        T_SKIP_BECAUSE("%s missing", probe);
+    if (!getpwnam_ok())
+        T_SKIP_BECAUSE("no user nobody (65534)");
+    T_CHECK(svc_testlib_tmpdir(dir, sizeof(dir)) == 0);
+    T_CHECK(chmod(dir, 0755) == 0);
+    nsock = svc_testlib_notify_listen(dir);
+    T_CHECK(nsock >= 0);
+    snprintf(nsock_path, sizeof(nsock_path), "%s/notify", dir);
+    /* The daemon sends READY=1 after dropping to nobody. */
+    T_CHECK(chmod(nsock_path, 0666) == 0);
+    make_model_copy();
+
+    test_drop();
+    test_memlock_refused();
+    test_fd_store();
+
+    char cmd[400];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", dir);
+    printf("PASS\n");
+    return 0;
+}
