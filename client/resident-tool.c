@@ -195,6 +195,8 @@ static int stream(struct resident *r, uint64_t id, const struct gen_opts *o, cha
 {
     struct resident_event ev;
     int cancelled = 0;
+    uint32_t chan = RESIDENT_CHANNEL_CONTENT;
+    static const char *const chan_names[] = { "content", "reasoning", "tool call" };
     for (;;) {
         if (interrupted && !cancelled) {
             resident_cancel(r, id);
@@ -212,10 +214,15 @@ static int stream(struct resident *r, uint64_t id, const struct gen_opts *o, cha
         if (o->json) {
             print_json_event(&ev);
         } else if (ev.type == RESIDENT_EVENT_TOKENS) {
+            /* Channels other than content are labelled where they begin. */
+            if (ev.channel != chan && ev.text_len && ev.channel <= RESIDENT_CHANNEL_TOOL_CALL) {
+                chan = ev.channel;
+                printf("\n[%s]\n", chan_names[chan]);
+            }
             fwrite(ev.text, 1, ev.text_len, stdout);
             fflush(stdout);
         }
-        if (ev.type == RESIDENT_EVENT_TOKENS && acc) {
+        if (ev.type == RESIDENT_EVENT_TOKENS && acc && ev.channel == RESIDENT_CHANNEL_CONTENT) {
             char *n = realloc(*acc, *acc_len + ev.text_len + 1);
             if (n) {
                 memcpy(n + *acc_len, ev.text, ev.text_len);

@@ -94,6 +94,7 @@ RESIDENT_API const char *resident_finish_name(uint32_t finish)
 {
     static const char *const names[] = {
         "?", "stop", "length", "stop_string", "stop_id", "cancelled", "error", "shutdown", "slow_client",
+        "tool_calls",
     };
     return finish < sizeof(names) / sizeof(names[0]) ? names[finish] : "?";
 }

@@ -93,7 +93,8 @@ struct resident_request {
 
 enum resident_event_type {
     RESIDENT_EVENT_QUEUED = 1,  /* request accepted; prompt_tokens set */
-    RESIDENT_EVENT_TOKENS = 2,  /* n_tokens tokens with their text */
+    RESIDENT_EVENT_TOKENS = 2,  /* n_tokens tokens with their text; n_tokens 0 = more text of the
+                                   last token on another channel (or the parser's final flush) */
     RESIDENT_EVENT_DONE   = 3,  /* last event of a request */
 };
 
@@ -106,6 +107,7 @@ enum resident_finish {
     RESIDENT_FINISH_ERROR       = 6,
     RESIDENT_FINISH_SHUTDOWN    = 7,
     RESIDENT_FINISH_SLOW        = 8,  /* reserved; slow clients get -ECONNRESET + a message */
+    RESIDENT_FINISH_TOOL_CALLS  = 9,  /* the turn ended after tool calls (RESIDENT_CHANNEL_TOOL_CALL) */
 };
 
 enum resident_channel {

@@ -29,6 +29,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -153,8 +154,30 @@ static uint32_t engine_vocab_size(void *ctx)
 static int render_prompt(const struct gen_prompt *p, char **out, size_t *out_len,
                          struct engine_error *e)
 {
-    if (p->kind == SHM_PROMPT_CHAT)
-        return chat_render((const char *)p->bytes, p->len, NULL, out, out_len, e);
+    if (p->kind == SHM_PROMPT_CHAT) {
+        /* The template reads "chat_template_kwargs" (vLLM's name); the
+         * protocol's name is "template_kwargs". The first wins when both
+         * are there; a request with only "template_kwargs" is rendered
+         * with it under the template's name. Other requests go to the
+         * renderer as bytes (its own parser keeps big integers exact). */
+        struct json_tokener *tk = json_tokener_new_ex(64);
+        if (!tk)
+            return -ENOMEM;
+        struct json_object *req = p->len <= INT32_MAX ? json_tokener_parse_ex(tk, (const char *)p->bytes, (int)p->len) : NULL;
+        json_tokener_free(tk);
+        struct json_object *kw = NULL;
+        int r;
+        if (req && json_object_is_type(req, json_type_object) &&
+            !json_object_object_get_ex(req, "chat_template_kwargs", NULL) &&
+            json_object_object_get_ex(req, "template_kwargs", &kw)) {
+            json_object_object_add(req, "chat_template_kwargs", json_object_get(kw));
+            r = chat_render_object(req, NULL, out, out_len, e);
+        } else {
+            r = chat_render((const char *)p->bytes, p->len, NULL, out, out_len, e);
+        }
+        json_object_put(req);
+        return r;
+    }
 
     /* TEXT: one user message. Build the request with json-c-free string
      * escaping so any bytes the client sent stay exactly what they were. */
@@ -405,6 +428,7 @@ static int engine_step(void *ctx, struct gen_item *items, size_t n)
 const struct gen_ops gen_engine_ops = {
     .name = "engine",
     .synthetic = 0,
+    .parse_output = 1,
     .create = engine_create,
     .destroy = engine_destroy,
     .vocab_size = engine_vocab_size,

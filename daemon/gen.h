@@ -51,6 +51,9 @@ struct gen_item {
 struct gen_ops {
     const char *name;
     uint32_t    synthetic;  /* 1 = not a model (null generator) */
+    /* 1 = the output is Qwen3.6 chat text: TEXT/CHAT requests get the
+     * reasoning / tool-call parsers (daemon/channels.h). 0 = all content. */
+    uint32_t    parse_output;
     int  (*create)(const char *model_dir, void **ctx, char *err, size_t errlen);
     void (*destroy)(void *ctx);
     uint32_t (*vocab_size)(void *ctx);

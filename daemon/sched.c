@@ -38,6 +38,17 @@
  * token completes it; invalid bytes become U+FFFD) and holds back the
  * longest suffix that could still grow into a stop string, so a matched
  * stop string is never partially streamed.
+ *
+ * CHANNELS
+ * For TEXT and CHAT prompts of a generator whose output is chat text
+ * (gen_ops.parse_output), the released text then goes through the engine's
+ * output parsers (daemon/channels.h): reasoning, content and tool-call
+ * deltas become pending pieces on their channel. A token's first piece
+ * carries its id; further pieces of the same token (another channel, or
+ * the parser's flush at the end) are text-only pieces, sent as TOKENS
+ * records with n_tokens 0 unless they extend the previous pending piece of
+ * the same channel. A request that emitted tool calls finishes with
+ * SHM_FINISH_TOOL_CALLS instead of stop / stop id / stop string.
  */
 #include <errno.h>
 #include <json-c/json.h>
@@ -47,6 +58,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "daemon/channels.h"
 #include "daemon/daemon.h"
 #include "daemon/textstream.h"
 #include "shm/proto.h"
@@ -71,8 +83,15 @@ struct seq {
     uint32_t        n_stop_ids;
     uint8_t        *stops;              /* blob: u16 len + bytes (owned) */
     struct text_stream text;            /* UTF-8 repair + stop-string hold-back */
-    /* pending output */
-    uint32_t       *p_ids, *p_lens;
+    struct channels *ch;                /* output parsers, NULL = all content */
+    uint32_t        cur_chan;           /* channel of the last piece */
+    uint32_t        tok_id;             /* token whose text is being parsed */
+    int             tok_open;           /* its id is not in a piece yet */
+    /* pending output: pieces, each on one channel, with or without a token */
+    struct pend {
+        uint32_t id, len;
+        uint32_t chan, has_id;
+    }              *pend;
     uint32_t        n_pend, cap_pend;
     uint8_t        *p_text;
     uint32_t        p_text_len, p_text_cap;
@@ -124,9 +143,9 @@ static void seq_free(struct seq *q)
     if (s->acct && s->acct->inflight)
         s->acct->inflight--;
     text_stream_free(&q->text);
+    channels_free(q->ch);
     free(q->stops);
-    free(q->p_ids);
-    free(q->p_lens);
+    free(q->pend);
     free(q->p_text);
     free(q);
 }
@@ -190,36 +209,66 @@ static void seq_finish(struct seq *q, uint32_t finish, int error, const char *fm
 
 /* ---- text ---- */
 
-/* Add one token to the pending output with `text` bytes released for it. */
-static int pend_token(struct seq *q, uint32_t id, const uint8_t *text, uint32_t n)
+/* Add a piece to the pending output: `n` bytes on `chan`, for token `id`
+ * (has_id) or text-only (appended to the previous piece when that one is
+ * on the same channel and still pending). */
+static int pend_piece(struct seq *q, uint32_t chan, int has_id, uint32_t id, const void *text, size_t n)
 {
-    if (grow((void **)&q->p_ids, &q->cap_pend, q->n_pend + 1, sizeof(uint32_t)) < 0)
+    if (n > UINT32_MAX - q->p_text_len)
         return -ENOMEM;
-    uint32_t cap2 = q->cap_pend;
-    void *nl = realloc(q->p_lens, (size_t)cap2 * sizeof(uint32_t));
-    if (!nl)
+    if (!has_id && n == 0)
+        return 0;
+    if (grow((void **)&q->p_text, &q->p_text_cap, q->p_text_len + (uint32_t)n, 1) < 0)
         return -ENOMEM;
-    q->p_lens = nl;
-    if (grow((void **)&q->p_text, &q->p_text_cap, q->p_text_len + n, 1) < 0)
-        return -ENOMEM;
-    q->p_ids[q->n_pend] = id;
-    q->p_lens[q->n_pend] = n;
-    q->n_pend++;
+    if (!has_id && q->n_pend && q->pend[q->n_pend - 1].chan == chan) {
+        q->pend[q->n_pend - 1].len += (uint32_t)n;
+    } else {
+        if (grow((void **)&q->pend, &q->cap_pend, q->n_pend + 1, sizeof(*q->pend)) < 0)
+            return -ENOMEM;
+        q->pend[q->n_pend++] = (struct pend){ .id = id, .len = (uint32_t)n, .chan = chan, .has_id = has_id != 0 };
+    }
     if (n)
         memcpy(q->p_text + q->p_text_len, text, n);
-    q->p_text_len += n;
+    q->p_text_len += (uint32_t)n;
     return 0;
 }
 
+/* channels sink: the current token's first piece carries its id. */
+static int chan_sink(void *user, uint32_t chan, const char *text, size_t len)
+{
+    struct seq *q = user;
+    q->cur_chan = chan;
+    if (q->tok_open) {
+        q->tok_open = 0;
+        return pend_piece(q, chan, 1, q->tok_id, text, len);
+    }
+    return pend_piece(q, chan, 0, 0, text, len);
+}
+
 /* Release held text that can no longer be part of a stop string as the
- * text of token `id`. Returns 1 when a stop string matched (text before it
- * released, the rest dropped), 0, or -ENOMEM. */
+ * text of token `id` (through the output parsers when the request has
+ * them; `final` or a stop-string hit flushes them). Returns 1 when a stop
+ * string matched (text before it released, the rest dropped), 0, or a
+ * negative errno. */
 static int text_release(struct seq *q, uint32_t id, int final)
 {
     uint32_t out;
     int hit = text_stream_ready(&q->text, final, &out);
-    if (pend_token(q, id, text_stream_data(&q->text), out) < 0)
-        return -ENOMEM;
+    int r;
+    if (!q->ch) {
+        r = pend_piece(q, SHM_CHAN_CONTENT, 1, id, text_stream_data(&q->text), out);
+    } else {
+        q->tok_id = id;
+        q->tok_open = 1;
+        r = channels_feed(q->ch, (const char *)text_stream_data(&q->text), out, chan_sink, q);
+        if (r == 0 && (hit || final))
+            r = channels_finish(q->ch, chan_sink, q);
+        if (r == 0 && q->tok_open)
+            r = pend_piece(q, q->cur_chan, 1, id, NULL, 0);
+        q->tok_open = 0;
+    }
+    if (r < 0)
+        return r;
     text_stream_consume(&q->text, hit ? text_stream_len(&q->text) : out);
     return hit;
 }
@@ -246,38 +295,48 @@ static int seq_emit(struct seq *q)
         int64_t space = shm_ring_prod_space(&s->evt);
         if (space < 0)
             return (int)space;
-        /* As many tokens as fit in one record. */
-        uint32_t k = 0;
+        /* A text-only piece alone, or as many token pieces of one channel
+         * as fit in one record. */
+        uint32_t k = 0, n_ids = 0;
         uint64_t text = 0;
-        while (k < q->n_pend) {
-            uint64_t sz = shm_proto_tokens_size(k + 1, (uint32_t)(text + q->p_lens[k]));
-            if (sz > (uint64_t)space)
-                break;
-            text += q->p_lens[k];
-            k++;
-        }
-        if (k == 0) {
-            uint64_t one = shm_proto_tokens_size(1, q->p_lens[0]);
-            if (one > shm_ring_max_record(s->evt.cap) - SHM_REC_HDR)
+        uint32_t chan = q->pend[0].chan;
+        uint64_t max = shm_ring_max_record(s->evt.cap) - SHM_REC_HDR;
+        if (!q->pend[0].has_id) {
+            text = q->pend[0].len;
+            if (shm_proto_tokens_size(0, (uint32_t)text) > max)
                 return -EMSGSIZE;
-            return -EAGAIN;
+            if (shm_proto_tokens_size(0, (uint32_t)text) <= (uint64_t)space)
+                k = 1;
+        } else {
+            while (k < q->n_pend && q->pend[k].has_id && q->pend[k].chan == chan) {
+                uint64_t sz = shm_proto_tokens_size(k + 1, (uint32_t)(text + q->pend[k].len));
+                if (sz > (uint64_t)space)
+                    break;
+                text += q->pend[k].len;
+                k++;
+            }
+            n_ids = k;
+            if (k == 0 && shm_proto_tokens_size(1, q->pend[0].len) > max)
+                return -EMSGSIZE;
         }
-        size_t sz = shm_proto_tokens_size(k, (uint32_t)text);
+        if (k == 0)
+            return -EAGAIN;
+        size_t sz = shm_proto_tokens_size(n_ids, (uint32_t)text);
         r = shm_ring_prod_alloc(&s->evt, SHM_EVT_TOKENS, sz, &body);
         if (r < 0)
             return r;
-        struct shm_evt_tokens e = { .req_id = q->req_id, .n_tokens = k, .channel = SHM_CHAN_CONTENT,
+        struct shm_evt_tokens e = { .req_id = q->req_id, .n_tokens = n_ids, .channel = chan,
                                     .text_len = (uint32_t)text };
         uint8_t *b = body;
         memcpy(b, &e, sizeof(e));
-        memcpy(b + sizeof(e), q->p_ids, 4ull * k);
-        memcpy(b + sizeof(e) + 4ull * k, q->p_lens, 4ull * k);
-        if (text)
-            memcpy(b + sizeof(e) + 8ull * k, q->p_text, text);
-        if (q->n_pend > k) {
-            memmove(q->p_ids, q->p_ids + k, 4ull * (q->n_pend - k));
-            memmove(q->p_lens, q->p_lens + k, 4ull * (q->n_pend - k));
+        for (uint32_t i = 0; i < n_ids; i++) {
+            memcpy(b + sizeof(e) + 4ull * i, &q->pend[i].id, 4);
+            memcpy(b + sizeof(e) + 4ull * n_ids + 4ull * i, &q->pend[i].len, 4);
         }
+        if (text)
+            memcpy(b + sizeof(e) + 8ull * n_ids, q->p_text, text);
+        if (q->n_pend > k)
+            memmove(q->pend, q->pend + k, sizeof(*q->pend) * (q->n_pend - k));
         if (q->p_text_len > text)
             memmove(q->p_text, q->p_text + text, q->p_text_len - text);
         q->n_pend -= k;
@@ -464,6 +523,11 @@ static void handle_submit(struct session *s, const uint8_t *body, size_t len)
             .max_new_tokens = q->max_tokens,
         };
         r = d->gen->seq_new(d->gen_ctx, &gp, &q->gen_seq, &q->prompt_tokens, err, sizeof(err));
+    }
+    struct channels_opts co;
+    if (r == 0 && d->gen->parse_output && channels_opts_from_request(f->kind, prompt, f->payload_len, &co)) {
+        r = channels_new(&co, &q->ch, err, sizeof(err));
+        q->cur_chan = q->ch ? channels_initial(q->ch) : SHM_CHAN_CONTENT;
     }
     free(prompt);
     if (r < 0) {
@@ -683,10 +747,13 @@ static void seq_token(struct seq *q, const struct gen_item *it)
         return;
     }
     int r = text_release(q, it->token, finish != 0);
+    if (r == 1)
+        finish = SHM_FINISH_STOP_STRING;
+    if (r >= 0 && finish && finish != SHM_FINISH_LENGTH && q->ch && channels_tool_calls(q->ch))
+        finish = SHM_FINISH_TOOL_CALLS;
     if (r < 0)
-        seq_finish(q, SHM_FINISH_ERROR, -ENOMEM, "out of memory for output text");
-    else if (r == 1)
-        seq_finish(q, SHM_FINISH_STOP_STRING, 0, NULL);
+        seq_finish(q, SHM_FINISH_ERROR, r, "%s", r == -ENOMEM ? "out of memory for output text"
+                                                        : "the output parser failed");
     else if (finish)
         seq_finish(q, finish, 0, NULL);
 }

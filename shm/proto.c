@@ -135,8 +135,8 @@ int shm_proto_decode_tokens(const void *body, size_t len, struct shm_tokens_view
         return fail(why, "TOKENS shorter than its fixed part (24 bytes)");
     memcpy(&out->fixed, b, sizeof(out->fixed));
     const struct shm_evt_tokens *f = &out->fixed;
-    if (f->n_tokens == 0)
-        return fail(why, "TOKENS n_tokens is 0");
+    if (f->n_tokens == 0 && f->text_len == 0)
+        return fail(why, "TOKENS carries neither tokens nor text");
     if (f->channel > SHM_CHAN_TOOL_CALL || f->reserved)
         return fail(why, "TOKENS channel unknown or reserved not 0");
     uint64_t need = sizeof(*f) + 8ull * f->n_tokens + f->text_len;

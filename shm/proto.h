@@ -14,7 +14,8 @@
  * client may reuse those data bytes once the request ring's head has passed
  * the record.
  *
- * TOKENS body:
+ * TOKENS body (n_tokens may be 0 when text_len > 0: text that the last
+ * token produced on another channel, or the output parser's flush):
  *   struct shm_evt_tokens
  *   u32 ids[n_tokens]
  *   u32 text_lens[n_tokens]               bytes of text belonging to each token
@@ -122,6 +123,7 @@ enum shm_finish {
     SHM_FINISH_ERROR       = 6,  /* rejected or failed: see error + msg */
     SHM_FINISH_SHUTDOWN    = 7,  /* the daemon is stopping */
     SHM_FINISH_SLOW        = 8,  /* reserved: a slow client is disconnected with ERROR -ENOBUFS instead */
+    SHM_FINISH_TOOL_CALLS  = 9,  /* the model ended its turn after calling tools (SHM_CHAN_TOOL_CALL) */
 };
 
 struct shm_evt_done {

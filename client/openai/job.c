@@ -262,10 +262,11 @@ static bool runner_loop(struct oai_job *j, struct resident *r, uint64_t id)
                     waiting = false;
                     oai_metrics_waiting(-1);
                     oai_metrics_ttft((double)(now - j->t0_ns) / 1e9);
-                } else {
+                } else if (ev.n_tokens) {
                     oai_metrics_itl((double)(now - last_ns) / 1e9, ev.n_tokens);
                 }
-                last_ns = now;
+                if (ev.n_tokens)
+                    last_ns = now;
                 pthread_mutex_lock(&j->lock);
                 j->started = true;
                 int sr = oai_stream_tokens(&j->st, ev.channel, ev.text, ev.text_len);

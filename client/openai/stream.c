@@ -307,6 +307,7 @@ int oai_finish_failed(const struct oai_finish *f, enum oai_api api, struct oai_e
     case RESIDENT_FINISH_LENGTH:
     case RESIDENT_FINISH_STOP_STRING:
     case RESIDENT_FINISH_STOP_ID:
+    case RESIDENT_FINISH_TOOL_CALLS:
         if (f->error == 0)
             return 0;
         break;
