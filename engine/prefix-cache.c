@@ -521,6 +521,10 @@ static int insert_locked(struct prefix_cache *c, struct model_seq *seq, struct p
     c->st.snapshots++;
     c->st.snapshots_stored++;
     c->op++;
+    /* eviction may have left the lower half of a split edge with neither
+     * snapshot nor child */
+    if (split)
+        prune(c, split);
     return 0;
 
 refuse:

@@ -50,9 +50,10 @@ struct prefix_cache;
 
 /* Default distance between snapshots inside one long message (tokens).
  * On the 35B model a snapshot is 62.8 MiB (GDN state) while 512 tokens of
- * KV are 20 MiB and cost ~0.1-0.3 s to re-prefill on a GPU: a smaller
- * interval fills the budget with snapshots that only pay off when two
- * prompts diverge inside a message. docs/prefix-cache.md has the numbers. */
+ * KV are 20 MiB: at 512 the snapshots of a long message weigh 3x its KV,
+ * and only pay off when two prompts diverge inside that message (turns
+ * resume at boundaries); a prompt that does re-prefills at most 512 tokens
+ * more than needed. docs/prefix-cache.md has the reasoning. */
 #define PREFIX_CACHE_INTERVAL_DEFAULT 512
 
 /* Default budget cap: min(25% of MemAvailable, this). */

@@ -525,6 +525,25 @@ static void test_budget_lru(void **unused)
     assert_int_equal(st.nodes, 0);
     prefix_cache_free(c);
 
+    /* room for one entry: storing q, which leaves p's edge midway, evicts
+     * p's snapshot and splits p's edge; the lower half, now useless, goes */
+    c = cache_new(entry + entry / 4, -1, false);
+    int32_t q[50];
+    memcpy(q, p[0], 20 * sizeof(int32_t));
+    ids_fill(q + 20, 30, 77);
+    q[20] = p[0][20] == 1 ? 2 : 1;
+    assert_int_equal(run(c, s, 1, p[0], 40, NULL, 0, 0, lg), 0);
+    assert_int_equal(run(c, s, 1, q, 40, NULL, 0, 0, lg), 0);
+    prefix_cache_stats_get(c, &st);
+    assert_int_equal(st.snapshots, 1);
+    assert_int_equal(st.evictions, 1);
+    assert_int_equal(st.nodes, 2);
+    assert_int_equal(st.kv_tokens, 40);
+    assert_true(st.bytes_held <= st.budget_bytes);
+    assert_int_equal(run(c, s, 1, q, 50, NULL, 0, 0, lg), 40);
+    expect_exact(q, 50, lg, "after a split under eviction");
+    prefix_cache_free(c);
+
     /* a budget smaller than one snapshot */
     c = cache_new(geom.gdn_bytes - 1, 16, false);
     assert_int_equal(run(c, s, 1, p[11], 50, NULL, 0, 0, lg), 0);
