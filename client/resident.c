@@ -608,6 +608,18 @@ static int64_t elapsed_ns(const struct timespec *t0)
     return (t.tv_sec - t0->tv_sec) * 1000000000ll + (t.tv_nsec - t0->tv_nsec);
 }
 
+RESIDENT_API int resident_arm(struct resident *r)
+{
+    if (!r->evbuf || r->dead)
+        return 1;               /* resident_poll() reports the loss */
+    /* Clear old wakeups first, so the fd is readable only for what comes
+     * after; then the sleep handshake: flag, fence, re-check the tail. */
+    drain_wake(r);
+    if (!shm_ring_cons_arm_sleep(&r->evt))
+        return 1;
+    return 0;
+}
+
 RESIDENT_API int resident_wait(struct resident *r, struct resident_event *ev, int timeout_ms)
 {
     int64_t deadline = timeout_ms < 0 ? INT64_MAX : now_ms() + timeout_ms;

@@ -180,11 +180,38 @@ RESIDENT_API void resident_close(struct resident *r);
  *
  * An epoll fd watching the event wakeup eventfd and the control socket
  * (daemon loss). Add it to any poll/epoll/io_uring loop; when it fires call
- * resident_poll() until it returns 0. Do not read from it.
+ * resident_poll() until it returns 0, then resident_arm() before sleeping
+ * again (without it the daemon does not ring the eventfd). Do not read
+ * from it.
  *
  * Return: the fd (owned by the handle).
  */
 RESIDENT_API int resident_fd(const struct resident *r);
+
+/**
+ * resident_arm() - make resident_fd() fire for the next event (foreign loops)
+ * @r: handle
+ *
+ * The daemon writes the wakeup eventfd only while the client says it
+ * sleeps (resident_wait() says so itself). An application that waits in
+ * its own poll/epoll/io_uring loop calls resident_poll() until it returns
+ * 0, then resident_arm() before it goes back to sleep:
+ *
+ *   for (;;) {
+ *       while ((n = resident_poll(r, &ev)) > 0) handle(&ev);
+ *       if (n < 0) break;                    // session gone
+ *       if (resident_arm(r) == 0) break;     // sleep: resident_fd() fires
+ *   }                                        // 1: events came meanwhile
+ *
+ * It clears stale wakeups, so resident_fd() is readable only for events
+ * published (or daemon loss) after the call. The session stays armed until
+ * the next resident_wait(); while armed the daemon rings the eventfd on
+ * every publish, which costs one write per event batch, not correctness.
+ *
+ * Return: 0 when armed (no event pending); 1 when events are already
+ * pending or the session is gone (call resident_poll() again).
+ */
+RESIDENT_API int resident_arm(struct resident *r);
 
 /**
  * resident_generator() - the daemon's generator name ("null" = synthetic, not a model)

@@ -390,7 +390,12 @@ void sched_session_flush(struct session *s)
         s->full_since_us = 0;
         shm_ring_prod_set_waiting(&s->evt, false);
     }
-    if (shm_ring_prod_publish(&s->evt))
+    /* Ring the client only for events this call made visible: a client
+     * that armed its sleep re-checked the tail, so anything published
+     * before is already seen (and an idle armed client is not woken by
+     * every tick). */
+    uint64_t before = s->evt.published;
+    if (shm_ring_prod_publish(&s->evt) && s->evt.published != before)
         session_wake_client(s);
 }
 
