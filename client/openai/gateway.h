@@ -108,6 +108,9 @@ struct oai_listener {
 };
 int oai_http_start(struct oai_listener *l, int listen_fd);
 void oai_http_quiesce(struct oai_listener *l);
+/* Wait (at most timeout_ms) until no connection is open, so queued
+ * responses reach their clients before oai_http_stop(). */
+void oai_http_drain(struct oai_listener *l, int timeout_ms);
 void oai_http_stop(struct oai_listener *l);
 
 #endif

@@ -487,6 +487,25 @@ void oai_http_quiesce(struct oai_listener *l)
         MHD_quiesce_daemon(l->mhd);
 }
 
+void oai_http_drain(struct oai_listener *l, int timeout_ms)
+{
+    /* Finished generations may still have queued SSE data (the rest of the
+     * stream, the error event and [DONE]) that libmicrohttpd sends as the
+     * client reads; stopping the daemon now would cut those responses. Wait
+     * for open connections to go, bounded (idle keep-alive clients would
+     * otherwise hold the shutdown). */
+    if (!l->mhd)
+        return;
+    for (int waited = 0; waited < timeout_ms; waited += 10) {
+        const union MHD_DaemonInfo *info =
+            MHD_get_daemon_info(l->mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+        if (!info || info->num_connections == 0)
+            return;
+        struct timespec ts = { 0, 10 * 1000000L };
+        nanosleep(&ts, NULL);
+    }
+}
+
 void oai_http_stop(struct oai_listener *l)
 {
     if (l->mhd)

@@ -395,6 +395,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "resident-openai: generations still running after 7 s; exiting without draining\n");
         return 1;
     }
+    for (int i = 0; i < n; i++)
+        oai_http_drain(&ls[i], 2000);
     for (int i = 0; i < n; i++) {
         oai_http_stop(&ls[i]);
         close(fds[i]);
