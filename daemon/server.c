@@ -225,19 +225,31 @@ static int policy_allows(const struct daemon *d, int sock, const struct ucred *c
             return 1;
     if (!c->n_allow_gids)
         return 0;
-    gid_t groups[256];
-    socklen_t gl = sizeof(groups);
+    /* SO_PEERCRED carries only the primary gid; SO_PEERGROUPS (Linux 4.13)
+     * the supplementary groups the peer had at connect(). A peer in more
+     * groups than fit gets ERANGE with the size needed. */
+    gid_t stack_groups[256], *groups = stack_groups;
+    socklen_t gl = sizeof(stack_groups);
     size_t ng = 0;
-    if (getsockopt(sock, SOL_SOCKET, SO_PEERGROUPS, groups, &gl) == 0)
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERGROUPS, groups, &gl) == 0) {
         ng = gl / sizeof(gid_t);
-    for (size_t i = 0; i < c->n_allow_gids; i++) {
-        if (c->allow_gids[i] == cr->gid)
-            return 1;
-        for (size_t k = 0; k < ng; k++)
-            if (groups[k] == c->allow_gids[i])
-                return 1;
+    } else if (errno == ERANGE && gl > sizeof(stack_groups) && (groups = malloc(gl)) != NULL) {
+        if (getsockopt(sock, SOL_SOCKET, SO_PEERGROUPS, groups, &gl) == 0)
+            ng = gl / sizeof(gid_t);
+    } else {
+        groups = stack_groups;
     }
-    return 0;
+    int ok = 0;
+    for (size_t i = 0; !ok && i < c->n_allow_gids; i++) {
+        if (c->allow_gids[i] == cr->gid)
+            ok = 1;
+        for (size_t k = 0; !ok && k < ng; k++)
+            if (groups[k] == c->allow_gids[i])
+                ok = 1;
+    }
+    if (groups != stack_groups)
+        free(groups);
+    return ok;
 }
 
 /* ---- sessions ---- */

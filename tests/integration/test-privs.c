@@ -84,12 +84,14 @@ static void make_model_copy(void)
 {
     static const char *files[] = { "config.json", "model.safetensors.index.json", "model.safetensors",
                                    "model_mtp.safetensors", NULL };
+    /* RESIDENT_PRIVS_MODEL: time the fd store on a larger checkpoint. */
+    const char *from = getenv("RESIDENT_PRIVS_MODEL") ? getenv("RESIDENT_PRIVS_MODEL") : src_model;
     snprintf(model, sizeof(model), "%s/model", dir);
     T_CHECK(mkdir(model, 0755) == 0);
     shard_bytes = 0;
     for (int i = 0; files[i]; i++) {
         char a[1024], b[1024];
-        snprintf(a, sizeof(a), "%s/%s", src_model, files[i]);
+        snprintf(a, sizeof(a), "%s/%s", from, files[i]);
         snprintf(b, sizeof(b), "%s/%s", model, files[i]);
         if (access(a, R_OK) != 0)
             continue;
@@ -274,13 +276,19 @@ static void expect_status(pid_t pid, const char *key, const char *want)
 
 /* Connect as uid/gid with `groups` and run one request. Returns 0 when
  * served, else the connect error (-EPERM when the policy refuses). */
-static int client_as(const char *sock, uid_t uid, gid_t gid, gid_t suppl)
+static int client_as(const char *sock, uid_t uid, gid_t gid, gid_t suppl, size_t n_filler)
 {
     pid_t p = fork();
     T_CHECK(p >= 0);
     if (p == 0) {
-        gid_t gl[1] = { suppl };
-        if (setgroups(suppl ? 1 : 0, gl) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0)
+        /* n_filler unrelated groups first: the allowed one is past what a
+         * 256-entry SO_PEERGROUPS buffer holds. */
+        static gid_t gl[1024];
+        size_t n = 0;
+        for (; n < n_filler && n + 1 < sizeof(gl) / sizeof(gl[0]); n++)
+            gl[n] = (gid_t)(50000 + n);
+        gl[n++] = suppl;
+        if (setgroups(n, gl) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0)
             _exit(100);
         struct resident_connect_params cp;
         resident_connect_params_init(&cp);
@@ -365,14 +373,16 @@ static void test_drop(void)
 
     /* Peer groups: uid 4242 in no allowed group is refused; uid 4243 whose
      * supplementary group is the allowed (named) one is served. */
-    int rc = client_as(r.sock, 4242, 4242, 4242);
+    int rc = client_as(r.sock, 4242, 4242, 4242, 300);
     T_CHECKF(rc == -EPERM, "client outside allow_groups: %d, expected -EPERM", rc);
-    rc = client_as(r.sock, 4243, 4243, ggid);
+    rc = client_as(r.sock, 4243, 4243, ggid, 0);
     T_CHECKF(rc == 0, "client with supplementary group %s (allowed): %d", gname, rc);
-    rc = client_as(r.sock, 4244, ggid, 4244);
+    rc = client_as(r.sock, 4245, 4245, ggid, 300);
+    T_CHECKF(rc == 0, "client with 301 supplementary groups, the last %s (allowed): %d", gname, rc);
+    rc = client_as(r.sock, 4244, ggid, 4244, 0);
     T_CHECKF(rc == 0, "client with primary group %s (allowed): %d", gname, rc);
-    printf("policy: uid 4242 refused (-EPERM); uid 4243 via supplementary group %s (%u) served; "
-           "uid 4244 via primary group served\n", gname, (unsigned)ggid);
+    printf("policy: uid 4242 refused (-EPERM); uid 4243 via supplementary group %s (%u) served, also as "
+           "the 301st group; uid 4244 via primary group served\n", gname, (unsigned)ggid);
     stop(&r);
 
     /* keep_cap_ipc_lock = yes: CAP_IPC_LOCK (bit 14) permitted + bounding only. */
