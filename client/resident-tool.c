@@ -234,6 +234,7 @@ static int stream(struct resident *r, uint64_t id, const struct gen_opts *o, cha
         if (ev.type == RESIDENT_EVENT_DONE) {
             if (!o->json)
                 putchar('\n');
+            fflush(stdout);     /* before the stats / error on stderr */
             if (ev.error)
                 fprintf(stderr, "resident: request failed: %s\n", ev.message);
             if (o->stats) {
