@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * AVX-512 kernels of the fast CPU backend (F, BW, VL, VNNI, BF16; Intel
+ * AVX-512 kernels of the fast CPU backend (F, BW, VL, DQ, VNNI; Intel
  * Cooper Lake / Sapphire Rapids and later, AMD Zen 4 / Zen 5 — Strix Halo).
  * Every function carries the target attribute, so the file is built with
  * the project's ordinary flags and only called after the CPUID check in
@@ -9,8 +9,9 @@
  * The int8 path (fast_q4_q8): the W4 weights are read as stored (see the
  * q8 row format in fast-kernels.h): a 64-byte load is 4 groups of one row;
  * `& 0x0f` and `>> 4 & 0x0f` give the unsigned nibbles of the even and the
- * odd columns, two vpdpbusd multiply them with the matching int8
- * activations, and each group's 4 lanes are scaled in fp32 by weight scale
+ * odd columns, four vpdpbusd multiply them with the matching int8
+ * activation planes (value and residual), and each group's 4 lanes are
+ * scaled in fp32 by weight scale
  * x activation scale with the -8 offset folded into the activation's
  * correction term. Up to 4 token rows share each weight load (prefill), so
  * the weights stream from memory once per row block whatever the batch.
@@ -27,7 +28,7 @@
 #include <math.h>
 #include <string.h>
 
-#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16,avx512dq,fma")))
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma")))
 #define T512_INLINE T512 __attribute__((always_inline)) static inline
 
 /* ------------------------------------------------------------------ */
@@ -39,16 +40,17 @@ T512 void fast_q8_quantize_avx512(const float *x, int64_t cols, uint8_t *out)
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    const __m512 k256 = _mm512_set1_ps(256.0f);
     for (int64_t k = 0; k < nch; k++) {
         uint8_t *c = out + k * FAST_Q8_CHUNK_BYTES;
-        float d[4], cs[4];
+        float d[4], cs[4], es[4];
         for (int g = 0; g < 4; g++) {
             int64_t c0 = k * FAST_Q8_CHUNK_COLS + g * 32;
             int64_t rem = cols - c0;
             if (rem <= 0) {
-                memset(c + 16 * g, 0, 16);
-                memset(c + 64 + 16 * g, 0, 16);
-                d[g] = cs[g] = 0.0f;
+                for (int pl = 0; pl < 4; pl++)
+                    memset(c + 64 * pl + 16 * g, 0, 16);
+                d[g] = cs[g] = es[g] = 0.0f;
                 continue;
             }
             __mmask16 m0 = rem >= 16 ? 0xffff : (__mmask16)((1u << rem) - 1);
@@ -60,40 +62,48 @@ T512 void fast_q8_quantize_avx512(const float *x, int64_t cols, uint8_t *out)
             float dg = amax / 127.0f;
             float id = amax > 0.0f ? 127.0f / amax : 0.0f;
             __m512 vid = _mm512_set1_ps(id);
-            __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, vid));   /* round to nearest even */
-            __m512i qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, vid));
-            __m512i qe = _mm512_permutex2var_epi32(qa, even, qb);
-            __m512i qo = _mm512_permutex2var_epi32(qa, odd, qb);
-            _mm_storeu_si128((__m128i *)(c + 16 * g), _mm512_cvtsepi32_epi8(qe));
-            _mm_storeu_si128((__m128i *)(c + 64 + 16 * g), _mm512_cvtsepi32_epi8(qo));
-            int32_t qs = _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
-            d[g] = dg;
-            cs[g] = 2.0f * dg * (float)qs;
+            __m512 sa = _mm512_mul_ps(a, vid), sb = _mm512_mul_ps(b, vid);
+            __m512i qa = _mm512_cvtps_epi32(sa);                    /* nearest even */
+            __m512i qb = _mm512_cvtps_epi32(sb);
+            __m512i ra = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(sa, _mm512_cvtepi32_ps(qa)), k256));
+            __m512i rb = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(sb, _mm512_cvtepi32_ps(qb)), k256));
+            /* r = 128 (a tie at exactly half a step) saturates to 127 */
+            ra = _mm512_min_epi32(ra, _mm512_set1_epi32(127));
+            rb = _mm512_min_epi32(rb, _mm512_set1_epi32(127));
+            _mm_storeu_si128((__m128i *)(c + 16 * g), _mm512_cvtsepi32_epi8(_mm512_permutex2var_epi32(qa, even, qb)));
+            _mm_storeu_si128((__m128i *)(c + 64 + 16 * g), _mm512_cvtsepi32_epi8(_mm512_permutex2var_epi32(qa, odd, qb)));
+            _mm_storeu_si128((__m128i *)(c + 128 + 16 * g), _mm512_cvtsepi32_epi8(_mm512_permutex2var_epi32(ra, even, rb)));
+            _mm_storeu_si128((__m128i *)(c + 192 + 16 * g), _mm512_cvtsepi32_epi8(_mm512_permutex2var_epi32(ra, odd, rb)));
+            __m512i tot = _mm512_add_epi32(_mm512_slli_epi32(_mm512_add_epi32(qa, qb), 8),
+                                           _mm512_add_epi32(ra, rb));
+            int32_t qs = _mm512_reduce_add_epi32(tot);
+            es[g] = (float)_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+            d[g] = dg / 256.0f;
+            cs[g] = 2.0f * d[g] * (float)qs;
         }
-        float *dl = (float *)(c + 128), *cl = (float *)(c + 192);
+        float *dl = (float *)(c + 256), *cl = (float *)(c + 320), *el = (float *)(c + 384);
         for (int j = 0; j < 16; j++) {
             dl[j] = d[j / 4];
             cl[j] = cs[j / 4];
+            el[j] = es[j / 4];
         }
-    }
-}
-
-T512 void fast_bf16_convert_avx512(const float *x, int64_t cols, uint16_t *out)
-{
-    const int64_t padded = (int64_t)fast_bf16_row_elems(cols);
-    for (int64_t c = 0; c < padded; c += 32) {
-        int64_t rem = cols - c;
-        __mmask16 m0 = rem >= 16 ? 0xffff : rem <= 0 ? 0 : (__mmask16)((1u << rem) - 1);
-        __mmask16 m1 = rem >= 32 ? 0xffff : rem <= 16 ? 0 : (__mmask16)((1u << (rem - 16)) - 1);
-        __m512 a = _mm512_maskz_loadu_ps(m0, x + c);
-        __m512 b = _mm512_maskz_loadu_ps(m1, x + c + 16);
-        __m512bh v = _mm512_cvtne2ps_pbh(b, a);                   /* a low, b high */
-        _mm512_storeu_si512((void *)(out + c), (__m512i)v);
     }
 }
 
 /* ------------------------------------------------------------------ */
 /* W4 x int8                                                            */
+
+uint8_t fast_q4_eps[128][16];
+
+void fast_q4_eps_init(void)
+{
+    for (int m = 0; m < 128; m++)
+        for (int u = 0; u < 16; u++) {
+            float v = (float)((u - 8) * (128 + m));
+            float r = kb_bf16_to_f32(kb_f32_to_bf16(v));
+            fast_q4_eps[m][u] = (uint8_t)((int)r - (int)v + 4);
+        }
+}
 
 T512_INLINE void q4q8_tile(const uint8_t *wr, const uint16_t *sr, int64_t ng, int64_t nch,
                            const uint8_t *const a[4], const int nt, float out[4])
@@ -114,20 +124,43 @@ T512_INLINE void q4q8_tile(const uint8_t *wr, const uint16_t *sr, int64_t ng, in
             wv = _mm512_maskz_loadu_epi8(mb, wr + 64 * k);
             s4 = _mm_maskz_loadu_epi16((__mmask8)((1u << grem) - 1), sr + 4 * k);
         }
-        __m128 sf = _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(s4), 16));
+        __m128i s32 = _mm_cvtepu16_epi32(s4);
+        __m128 sf = _mm_castsi128_ps(_mm_slli_epi32(s32, 16));
         __m512 sw = _mm512_permutexvar_ps(sidx, _mm512_castps128_ps512(sf));
+        /* 2^E * 256 per group (the exponent of s, significand 1, times
+         * 2^-7 for the 8-bit m, times the 256 of the q plane) */
+        __m128 se = _mm_mul_ps(_mm_and_ps(sf, _mm_castsi128_ps(_mm_set1_epi32(0x7f800000))),
+                               _mm_set1_ps(2.0f));
+        __m512 swe = _mm512_permutexvar_ps(sidx, _mm512_castps128_ps512(se));
         __m512i lo = _mm512_and_si512(wv, m4);
         __m512i hi = _mm512_and_si512(_mm512_srli_epi16(wv, 4), m4);
+        uint32_t sm[4];
+        _mm_storeu_si128((__m128i *)sm, _mm_and_si128(s32, _mm_set1_epi32(0x7f)));
+        __m512i et = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)fast_q4_eps[sm[0]]));
+        et = _mm512_inserti32x4(et, _mm_loadu_si128((const __m128i *)fast_q4_eps[sm[1]]), 1);
+        et = _mm512_inserti32x4(et, _mm_loadu_si128((const __m128i *)fast_q4_eps[sm[2]]), 2);
+        et = _mm512_inserti32x4(et, _mm_loadu_si128((const __m128i *)fast_q4_eps[sm[3]]), 3);
+        __m512i elo = _mm512_shuffle_epi8(et, lo), ehi = _mm512_shuffle_epi8(et, hi);
 #define Q4Q8_TOKEN(i, acc)                                                              \
         {                                                                               \
             const uint8_t *c = a[i] + (size_t)k * FAST_Q8_CHUNK_BYTES;                  \
             __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo,                 \
                                             _mm512_loadu_si512((const void *)c));       \
             d = _mm512_dpbusd_epi32(d, hi, _mm512_loadu_si512((const void *)(c + 64))); \
-            __m512 f = _mm512_fmsub_ps(_mm512_cvtepi32_ps(d),                           \
-                                       _mm512_loadu_ps((const float *)(c + 128)),       \
-                                       _mm512_loadu_ps((const float *)(c + 192)));      \
+            __m512i e = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo,                 \
+                                            _mm512_loadu_si512((const void *)(c + 128)));\
+            e = _mm512_dpbusd_epi32(e, hi, _mm512_loadu_si512((const void *)(c + 192)));\
+            __m512i x = _mm512_dpbusd_epi32(_mm512_setzero_si512(), elo,                \
+                                            _mm512_loadu_si512((const void *)c));       \
+            x = _mm512_dpbusd_epi32(x, ehi, _mm512_loadu_si512((const void *)(c + 64)));\
+            d = _mm512_add_epi32(_mm512_slli_epi32(d, 8), e);                           \
+            __m512 dl = _mm512_loadu_ps((const float *)(c + 256));                      \
+            __m512 f = _mm512_fmsub_ps(_mm512_cvtepi32_ps(d), dl,                       \
+                                       _mm512_loadu_ps((const float *)(c + 320)));      \
+            __m512 fe = _mm512_sub_ps(_mm512_cvtepi32_ps(x),                            \
+                                      _mm512_loadu_ps((const float *)(c + 384)));       \
             acc = _mm512_fmadd_ps(f, sw, acc);                                          \
+            acc = _mm512_fmadd_ps(_mm512_mul_ps(fe, dl), swe, acc);                     \
         }
         Q4Q8_TOKEN(0, acc0)
         if (nt > 1) Q4Q8_TOKEN(1, acc1)
@@ -304,53 +337,6 @@ T512 void fast_dense_f32_avx512(const struct kb_weight *w, int64_t r0, int64_t r
             dot_rows(&d, row, r, x, x_stride, tok, n, y, y_stride);
             break;
         }
-        }
-    }
-}
-
-/* ------------------------------------------------------------------ */
-/* Dense bf16 x bf16                                                    */
-
-T512_INLINE void bf16_tile(const uint16_t *row, int64_t cols, const uint16_t *const x[4],
-                           const int nt, float out[4])
-{
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    __m512 acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
-    for (int64_t c = 0; c < cols; c += 32) {
-        __mmask32 m = cols - c >= 32 ? 0xffffffffu : (__mmask32)((1u << (cols - c)) - 1);
-        __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, row + c);
-        acc0 = _mm512_dpbf16_ps(acc0, wv, (__m512bh)_mm512_loadu_si512((const void *)(x[0] + c)));
-        if (nt > 1) acc1 = _mm512_dpbf16_ps(acc1, wv, (__m512bh)_mm512_loadu_si512((const void *)(x[1] + c)));
-        if (nt > 2) acc2 = _mm512_dpbf16_ps(acc2, wv, (__m512bh)_mm512_loadu_si512((const void *)(x[2] + c)));
-        if (nt > 3) acc3 = _mm512_dpbf16_ps(acc3, wv, (__m512bh)_mm512_loadu_si512((const void *)(x[3] + c)));
-    }
-    out[0] = _mm512_reduce_add_ps(acc0);
-    if (nt > 1) out[1] = _mm512_reduce_add_ps(acc1);
-    if (nt > 2) out[2] = _mm512_reduce_add_ps(acc2);
-    if (nt > 3) out[3] = _mm512_reduce_add_ps(acc3);
-}
-
-T512 void fast_bf16_bf16_avx512(const struct kb_weight *w, int64_t r0, int64_t r1,
-                                const uint16_t *xb, int64_t xb_stride, int32_t n,
-                                float *y, int64_t y_stride)
-{
-    const int64_t cols = w->cols;
-    for (int64_t r = r0; r < r1; r++) {
-        const uint16_t *row = (const uint16_t *)w->data + r * cols;
-        for (int32_t t0 = 0; t0 < n; t0 += 4) {
-            const int nt = n - t0 >= 4 ? 4 : n - t0;
-            const uint16_t *xs[4];
-            for (int i = 0; i < 4; i++)
-                xs[i] = xb + (int64_t)(t0 + (i < nt ? i : 0)) * xb_stride;
-            float o[4];
-            switch (nt) {
-            case 1: bf16_tile(row, cols, xs, 1, o); break;
-            case 2: bf16_tile(row, cols, xs, 2, o); break;
-            case 3: bf16_tile(row, cols, xs, 3, o); break;
-            default: bf16_tile(row, cols, xs, 4, o); break;
-            }
-            for (int i = 0; i < nt; i++)
-                y[(int64_t)(t0 + i) * y_stride + r] = o[i];
         }
     }
 }

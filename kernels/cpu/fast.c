@@ -4,13 +4,14 @@
  * as the reference backend (kernels/cpu/ref.c, the oracle), built for
  * speed:
  *
- * - ISA by CPUID at creation: AVX-512 (F/BW/VL/DQ + VNNI + BF16) kernels in
+ * - ISA by CPUID at creation: AVX-512 (F/BW/VL/DQ + VNNI) kernels in
  *   fast-avx512.c; on any other CPU every op is delegated to the reference
  *   backend (correct, slow). One binary for all x86-64.
  * - Two numeric modes. "cpu" (fast): activations entering a W4 product are
- *   quantised to int8 per group of 32 (one fp32 scale each, like llama.cpp's
- *   Q8_0) and multiplied with vpdpbusd; activations entering a dense bf16
- *   product (lm_head) are rounded to bf16 and use vdpbf16ps. "cpu-exact":
+ *   quantised per group of 32 to two int8 planes (x = d (q + r/256), one
+ *   fp32 scale each; see fast-kernels.h for why one plane is not enough)
+ *   and multiplied with vpdpbusd; dense products (lm_head, router) use
+ *   fp32 activations and FMA in both modes. "cpu-exact":
  *   fp32 activations everywhere, W4 weights dequantised bit-exactly like the
  *   reference (bf16(q * s)), fp32 FMA accumulation. The MoE router and the
  *   shared-expert gate always use the exact fp32 path: expert selection is
@@ -45,6 +46,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,7 +94,7 @@ int32_t kb_cpu_fast_best_isa(void)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16"))
+        __builtin_cpu_supports("avx512vnni"))
         return KB_CPU_ISA_AVX512;
 #endif
     return KB_CPU_ISA_SCALAR;
@@ -101,7 +103,7 @@ int32_t kb_cpu_fast_best_isa(void)
 const char *kb_cpu_isa_name(int32_t isa)
 {
     switch (isa) {
-    case KB_CPU_ISA_AVX512: return "avx512-vnni-bf16";
+    case KB_CPU_ISA_AVX512: return "avx512-vnni";
     case KB_CPU_ISA_SCALAR: return "scalar (cpu-ref kernels)";
     default: return "auto";
     }
@@ -165,7 +167,7 @@ static bool q4_simple(const struct kb_weight *w)
 }
 
 /* How a product's activations are presented. */
-enum act_kind { ACT_F32, ACT_Q8, ACT_BF16 };
+enum act_kind { ACT_F32, ACT_Q8 };
 
 static enum act_kind act_kind_for(const struct cpu_fast *f, const struct kb_weight *w)
 {
@@ -173,26 +175,21 @@ static enum act_kind act_kind_for(const struct cpu_fast *f, const struct kb_weig
         return ACT_F32;
     if (q4_simple(w))
         return ACT_Q8;
-    if (w->type == KB_WTYPE_BF16)
-        return ACT_BF16;
+    /* dense products (lm_head, router, unquantised modules) keep fp32
+     * activations: bf16 activations (vdpbf16ps) cost a mean KL of 1e-2 on
+     * tiny-w4g32-partial, and these products are memory-bound anyway */
     return ACT_F32;
 }
 
 static size_t act_row_bytes(enum act_kind k, int64_t cols)
 {
-    switch (k) {
-    case ACT_Q8: return fast_q8_row_bytes(cols);
-    case ACT_BF16: return fast_bf16_row_elems(cols) * sizeof(uint16_t);
-    default: return (size_t)cols * sizeof(float);
-    }
+    return k == ACT_Q8 ? fast_q8_row_bytes(cols) : (size_t)cols * sizeof(float);
 }
 
 static void act_convert(enum act_kind k, const float *x, int64_t cols, void *out)
 {
     if (k == ACT_Q8)
         fast_q8_quantize_avx512(x, cols, out);
-    else if (k == ACT_BF16)
-        fast_bf16_convert_avx512(x, cols, out);
     else
         memcpy(out, x, (size_t)cols * sizeof(float));
 }
@@ -207,10 +204,6 @@ static void product_rows(const struct kb_weight *w, enum act_kind k, const void 
         return;
     if (k == ACT_Q8) {
         fast_q4_q8_avx512(w, r0, r1, act, act_stride, tok, n, y, y_stride);
-    } else if (k == ACT_BF16) {
-        /* bf16 activation rows are only built contiguous (no token list) */
-        fast_bf16_bf16_avx512(w, r0, r1, act, (int64_t)(act_stride / sizeof(uint16_t)), n,
-                              y, y_stride);
     } else if (w->type == KB_WTYPE_Q4G32) {
         fast_q4_f32_avx512(w, r0, r1, act, (int64_t)(act_stride / sizeof(float)), tok, n,
                            y, y_stride, rowbuf);
@@ -825,6 +818,8 @@ int kb_cpu_fast_create(const struct kb_cpu_fast_params *params, struct kb_backen
     if (p.n_threads < 0 || p.n_threads > FAST_MAX_THREADS)
         return -EINVAL;
     int32_t best = kb_cpu_fast_best_isa();
+    static pthread_once_t eps_once = PTHREAD_ONCE_INIT;
+    pthread_once(&eps_once, fast_q4_eps_init);
     int32_t isa = p.isa == KB_CPU_ISA_AUTO ? best : p.isa;
     if (isa != KB_CPU_ISA_SCALAR && isa != KB_CPU_ISA_AVX512)
         return -EINVAL;

@@ -15,13 +15,13 @@
 enum kb_cpu_isa {
     KB_CPU_ISA_AUTO   = 0,               /* best the CPU supports            */
     KB_CPU_ISA_SCALAR = 1,               /* every op delegated to cpu-ref    */
-    KB_CPU_ISA_AVX512 = 3,               /* AVX-512 F/BW/VL + VNNI + BF16    */
+    KB_CPU_ISA_AVX512 = 3,               /* AVX-512 F/BW/VL/DQ + VNNI        */
 };
 
 struct kb_cpu_fast_params {
     int32_t n_threads;                   /* 0 = all online CPUs              */
     bool    exact;                       /* fp32 activations everywhere (no
-                                            int8 / bf16 activation rounding) */
+                                            int8 activation planes)          */
     int32_t isa;                         /* enum kb_cpu_isa                  */
 };
 #define KB_CPU_FAST_PARAMS_DEFAULT { .n_threads = 0, .exact = false, .isa = KB_CPU_ISA_AUTO }

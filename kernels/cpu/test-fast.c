@@ -7,12 +7,12 @@
  * error:
  *   exact mode ("cpu-exact", fp32 activations):  <= 2e-6 (fp32 vs double
  *     accumulation order only; the dequantised weights are bit-identical)
- *   fast mode, W4 x int8 activations:             <= 1.5e-2 (per-32 int8
- *     rounding of the activations, ~0.4 % per element, averaged over cols)
- *   fast mode, bf16 x bf16:                       <= 8e-3
- *   MoE (fast mode) whole block:                  <= 2e-2
+ *   fast mode, W4 x two-plane int8 activations:   <= 5e-5 (~15-bit
+ *     activations per group of 32; measured 1.3e-5 .. 1.7e-5)
+ *   dense f32 / f16 / bf16 weights (fp32 activations, both modes): <= 2e-6
+ *   MoE (fast mode) whole block:                  <= 1e-4
  *   attention (both modes):                       <= 1e-5
- * Exits 77 (skipped) on a CPU without AVX-512 VNNI + BF16.
+ * Exits 77 (skipped) on a CPU without AVX-512 VNNI.
  */
 #include <errno.h>
 #include <math.h>
@@ -152,7 +152,7 @@ static void test_q4_matmul(void **state)
         struct q4w q = q4_new(shapes[s][0], shapes[s][1], KB_WTYPE_BF16, false);
         for (size_t i = 0; i < sizeof(ns) / sizeof(ns[0]); i++) {
             assert_true(check_matmul(ref, ex, &q.w, ns[i], "w4 bf16-scale exact") <= 2e-6);
-            assert_true(check_matmul(ref, fa, &q.w, ns[i], "w4 x int8") <= 1.5e-2);
+            assert_true(check_matmul(ref, fa, &q.w, ns[i], "w4 x int8 x2") <= 5e-5);
         }
         q4_free(&q);
     }
@@ -183,7 +183,7 @@ static void test_dense_matmul(void **state)
     const int32_t ns[] = { 1, 2, 5, 64 };
     for (size_t i = 0; i < sizeof(ns) / sizeof(ns[0]); i++) {
         assert_true(check_matmul(ref, ex, &wb, ns[i], "bf16 exact") <= 2e-6);
-        assert_true(check_matmul(ref, fa, &wb, ns[i], "bf16 x bf16") <= 8e-3);
+        assert_true(check_matmul(ref, fa, &wb, ns[i], "bf16") <= 2e-6);
         assert_true(check_matmul(ref, fa, &wh, ns[i], "f16") <= 2e-6);
         assert_true(check_matmul(ref, fa, &wf, ns[i], "f32") <= 2e-6);
     }
@@ -256,7 +256,7 @@ static void test_moe(void **state)
     const int32_t ns[] = { 1, 2, 9, 64 };
     for (size_t i = 0; i < sizeof(ns) / sizeof(ns[0]); i++) {
         run_moe(ns[i], true, 2e-6);
-        run_moe(ns[i], false, 2e-2);
+        run_moe(ns[i], false, 1e-4);
     }
 }
 
@@ -322,7 +322,7 @@ static void test_bad_args(void **state)
 int main(void)
 {
     if (kb_cpu_fast_best_isa() != KB_CPU_ISA_AVX512) {
-        printf("skip: this CPU lacks AVX-512 F/BW/VL/DQ + VNNI + BF16, which the fast kernels "
+        printf("skip: this CPU lacks AVX-512 F/BW/VL/DQ + VNNI, which the fast kernels "
                "under test need\n");
         return 77;
     }
