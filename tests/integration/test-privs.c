@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/capability.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -63,6 +64,7 @@ struct spawn_opts {
     const char *pass_name;          /* its LISTEN_FDNAMES */
     uid_t as_uid;                   /* != 0: become this uid before exec */
     uint64_t memlock_limit;         /* != 0: RLIMIT_MEMLOCK */
+    int  ambient_sys_admin;         /* with as_uid: keep CAP_SYS_ADMIN as ambient */
 };
 
 static void copy_file(const char *from, const char *to)
@@ -171,8 +173,21 @@ static void spawn(struct run *r, const char *name, const struct spawn_opts *o)
         }
         if (o->as_uid) {
             gid_t g = NOBODY;
+            if (o->ambient_sys_admin && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0)
+                _exit(123);
             if (setgroups(1, &g) < 0 || setresgid(g, g, g) < 0 || setresuid(o->as_uid, o->as_uid, o->as_uid) < 0)
                 _exit(124);
+            if (o->ambient_sys_admin) {
+                /* What a unit with AmbientCapabilities=CAP_SYS_ADMIN gives. */
+                cap_t c = cap_init();
+                cap_value_t v = CAP_SYS_ADMIN;
+                if (!c || cap_set_flag(c, CAP_PERMITTED, 1, &v, CAP_SET) < 0 ||
+                    cap_set_flag(c, CAP_EFFECTIVE, 1, &v, CAP_SET) < 0 ||
+                    cap_set_flag(c, CAP_INHERITABLE, 1, &v, CAP_SET) < 0 || cap_set_proc(c) < 0 ||
+                    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_SYS_ADMIN, 0, 0) < 0)
+                    _exit(122);
+                cap_free(c);
+            }
         }
         execv(exe, (char *const *)argv);
         _exit(127);
@@ -416,19 +431,56 @@ static void test_memlock_refused(void)
     T_CHECKF(st == 1, "residentd under RLIMIT_MEMLOCK 1 MiB exited %d, expected 1", st);
     T_CHECKF(log_has(&r, "LimitMEMLOCK=") && log_has(&r, "CAP_IPC_LOCK") && log_has(&r, "cannot lock "),
              "the memlock failure does not name LimitMEMLOCK= / CAP_IPC_LOCK and the bytes");
-    T_CHECKF(!log_has(&r, "ready"), "residentd became ready without locking");
+    T_CHECKF(!log_has(&r, "residentd: ready\n"), "residentd became ready without locking");
     printf("memlock: as nobody with RLIMIT_MEMLOCK 1 MiB the start fails naming LimitMEMLOCK= and CAP_IPC_LOCK\n");
     /* --no-lock: the same start succeeds, unlocked. */
     const char *args2[] = { "-o", model_arg, "-o", "privileges=auto", "-o", "fd_store=no", "--no-lock", NULL };
     spawn(&r, "nolock", &(struct spawn_opts){ .args = args2, .pass_fd = -1, .as_uid = NOBODY,
                                              .memlock_limit = 1 << 20 });
-    for (int i = 0; i < 500 && !log_has(&r, "ready"); i++)
+    for (int i = 0; i < 500 && !log_has(&r, "residentd: ready\n"); i++)
         usleep(20000);
-    if (!log_has(&r, "ready"))
+    if (!log_has(&r, "residentd: ready\n"))
         dump_log(&r);
-    T_CHECKF(log_has(&r, "ready"), "--no-lock start did not become ready");
+    T_CHECKF(log_has(&r, "residentd: ready\n"), "--no-lock start did not become ready");
     T_CHECK(proc_u64(r.pid, "status", "VmLck") == 0);
     stop(&r);
+}
+
+/* Under a service manager (NOTIFY_SOCKET set) privileges = auto verifies:
+ * root is refused (User=), so is a non-root process holding CAP_SYS_ADMIN
+ * (CapabilityBoundingSet=/AmbientCapabilities=); a clean non-root start
+ * serves with NoNewPrivs set. */
+static void test_verify(void)
+{
+    const char *args[] = { "-o", "privileges=auto", NULL };
+    struct run r;
+    spawn(&r, "verify-root", &(struct spawn_opts){ .args = args, .notify = 1, .pass_fd = -1 });
+    int st = svc_testlib_wait(r.pid);
+    r.pid = 0;
+    if (st != 1 || !log_has(&r, "User="))
+        dump_log(&r);
+    T_CHECKF(st == 1 && log_has(&r, "User="), "root under a service manager was not refused naming User= (%d)", st);
+
+    spawn(&r, "verify-admin", &(struct spawn_opts){ .args = args, .notify = 1, .pass_fd = -1, .as_uid = NOBODY,
+                                                   .ambient_sys_admin = 1 });
+    st = svc_testlib_wait(r.pid);
+    r.pid = 0;
+    if (st != 1 || !log_has(&r, "CapabilityBoundingSet="))
+        dump_log(&r);
+    T_CHECKF(st == 1 && log_has(&r, "CapabilityBoundingSet=") && log_has(&r, "cap_sys_admin"),
+             "CAP_SYS_ADMIN under a service manager was not refused naming CapabilityBoundingSet= (%d)", st);
+
+    spawn(&r, "verify-ok", &(struct spawn_opts){ .args = args, .notify = 1, .pass_fd = -1, .as_uid = NOBODY });
+    if (!wait_ready(&r, 20000)) {
+        dump_log(&r);
+        T_CHECKF(0, "clean non-root start under a service manager: no READY=1");
+    }
+    expect_status(r.pid, "NoNewPrivs", "1");
+    expect_status(r.pid, "CapEff", "0000000000000000");
+    T_CHECK(log_has(&r, "credentials (verified)"));
+    stop(&r);
+    printf("verify: root under a manager refused (User=), CAP_SYS_ADMIN refused (CapabilityBoundingSet=), "
+           "clean start served with NoNewPrivs 1\n");
 }
 
 static uint64_t rchar_at_ready(const struct run *r)
@@ -562,6 +614,7 @@ int main(void)
 
     test_drop();
     test_memlock_refused();
+    test_verify();
     test_fd_store();
 
     char cmd[400];
