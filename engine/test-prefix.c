@@ -341,25 +341,25 @@ static void test_splits(void **unused)
     struct model_seq *s = seq_new(512);
     float *lg = malloc((size_t)V * sizeof(float));
     assert_non_null(lg);
-    int32_t a[140], p[240];
-    ids_fill(a, 140, 2);
-    const int64_t b[] = { 30, 61, 100 };
-    assert_int_equal(run(c, s, 1, a, 140, b, 3, 0, lg), 0);
-    oracle_prefill(a, 140, b, 3, interval, 0);
-    expect_exact(a, 140, lg, "first prompt");
+    int32_t a[110], p[200];
+    ids_fill(a, 110, 2);
+    const int64_t b[] = { 30, 61, 90 };
+    assert_int_equal(run(c, s, 1, a, 110, b, 3, 0, lg), 0);
+    oracle_prefill(a, 110, b, 3, interval, 0);
+    expect_exact(a, 110, lg, "first prompt");
 
-    /* split points on, next to and between the snapshots 16 30 46 61 77 93
-     * 100 116 132 140; the suffix lengths cycle (the 70-token one crosses a
-     * 64-row chunk) */
-    const int64_t splits[] = { 1, 5, 15, 16, 17, 29, 30, 31, 45, 46, 50, 60, 61, 62, 70,
-                               93, 99, 100, 101, 120, 131, 132, 139, 140, 61, 100, 16 };
+    /* split points on, next to and between the snapshots 16 30 46 61 77 90
+     * 106 110; the suffix lengths cycle (the 70-token one crosses a 64-row
+     * chunk) */
+    const int64_t splits[] = { 1, 15, 16, 17, 30, 31, 46, 50, 61, 62, 89, 90, 105, 106,
+                               109, 110 };
     const int64_t suffixes[] = { 1, 3, 70 };
     for (size_t i = 0; i < sizeof(splits) / sizeof(splits[0]); i++)
         for (size_t j = i % 3; j == i % 3; j++) {
             const int64_t L = splits[i], n = L + suffixes[j];
             memcpy(p, a, (size_t)L * sizeof(int32_t));
             ids_fill(p + L, suffixes[j], 1000 + i * 10 + j);
-            if (L < 140 && p[L] == a[L])      /* keep the divergence at L */
+            if (L < 110 && p[L] == a[L])      /* keep the divergence at L */
                 p[L] = (p[L] + 1) % MAX_IDS;
             const int64_t want = oracle_expect(p, n);
             assert_int_equal(prefix_cache_peek(c, 1, p, n), want);
@@ -371,18 +371,18 @@ static void test_splits(void **unused)
             expect_exact(p, n, lg, "split");
         }
     /* the same prompt again: restores the last snapshot before its end */
-    const int64_t again = run(c, s, 1, a, 140, b, 3, 0, lg);
-    assert_int_equal(again, oracle_expect(a, 140));
-    assert_int_equal(again, 132);           /* the first prompt's interval point */
-    expect_exact(a, 140, lg, "same prompt");
+    const int64_t again = run(c, s, 1, a, 110, b, 3, 0, lg);
+    assert_int_equal(again, oracle_expect(a, 110));
+    assert_int_equal(again, 106);           /* the first prompt's interval point */
+    expect_exact(a, 110, lg, "same prompt");
     /* opt-out: nothing restored, nothing stored */
     struct prefix_cache_stats st0, st1;
     prefix_cache_stats_get(c, &st0);
-    assert_int_equal(run(c, s, 1, a, 120, NULL, 0, PREFIX_CACHE_BYPASS, lg), 0);
+    assert_int_equal(run(c, s, 1, a, 100, NULL, 0, PREFIX_CACHE_BYPASS, lg), 0);
     prefix_cache_stats_get(c, &st1);
     assert_int_equal(st1.snapshots_stored, st0.snapshots_stored);
     assert_int_equal(st1.lookups, st0.lookups);
-    expect_exact(a, 120, lg, "bypass");
+    expect_exact(a, 100, lg, "bypass");
     printf("splits: %llu lookups, %llu hits, %llu tokens reused, %llu prefilled, %llu snapshots, "
            "%llu nodes, %.1f KiB held\n", (unsigned long long)st1.lookups,
            (unsigned long long)st1.hits, (unsigned long long)st1.tokens_reused,
@@ -451,20 +451,20 @@ static void test_isolation(void **unused)
 {
     (void)unused;
     float *lg = malloc((size_t)V * sizeof(float));
-    int32_t p[140];
+    int32_t p[80];
     assert_non_null(lg);
-    ids_fill(p, 140, 4);
+    ids_fill(p, 80, 4);
     struct model_seq *s = seq_new(200);
     for (int share = 0; share < 2; share++) {
         struct prefix_cache *c = cache_new(1ull << 30, 32, share);
-        assert_int_equal(run(c, s, 1000, p, 100, NULL, 0, 0, lg), 0);
-        assert_int_equal(prefix_cache_peek(c, 1000, p, 120), 100);
-        assert_int_equal(prefix_cache_peek(c, 1001, p, 120), share ? 100 : 0);
-        assert_int_equal(run(c, s, 1001, p, 120, NULL, 0, 0, lg), share ? 100 : 0);
-        expect_exact(p, 120, lg, "other uid");
-        /* uid 1001 stored a snapshot at 120: uid 1000 reaches it only when shared */
-        assert_int_equal(run(c, s, 1000, p, 130, NULL, 0, 0, lg), share ? 120 : 100);
-        expect_exact(p, 130, lg, "own uid");
+        assert_int_equal(run(c, s, 1000, p, 50, NULL, 0, 0, lg), 0);
+        assert_int_equal(prefix_cache_peek(c, 1000, p, 70), 50);
+        assert_int_equal(prefix_cache_peek(c, 1001, p, 70), share ? 50 : 0);
+        assert_int_equal(run(c, s, 1001, p, 70, NULL, 0, 0, lg), share ? 50 : 0);
+        expect_exact(p, 70, lg, "other uid");
+        /* uid 1001 stored a snapshot at 70: uid 1000 reaches it only when shared */
+        assert_int_equal(run(c, s, 1000, p, 80, NULL, 0, 0, lg), share ? 70 : 50);
+        expect_exact(p, 80, lg, "own uid");
         prefix_cache_free(c);
     }
     free(lg);
@@ -710,7 +710,7 @@ static void test_bad_input(void **unused)
 /* Threads with their own sequences share one cache (small budget, so
  * eviction runs while others restore). */
 #define N_THREADS 4
-#define N_PROMPTS 8
+#define N_PROMPTS 6
 #define ROUNDS 2
 static int32_t cc_ids[N_PROMPTS][100];
 static int64_t cc_len[N_PROMPTS];
@@ -761,7 +761,7 @@ static void test_concurrency(void **unused)
         ids_fill(cc_ids[i] + keep, cc_len[i] - keep, 100 + i);
         recompute(cc_ids[i], cc_len[i], cc_ref + (size_t)i * V);
     }
-    cc_cache = cache_new(8 * geom.gdn_bytes, 10, false);
+    cc_cache = cache_new(8 * geom.gdn_bytes, 16, false);
     pthread_t th[N_THREADS];
     for (int t = 0; t < N_THREADS; t++)
         assert_int_equal(pthread_create(&th[t], NULL, cc_worker, (void *)(intptr_t)t), 0);
