@@ -454,6 +454,22 @@ static void test_verify(void)
 {
     const char *args[] = { "-o", "privileges=auto", NULL };
     struct run r;
+
+    /* Bad values are refused at start, naming the key and what is accepted. */
+    static const char *bad[][3] = {
+        { "privileges=bogus", "keep, auto, drop or verify", NULL },
+        { "memlock=maybe", "lock, onfault or off", NULL },
+        { "allow_groups=no-such-group-resident-test", "group 'no-such-group-resident-test' does not exist", NULL },
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *bargs[] = { "-o", bad[i][0], NULL };
+        spawn(&r, i == 0 ? "bad0" : i == 1 ? "bad1" : "bad2", &(struct spawn_opts){ .args = bargs, .pass_fd = -1 });
+        int bst = svc_testlib_wait(r.pid);
+        r.pid = 0;
+        if (bst != 2 || !log_has(&r, bad[i][1]))
+            dump_log(&r);
+        T_CHECKF(bst == 2 && log_has(&r, bad[i][1]), "-o %s: exit %d", bad[i][0], bst);
+    }
     spawn(&r, "verify-root", &(struct spawn_opts){ .args = args, .notify = 1, .pass_fd = -1 });
     int st = svc_testlib_wait(r.pid);
     r.pid = 0;
