@@ -8,7 +8,10 @@
  *   - several prompts of different lengths decoded in one batch (so the
  *     sequences sit at different positions) give each its offline tokens;
  *   - several client processes at once, each checked against offline;
- *   - a TEXT prompt ("Hello") goes through the chat template and streams;
+ *   - TEXT and CHAT prompts go through the chat template; their output is on
+ *     the reasoning channel when the prompt opened <think>, on content when
+ *     enable_thinking is false (template_kwargs or chat_template_kwargs,
+ *     the latter winning), RAW output is unparsed content;
  *   - cancellation mid-prefill (prefill_chunk=8 makes a 64-token prompt
  *     take 8 steps) and mid-decode ends with DONE(cancelled) and frees the
  *     sequence: max_inflight_per_uid=16 lets the next requests in, and the
@@ -38,6 +41,7 @@ struct result {
     uint32_t ids[4096];
     uint32_t n;
     size_t   text_len;
+    size_t   chan_bytes[3];     /* text per channel */
     uint32_t finish, prompt_tokens, completion_tokens;
     int      error, queued, done;
     char     msg[256];
@@ -79,6 +83,9 @@ static int absorb(struct result *res, const struct resident_event *ev)
         for (uint32_t i = 0; i < ev->n_tokens && res->n < 4096; i++)
             res->ids[res->n++] = ev->tokens[i];
         res->text_len += ev->text_len;
+        TH_CHECK(ev->channel <= RESIDENT_CHANNEL_TOOL_CALL);
+        if (ev->channel <= RESIDENT_CHANNEL_TOOL_CALL)
+            res->chan_bytes[ev->channel] += ev->text_len;
         return 0;
     }
     res->done = 1;
@@ -260,18 +267,66 @@ static void test_concurrent_clients(void)
     }
 }
 
-/* A TEXT prompt is wrapped in the chat template, tokenized and streamed. */
-static void test_text_prompt(void)
+static void run_one(struct resident *r, int kind, const char *payload, struct result *res)
 {
-    struct resident *r = connect_or_die("it-engine-text");
     struct resident_request q;
     request_init(&q, &GREEDY, 8);
+    q.flags = RESIDENT_REQ_IGNORE_EOS;
     uint64_t id;
-    TH_CHECK(resident_submit_text(r, &q, "Hello", 5, 0, &id) == 0);
-    struct result *res = calloc(1, sizeof(*res));
+    memset(res, 0, sizeof(*res));
+    int ret = kind == 0 ? resident_submit_text(r, &q, payload, strlen(payload), 0, &id)
+            : kind == 1 ? resident_submit_text(r, &q, payload, strlen(payload), 1, &id)
+                        : resident_submit_chat(r, &q, payload, strlen(payload), &id);
+    TH_CHECK(ret == 0);
     TH_CHECK(collect_many(r, &id, res, 1) == 0);
+    if (res->error)
+        fprintf(stderr, "request failed: %s\n", res->msg);
+    TH_CHECK(res->error == 0 && res->n == 8 && res->text_len > 0);
+}
+
+/* Prompts through the chat template, and the channels of their output: the
+ * template opens <think> unless enable_thinking is false, so (random
+ * weights never close it) a TEXT prompt's output is reasoning, a chat
+ * with enable_thinking false is content, and a RAW prompt is unparsed. */
+static void test_text_prompt_channels(void)
+{
+    struct resident *r = connect_or_die("it-engine-text");
+    struct result *res = calloc(1, sizeof(*res));
+    run_one(r, 0, "Hello", res);
     /* <|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n<think>\n */
-    TH_CHECK(res->error == 0 && res->prompt_tokens > 5 && res->n >= 1);
+    TH_CHECK(res->prompt_tokens > 5);
+    TH_CHECK(res->chan_bytes[RESIDENT_CHANNEL_REASONING] == res->text_len);
+    uint32_t text_tokens = res->prompt_tokens;
+
+    const char *chat = "{\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}";
+    run_one(r, 2, chat, res);
+    TH_CHECK(res->prompt_tokens == text_tokens);
+    TH_CHECK(res->chan_bytes[RESIDENT_CHANNEL_REASONING] == res->text_len);
+
+    /* enable_thinking false, under either name: the prompt closes an empty
+     * think block (more tokens) and the output is content. */
+    const char *off[] = {
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}],\"template_kwargs\":{\"enable_thinking\":false}}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}],\"chat_template_kwargs\":{\"enable_thinking\":false}}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}],\"chat_template_kwargs\":{\"enable_thinking\":false},"
+        "\"template_kwargs\":{\"enable_thinking\":true}}",
+    };
+    uint32_t off_tokens = 0;
+    for (int i = 0; i < 3; i++) {
+        run_one(r, 2, off[i], res);
+        TH_CHECK(res->prompt_tokens > text_tokens);
+        TH_CHECK(!off_tokens || res->prompt_tokens == off_tokens);
+        off_tokens = res->prompt_tokens;
+        TH_CHECK(res->chan_bytes[RESIDENT_CHANNEL_CONTENT] == res->text_len);
+    }
+    /* chat_template_kwargs wins over template_kwargs. */
+    const char *both = "{\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}],"
+                       "\"chat_template_kwargs\":{\"enable_thinking\":true},\"template_kwargs\":{\"enable_thinking\":false}}";
+    run_one(r, 2, both, res);
+    TH_CHECK(res->prompt_tokens == text_tokens && res->chan_bytes[RESIDENT_CHANNEL_REASONING] == res->text_len);
+
+    run_one(r, 1, "Hello", res);
+    TH_CHECK(res->prompt_tokens == 1 && res->chan_bytes[RESIDENT_CHANNEL_CONTENT] == res->text_len);
     free(res);
     resident_close(r);
 }
@@ -377,7 +432,7 @@ int main(void)
     test_offline_equal_alone();
     test_batched();
     test_concurrent_clients();
-    test_text_prompt();
+    test_text_prompt_channels();
     test_cancel();
     TH_CHECK(th_daemon_alive(&D));
     TH_CHECK(th_daemon_stop(&D, 10000) == 0);
