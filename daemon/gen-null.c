@@ -156,6 +156,9 @@ const struct gen_ops gen_null_ops = {
 /* The engine generator (daemon/gen-engine.c) exists only in builds that
  * link the engine; a weak reference keeps this file independent of it. */
 extern const struct gen_ops gen_engine_ops __attribute__((weak));
+/* The "script" test generator (daemon/gen-script.c), linked only into the
+ * test daemon residentd-script. */
+extern const struct gen_ops gen_script_ops __attribute__((weak));
 
 const struct gen_ops *gen_lookup(const char *name)
 {
@@ -163,5 +166,7 @@ const struct gen_ops *gen_lookup(const char *name)
         return &gen_null_ops;
     if (&gen_engine_ops != NULL && strcmp(name, gen_engine_ops.name) == 0)
         return &gen_engine_ops;
+    if (&gen_script_ops != NULL && strcmp(name, gen_script_ops.name) == 0)
+        return &gen_script_ops;
     return NULL;
 }

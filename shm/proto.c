@@ -170,7 +170,7 @@ int shm_proto_decode_done(const void *body, size_t len, struct shm_evt_done *out
     if (len < sizeof(*out))
         return fail(why, "DONE shorter than its fixed part (64 bytes)");
     memcpy(out, body, sizeof(*out));
-    if (out->finish < SHM_FINISH_STOP || out->finish > SHM_FINISH_SLOW)
+    if (out->finish < SHM_FINISH_STOP || out->finish > SHM_FINISH_TOOL_CALLS)
         return fail(why, "DONE finish reason unknown");
     if (out->error > 0)
         return fail(why, "DONE error must be 0 or a negative errno");
