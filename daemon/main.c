@@ -305,7 +305,8 @@ static int weights_from_store(struct weights *w, struct svc_activation *act, con
     if (fd < 0)
         return 0;
     if (!use_store) {
-        daemon_log("fd store: discarding resident-weights (fd_store = no)");
+        daemon_log("fd store: discarding resident-weights (the store is not used: fd_store = no, or auto "
+                   "with a generator that reads the model files itself)");
         svc_fdstore_discard(fd, SVC_FDSTORE_WEIGHTS_NAME);
         return 0;
     }
