@@ -5,6 +5,7 @@
  * (itself proven against the goldens to 1e-4 by engine/test-forward.c):
  *
  *   test-gpu-e2e [KERNEL_DIR [SYNTH_MODEL_DIR]]
+ *   test-gpu-e2e --drift SYNTH_MODEL_DIR   (CPU only: the drift calibration)
  *   env RESIDENT_GPU_KERNEL_DIR the kernel folder when no argument is given
  *   env RESIDENT_E2E_DATA  tests/data folder (default
  *                          $RESIDENT_SOURCE_ROOT/tests/data, else tests/data)
@@ -543,6 +544,366 @@ out:
     return rc;
 }
 
+/* ---- drift diagnostic (synthetic model; informational, never fails) ----
+ *
+ * Where does prefill drift vs cpu-ref come from: per-op rounding amplified
+ * by a random-weight model, or a multi-token path? Printed per prompt
+ * length: rel L2 per layer of the residual stream (row 0 = embeddings) for
+ *   gpu-pre   GPU prefill of the whole prompt      vs cpu-ref prefill
+ *   gpu-tbt   GPU one token per model_prefill call vs cpu-ref prefill
+ *   pre/tbt   GPU prefill vs GPU token by token
+ *   cpu-tbt   cpu-ref token by token vs cpu-ref prefill (sanity: ~1e-6)
+ * and per position for the last layer. Then the calibration: cpu-ref itself
+ * behind a wrapper that perturbs matmul like the GPU does (matmul inputs
+ * rounded to bf16; int8 per-32 absmax like quantize_q8g32; W4 weights used
+ * unrounded as the GEMV does; int8 inputs + unrounded weights as MMQ),
+ * logits and last-layer drift vs plain cpu-ref for the same prompts. If the
+ * CPU-only perturbations drift as much as the GPU, the drift is
+ * amplification of rounding, not a bug. `test-gpu-e2e --drift MODEL_DIR`
+ * runs the calibration alone, without a GPU. */
+
+enum pert { PERT_BF16, PERT_Q8, PERT_W_EXACT, PERT_Q8_W_EXACT, N_PERT };
+static const char *const pert_name[N_PERT] = {
+    "x->bf16", "x->int8/32", "W unrounded", "int8+W unr.",
+};
+
+struct pert_be {
+    struct kb_backend be;                /* first: ops get &pert_be.be       */
+    struct kb_backend_ops ops;
+    struct kb_backend *inner;
+    enum pert mode;
+    float *buf;
+    size_t cap;
+    long flips;                          /* tokens x layers with another top-k */
+};
+
+static float *pert_buf(struct pert_be *p, size_t n)
+{
+    if (n > p->cap) {
+        free(p->buf);
+        p->buf = malloc(n * sizeof(float));
+        p->cap = p->buf ? n : 0;
+    }
+    return p->buf;
+}
+
+static void pert_round(enum pert mode, float *x, int64_t n)
+{
+    if (mode == PERT_BF16) {
+        for (int64_t i = 0; i < n; i++)
+            x[i] = kb_bf16_to_f32(kb_f32_to_bf16(x[i]));
+        return;
+    }
+    if (mode == PERT_W_EXACT)
+        return;
+    for (int64_t g = 0; g + 32 <= n; g += 32) {
+        float amax = 0;
+        for (int i = 0; i < 32; i++)
+            amax = fmaxf(amax, fabsf(x[g + i]));
+        const float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+        for (int i = 0; i < 32; i++)
+            x[g + i] = roundf(x[g + i] * id) * d;
+    }
+}
+
+static float scale_at(const struct kb_weight *w, int64_t i)
+{
+    switch (w->scale_type) {
+    case KB_WTYPE_BF16: return kb_bf16_to_f32(((const uint16_t *)w->scales)[i]);
+    case KB_WTYPE_F16:  return kb_f16_to_f32(((const uint16_t *)w->scales)[i]);
+    default:            return ((const float *)w->scales)[i];
+    }
+}
+
+static int pert_matmul(struct kb_backend *be, const struct kb_weight *w, const float *x, int32_t n, float *y)
+{
+    struct pert_be *p = (struct pert_be *)be;
+    const int64_t K = w->cols, N = w->rows;
+    float *xr = pert_buf(p, (size_t)n * (size_t)K);
+    if (!xr)
+        return -ENOMEM;
+    memcpy(xr, x, sizeof(float) * (size_t)n * (size_t)K);
+    for (int32_t t = 0; t < n; t++)
+        pert_round(p->mode, xr + (int64_t)t * K, K);
+    if ((p->mode != PERT_W_EXACT && p->mode != PERT_Q8_W_EXACT) || w->type != KB_WTYPE_Q4G32)
+        return p->inner->ops->matmul(p->inner, w, xr, n, y);
+    /* W4 with q * scale in fp32 (no bf16 rounding of the product) */
+    const int32_t *pk = w->data;
+    for (int64_t r = 0; r < N; r++) {
+        for (int32_t t = 0; t < n; t++) {
+            const float *xt = xr + (int64_t)t * K;
+            double acc = 0;
+            for (int64_t c = 0; c < K; c++) {
+                uint32_t word = (uint32_t)pk[r * (K / 8) + c / 8];
+                int q = (int)((word >> (4 * (c % 8))) & 0xF) - 8;
+                int64_t g = w->g_idx ? w->g_idx[c] : c / 32;
+                acc += (double)((float)q * scale_at(w, r * (K / 32) + g)) * xt[c];
+            }
+            y[(int64_t)t * N + r] = (float)acc;
+        }
+    }
+    return 0;
+}
+
+static int pert_moe(struct kb_backend *be, const struct kb_moe *m, const float *x, int32_t n, float *y)
+{
+    /* the routed experts run inside cpu-ref's moe: only the block input is
+     * perturbed (under-estimates the GPU's MoE error) */
+    struct pert_be *p = (struct pert_be *)be;
+    float *xr = pert_buf(p, (size_t)n * (size_t)m->hidden);
+    if (!xr)
+        return -ENOMEM;
+    memcpy(xr, x, sizeof(float) * (size_t)n * (size_t)m->hidden);
+    for (int32_t t = 0; t < n; t++)
+        pert_round(p->mode, xr + (int64_t)t * m->hidden, m->hidden);
+    /* count the tokens whose top-k expert set this op's rounding changes */
+    float *la = malloc(sizeof(float) * (size_t)n * (size_t)m->n_experts);
+    float *lb = malloc(sizeof(float) * (size_t)n * (size_t)m->n_experts);
+    if (la && lb && m->top_k <= 64 && !p->inner->ops->matmul(p->inner, m->router, x, n, la) &&
+        !p->inner->ops->matmul(p->inner, m->router, xr, n, lb)) {
+        for (int32_t t = 0; t < n; t++) {
+            const float *ra = la + (int64_t)t * m->n_experts, *rb = lb + (int64_t)t * m->n_experts;
+            bool in_a[1024] = { 0 };
+            int diff = 0;
+            for (int kk = 0; kk < m->top_k && m->n_experts <= 1024; kk++) {
+                int best = -1;
+                for (int e = 0; e < m->n_experts; e++)
+                    if (!in_a[e] && (best < 0 || ra[e] > ra[best]))
+                        best = e;
+                in_a[best] = true;
+            }
+            bool in_b[1024] = { 0 };
+            for (int kk = 0; kk < m->top_k && m->n_experts <= 1024; kk++) {
+                int best = -1;
+                for (int e = 0; e < m->n_experts; e++)
+                    if (!in_b[e] && (best < 0 || rb[e] > rb[best]))
+                        best = e;
+                in_b[best] = true;
+                diff += !in_a[best];
+            }
+            p->flips += diff > 0;
+        }
+    }
+    free(la);
+    free(lb);
+    return p->inner->ops->moe(p->inner, m, xr, n, y);
+}
+
+/* logits [n][V] and hidden [L+1][n][H]; tbt: one token per prefill call */
+static int diag_run(struct model *m, const int32_t *ids, int64_t n, bool tbt, float *lg, float *hid)
+{
+    const int64_t V = model_vocab(m), H = model_hidden(m), L = model_n_layers(m);
+    struct model_seq *s = NULL;
+    struct engine_error err = { 0 };
+    float *h1 = malloc(sizeof(float) * (size_t)(L + 1) * (size_t)H);
+    int rc = !h1 || model_seq_new(m, n, &s, &err);
+    if (!rc && !tbt) {
+        struct model_prefill_params pp = { .logits = lg, .all_logits = true, .hidden = hid };
+        rc = model_prefill(m, s, ids, n, &pp, &err);
+    }
+    for (int64_t t = 0; !rc && tbt && t < n; t++) {
+        struct model_prefill_params pp = { .logits = lg + t * V, .hidden = h1 };
+        rc = model_prefill(m, s, ids + t, 1, &pp, &err);
+        for (int64_t l = 0; !rc && l <= L; l++)
+            memcpy(hid + (l * n + t) * H, h1 + l * H, sizeof(float) * (size_t)H);
+    }
+    if (rc)
+        printf("    diag: run failed: %s\n", err.msg);
+    model_seq_free(s);
+    free(h1);
+    return rc;
+}
+
+static double max_rows(const float *a, const float *b, int64_t rows, int64_t w)
+{
+    double x = 0;
+    for (int64_t t = 0; t < rows; t++)
+        x = dmax(x, rel_l2(a + t * w, b + t * w, w));
+    return x;
+}
+
+static int cmp_double(const void *x, const void *y)
+{
+    double a = *(const double *)x, b = *(const double *)y;
+    return a < b ? -1 : a > b;
+}
+
+/* median over rows of the per-row rel L2 (a bug moves most rows; a rare
+ * amplified rounding event only the max) */
+static double median_rows(const float *a, const float *b, int64_t rows, int64_t w)
+{
+    double *v = malloc(sizeof(double) * (size_t)rows);
+    if (!v)
+        return NAN;
+    for (int64_t t = 0; t < rows; t++)
+        v[t] = rel_l2(a + t * w, b + t * w, w);
+    qsort(v, (size_t)rows, sizeof(double), cmp_double);
+    double m = v[rows / 2];
+    free(v);
+    return m;
+}
+
+struct diag_set {
+    float *lg, *hid;
+};
+
+static int diag_alloc(struct diag_set *d, int64_t n, int64_t V, int64_t H, int64_t L)
+{
+    d->lg = malloc(sizeof(float) * (size_t)n * (size_t)V);
+    d->hid = malloc(sizeof(float) * (size_t)(L + 1) * (size_t)n * (size_t)H);
+    return d->lg && d->hid ? 0 : -1;
+}
+
+static void diag_free(struct diag_set *d)
+{
+    free(d->lg);
+    free(d->hid);
+}
+
+static void diag_print_layers(const char *const *names, struct diag_set *const *a, struct diag_set *const *b,
+                              int k, int64_t n, int64_t V, int64_t H, int64_t L)
+{
+    printf("    %-6s", "layer");
+    for (int i = 0; i < k; i++)
+        printf(" %19s", names[i]);
+    printf("   (rel L2 over positions: max / median)\n");
+    for (int64_t l = 0; l <= L + 1; l++) {
+        if (l == 0)
+            printf("    %-6s", "embed");
+        else if (l <= L)
+            printf("    %-6d", (int)(l - 1));
+        else
+            printf("    %-6s", "logits");
+        for (int i = 0; i < k; i++) {
+            double v = l <= L ? max_rows(a[i]->hid + l * n * H, b[i]->hid + l * n * H, n, H)
+                              : max_rows(a[i]->lg, b[i]->lg, n, V);
+            double md = l <= L ? median_rows(a[i]->hid + l * n * H, b[i]->hid + l * n * H, n, H)
+                               : median_rows(a[i]->lg, b[i]->lg, n, V);
+            printf(" %9.2e/%9.2e", v, md);
+        }
+        printf("\n");
+    }
+}
+
+static void diag_print_positions(const char *what, const struct diag_set *a, const struct diag_set *b,
+                                 int64_t n, int64_t H, int64_t L)
+{
+    printf("    %s, last layer, rel L2 per position:", what);
+    for (int64_t t = 0; t < n; t++) {
+        if (t % 16 == 0)
+            printf("\n     %4d:", (int)t);
+        printf(" %.1e", rel_l2(a->hid + (L * n + t) * H, b->hid + (L * n + t) * H, H));
+    }
+    printf("\n");
+}
+
+/* the CPU-only calibration; mc = plain cpu-ref model */
+static void diag_calibrate(const char *dir, struct model *mc, const int *lens, int nlens)
+{
+    const int64_t V = model_vocab(mc), H = model_hidden(mc), L = model_n_layers(mc);
+    struct kb_cpu_params cp = KB_CPU_PARAMS_DEFAULT;
+    struct kb_backend *inner = NULL;
+    struct pert_be pb[N_PERT];
+    struct model *mp[N_PERT] = { 0 };
+    if (kb_cpu_ref_create(&cp, &inner)) {
+        printf("  drift calibration: cannot create cpu-ref\n");
+        return;
+    }
+    for (int i = 0; i < N_PERT; i++) {
+        struct model_params pp = MODEL_PARAMS_DEFAULT;
+        struct engine_error err = { 0 };
+        pb[i] = (struct pert_be){ .inner = inner, .mode = (enum pert)i, .ops = *inner->ops };
+        pb[i].ops.matmul = pert_matmul;
+        pb[i].ops.moe = pert_moe;
+        pb[i].be.ops = &pb[i].ops;
+        pb[i].be.impl = inner->impl;
+        pp.backend_instance = &pb[i].be;
+        pp.max_context = 512;
+        if (model_load(dir, &pp, &mp[i], &err))
+            printf("  drift calibration: load (%s): %s\n", pert_name[i], err.msg);
+    }
+    printf("  drift calibration: cpu-ref with perturbed matmuls vs plain cpu-ref, max rel L2 over positions\n");
+    printf("    (rows: max over positions of the residual after layer 0, the last layer, the logits; "
+           "median of the logits)\n    %-5s %-7s", "len", "what");
+    for (int i = 0; i < N_PERT; i++)
+        printf(" %12s", pert_name[i]);
+    printf("\n");
+    for (int k = 0; k < nlens; k++) {
+        const int64_t n = lens[k];
+        int32_t *ids = synth_ids(n, 1000u + (uint32_t)n);
+        struct diag_set ref = { 0 }, d[N_PERT] = { 0 };
+        bool ok = ids && !diag_alloc(&ref, n, V, H, L) && !diag_run(mc, ids, n, false, ref.lg, ref.hid);
+        for (int i = 0; i < N_PERT; i++)
+            pb[i].flips = 0;
+        for (int i = 0; i < N_PERT && ok; i++)
+            ok = mp[i] && !diag_alloc(&d[i], n, V, H, L) && !diag_run(mp[i], ids, n, false, d[i].lg, d[i].hid);
+        if (ok) {
+            printf("    %-5d %-7s", (int)n, "layer 0");
+            for (int i = 0; i < N_PERT; i++)
+                printf(" %12.3e", max_rows(d[i].hid + 1 * n * H, ref.hid + 1 * n * H, n, H));
+            printf("\n    %-5s %-7s", "", "last");
+            for (int i = 0; i < N_PERT; i++)
+                printf(" %12.3e", max_rows(d[i].hid + L * n * H, ref.hid + L * n * H, n, H));
+            printf("\n    %-5s %-7s", "", "logits");
+            for (int i = 0; i < N_PERT; i++)
+                printf(" %12.3e", max_rows(d[i].lg, ref.lg, n, V));
+            printf("\n    %-5s %-7s", "", "median");
+            for (int i = 0; i < N_PERT; i++)
+                printf(" %12.3e", median_rows(d[i].lg, ref.lg, n, V));
+            printf("\n    %-5s %-7s", "", "flips");
+            for (int i = 0; i < N_PERT; i++)
+                printf(" %12ld", pb[i].flips);
+            printf("   (MoE calls whose top-k set the input rounding changed, of %d tokens x %d layers)\n",
+                   (int)n, (int)L);
+            if (n == lens[nlens - 1])
+                diag_print_positions("int8+W unrounded vs cpu-ref", &d[PERT_Q8_W_EXACT], &ref, n, H, L);
+        } else {
+            printf("    len %d: failed\n", (int)n);
+        }
+        for (int i = 0; i < N_PERT; i++)
+            diag_free(&d[i]);
+        diag_free(&ref);
+        free(ids);
+    }
+    for (int i = 0; i < N_PERT; i++) {
+        model_free(mp[i]);
+        free(pb[i].buf);
+    }
+    inner->ops->destroy(inner);
+}
+
+/* GPU prefill vs token by token vs cpu-ref, per layer */
+static void diag_gpu(const char *dir, struct model *mg, struct model *mc)
+{
+    static const int lens[] = { 7, 64, 130 };
+    const int64_t V = model_vocab(mg), H = model_hidden(mg), L = model_n_layers(mg);
+    printf("  drift diagnostic (informational): residual stream per layer\n");
+    for (size_t k = 0; k < sizeof(lens) / sizeof(lens[0]); k++) {
+        const int64_t n = lens[k];
+        int32_t *ids = synth_ids(n, 1000u + (uint32_t)n);
+        struct diag_set gp = { 0 }, gt = { 0 }, cp = { 0 }, ct = { 0 };
+        if (!ids || diag_alloc(&gp, n, V, H, L) || diag_alloc(&gt, n, V, H, L) ||
+            diag_alloc(&cp, n, V, H, L) || diag_alloc(&ct, n, V, H, L) ||
+            diag_run(mg, ids, n, false, gp.lg, gp.hid) || diag_run(mg, ids, n, true, gt.lg, gt.hid) ||
+            diag_run(mc, ids, n, false, cp.lg, cp.hid) || diag_run(mc, ids, n, true, ct.lg, ct.hid)) {
+            printf("    len %d: failed\n", (int)n);
+        } else {
+            static const char *const names[4] = { "gpu-pre", "gpu-tbt", "pre/tbt", "cpu-tbt" };
+            struct diag_set *a[4] = { &gp, &gt, &gp, &ct }, *b[4] = { &cp, &cp, &gt, &cp };
+            printf("   prompt %d tokens\n", (int)n);
+            diag_print_layers(names, a, b, 4, n, V, H, L);
+            diag_print_positions("gpu-pre vs cpu-ref", &gp, &cp, n, H, L);
+            diag_print_positions("gpu-tbt vs cpu-ref", &gt, &cp, n, H, L);
+        }
+        diag_free(&gp);
+        diag_free(&gt);
+        diag_free(&cp);
+        diag_free(&ct);
+        free(ids);
+    }
+    (void)dir;                           /* calibration: --drift, CPU only */
+}
+
 static bool is_dir(const char *p)
 {
     struct stat st;
@@ -578,8 +939,11 @@ static void run_fixture(const struct fixture *fx, struct result *r)
         set_err(r, "GPU load", &err, true);
     } else if (model_load(path, &pc, &mc, &err)) {
         set_err(r, "cpu-ref load", &err, false);
-    } else if (!check_prefill(fx, mg, mc, r) && !check_decode(fx, mg, mc, r)) {
-        check_batch(fx, mg, r);
+    } else {
+        if (!check_prefill(fx, mg, mc, r) && !check_decode(fx, mg, mc, r))
+            check_batch(fx, mg, r);
+        if (!fx->goldens)
+            diag_gpu(path, mg, mc);
     }
     if (r->st != ST_PASS)
         printf("  %s: %s\n", status_name[r->st], r->why);
@@ -592,6 +956,24 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0);
     const char *kdir = argc > 1 ? argv[1] : getenv("RESIDENT_GPU_KERNEL_DIR");
     const char *e;
+    if (argc == 3 && !strcmp(argv[1], "--drift")) {
+        /* the CPU-only calibration of the drift diagnostic */
+        static const int lens[] = { 1, 7, 64, 320 };
+        struct model *mc = NULL;
+        struct model_params pc = MODEL_PARAMS_DEFAULT;
+        struct engine_error err = { 0 };
+        pc.backend = "cpu-ref";
+        pc.max_context = 512;
+        if (model_load(argv[2], &pc, &mc, &err)) {
+            fprintf(stderr, "test-gpu-e2e --drift: %s\n", err.msg);
+            return 1;
+        }
+        diag_calibrate(argv[2], mc, lens, 4);
+        printf("  self-check of the diagnostic with cpu-ref in the GPU's place (all ~0 expected):\n");
+        diag_gpu(argv[2], mc, mc);
+        model_free(mc);
+        return 0;
+    }
     synth_dir = argc > 2 ? argv[2] : getenv("RESIDENT_E2E_SYNTH");
     if ((e = getenv("RESIDENT_E2E_DATA")) && *e)
         snprintf(data_dir, sizeof(data_dir), "%s", e);
