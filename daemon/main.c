@@ -396,8 +396,17 @@ static int weights_load(struct weights *w, const char *dir, int use_store, struc
         daemon_log("model %s: %s", dir, ee.msg);
         goto out;
     }
-    r = svc_memlock_check(ml, st_set_mapped_bytes(w->st));
+    /* mlock charges whole pages: ask for the page-rounded sum, so the bytes
+     * a failure prints are enough for LimitMEMLOCK=. */
     w->n_files = st_set_file_count(w->st);
+    uint64_t need = 0, pg = (uint64_t)sysconf(_SC_PAGESIZE);
+    for (uint32_t i = 0; i < w->n_files; i++) {
+        const void *addr;
+        size_t len;
+        if (st_set_file_mapping(w->st, i, &addr, &len) == 0)
+            need += ((uint64_t)len + pg - 1) & ~(pg - 1);
+    }
+    r = svc_memlock_check(ml, need);
     for (uint32_t i = 0; r == 0 && i < w->n_files; i++) {
         const void *addr;
         size_t len;

@@ -55,6 +55,7 @@ struct run {
     int      ready;
     int      store_fd;              /* fd received with FDSTORE=1, or -1 */
     int      store_removed;         /* FDSTOREREMOVE=1 seen */
+    int      exit_status;           /* when wait_ready() saw it exit */
 };
 
 struct spawn_opts {
@@ -228,6 +229,7 @@ static int wait_ready(struct run *r, int timeout_ms)
         }
         int st;
         if (waitpid(r->pid, &st, WNOHANG) == r->pid) {
+            r->exit_status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
             r->pid = 0;
             return 0;
         }
@@ -422,17 +424,19 @@ static void test_memlock_refused(void)
     snprintf(model_arg, sizeof(model_arg), "model=%s", model);
     const char *args[] = { "-o", model_arg, "-o", "privileges=auto", "-o", "fd_store=no", NULL };
     struct run r;
-    spawn(&r, "memlock", &(struct spawn_opts){ .args = args, .pass_fd = -1, .as_uid = NOBODY,
+    spawn(&r, "memlock", &(struct spawn_opts){ .args = args, .notify = 1, .pass_fd = -1, .as_uid = NOBODY,
                                               .memlock_limit = 1 << 20 });
-    int st = svc_testlib_wait(r.pid);
-    r.pid = 0;
+    T_CHECKF(!wait_ready(&r, 20000), "READY=1 although the weights could not be locked");
+    T_CHECKF(r.pid == 0, "residentd neither became ready nor exited");
+    int st = r.exit_status;
     if (st != 1)
         dump_log(&r);
     T_CHECKF(st == 1, "residentd under RLIMIT_MEMLOCK 1 MiB exited %d, expected 1", st);
     T_CHECKF(log_has(&r, "LimitMEMLOCK=") && log_has(&r, "CAP_IPC_LOCK") && log_has(&r, "cannot lock "),
              "the memlock failure does not name LimitMEMLOCK= / CAP_IPC_LOCK and the bytes");
     T_CHECKF(!log_has(&r, "residentd: ready\n"), "residentd became ready without locking");
-    printf("memlock: as nobody with RLIMIT_MEMLOCK 1 MiB the start fails naming LimitMEMLOCK= and CAP_IPC_LOCK\n");
+    printf("memlock: as nobody with RLIMIT_MEMLOCK 1 MiB the start fails (no READY=1) naming LimitMEMLOCK= and "
+           "CAP_IPC_LOCK\n");
     /* --no-lock: the same start succeeds, unlocked. */
     const char *args2[] = { "-o", model_arg, "-o", "privileges=auto", "-o", "fd_store=no", "--no-lock", NULL };
     spawn(&r, "nolock", &(struct spawn_opts){ .args = args2, .pass_fd = -1, .as_uid = NOBODY,
