@@ -10,6 +10,9 @@
  *            outside allow_groups is refused (-EPERM), one whose
  *            *supplementary* group is allowed (named, not numeric) is served.
  *            keep_cap_ipc_lock = yes: CapPrm = CapBnd = CAP_IPC_LOCK, CapEff 0.
+ *            With the engine generator: it loads after the drop, every thread
+ *            has Uid 65534 and no capability, a request is served.
+ *  verify:   under a fake manager, root and CAP_SYS_ADMIN are refused.
  *  memlock:  as nobody under RLIMIT_MEMLOCK 1 MiB the start fails before
  *            READY naming LimitMEMLOCK= and CAP_IPC_LOCK and the bytes.
  *  fd store: fd_store = yes hands a sealed memfd to the fake manager
@@ -34,6 +37,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <dirent.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -321,7 +325,8 @@ static int client_as(const char *sock, uid_t uid, gid_t gid, gid_t suppl, size_t
         int ok = resident_submit_text(h, &q, "hi", 2, 1, &id) == 0, done = 0;
         struct resident_event ev;
         while (ok && !done && resident_wait(h, &ev, 5000) == 1)
-            done = ev.type == RESIDENT_EVENT_DONE && ev.completion_tokens == 4;
+            done = ev.type == RESIDENT_EVENT_DONE && ev.error == 0 && ev.completion_tokens >= 1 &&
+                   ev.completion_tokens <= 4;
         resident_close(h);
         _exit(done ? 0 : 4);
     }
@@ -415,6 +420,53 @@ static void test_drop(void)
     expect_status(r.pid, "CapEff", "0000000000000000");
     expect_status(r.pid, "NoNewPrivs", "1");
     printf("keep_cap_ipc_lock: CapPrm = CapBnd = 0x4000, CapEff 0\n");
+    stop(&r);
+}
+
+/* The engine generator after the drop: it loads as nobody, every thread of
+ * the serving process (main, worker) has no capability, a request is served. */
+static void test_drop_engine(void)
+{
+    char em[400], cmd[2048], model_arg[600];
+    snprintf(em, sizeof(em), "%s/engine-model", dir);
+    snprintf(cmd, sizeof(cmd), "cp -r '%s' '%s' && chmod -R a+rX '%s'", src_model, em, em);
+    T_CHECK(system(cmd) == 0);
+    snprintf(model_arg, sizeof(model_arg), "model=%s", em);
+    const char *args[] = { "--generator", "engine", "-o", model_arg, "-o", "privileges=drop", "-o", "user=nobody",
+                           "-o", "supplementary_groups=", "-o", "fd_store=no", NULL };
+    struct run r;
+    spawn(&r, "drop-engine", &(struct spawn_opts){ .args = args, .notify = 1, .pass_fd = -1 });
+    if (!wait_ready(&r, 60000)) {
+        dump_log(&r);
+        T_CHECKF(0, "residentd (engine generator, privileges = drop) did not send READY=1");
+    }
+    T_CHECK(r.status_vmlck_before_ready);
+    char task_dir[64];
+    snprintf(task_dir, sizeof(task_dir), "/proc/%d/task", (int)r.pid);
+    DIR *td = opendir(task_dir);
+    T_CHECK(td);
+    int n_threads = 0;
+    for (struct dirent *e; (e = readdir(td));) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[384], line[256];
+        snprintf(path, sizeof(path), "%s/%s/status", task_dir, e->d_name);
+        FILE *f = fopen(path, "re");
+        T_CHECK(f);
+        while (fgets(line, sizeof(line), f))
+            if (!strncmp(line, "CapEff:", 7) || !strncmp(line, "CapPrm:", 7) || !strncmp(line, "CapBnd:", 7))
+                T_CHECKF(strstr(line, "0000000000000000"), "thread %s: %s", e->d_name, line);
+            else if (!strncmp(line, "Uid:", 4))
+                T_CHECKF(strstr(line, "65534\t65534\t65534\t65534"), "thread %s: %s", e->d_name, line);
+        fclose(f);
+        n_threads++;
+    }
+    closedir(td);
+    T_CHECKF(n_threads >= 2, "expected the loop and the worker thread, saw %d", n_threads);
+    int rc = client_as(r.sock, 0, 0, 0, 0);
+    T_CHECKF(rc == 0, "request to the engine generator after the drop: %d", rc);
+    printf("drop + engine generator: %d threads, each with Uid 65534 and CapPrm/CapEff/CapBnd 0; request served; "
+           "start to READY %" PRIu64 " ms\n", n_threads, r.t_ready_ms - r.t_start_ms);
     stop(&r);
 }
 
@@ -608,6 +660,7 @@ static int getpwnam_ok(void)
 
 int main(void)
 {
+    setvbuf(stdout, NULL, _IOLBF, 0);     /* checks _exit(): keep what was printed */
     if (geteuid() != 0)
         T_SKIP_BECAUSE("needs root (starts residentd by hand as root and drops to nobody)");
     const char *b = getenv("RESIDENT_BUILD_ROOT"), *s = getenv("RESIDENT_SOURCE_ROOT");
@@ -633,6 +686,7 @@ int main(void)
     make_model_copy();
 
     test_drop();
+    test_drop_engine();
     test_memlock_refused();
     test_verify();
     test_fd_store();
