@@ -301,6 +301,40 @@ static int seq_emit(struct seq *q)
         uint64_t text = 0;
         uint32_t chan = q->pend[0].chan;
         uint64_t max = shm_ring_max_record(s->evt.cap) - SHM_REC_HDR;
+        struct pend *p0 = &q->pend[0];
+        uint32_t ids0 = p0->has_id ? 1 : 0;
+        if (shm_proto_tokens_size(ids0, p0->len) > max) {
+            /* A piece larger than a record (a long tool argument): send it
+             * in parts cut at character boundaries, the token with the first. */
+            uint64_t cut = max - shm_proto_tokens_size(ids0, 0);
+            while (cut > 0 && (q->p_text[cut] & 0xc0) == 0x80)
+                cut--;
+            if (cut == 0)
+                return -EMSGSIZE;
+            if (shm_proto_tokens_size(ids0, (uint32_t)cut) > (uint64_t)space)
+                return -EAGAIN;
+            r = shm_ring_prod_alloc(&s->evt, SHM_EVT_TOKENS, shm_proto_tokens_size(ids0, (uint32_t)cut), &body);
+            if (r < 0)
+                return r;
+            struct shm_evt_tokens e = { .req_id = q->req_id, .n_tokens = ids0, .channel = p0->chan,
+                                        .text_len = (uint32_t)cut };
+            uint8_t *b = body;
+            uint32_t cut32 = (uint32_t)cut;
+            memcpy(b, &e, sizeof(e));
+            if (ids0) {
+                memcpy(b + sizeof(e), &p0->id, 4);
+                memcpy(b + sizeof(e) + 4, &cut32, 4);
+            }
+            memcpy(b + sizeof(e) + 8ull * ids0, q->p_text, cut);
+            memmove(q->p_text, q->p_text + cut, q->p_text_len - cut);
+            q->p_text_len -= cut32;
+            p0->len -= cut32;
+            p0->has_id = 0;
+            if (!q->t_first)
+                q->t_first = daemon_now_us();
+            q->t_last = daemon_now_us();
+            continue;
+        }
         if (!q->pend[0].has_id) {
             text = q->pend[0].len;
             if (shm_proto_tokens_size(0, (uint32_t)text) > max)
