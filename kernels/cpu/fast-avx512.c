@@ -374,6 +374,43 @@ T512 void fast_swiglu_avx512(float *y, const float *g, const float *u, int64_t c
     }
 }
 
+T512 void fast_gdn_head_avx512(float *S, const float *q, const float *k, const float *v,
+                               float beta, float decay, int32_t dk, int32_t dv, float *o)
+{
+    const __m512 vdec = _mm512_set1_ps(decay), vbeta = _mm512_set1_ps(beta);
+    /* 64 columns of the state at a time: 4 registers of m, then of o */
+    for (int32_t c0 = 0; c0 < dv; c0 += 64) {
+        const int nr = dv - c0 >= 64 ? 4 : (dv - c0) / 16;
+        __m512 m[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                        _mm512_setzero_ps() };
+        for (int32_t i = 0; i < dk; i++) {
+            float *row = S + (int64_t)i * dv + c0;
+            const __m512 ki = _mm512_set1_ps(k[i]);
+            for (int j = 0; j < nr; j++) {
+                __m512 sv = _mm512_mul_ps(_mm512_loadu_ps(row + 16 * j), vdec);
+                _mm512_storeu_ps(row + 16 * j, sv);
+                m[j] = _mm512_fmadd_ps(sv, ki, m[j]);
+            }
+        }
+        __m512 dl[4], acc[4];
+        for (int j = 0; j < nr; j++) {
+            dl[j] = _mm512_mul_ps(vbeta, _mm512_sub_ps(_mm512_loadu_ps(v + c0 + 16 * j), m[j]));
+            acc[j] = _mm512_setzero_ps();
+        }
+        for (int32_t i = 0; i < dk; i++) {
+            float *row = S + (int64_t)i * dv + c0;
+            const __m512 ki = _mm512_set1_ps(k[i]), qi = _mm512_set1_ps(q[i]);
+            for (int j = 0; j < nr; j++) {
+                __m512 sv = _mm512_fmadd_ps(ki, dl[j], _mm512_loadu_ps(row + 16 * j));
+                _mm512_storeu_ps(row + 16 * j, sv);
+                acc[j] = _mm512_fmadd_ps(sv, qi, acc[j]);
+            }
+        }
+        for (int j = 0; j < nr; j++)
+            _mm512_storeu_ps(o + c0 + 16 * j, acc[j]);
+    }
+}
+
 /* One query row against cache rows 0..len-1 (kc / vc advance row_stride
  * floats per position): out[hd] = softmax(q.k * scale) v. scores[len]. */
 T512 void fast_attn_row_avx512(const float *q, const float *kc, const float *vc, int64_t row_stride,

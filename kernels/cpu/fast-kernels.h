@@ -78,6 +78,12 @@ void fast_dense_f32_avx512(const struct kb_weight *w, int64_t r0, int64_t r1,
                            const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
                            float *y, int64_t y_stride);
 
+/* One Gated DeltaNet value head, one token (spec §2.4 step 7), state
+ * S [dk][dv] updated in place: S = decay S; m = S^T k; delta = beta (v - m);
+ * S += k delta^T; o = S^T q. dv % 16 == 0. */
+void fast_gdn_head_avx512(float *S, const float *q, const float *k, const float *v,
+                          float beta, float decay, int32_t dk, int32_t dv, float *o);
+
 /* y[i] = silu(g[i]) * u[i] (y may alias g). */
 void fast_swiglu_avx512(float *y, const float *g, const float *u, int64_t count);
 

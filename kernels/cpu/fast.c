@@ -33,10 +33,11 @@
  * - No allocation on the per-token path: scratch (quantised activations,
  *   routing lists, expert outputs, attention scores) grows to the largest
  *   size seen and is then reused.
- * - Other ops: attention and SwiGLU are vectorised here; embed, norms,
- *   RoPE, add, mul_sigmoid and the Gated DeltaNet recurrence are delegated
- *   to the reference backend (they are a few percent of the time; see
- *   docs/performance.md, CPU).
+ * - Other ops: attention, SwiGLU and the Gated DeltaNet recurrence (value
+ *   heads split across threads, each running its heads through all tokens
+ *   of the call) are vectorised here; embed, norms, RoPE, add and
+ *   mul_sigmoid are delegated to the reference backend (a few percent of
+ *   the time; see docs/performance.md, CPU).
  */
 #include "kernels/cpu/fast.h"
 
@@ -56,6 +57,7 @@
 #define FAST_MAX_THREADS 256
 #define FAST_ROW_ALIGN   16
 #define FAST_MOE_BLOCK   32              /* rows per MoE work item          */
+#define FAST_MAX_CONSTS  1024            /* cached small GDN constants      */
 
 struct fast_tscratch {
     float  *buf;
@@ -72,6 +74,8 @@ struct cpu_fast {
     uint8_t             *scr;            /* per-call scratch (calling thread) */
     size_t               scr_cap;
     struct fast_tscratch ts[FAST_MAX_THREADS];
+    struct { const void *key; float *vals; } consts[FAST_MAX_CONSTS];
+    int32_t              n_consts;
 };
 
 static struct cpu_fast *fast_of(struct kb_backend *be)
@@ -682,12 +686,146 @@ static int fast_mul_sigmoid(struct kb_backend *be, float *y, int64_t y_stride,
     return r->ops->mul_sigmoid(r, y, y_stride, x, x_stride, gate, gate_stride, rows, dim);
 }
 
+/* ------------------------------------------------------------------ */
+/* Gated DeltaNet                                                       */
+
+/* A small weight (conv taps, A_log, dt_bias, norm) as floats, converted
+ * once and cached by data pointer (weights never move while loaded). */
+static const float *const_floats(struct cpu_fast *f, const struct kb_weight *w)
+{
+    for (int32_t i = 0; i < f->n_consts; i++)
+        if (f->consts[i].key == w->data)
+            return f->consts[i].vals;
+    if (f->n_consts == FAST_MAX_CONSTS)
+        return NULL;
+    float *v = malloc((size_t)(w->rows * w->cols) * sizeof(float));
+    if (!v)
+        return NULL;
+    for (int64_t r = 0; r < w->rows; r++)
+        kb_ref_weight_row(w, r, v + r * w->cols);
+    f->consts[f->n_consts].key = w->data;
+    f->consts[f->n_consts].vals = v;
+    f->n_consts++;
+    return v;
+}
+
+struct gdn_ctx {
+    const struct kb_gdn *g;
+    struct kb_gdn_state *st;
+    const float *u;                      /* [n][conv_dim] after conv, SiLU, l2norm */
+    const float *z, *b, *a, *A_log, *dt_bias, *norm;
+    int32_t n;
+    float *y;
+};
+
+static float silu_f(float x)
+{
+    return x / (1.0f + expf(-x));
+}
+
+/* Threads own value heads; each runs its heads through all n tokens. */
+static void gdn_job(void *arg, int32_t tid, int32_t nth)
+{
+    struct gdn_ctx *c = arg;
+    const struct kb_gdn *g = c->g;
+    const int32_t nk = g->n_k_heads, nv = g->n_v_heads, dk = g->d_k, dv = g->d_v, r = nv / nk;
+    const int64_t key_dim = (int64_t)nk * dk, val_dim = (int64_t)nv * dv;
+    const int64_t conv_dim = 2 * key_dim + val_dim;
+    int64_t j0, j1;
+    tp_split(nv, 1, tid, nth, &j0, &j1);
+    for (int32_t t = 0; t < c->n; t++) {
+        const float *u = c->u + (int64_t)t * conv_dim;
+        for (int64_t j = j0; j < j1; j++) {
+            const float *qh = u + (j / r) * dk, *kh = u + key_dim + (j / r) * dk;
+            const float *vh = u + 2 * key_dim + j * dv;
+            float bt = c->b[(int64_t)t * nv + j], at = c->a[(int64_t)t * nv + j] + c->dt_bias[j];
+            float beta = 1.0f / (1.0f + expf(-bt));
+            float sp = at > 20.0f ? at : log1pf(expf(at));
+            float decay = expf(-expf(c->A_log[j]) * sp);
+            float *yo = c->y + (int64_t)t * val_dim + j * dv;
+            fast_gdn_head_avx512(c->st->ssm + j * dk * dv, qh, kh, vh, beta, decay, dk, dv, yo);
+            /* gated RMSNorm: w * (o * rsqrt(mean(o^2) + eps)) * silu(z) */
+            double ss = 0.0;
+            for (int32_t i = 0; i < dv; i++)
+                ss += (double)yo[i] * yo[i];
+            float inv = (float)(1.0 / sqrt(ss / dv + (double)g->norm_eps));
+            const float *zj = c->z + (int64_t)t * val_dim + j * dv;
+            for (int32_t i = 0; i < dv; i++)
+                yo[i] = c->norm[i] * (yo[i] * inv) * silu_f(zj[i]);
+        }
+    }
+}
+
 static int fast_gdn(struct kb_backend *be, const struct kb_gdn *g,
                     struct kb_gdn_state *st, const float *qkv, const float *z,
                     const float *b, const float *a, int32_t n, float *y)
 {
-    struct kb_backend *r = fast_of(be)->ref;
-    return r->ops->gdn(r, g, st, qkv, z, b, a, n, y);
+    struct cpu_fast *f = fast_of(be);
+    const int32_t nk = g->n_k_heads, nv = g->n_v_heads, dk = g->d_k, dv = g->d_v;
+    const int32_t K = g->conv_kernel;
+    if (f->isa == KB_CPU_ISA_SCALAR || dv % 16 || n <= 0 || nk <= 0 || nv <= 0 || nv % nk ||
+        dk <= 0 || K < 1)
+        return f->ref->ops->gdn(f->ref, g, st, qkv, z, b, a, n, y);
+    const int64_t key_dim = (int64_t)nk * dk, val_dim = (int64_t)nv * dv;
+    const int64_t conv_dim = 2 * key_dim + val_dim;
+    if (!weight_ok(g->conv1d) || g->conv1d->type == KB_WTYPE_Q4G32 ||
+        g->conv1d->rows * g->conv1d->cols != conv_dim * K ||
+        !weight_ok(g->A_log) || g->A_log->rows * g->A_log->cols != nv ||
+        !weight_ok(g->dt_bias) || g->dt_bias->rows * g->dt_bias->cols != nv ||
+        !weight_ok(g->norm) || g->norm->rows * g->norm->cols != dv ||
+        g->A_log->type == KB_WTYPE_Q4G32 || g->dt_bias->type == KB_WTYPE_Q4G32 ||
+        g->norm->type == KB_WTYPE_Q4G32)
+        return fast_fail(be, -EINVAL, "gdn: constant tensors do not match the head configuration");
+    const float *w = const_floats(f, g->conv1d), *A_log = const_floats(f, g->A_log);
+    const float *dt_bias = const_floats(f, g->dt_bias), *norm = const_floats(f, g->norm);
+    float *u = scratch(f, (size_t)n * (size_t)conv_dim * sizeof(float));
+    if (!w || !A_log || !dt_bias || !norm || !u)
+        return fast_fail(be, -ENOMEM, "gdn: out of memory");
+    /* 2. causal depthwise conv over [state (K-1 inputs, oldest first), x],
+     *    tap K-1 on the current token, then SiLU; input p < 0 is state row
+     *    p + K - 1 */
+    for (int32_t t = 0; t < n; t++) {
+        float *ut = u + (int64_t)t * conv_dim;
+        const float *xt = qkv + (int64_t)t * conv_dim;
+        for (int64_t c = 0; c < conv_dim; c++)
+            ut[c] = w[c * K + K - 1] * xt[c];
+        for (int32_t j = 0; j < K - 1; j++) {
+            int64_t p = (int64_t)t - (K - 1) + j;
+            const float *src = p < 0 ? st->conv + (p + K - 1) * conv_dim : qkv + p * conv_dim;
+            for (int64_t c = 0; c < conv_dim; c++)
+                ut[c] += w[c * K + j] * src[c];
+        }
+        for (int64_t c = 0; c < conv_dim; c++)
+            ut[c] = silu_f(ut[c]);
+        /* 6. l2norm per k head (eps inside the sqrt); q also scaled dk^-1/2 */
+        for (int32_t h = 0; h < nk; h++) {
+            float *qh = ut + (int64_t)h * dk, *kh = ut + key_dim + (int64_t)h * dk;
+            double sq = 0.0, sk = 0.0;
+            for (int32_t i = 0; i < dk; i++) {
+                sq += (double)qh[i] * qh[i];
+                sk += (double)kh[i] * kh[i];
+            }
+            float iq = (float)(1.0 / sqrt(sq + 1e-6)) / sqrtf((float)dk);
+            float ik = (float)(1.0 / sqrt(sk + 1e-6));
+            for (int32_t i = 0; i < dk; i++) {
+                qh[i] *= iq;
+                kh[i] *= ik;
+            }
+        }
+    }
+    /* the new conv state: the last K-1 inputs */
+    for (int32_t j = 0; j < K - 1; j++) {
+        int64_t p = (int64_t)n - (K - 1) + j;
+        if (p < 0)                                    /* still in the old state */
+            memmove(st->conv + (int64_t)j * conv_dim, st->conv + (p + K - 1) * conv_dim,
+                    (size_t)conv_dim * sizeof(float));
+        else
+            memcpy(st->conv + (int64_t)j * conv_dim, qkv + p * conv_dim,
+                   (size_t)conv_dim * sizeof(float));
+    }
+    struct gdn_ctx c = { g, st, u, z, b, a, A_log, dt_bias, norm, n, y };
+    tp_pool_run(f->tp, gdn_job, &c);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -748,6 +886,8 @@ static void fast_destroy(struct kb_backend *be)
             f->ref->ops->destroy(f->ref);
         for (int32_t i = 0; i < FAST_MAX_THREADS; i++)
             free(f->ts[i].buf);
+        for (int32_t i = 0; i < f->n_consts; i++)
+            free(f->consts[i].vals);
         free(f->scr);
         free(f);
     }

@@ -12,6 +12,7 @@
  *   dense f32 / f16 / bf16 weights (fp32 activations, both modes): <= 2e-6
  *   MoE (fast mode) whole block:                  <= 1e-4
  *   attention (both modes):                       <= 1e-5
+ *   Gated DeltaNet output and state over 6 calls: <= 1e-5 (conv state exact)
  * Exits 77 (skipped) on a CPU without AVX-512 VNNI.
  */
 #include <errno.h>
@@ -297,6 +298,50 @@ static void test_attention(void **state)
     fa->ops->destroy(fa);
 }
 
+/* Gated DeltaNet: conv + recurrence + gated norm with the state carried
+ * over calls of different lengths (shorter than the conv window too). */
+static void test_gdn(void **state)
+{
+    struct kb_backend *ref = ref_new(), *fa = fast_new(false, 2);
+    enum { NK = 2, NV = 4, DK = 32, DV = 48, K = 4 };
+    const int64_t conv_dim = 2 * NK * DK + NV * DV, val = NV * DV;
+    uint16_t conv[(2 * NK * DK + NV * DV) * K], alog[NV], dtb[NV], nw[DV];
+    for (int64_t i = 0; i < conv_dim * K; i++)
+        conv[i] = kb_f32_to_bf16(rnd_f() * 0.5f);
+    for (int i = 0; i < NV; i++) {
+        alog[i] = kb_f32_to_bf16(logf(1.0f + 4.0f * fabsf(rnd_f())));
+        dtb[i] = kb_f32_to_bf16(rnd_f());
+    }
+    for (int i = 0; i < DV; i++)
+        nw[i] = kb_f32_to_bf16(1.0f + 0.3f * rnd_f());
+    struct kb_weight cw = { .type = KB_WTYPE_BF16, .rows = conv_dim, .cols = K, .data = conv };
+    struct kb_weight aw = { .type = KB_WTYPE_BF16, .rows = 1, .cols = NV, .data = alog };
+    struct kb_weight dw = { .type = KB_WTYPE_BF16, .rows = 1, .cols = NV, .data = dtb };
+    struct kb_weight nwt = { .type = KB_WTYPE_BF16, .rows = 1, .cols = DV, .data = nw };
+    struct kb_gdn g = { .n_k_heads = NK, .n_v_heads = NV, .d_k = DK, .d_v = DV, .conv_kernel = K,
+                        .norm_eps = 1e-6f, .conv1d = &cw, .A_log = &aw, .dt_bias = &dw, .norm = &nwt };
+    struct kb_gdn_state s0 = { calloc((size_t)((K - 1) * conv_dim), 4), calloc((size_t)(NV * DK * DV), 4) };
+    struct kb_gdn_state s1 = { calloc((size_t)((K - 1) * conv_dim), 4), calloc((size_t)(NV * DK * DV), 4) };
+    const int32_t steps[] = { 5, 1, 2, 1, 64, 1 };
+    for (size_t st = 0; st < sizeof(steps) / sizeof(steps[0]); st++) {
+        int32_t n = steps[st];
+        float *qkv = rnd_vec((size_t)(n * conv_dim)), *z = rnd_vec((size_t)(n * val));
+        float *b = rnd_vec((size_t)(n * NV)), *a = rnd_vec((size_t)(n * NV));
+        float *y0 = calloc((size_t)(n * val), 4), *y1 = calloc((size_t)(n * val), 4);
+        assert_int_equal(ref->ops->gdn(ref, &g, &s0, qkv, z, b, a, n, y0), 0);
+        assert_int_equal(fa->ops->gdn(fa, &g, &s1, qkv, z, b, a, n, y1), 0);
+        double e = rel_l2(y1, y0, (size_t)(n * val));
+        double es = rel_l2(s1.ssm, s0.ssm, (size_t)(NV * DK * DV));
+        double ec = rel_l2(s1.conv, s0.conv, (size_t)((K - 1) * conv_dim));
+        printf("  cpu       gdn n %2d  out rel L2 %.3g  state %.3g  conv state %.3g\n", n, e, es, ec);
+        assert_true(e <= 1e-5 && es <= 1e-5 && ec == 0.0);
+        free(qkv); free(z); free(b); free(a); free(y0); free(y1);
+    }
+    free(s0.conv); free(s0.ssm); free(s1.conv); free(s1.ssm);
+    ref->ops->destroy(ref);
+    fa->ops->destroy(fa);
+}
+
 static void test_bad_args(void **state)
 {
     struct kb_backend *fa = fast_new(false, 1);
@@ -331,6 +376,7 @@ int main(void)
         cmocka_unit_test(test_dense_matmul),
         cmocka_unit_test(test_moe),
         cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_gdn),
         cmocka_unit_test(test_bad_args),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -20,6 +20,15 @@ def run(cmd):
     return r.stdout
 
 
+def warm(paths):
+    """Read files once so both engines start from a warm page cache (the
+    machine is shared; a cold start would measure the disk)."""
+    for p in paths:
+        with open(p, "rb") as f:
+            while f.read(1 << 24):
+                pass
+
+
 def llama_json(out):
     # llama-bench -o json prints one JSON array
     start = out.index("[")
@@ -38,12 +47,15 @@ def main():
     pp = [int(x) for x in a.pp.split(",")]
     depth = [int(x) for x in a.depth.split(",")]
     gguf = a.model + "/model-q4_0.gguf"
+    import glob
+    st_files = sorted(glob.glob(a.model + "/*.safetensors"))
     res = {"bw": [], "r_pp": {p: [] for p in pp}, "l_pp": {p: [] for p in pp},
            "r_tg": {d: [] for d in depth}, "l_tg": {d: [] for d in depth},
            "ttft": [], "rss": [], "bpt": None}
     for rnd in range(a.rounds):
         bw = json.loads(run([a.readbw, "--threads", str(a.threads), "--mib", "1024", "--json"]))
         res["bw"].append(bw["read_gb_s"])
+        warm(st_files)
         r = json.loads(run([a.engine, "bench", "--model", a.model, "--threads", str(a.threads),
                             "--pp", a.pp, "--depth", a.depth, "--tg", str(a.tg), "--json"]))
         for e in r["prefill"]:
@@ -53,6 +65,7 @@ def main():
         res["ttft"].append(r["ttft_ms"])
         res["rss"].append(r["peak_rss_mib"])
         res["bpt"] = r["bytes_per_token"]
+        warm([gguf])
         lp = llama_json(run([a.llama_bench, "-m", gguf, "-t", str(a.threads), "-p", a.pp,
                              "-n", "0", "-r", "1", "-o", "json"]))
         for e in lp:
