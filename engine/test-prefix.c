@@ -11,7 +11,8 @@
  *     concurrency and after a generation-time insert;
  *   - the restored length equals what the snapshot policy promises (an
  *     oracle replays the policy), and peek agrees;
- *   - per-uid isolation and the share option; the byte budget, LRU order
+ *   - the defaults (budget, interval 512); per-uid isolation and the
+ *     share option; the byte budget, LRU order
  *     and the counters; refusal of bad input before the sequence is
  *     touched;
  *   - failures: a snapshot copy that fails at any point (first byte, inside
@@ -329,6 +330,32 @@ static void test_boundaries_find(void **unused)
     assert_int_equal(prefix_cache_boundaries_find(ids, 8, 7, out, 1), 3);   /* count beyond cap */
     assert_int_equal(prefix_cache_boundaries_find(ids, 8, 9, out, 8), 0);
     assert_int_equal(prefix_cache_boundaries_find(NULL, 8, 7, out, 8), 0);
+}
+
+/* The defaults: budget min(25% MemAvailable, 8 GiB), interval 512. */
+static void test_defaults(void **unused)
+{
+    (void)unused;
+    const uint64_t d = prefix_cache_budget_default();
+    printf("default budget here: %.1f MiB\n", (double)d / (1024.0 * 1024.0));
+    assert_true(d > 0 && d <= PREFIX_CACHE_BUDGET_CAP);
+    struct prefix_cache *c = NULL;
+    struct engine_error err = { 0 };
+    assert_int_equal(prefix_cache_new(model, NULL, &c, &err), 0);
+    struct prefix_cache_stats st;
+    prefix_cache_stats_get(c, &st);
+    assert_true(st.budget_bytes > 0 && st.budget_bytes <= PREFIX_CACHE_BUDGET_CAP);
+    static int32_t p[PREFIX_CACHE_INTERVAL_DEFAULT + 40];
+    const int64_t n = PREFIX_CACHE_INTERVAL_DEFAULT + 20;
+    ids_fill(p, n + 20, 11);
+    struct model_seq *s = seq_new(n + 20);
+    assert_int_equal(run(c, s, 1, p, n, NULL, 0, 0, NULL), 0);
+    prefix_cache_stats_get(c, &st);
+    assert_int_equal(st.snapshots, 2);                       /* 512 and the end */
+    assert_int_equal(prefix_cache_peek(c, 1, p, n), PREFIX_CACHE_INTERVAL_DEFAULT);
+    assert_int_equal(prefix_cache_peek(c, 1, p, n + 20), n);
+    model_seq_free(s);
+    prefix_cache_free(c);
 }
 
 /* Many (prefix, suffix) splits of one cached prompt: on, between and off
@@ -819,6 +846,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_state_api),
         cmocka_unit_test(test_boundaries_find),
+        cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_splits),
         cmocka_unit_test(test_sessions_and_insert),
         cmocka_unit_test(test_isolation),
