@@ -9,7 +9,8 @@
  * character boundaries. Checked: the per-channel text, the tool-call
  * objects and the arguments they add up to, finish tool_calls, every token
  * id delivered exactly once (sum of n_tokens = completion_tokens), every
- * record valid UTF-8; and a cancel mid-stream still ends with one DONE.
+ * record valid UTF-8; a stop string ends the content (parser flushed, no
+ * call); and a cancel mid-stream still ends with one DONE.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -231,6 +232,22 @@ int main(void)
     free(args);
     for (int i = 0; i < 3; i++)
         free(c.text[i]);
+
+    /* A stop string in the content: matched on the raw text, the parser is
+     * flushed with what came before it, no tool call, finish stop_string. */
+    const char *stops[] = { " the file" };
+    struct resident_request qs = q;
+    qs.stop_strings = stops;
+    qs.n_stop_strings = 1;
+    struct collected c3 = { 0 };
+    TH_CHECK(resident_submit_chat(r, &qs, req, strlen(req), &id) == 0);
+    TH_CHECK(collect(r, id, &c3, 0) == 0);
+    TH_CHECK(c3.finish == RESIDENT_FINISH_STOP_STRING && c3.tokens == c3.completion);
+    TH_CHECK(c3.text[RESIDENT_CHANNEL_REASONING] && strcmp(c3.text[RESIDENT_CHANNEL_REASONING], "Thinking about it.\n") == 0);
+    TH_CHECK(c3.text[RESIDENT_CHANNEL_CONTENT] && strcmp(c3.text[RESIDENT_CHANNEL_CONTENT], "\n\nWriting") == 0);
+    TH_CHECK(c3.len[RESIDENT_CHANNEL_TOOL_CALL] == 0);
+    for (int i = 0; i < 3; i++)
+        free(c3.text[i]);
 
     /* Cancel mid-stream: one DONE, cancelled, no tool_calls finish. */
     struct collected c2 = { 0 };
