@@ -38,6 +38,7 @@
 #include "engine/sample.h"
 #include "engine/text/text-cli-chat.h"
 #include "engine/text/text-cli-tok.h"
+#include "engine/text/tokenizer.h"
 #include "kernels/backend.h"
 #if defined(RESIDENT_HAVE_CUDA) || defined(RESIDENT_HAVE_HIP)
 #include "kernels/cuda/gpu-backend.h"
@@ -197,7 +198,7 @@ static void unload(struct model *m)
 enum {
     OPT_MODEL = 1000, OPT_IDS, OPT_OUT, OPT_THREADS, OPT_TEMP, OPT_TOP_P, OPT_TOP_K,
     OPT_MIN_P, OPT_SEED, OPT_REP, OPT_PRES, OPT_FREQ, OPT_STOP, OPT_REAL_VOCAB,
-    OPT_BACKEND, OPT_KERNEL_DIR,
+    OPT_BACKEND, OPT_KERNEL_DIR, OPT_TEXT,
 };
 
 static const struct option long_opts[] = {
@@ -217,6 +218,7 @@ static const struct option long_opts[] = {
     { "real-vocab", required_argument, NULL, OPT_REAL_VOCAB },
     { "backend", required_argument, NULL, OPT_BACKEND },
     { "kernel-dir", required_argument, NULL, OPT_KERNEL_DIR },
+    { "text", no_argument, NULL, OPT_TEXT },
     { NULL, 0, NULL, 0 },
 };
 
@@ -228,6 +230,7 @@ struct opts {
     bool                 sampling;         /* any sampling flag given        */
     bool                 temp_given;
     const char          *stop;
+    bool                 text;             /* generate --text                */
 };
 
 static int parse_opts(int argc, char **argv, struct opts *o)
@@ -244,6 +247,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         case OPT_IDS:   o->c.ids_arg = optarg; break;
         case OPT_OUT:   o->out = optarg; break;
         case OPT_STOP:  o->stop = optarg; break;
+        case OPT_TEXT:  o->text = true; break;
         case OPT_BACKEND: o->c.backend = optarg; break;
         case OPT_KERNEL_DIR: o->c.kernel_dir = optarg; break;
         case OPT_THREADS:
@@ -374,6 +378,24 @@ static int cmd_generate(int argc, char **argv)
     int status = EXIT_FAILURE;
     struct engine_error err = { 0 };
     struct sample_stop stop;
+    struct tokenizer *tkz = NULL;
+    int32_t *out_ids = NULL;
+    int64_t n_out = 0;
+    if (o.text) {
+        /* --text: the model directory's tokenizer decodes the output, and
+         * (unless --real-vocab says otherwise) bounds the sampled ids. */
+        if (tokenizer_load(o.c.model, &tkz, &err)) {
+            fprintf(stderr, "resident-engine generate --text: %s\n", err.msg);
+            goto out;
+        }
+        if (!o.c.real_vocab)
+            o.c.real_vocab = (int32_t)tokenizer_token_count(tkz);
+        out_ids = malloc((size_t)(o.n > 0 ? o.n : 1) * sizeof(*out_ids));
+        if (!out_ids) {
+            fprintf(stderr, "resident-engine: out of memory\n");
+            goto out;
+        }
+    }
     if (load(&o.c, n_ids + (o.n > 0 ? o.n : 1), &m))
         goto out;
     sample_stop_init(&stop, model_get_config(m));
@@ -405,6 +427,8 @@ static int cmd_generate(int argc, char **argv)
         }
         sampler_accept(smp, tok);
         printf("%s%d", i ? "," : "", tok);
+        if (out_ids)
+            out_ids[n_out++] = tok;
         if (sample_stop_hit(&stop, tok) || i + 1 == o.n)
             break;
         if (model_decode(m, &s, &tok, 1, logits, &err)) {
@@ -414,8 +438,21 @@ static int cmd_generate(int argc, char **argv)
         }
     }
     printf("\n");
+    if (tkz) {
+        char *text = NULL;
+        size_t len = 0;
+        if (tokenizer_decode(tkz, out_ids, (size_t)n_out, true, &text, &len, &err)) {
+            fprintf(stderr, "resident-engine generate --text: %s\n", err.msg);
+            goto out;
+        }
+        fwrite(text, 1, len, stdout);
+        printf("\n");
+        free(text);
+    }
     status = fflush(stdout) ? EXIT_FAILURE : EXIT_SUCCESS;
 out:
+    tokenizer_free(tkz);
+    free(out_ids);
     free(logits);
     free(ids);
     free(stop_ids);
@@ -659,7 +696,7 @@ static const struct cmd cmds[] = {
     { "generate", cmd_generate,
       "--model DIR --ids 1,2,3 -n N [--temp T --top-p P --top-k K --min-p P --seed S\n"
       "        --repetition-penalty R --presence-penalty P --frequency-penalty F\n"
-      "        --stop ID,... --real-vocab N --threads N --backend NAME --kernel-dir DIR]" },
+      "        --stop ID,... --real-vocab N --threads N --backend NAME --kernel-dir DIR --text]" },
     { "info", cmd_info, "--model DIR [--threads N --backend NAME --kernel-dir DIR]" },
     { "bench", cmd_bench,
       "--model DIR [--threads N] [--backend cpu|cpu-exact|cpu-ref] [--pp 512,4096]\n"
