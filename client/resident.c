@@ -404,7 +404,7 @@ static int submit(struct resident *r, const struct resident_request *qin, uint32
         return seterr(r, ret == -EPROTO ? -EPROTO : ret, "request ring: %s", strerror(-ret));
     uint64_t id = q.id ? q.id : r->next_id++;
     struct shm_req_submit s = {
-        .req_id = id, .kind = kind, .flags = q.flags & RESIDENT_REQ_IGNORE_EOS, .max_tokens = q.max_tokens,
+        .req_id = id, .kind = kind, .flags = q.flags & (RESIDENT_REQ_IGNORE_EOS | RESIDENT_REQ_NO_CACHE), .max_tokens = q.max_tokens,
         .top_k = q.top_k, .seed = q.seed, .temperature = q.temperature, .top_p = q.top_p, .min_p = q.min_p,
         .repeat_penalty = q.repeat_penalty, .n_stop_ids = q.n_stop_ids, .n_stop_strs = q.n_stop_strings,
         .stop_strs_len = blob, .payload_len = (uint32_t)len,
@@ -561,6 +561,7 @@ static int take_event(struct resident *r, struct resident_event *ev)
         ev->message = r->msg;
         ev->prompt_tokens = d.prompt_tokens;
         ev->completion_tokens = d.completion_tokens;
+        ev->cached_tokens = d.cached_tokens;
         ev->queue_us = d.queue_us;
         ev->ttft_us = d.ttft_us;
         ev->total_us = d.total_us;

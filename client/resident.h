@@ -72,6 +72,8 @@ struct resident_connect_params {
 
 enum resident_request_flags {
     RESIDENT_REQ_IGNORE_EOS = 0x1,
+    RESIDENT_REQ_NO_CACHE   = 0x2,   /* no prefix-cache reuse or store for this request
+                                        (daemons before the prefix cache reject the bit) */
 };
 
 struct resident_request {
@@ -132,6 +134,9 @@ struct resident_event {
     int             error;          /* 0 or negative errno */
     const char     *message;        /* NUL-terminated, "" when none */
     uint32_t        completion_tokens;
+    uint32_t        cached_tokens;  /* DONE: prompt tokens reused from the prefix cache
+                                       (included in prompt_tokens); sits in what was
+                                       padding, so the struct size is unchanged */
     uint64_t        queue_us, ttft_us, total_us, decode_us;
 };
 

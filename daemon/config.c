@@ -35,6 +35,8 @@ void daemon_config_defaults(struct daemon_config *c)
     c->keep_cap_ipc_lock = 0;
     c->memlock = DAEMON_MEMLOCK_LOCK;
     c->fd_store = DAEMON_FD_STORE_AUTO;
+    c->prefix_cache = 1;
+    c->prefix_cache_bytes = 0;
 }
 
 static int parse_u64(const char *v, uint64_t lo, uint64_t hi, int base, uint64_t *out)
@@ -172,6 +174,24 @@ int daemon_config_set(struct daemon_config *c, const char *key, const char *valu
             return -EINVAL;
         }
         c->max_ring_bytes_per_uid = x;
+        return 0;
+    }
+    if (strcmp(key, "prefix_cache_bytes") == 0) {
+        if (parse_u64(value, 0, 1ull << 50, 10, &x) < 0) {
+            snprintf(err, errlen, "%s = '%s': expected bytes in 0..2^50 (0 = the cache's default, "
+                     "min(25%% of MemAvailable, 8 GiB))", key, value);
+            return -EINVAL;
+        }
+        c->prefix_cache_bytes = x;
+        return 0;
+    }
+    if (strcmp(key, "prefix_cache") == 0) {
+        int v;
+        if (parse_word(value, bool_words, &v) < 0) {
+            snprintf(err, errlen, "%s = '%s': expected on or off", key, value);
+            return -EINVAL;
+        }
+        c->prefix_cache = (uint32_t)v;
         return 0;
     }
     if (strcmp(key, "socket_mode") == 0) {
@@ -361,6 +381,10 @@ void daemon_config_apply_live(struct daemon_config *cur, const struct daemon_con
         note_restart(restart_keys, len, "memlock");
     if (cur->fd_store != next->fd_store)
         note_restart(restart_keys, len, "fd_store");
+    if (cur->prefix_cache != next->prefix_cache)
+        note_restart(restart_keys, len, "prefix_cache");
+    if (cur->prefix_cache_bytes != next->prefix_cache_bytes)
+        note_restart(restart_keys, len, "prefix_cache_bytes");
     memcpy(cur->allow_uids, next->allow_uids, sizeof(cur->allow_uids));
     cur->n_allow_uids = next->n_allow_uids;
     memcpy(cur->allow_gids, next->allow_gids, sizeof(cur->allow_gids));

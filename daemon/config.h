@@ -30,6 +30,10 @@
  *   handshake_ms             5000   connect -> HELLO deadline
  *   shutdown_grace_ms        2000   SIGTERM: in-flight work may finish this long
  *
+ * Prefix cache (engine generator; restart to change; docs/prefix-cache.md):
+ *   prefix_cache             on     on / off: reuse prompt prefixes across a uid's requests
+ *   prefix_cache_bytes       0      host memory budget; 0 = min(25% of MemAvailable, 8 GiB)
+ *
  * Service keys (docs/service.md; all need a restart to change):
  *   privileges               keep   keep: no privilege change (tests, development);
  *                                   auto: verify under a service manager or as
@@ -106,6 +110,9 @@ struct daemon_config {
     int      keep_cap_ipc_lock;
     enum daemon_memlock memlock;
     enum daemon_fd_store fd_store;
+    /* prefix cache (restart-only) */
+    uint32_t prefix_cache;
+    uint64_t prefix_cache_bytes;
 };
 
 /* One command-line override, applied after the config file (and again on

@@ -23,9 +23,29 @@
  * (special tokens such as <|im_end|> contribute none); the scheduler's
  * text stream holds back split UTF-8 sequences.
  *
+ * PREFIX CACHE (engine/prefix-cache.h, docs/prefix-cache.md): one cache
+ * per model, configured by the scheduler (configure: prefix_cache,
+ * prefix_cache_bytes). The scheduler's chunked prefill stays: seq_new
+ * peeks how many leading prompt tokens the requester's (uid's) tree can
+ * restore and reports it through seq_cached, so the scheduler hands out
+ * only the rest as prefill chunks. The first prefill step restores that
+ * prefix (prefix_cache_restore, capped at the peeked length so the
+ * scheduler's count holds; if the snapshot was evicted in between, the
+ * missing tokens are computed in that step, so the result stays exact)
+ * and reports the restored count in gen_item.cached. Chunks are split
+ * inside the step at the cache's snapshot positions (the first and last
+ * message start, every `interval` tokens after them, the prompt end) and a
+ * snapshot is inserted right after each, so the next request can resume
+ * there. A turn that ends in a tool call (a `<tool_call>` token in the
+ * output, then an end-of-turn token) stores one more snapshot of prompt +
+ * output: the next request renders that call verbatim. Requests with
+ * GEN_PROMPT_F_NO_CACHE neither restore nor store.
+ *
  * Threading (gen.h): create/destroy/seq_new/seq_free on the event loop,
  * step on the worker, never concurrently for a sequence in the batch. The
  * tokenizer is safe for concurrent use; the model serialises its calls.
+ * The cache has its own lock; seq_new's peek takes it briefly (it can wait
+ * for a snapshot copy on the worker, never for a forward pass).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -36,6 +56,7 @@
 
 #include "daemon/gen.h"
 #include "engine/model.h"
+#include "engine/prefix-cache.h"
 #include "engine/sample.h"
 #include "engine/text/template.h"
 #include "engine/text/tokenizer.h"
@@ -58,16 +79,30 @@ struct gen_engine {
     int32_t          *batch_ids;
     size_t           *batch_items;
     size_t            batch_cap;
+    struct prefix_cache *pc;     /* NULL = prefix cache off                 */
+    int32_t           im_start;  /* message boundary marker, -1 = none     */
+    int32_t           tool_call; /* `<tool_call>` id, -1 = none            */
 };
 
 struct gen_engine_seq {
     struct model_seq *seq;
     struct sampler   *sampler;
-    int32_t          *prompt;
+    int32_t          *prompt;    /* prompt ids, then the sampled ids        */
     uint32_t          n_prompt;
+    uint32_t          n_ids, cap_ids; /* ids held in prompt[] / its room    */
     uint32_t          done;      /* prompt ids consumed                     */
     int32_t           last;      /* last sampled id (next decode input)     */
     int               has_last;
+    /* prefix cache */
+    int               use_cache; /* restore and store for this sequence     */
+    int               started;   /* first prefill step done                 */
+    uint32_t          uid;
+    uint32_t          planned;   /* tokens to restore (peeked at seq_new)   */
+    int64_t           bnd[2];    /* first and last message start           */
+    int32_t           n_bnd;
+    int64_t          *pts;       /* snapshot positions (prefix_cache_points) */
+    int64_t           n_pts, k_pts;
+    int               saw_tool;  /* a <tool_call> token was sampled         */
 };
 
 static int fail(char *err, size_t errlen, int code, const struct engine_error *e, const char *what)
@@ -81,6 +116,7 @@ static void engine_destroy(void *ctx)
     struct gen_engine *g = ctx;
     if (!g)
         return;
+    prefix_cache_free(g->pc);
     model_free(g->model);
     tokenizer_free(g->tok);
     free(g->logits);
@@ -140,8 +176,43 @@ static int engine_create(const char *model_dir, void **ctx, char *err, size_t er
     int32_t im_end = tokenizer_token_to_id(g->tok, "<|im_end|>");
     if (im_end >= 0 && !sample_stop_hit(&g->stop, im_end))
         sample_stop_add(&g->stop, im_end);
+    g->im_start = tokenizer_token_to_id(g->tok, "<|im_start|>");
+    g->tool_call = tokenizer_token_to_id(g->tok, "<tool_call>");
     *ctx = g;
     return 0;
+}
+
+static int engine_configure(void *ctx, const struct gen_options *o, char *err, size_t errlen)
+{
+    struct gen_engine *g = ctx;
+    struct engine_error e = { 0 };
+    if (!o->prefix_cache || g->pc)
+        return 0;
+    struct prefix_cache_params p = PREFIX_CACHE_PARAMS_DEFAULT;
+    p.budget_bytes = o->prefix_cache_bytes;
+    int r = prefix_cache_new(g->model, &p, &g->pc, &e);
+    if (r < 0)
+        return fail(err, errlen, r, &e, "prefix cache");
+    return 0;
+}
+
+static void engine_stats(void *ctx, char *buf, size_t len)
+{
+    struct gen_engine *g = ctx;
+    if (!len)
+        return;
+    buf[0] = '\0';
+    if (!g->pc) {
+        snprintf(buf, len, "prefix cache off");
+        return;
+    }
+    struct prefix_cache_stats st;
+    prefix_cache_stats_get(g->pc, &st);
+    snprintf(buf, len, "prefix cache: %" PRIu64 " hits, %" PRIu64 " misses, %" PRIu64 " tokens reused, %"
+             PRIu64 " prefilled, %" PRIu64 " of %" PRIu64 " bytes held (%" PRIu64 " snapshots), %"
+             PRIu64 " evictions, %" PRIu64 " rejected", st.hits, st.misses, st.tokens_reused,
+             st.tokens_prefilled, st.bytes_held, st.budget_bytes, st.snapshots, st.evictions,
+             st.snapshots_rejected);
 }
 
 static uint32_t engine_vocab_size(void *ctx)
@@ -252,6 +323,7 @@ static void engine_seq_free(void *ctx, void *seq)
     model_seq_free(s->seq);
     sampler_free(s->sampler);
     free(s->prompt);
+    free(s->pts);
     free(s);
 }
 
@@ -276,6 +348,23 @@ static int engine_seq_new(void *ctx, const struct gen_prompt *p, void **seq, uin
         return n == 0 ? -EINVAL : -E2BIG;
     }
     s->n_prompt = (uint32_t)n;
+    s->n_ids = s->cap_ids = (uint32_t)n;
+    s->uid = p->uid;
+    if (g->pc && !(p->flags & GEN_PROMPT_F_NO_CACHE)) {
+        s->use_cache = 1;
+        /* The first and the last message start: new conversations share
+         * the system message, the next turn the previous generation
+         * prompt (docs/prefix-cache.md, "Which boundaries to pass"). */
+        for (size_t i = 1; g->im_start >= 0 && i < n; i++) {
+            if (s->prompt[i] != g->im_start)
+                continue;
+            if (s->n_bnd == 0)
+                s->bnd[s->n_bnd++] = (int64_t)i;
+            else
+                s->bnd[s->n_bnd == 1 ? s->n_bnd++ : 1] = (int64_t)i;
+        }
+        s->planned = (uint32_t)prefix_cache_peek(g->pc, s->uid, s->prompt, (int64_t)n);
+    }
 
     struct sample_params sp = SAMPLE_PARAMS_DEFAULT;
     sp.temperature = p->temperature;
@@ -304,6 +393,73 @@ static int engine_seq_new(void *ctx, const struct gen_prompt *p, void **seq, uin
     return 0;
 }
 
+static uint32_t engine_seq_cached(void *ctx, void *seq)
+{
+    (void)ctx;
+    return ((const struct gen_engine_seq *)seq)->planned;
+}
+
+/* Snapshot the sequence at its current length (ids prompt[0..len)). A
+ * snapshot that is not stored costs reuse, never correctness: failures
+ * are counted by the cache (rejected) or dropped. */
+static void cache_store(struct gen_engine *g, struct gen_engine_seq *s)
+{
+    struct engine_error e = { 0 };
+    int64_t len = model_seq_len(s->seq);
+    if (len > 0 && len <= (int64_t)s->n_ids)
+        (void)prefix_cache_insert(g->pc, s->seq, s->uid, s->prompt, len, &e);
+}
+
+/* Prefill prompt ids [done, to), split at the snapshot positions with a
+ * snapshot after each; `logits` (or NULL) gets the last position's. */
+static int advance(struct gen_engine *g, struct gen_engine_seq *s, uint32_t to, float *logits,
+                   struct engine_error *e)
+{
+    uint32_t from = s->done;
+    while (s->done < to) {
+        while (s->k_pts < s->n_pts && s->pts[s->k_pts] <= (int64_t)s->done)
+            s->k_pts++;
+        uint32_t end = to;
+        int snap = 0;
+        if (s->k_pts < s->n_pts && s->pts[s->k_pts] <= (int64_t)to) {
+            end = (uint32_t)s->pts[s->k_pts];
+            snap = 1;
+        }
+        struct model_prefill_params pp = { 0 };
+        if (end == to)
+            pp.logits = logits;
+        int r = model_prefill(g->model, s->seq, s->prompt + s->done, (int64_t)(end - s->done), &pp, e);
+        if (r < 0)
+            return r;
+        s->done = end;
+        if (snap) {
+            cache_store(g, s);
+            s->k_pts++;
+        }
+    }
+    if (g->pc && s->use_cache)
+        prefix_cache_note_prefilled(g->pc, (int64_t)(s->done - from));
+    return 0;
+}
+
+/* First prefill step of a cached sequence: restore the planned prefix. */
+static int cache_start(struct gen_engine *g, struct gen_engine_seq *s, struct gen_item *it,
+                       struct engine_error *e)
+{
+    int64_t got = 0;
+    int r = prefix_cache_restore(g->pc, s->seq, s->uid, s->prompt, (int64_t)s->planned + 1, &got, e);
+    if (r < 0)
+        return r;
+    s->done = (uint32_t)got;
+    it->cached = (uint32_t)got;
+    struct prefix_cache_request req = { .boundaries = s->bnd, .n_boundaries = s->n_bnd };
+    if (prefix_cache_points(g->pc, &req, got, (int64_t)s->n_prompt, &s->pts, &s->n_pts) < 0)
+        s->n_pts = 0;   /* no memory for the plan: no snapshots */
+    s->k_pts = 0;
+    /* Evicted since seq_new: compute the difference (exact, only slower). */
+    return advance(g, s, s->planned, NULL, e);
+}
+
 static void emit(struct gen_engine *g, struct gen_engine_seq *s, struct gen_item *it, int32_t id)
 {
     sampler_accept(s->sampler, id);
@@ -311,6 +467,27 @@ static void emit(struct gen_engine *g, struct gen_engine_seq *s, struct gen_item
     s->has_last = 1;
     it->token = (uint32_t)id;
     it->eos = sample_stop_hit(&g->stop, id);
+    if (g->pc && s->use_cache) {
+        if (id == g->tool_call)
+            s->saw_tool = 1;
+        /* Keep the output ids after the prompt: a tool-call turn stores a
+         * snapshot of prompt + output (everything but this end token,
+         * which was not fed yet) for the request that renders it back. */
+        if (s->n_ids == s->cap_ids) {
+            uint32_t nc = s->cap_ids < 64 ? 128 : s->cap_ids * 2;
+            int32_t *np = nc > s->cap_ids ? realloc(s->prompt, (size_t)nc * sizeof(int32_t)) : NULL;
+            if (np) {
+                s->prompt = np;
+                s->cap_ids = nc;
+            }
+        }
+        if (s->n_ids < s->cap_ids)
+            s->prompt[s->n_ids++] = id;
+        else
+            s->use_cache = 0;   /* out of memory: stop storing, output unaffected */
+        if (s->use_cache && it->eos && s->saw_tool && model_seq_len(s->seq) == (int64_t)s->n_ids - 1)
+            cache_store(g, s);
+    }
     it->piece_len = 0;
     if (tokenizer_id_is_special(g->tok, id))
         return;
@@ -380,21 +557,27 @@ static int engine_step(void *ctx, struct gen_item *items, size_t n)
             nb++;
             continue;
         }
+        engine_error_clear(&e);
+        if (!s->started) {
+            s->started = 1;
+            if (s->use_cache) {
+                r = cache_start(g, s, it, &e);
+                if (r < 0) {
+                    it->error = r;
+                    continue;
+                }
+            }
+        }
         if (it->n_prefill > s->n_prompt - s->done) {
             it->error = -EPROTO;
             continue;
         }
-        engine_error_clear(&e);
-        struct model_prefill_params pp = { 0 };
         int last_chunk = s->done + it->n_prefill == s->n_prompt;
-        if (it->sample && last_chunk)
-            pp.logits = g->logits;
-        r = model_prefill(g->model, s->seq, s->prompt + s->done, it->n_prefill, &pp, &e);
+        r = advance(g, s, s->done + it->n_prefill, it->sample && last_chunk ? g->logits : NULL, &e);
         if (r < 0) {
             it->error = r;
             continue;
         }
-        s->done += it->n_prefill;
         if (it->sample && last_chunk) {
             int32_t id;
             r = sampler_sample(s->sampler, g->logits, &id);
@@ -435,4 +618,7 @@ const struct gen_ops gen_engine_ops = {
     .seq_new = engine_seq_new,
     .seq_free = engine_seq_free,
     .step = engine_step,
+    .configure = engine_configure,
+    .seq_cached = engine_seq_cached,
+    .stats = engine_stats,
 };

@@ -33,6 +33,16 @@ struct gen_prompt {
     float          temperature, top_p, min_p, repeat_penalty;
     uint32_t       top_k;
     uint32_t       max_new_tokens;  /* the request's output limit (sizes the sequence state) */
+    uint32_t       uid;         /* requester (SO_PEERCRED): prefix-cache isolation */
+    uint32_t       flags;       /* GEN_PROMPT_F_* */
+};
+
+#define GEN_PROMPT_F_NO_CACHE 0x1u   /* no prefix-cache reuse or store (SHM_REQ_F_NO_PREFIX_CACHE) */
+
+/* Daemon configuration a generator may use (gen_ops.configure). */
+struct gen_options {
+    uint32_t prefix_cache;          /* 0 = off, 1 = on */
+    uint64_t prefix_cache_bytes;    /* budget; 0 = the cache's default */
 };
 
 /* One sequence's part of a compute step. */
@@ -40,6 +50,10 @@ struct gen_item {
     void    *seq;
     uint32_t n_prefill;     /* in: prompt tokens to consume this step (0 = decode) */
     uint32_t sample;        /* in: produce a token at the end of this step */
+    /* out, on the first prefill step of a sequence whose seq_cached() was
+     * > 0 or which looked up a cache: prompt tokens restored instead of
+     * computed (reported as cached_tokens) */
+    uint32_t cached;
     /* out (when sample): */
     uint32_t token;
     uint32_t eos;           /* token is end-of-sequence */
@@ -63,6 +77,17 @@ struct gen_ops {
     void (*seq_free)(void *ctx, void *seq);
     /* Advance every item by one step (batched). */
     int  (*step)(void *ctx, struct gen_item *items, size_t n);
+    /* Optional (NULL = none). configure: called once by the scheduler
+     * before the first request, on the event loop; an error is logged and
+     * the generator runs without what it configures. */
+    int  (*configure)(void *ctx, const struct gen_options *o, char *err, size_t errlen);
+    /* seq_cached: right after seq_new, the number of leading prompt tokens
+     * (< prompt_tokens) the sequence will restore from a cache instead of
+     * computing, at its first prefill step. The scheduler hands out only
+     * the remaining prompt_tokens - seq_cached tokens as n_prefill. */
+    uint32_t (*seq_cached)(void *ctx, void *seq);
+    /* stats: one line for STATUS= and the log ("" when nothing to say). */
+    void (*stats)(void *ctx, char *buf, size_t len);
 };
 
 /**

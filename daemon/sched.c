@@ -77,6 +77,7 @@ struct seq {
     void           *gen_seq;
     uint32_t        flags;
     uint32_t        prompt_tokens, prefill_left, max_tokens, generated;
+    uint32_t        cached_tokens;      /* restored from the generator's prefix cache */
     int             in_batch;
     uint32_t        cancel_finish;      /* finish reason to apply when back from the batch */
     uint32_t        stop_ids[SHM_STOP_IDS_MAX];
@@ -192,6 +193,7 @@ static void seq_finish(struct seq *q, uint32_t finish, int error, const char *fm
     e->error = error;
     e->prompt_tokens = q->prompt_tokens;
     e->completion_tokens = q->generated;
+    e->cached_tokens = q->cached_tokens;
     e->queue_us = q->t_compute ? q->t_compute - q->t_submit : 0;
     e->ttft_us = q->t_first ? q->t_first - q->t_submit : 0;
     e->total_us = now - q->t_submit;
@@ -560,6 +562,8 @@ static void handle_submit(struct session *s, const uint8_t *body, size_t len)
             .temperature = f->temperature, .top_p = f->top_p, .min_p = f->min_p,
             .repeat_penalty = f->repeat_penalty, .top_k = f->top_k,
             .max_new_tokens = q->max_tokens,
+            .uid = (uint32_t)s->cred.uid,
+            .flags = (f->flags & SHM_REQ_F_NO_PREFIX_CACHE) ? GEN_PROMPT_F_NO_CACHE : 0,
         };
         r = d->gen->seq_new(d->gen_ctx, &gp, &q->gen_seq, &q->prompt_tokens, err, sizeof(err));
     }
@@ -579,6 +583,13 @@ static void handle_submit(struct session *s, const uint8_t *body, size_t len)
         return;
     }
     q->prefill_left = q->prompt_tokens;
+    if (d->gen->seq_cached) {
+        /* Restored at the first prefill step, not computed: only the rest
+         * is handed out in chunks. */
+        uint32_t planned = d->gen->seq_cached(d->gen_ctx, q->gen_seq);
+        if (planned < q->prompt_tokens)
+            q->prefill_left -= planned;
+    }
     q->n_stop_ids = f->n_stop_ids;
     memcpy(q->stop_ids, v.stop_ids, 4ull * f->n_stop_ids);
     if (f->n_stop_strs) {
@@ -684,6 +695,14 @@ int sched_init(struct daemon *d)
     if (!d->batch || !d->batch_seqs)
         return -ENOMEM;
     struct worker *w = &d->worker;
+    if (d->gen->configure) {
+        struct gen_options o = { .prefix_cache = d->cfg.prefix_cache,
+                                 .prefix_cache_bytes = d->cfg.prefix_cache_bytes };
+        char err[256];
+        int r = d->gen->configure(d->gen_ctx, &o, err, sizeof(err));
+        if (r < 0)
+            daemon_log("generator %s: %s; continuing without it", d->gen->name, err);
+    }
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->cond, NULL);
     int r = pthread_create(&w->thread, NULL, worker_main, d);
@@ -832,6 +851,8 @@ void sched_batch_done(struct daemon *d)
             continue;
         }
         q->prefill_left -= it->n_prefill;
+        if (it->cached)
+            q->cached_tokens = it->cached;
         if (it->sample)
             seq_token(q, it);
     }

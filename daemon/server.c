@@ -682,6 +682,28 @@ static int stop_progress(struct daemon *d, uint64_t now)
     return d->sessions == NULL && !d->batch_busy;
 }
 
+/* ---- STATUS= ---- */
+
+/* The generator's counters (the engine's prefix cache: hits, misses,
+ * tokens reused, bytes held, evictions) ride on the STATUS= line,
+ * refreshed every STATUS_PERIOD_US by the tick, and go to the log at
+ * SIGHUP and exit. */
+#define STATUS_PERIOD_US 5000000ull
+
+static void gen_stats(struct daemon *d, char *buf, size_t len)
+{
+    buf[0] = '\0';
+    if (d->gen->stats && d->gen_ctx)
+        d->gen->stats(d->gen_ctx, buf, len);
+}
+
+static void notify_serving(struct daemon *d, const char *extra)
+{
+    char st[512];
+    gen_stats(d, st, sizeof(st));
+    sd_notifyf(0, "%sSTATUS=serving (generator %s)%s%s", extra, d->gen->name, st[0] ? "; " : "", st);
+}
+
 /* ---- SIGHUP ---- */
 
 /* Re-read residentd.conf (and re-apply the command-line overrides). A bad
@@ -702,7 +724,11 @@ static void reload(struct daemon *d)
                    restart[0] ? " (changed, but only applied after a restart: " : "", restart,
                    restart[0] ? ")" : "");
     }
-    sd_notifyf(0, "READY=1\nSTATUS=serving (generator %s)", d->gen->name);
+    char st[512];
+    gen_stats(d, st, sizeof(st));
+    if (st[0])
+        daemon_log("SIGHUP: %s", st);
+    notify_serving(d, "READY=1\n");
 }
 
 /* ---- the loop ---- */
@@ -721,6 +747,11 @@ static void on_tick(struct daemon *d)
     if (d->accept_retry_us && now >= d->accept_retry_us && !d->stopping) {
         d->accept_retry_us = 0;
         arm_accept(d);
+    }
+    static uint64_t last_status_us;
+    if (!d->stopping && d->gen->stats && now - last_status_us >= STATUS_PERIOD_US) {
+        notify_serving(d, "");
+        last_status_us = now;
     }
     if (d->watchdog_usec && now - d->last_watchdog_us >= d->watchdog_usec / 2) {
         sd_notify(0, "WATCHDOG=1");
@@ -992,7 +1023,7 @@ int daemon_run(struct daemon *d, char *err, size_t errlen)
     arm_tick(d);
     if (sd_watchdog_enabled(0, &d->watchdog_usec) <= 0)
         d->watchdog_usec = 0;
-    sd_notifyf(0, "READY=1\nSTATUS=serving (generator %s)", d->gen->name);
+    notify_serving(d, "READY=1\n");
     daemon_log("ready");
 
     for (;;) {
@@ -1016,6 +1047,10 @@ int daemon_run(struct daemon *d, char *err, size_t errlen)
     }
     /* Stop the worker before tearing down what it may touch. */
     sched_fini(d);
+    char st[512];
+    gen_stats(d, st, sizeof(st));
+    if (st[0])
+        daemon_log("exit: %s", st);
     if (!d->listen_inherited && d->listen_fd >= 0)
         unlink(d->cfg.socket);
     close(d->listen_fd);

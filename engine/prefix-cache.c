@@ -670,6 +670,71 @@ int prefix_cache_prefill(struct prefix_cache *c, struct model_seq *seq,
     return rc;
 }
 
+int prefix_cache_restore(struct prefix_cache *c, struct model_seq *seq, uint32_t uid,
+                         const int32_t *ids, int64_t n, int64_t *restored, struct engine_error *err)
+{
+    if (restored)
+        *restored = 0;
+    if (!c || !seq || seq->model != c->model)
+        return engine_error_set(err, -EINVAL, "restore needs a cache and a sequence of its model");
+    if (n <= 0)
+        return engine_error_set(err, -EINVAL, "restore needs at least one token, got %" PRId64, n);
+    if (n > model_seq_capacity(seq))
+        return engine_error_set(err, -ENOSPC, "prompt of %" PRId64 " tokens does not fit the "
+                                "sequence capacity %" PRId64, n, model_seq_capacity(seq));
+    int rc = check_ids(c, ids, n, err);
+    if (rc)
+        return rc;
+    if ((rc = model_seq_reset(seq)))
+        return engine_error_set(err, rc, "could not reset the sequence");
+    int64_t r = 0;
+    pthread_mutex_lock(&c->lock);
+    struct pc_node *root = root_find(c, uid, false);
+    if (root)
+        rc = restore_locked(c, seq, root, ids, n, &r, err);
+    c->st.lookups++;
+    if (r && !rc)
+        c->st.hits++;
+    else
+        c->st.misses++;
+    if (!rc)
+        c->st.tokens_reused += (uint64_t)r;
+    pthread_mutex_unlock(&c->lock);
+    if (rc)
+        return rc;
+    if (restored)
+        *restored = r;
+    return 0;
+}
+
+int prefix_cache_points(struct prefix_cache *c, const struct prefix_cache_request *req,
+                        int64_t from, int64_t n, int64_t **out, int64_t *count)
+{
+    const struct prefix_cache_request none = { 0 };
+    *out = NULL;
+    *count = 0;
+    if (!c || n <= 0 || from < 0)
+        return -EINVAL;
+    if (!req)
+        req = &none;
+    if (req->n_boundaries < 0 || (req->n_boundaries && !req->boundaries))
+        return -EINVAL;
+    for (int32_t i = 0; i < req->n_boundaries; i++)
+        if (req->boundaries[i] < 0 || req->boundaries[i] > n ||
+            (i && req->boundaries[i] <= req->boundaries[i - 1]))
+            return -EINVAL;
+    return plan_points(c, req, from, n, out, count);
+}
+
+void prefix_cache_note_prefilled(struct prefix_cache *c, int64_t tokens)
+{
+    if (!c || tokens <= 0)
+        return;
+    pthread_mutex_lock(&c->lock);
+    c->st.tokens_prefilled += (uint64_t)tokens;
+    pthread_mutex_unlock(&c->lock);
+}
+
 int prefix_cache_insert(struct prefix_cache *c, struct model_seq *seq, uint32_t uid,
                         const int32_t *ids, int64_t n, struct engine_error *err)
 {

@@ -143,6 +143,33 @@ int prefix_cache_prefill(struct prefix_cache *c, struct model_seq *seq,
 int prefix_cache_insert(struct prefix_cache *c, struct model_seq *seq, uint32_t uid,
                         const int32_t *ids, int64_t n, struct engine_error *err);
 
+/*
+ * Restore-only, for callers that prefill in their own chunks (residentd's
+ * scheduler): reset `seq` and restore the longest cached prefix of at most
+ * n-1 tokens of ids[0..n) that ends at a snapshot (uid's tree unless
+ * shared); *restored (may be NULL) gets its length, 0 on a miss. Counted
+ * as a lookup (hit / miss / tokens_reused) like prefix_cache_prefill. The
+ * caller then prefills ids[restored..n) itself and stores snapshots with
+ * prefix_cache_insert right after the chunks that end at the positions
+ * prefix_cache_points lists; the logits equal a full recompute's under
+ * the same conditions as prefix_cache_prefill (see the header essay).
+ * Errors: -EINVAL, -ENOSPC (checked before seq is touched); a backend
+ * error from the copy leaves seq broken (model_seq_reset).
+ */
+int prefix_cache_restore(struct prefix_cache *c, struct model_seq *seq, uint32_t uid,
+                         const int32_t *ids, int64_t n, int64_t *restored, struct engine_error *err);
+
+/* The snapshot positions prefix_cache_prefill would use for a prompt of n
+ * tokens resumed at `from`: ascending positions in (from, n] (message
+ * boundaries of req, every `interval` tokens after one, and n). *out is
+ * malloc'd (free it); req->uid and flags are ignored. 0, -EINVAL, -ENOMEM. */
+int prefix_cache_points(struct prefix_cache *c, const struct prefix_cache_request *req,
+                        int64_t from, int64_t n, int64_t **out, int64_t *count);
+
+/* Add tokens a caller prefilled itself (after prefix_cache_restore) to the
+ * tokens_prefilled counter. */
+void prefix_cache_note_prefilled(struct prefix_cache *c, int64_t tokens);
+
 /* Tokens prefix_cache_prefill would restore for ids[0..n) now (no effect on
  * the cache, its LRU order or its counters). */
 int64_t prefix_cache_peek(struct prefix_cache *c, uint32_t uid, const int32_t *ids, int64_t n);

@@ -45,7 +45,7 @@ int shm_proto_decode_submit(const void *body, size_t len, uint64_t data_size,
     const struct shm_req_submit *f = &out->fixed;
     if (f->kind < SHM_PROMPT_TEXT || f->kind > SHM_PROMPT_CHAT)
         return fail(why, "SUBMIT kind is not TEXT, RAW, IDS or CHAT");
-    if (f->flags & ~SHM_REQ_F_IGNORE_EOS)
+    if (f->flags & ~SHM_REQ_F_ALL)
         return fail(why, "SUBMIT flags has unknown bits");
     if (f->reserved != 0)
         return fail(why, "SUBMIT reserved must be 0");

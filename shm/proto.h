@@ -64,7 +64,9 @@ enum shm_loc {
 #define SHM_STOP_STR_LEN_MAX 256u
 
 /* Request flags. */
-#define SHM_REQ_F_IGNORE_EOS 0x1u
+#define SHM_REQ_F_IGNORE_EOS      0x1u
+#define SHM_REQ_F_NO_PREFIX_CACHE 0x2u   /* neither reuse nor store prefix-cache state */
+#define SHM_REQ_F_ALL             (SHM_REQ_F_IGNORE_EOS | SHM_REQ_F_NO_PREFIX_CACHE)
 
 struct shm_req_submit {
     uint64_t req_id;        /* chosen by the client, unique among its in-flight requests */
@@ -137,7 +139,8 @@ struct shm_evt_done {
     uint64_t total_us;          /* submit seen -> done */
     uint64_t decode_us;         /* first token -> last token */
     uint32_t msg_len;
-    uint32_t reserved;
+    uint32_t cached_tokens;     /* prompt tokens restored from the prefix cache
+                                   (part of prompt_tokens); 0 from older daemons */
 };
 _Static_assert(sizeof(struct shm_evt_done) == 64, "done layout");
 
