@@ -296,7 +296,8 @@ static bool runner_loop(struct oai_job *j, struct resident *r, uint64_t id)
                 snprintf(j->fin_msg, sizeof(j->fin_msg), "%s", ev.message ? ev.message : "");
                 j->fin = (struct oai_finish){ .finish = ev.finish, .error = ev.error, .message = j->fin_msg,
                                               .prompt_tokens = ev.prompt_tokens,
-                                              .completion_tokens = ev.completion_tokens };
+                                              .completion_tokens = ev.completion_tokens,
+                                              .cached_tokens = ev.cached_tokens };
                 if (j->req.stream)
                     oai_stream_finish(&j->st, &j->fin);
                 j->done = true;

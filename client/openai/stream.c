@@ -53,14 +53,21 @@ static struct json_object *envelope_new(const struct oai_stream *s, const char *
     return o;
 }
 
-static struct json_object *usage_new(uint32_t prompt, uint32_t completion)
+/* usage, with prompt_tokens_details.cached_tokens (OpenAI's name for the
+ * prompt tokens served from a cache; residentd's prefix cache) */
+static struct json_object *usage_new(const struct oai_finish *f)
 {
     struct json_object *u = json_object_new_object();
     if (!u)
         return NULL;
-    json_object_object_add(u, "prompt_tokens", json_object_new_int64(prompt));
-    json_object_object_add(u, "completion_tokens", json_object_new_int64(completion));
-    json_object_object_add(u, "total_tokens", json_object_new_int64((int64_t)prompt + completion));
+    json_object_object_add(u, "prompt_tokens", json_object_new_int64(f->prompt_tokens));
+    json_object_object_add(u, "completion_tokens", json_object_new_int64(f->completion_tokens));
+    json_object_object_add(u, "total_tokens", json_object_new_int64((int64_t)f->prompt_tokens + f->completion_tokens));
+    struct json_object *d = json_object_new_object();
+    if (d) {
+        json_object_object_add(d, "cached_tokens", json_object_new_int64(f->cached_tokens));
+        json_object_object_add(u, "prompt_tokens_details", d);
+    }
     return u;
 }
 
@@ -391,7 +398,7 @@ int oai_stream_finish(struct oai_stream *s, const struct oai_finish *f)
                                                                             : "text_completion");
             if (o) {
                 json_object_object_add(o, "choices", json_object_new_array());
-                json_object_object_add(o, "usage", usage_new(f->prompt_tokens, f->completion_tokens));
+                json_object_object_add(o, "usage", usage_new(f));
             }
             r = sse_emit(s, o);
         }
@@ -449,7 +456,7 @@ int oai_stream_body(const struct oai_stream *s, const struct oai_finish *f, stru
     json_object_object_add(c, "finish_reason", json_object_new_string(oai_stream_finish_reason(s, f)));
     json_object_array_add(choices, c);
     json_object_object_add(o, "choices", choices);
-    json_object_object_add(o, "usage", usage_new(f->prompt_tokens, f->completion_tokens));
+    json_object_object_add(o, "usage", usage_new(f));
     const char *j = json_object_to_json_string_ext(o, JSON_FLAGS);
     int r = j ? oai_buf_puts(out, j) : -ENOMEM;
     json_object_put(o);

@@ -88,6 +88,7 @@ struct oai_finish {
     const char *message;        /* "" when none */
     uint32_t    prompt_tokens;
     uint32_t    completion_tokens;
+    uint32_t    cached_tokens;  /* prompt tokens from residentd's prefix cache */
 };
 
 int oai_stream_init(struct oai_stream *s, const struct oai_stream_params *p);
