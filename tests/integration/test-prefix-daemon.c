@@ -14,6 +14,8 @@
  *     allow_uids) gets no hit on root's prefixes, then hits its own (root only;
  *     skipped otherwise);
  *   - SIGHUP logs the cache's counters.
+ * With --bench: time to first token of requests that share a long system
+ * message, cache on vs off (docs/performance.md, "Prefix cache").
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -32,6 +34,7 @@ struct result {
     uint32_t ids[MAX_IDS];
     uint32_t n;
     uint32_t prompt_tokens, cached_tokens;
+    uint64_t ttft_us;
     int      error, done;
     char     msg[256];
 };
@@ -111,6 +114,7 @@ static int chat(struct resident *r, const char *json, const struct sampling *s, 
             res->error = ev.error;
             res->prompt_tokens = ev.prompt_tokens;
             res->cached_tokens = ev.cached_tokens;
+            res->ttft_us = ev.ttft_us;
             snprintf(res->msg, sizeof(res->msg), "%s", ev.message);
         }
     }
@@ -152,7 +156,50 @@ static int log_has(const struct th_daemon *d, const char *needle)
     return found;
 }
 
-int main(void)
+/* --bench: 8 questions under one ~2,600-token system message; mean TTFT of
+ * requests 2..8 (1 fills the cache), cache on vs off, prefill_chunk 512. */
+static int bench(const char *model_opt)
+{
+    size_t cap = 64 * 1024;
+    char *sys = malloc(cap), *json = malloc(cap + 512);
+    if (!sys || !json)
+        return 1;
+    size_t k = 0;
+    for (int i = 0; i < 60; i++)
+        k += (size_t)snprintf(sys + k, cap - k, "Rule %d: " SYS " ", i);
+    for (int mode = 0; mode < 2; mode++) {
+        struct th_daemon d = { 0 };
+        const char *opts[] = { "generator=engine", model_opt, mode ? "prefix_cache=on" : "prefix_cache=off", NULL };
+        if (th_daemon_start(&d, opts) < 0)
+            return 1;
+        struct resident *r = connect_to(d.sock, "it-prefix-bench");
+        struct result *res = calloc(1, sizeof(*res));
+        uint64_t sum = 0, cached = 0;
+        uint32_t prompt = 0;
+        for (int q = 0; q < 8 && r && res; q++) {
+            snprintf(json, cap + 512, "{\"messages\":[{\"role\":\"system\",\"content\":\"%s\"},"
+                     "{\"role\":\"user\",\"content\":\"Question number %d: which rule applies?\"}]}", sys, q);
+            if (chat(r, json, &GREEDY, 0, res) < 0)
+                return 1;
+            if (q) {
+                sum += res->ttft_us;
+                cached += res->cached_tokens;
+                prompt += res->prompt_tokens;
+            }
+        }
+        printf("bench prefix_cache=%s: prompt %u tokens (7 requests), cached %" PRIu64 ", mean TTFT %.2f ms\n",
+               mode ? "on" : "off", prompt, cached, (double)sum / 7 / 1000.0);
+        if (r)
+            resident_close(r);
+        free(res);
+        th_daemon_stop(&d, 10000);
+    }
+    free(sys);
+    free(json);
+    return 0;
+}
+
+int main(int argc, char **argv)
 {
     const char *src = getenv("RESIDENT_SOURCE_ROOT");
     char model_dir[512], model_opt[600];
@@ -163,6 +210,8 @@ int main(void)
     }
     snprintf(model_opt, sizeof(model_opt), "model=%s", model_dir);
     th_require_uring();
+    if (argc > 1 && strcmp(argv[1], "--bench") == 0)
+        return bench(model_opt);
 
     /* Reference outputs from a daemon without the cache. */
     struct th_daemon off = { 0 };
