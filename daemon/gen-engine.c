@@ -103,6 +103,7 @@ struct gen_engine_seq {
     int64_t          *pts;       /* snapshot positions (prefix_cache_points) */
     int64_t           n_pts, k_pts;
     int               saw_tool;  /* a <tool_call> token was sampled         */
+    int               tool_stored; /* its snapshot is stored (once)         */
 };
 
 static int fail(char *err, size_t errlen, int code, const struct engine_error *e, const char *what)
@@ -485,8 +486,11 @@ static void emit(struct gen_engine *g, struct gen_engine_seq *s, struct gen_item
             s->prompt[s->n_ids++] = id;
         else
             s->use_cache = 0;   /* out of memory: stop storing, output unaffected */
-        if (s->use_cache && it->eos && s->saw_tool && model_seq_len(s->seq) == (int64_t)s->n_ids - 1)
+        if (s->use_cache && it->eos && s->saw_tool && !s->tool_stored &&
+            model_seq_len(s->seq) == (int64_t)s->n_ids - 1) {
             cache_store(g, s);
+            s->tool_stored = 1;
+        }
     }
     it->piece_len = 0;
     if (tokenizer_id_is_special(g->tok, id))
