@@ -92,6 +92,11 @@ def main():
         r, l = med(res["r_tg"][d]), med(res["l_tg"][d])
         print(f"{'decode ' + str(a.tg) + ' @ depth ' + str(d):<22}{r:>16.2f}{l:>17.2f}{r / l:>8.2f}")
         dr[d] = (r, l)
+    print("per round (resident / llama.cpp tok/s): " + "; ".join(
+        [f"pp{p} " + ", ".join(f"{r:.1f}/{l:.1f}" for r, l in zip(res["r_pp"][p], res["l_pp"][p]))
+         for p in pp] +
+        [f"tg@{d} " + ", ".join(f"{r:.2f}/{l:.2f}" for r, l in zip(res["r_tg"][d], res["l_tg"][d]))
+         for d in depth]))
     d0 = med(res["r_tg"][depth[0]])
     frac = d0 * res["bpt"] / 1e9 / bw
     print(f"decode at depth {depth[0]}: {d0 * res['bpt'] / 1e9:.2f} GB/s of weights = "
