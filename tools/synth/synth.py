@@ -140,7 +140,8 @@ def layer_tensors(seed, i, kind):
         yield a + "in_proj_a", "q4", q4_weight(seed, a + "a", NV, H)
         yield a + "out_proj", "q4", q4_weight(seed, a + "out", H, VAL_DIM)
         yield a + "conv1d.weight", "bf16", small(seed, a + "conv", (CONV_DIM, 1, CONV_K), -0.5, 0.5)
-        yield a + "A_log", "bf16", np.log(rng_for(seed, a + "A").uniform(1, 16, NV)).astype(np.float32).view(np.uint32).__rshift__(16).astype(np.uint16)
+        a_log = np.log(rng_for(seed, a + "A").uniform(1, 16, NV)).astype(np.float32)
+        yield a + "A_log", "bf16", (a_log.view(np.uint32) >> 16).astype(np.uint16)
         yield a + "dt_bias", "bf16", small(seed, a + "dt", (NV,), 0.0, 1.0)
         yield a + "norm.weight", "bf16", small(seed, a + "norm", (DV,), 0.9, 1.1)
     else:
@@ -202,7 +203,7 @@ def write_safetensors(out, layers, seed):
                     q4_entries(f"{base}.{e}.{proj}", u[e], s[e], d)
             else:
                 d[name] = payload
-        save(f"model-{i + 2:05d}-of-{n_files:05d}.safetensors", _bf16_view(d))
+        save(f"model-{i + 2:05d}-of-{n_files:05d}.safetensors", d)
         print(f"synth: layer {i} ({types[i]}) written", file=sys.stderr, flush=True)
     save(f"model-{n_files:05d}-of-{n_files:05d}.safetensors",
          {"lm_head.weight": global_tensors(seed, "lm_head")})
@@ -210,14 +211,9 @@ def write_safetensors(out, layers, seed):
         json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=1)
 
 
-def _bf16_view(d):
-    # safetensors.numpy has no bfloat16 dtype: uint16 payloads are
-    # patched to BF16 in the header after writing (see fix_bf16_headers)
-    return d
-
-
 def fix_bf16_headers(out):
-    """Mark every U16 tensor BF16 (numpy lacks bfloat16; same 2 bytes)."""
+    """Mark every U16 tensor BF16: safetensors.numpy has no bfloat16, so
+    bf16 payloads are written as uint16 (same 2 bytes) and relabelled."""
     import struct
     for fn in os.listdir(out):
         if not fn.endswith(".safetensors"):
