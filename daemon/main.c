@@ -642,8 +642,8 @@ int main(int argc, char **argv)
 
     /* 8. The generator (the engine may start GPU runtime threads). */
     if (d.gen->synthetic && d.cfg.model[0])
-        daemon_log("the null generator does not use --model %s (its weights are only mapped and locked)",
-                   d.cfg.model);
+        daemon_log("the synthetic %s generator does not run the model in --model %s (its weights are only mapped and locked)",
+                   d.gen->name, d.cfg.model);
     r = d.gen->create(d.cfg.model, &d.gen_ctx, err, sizeof(err));
     if (r < 0) {
         fprintf(stderr, "residentd: generator %s: %s\n", d.gen->name, err);
