@@ -842,31 +842,6 @@ static void *fast_alloc(struct kb_backend *be, size_t bytes)
     return p;
 }
 
-static void fast_free(struct kb_backend *be, void *p)
-{
-    free(p);
-}
-
-static int fast_memcpy(struct kb_backend *be, void *dst, const void *src, size_t bytes)
-{
-    if (bytes)
-        memmove(dst, src, bytes);
-    return 0;
-}
-
-static int fast_zero(struct kb_backend *be, void *dst, size_t bytes)
-{
-    if (bytes)
-        memset(dst, 0, bytes);
-    return 0;
-}
-
-static uint32_t fast_caps(struct kb_backend *be)
-{
-    return KB_CAP_HOST_MEMORY | KB_CAP_READS_MAPPING | KB_CAP_Q4G32 |
-           KB_CAP_DENSE_BF16 | KB_CAP_DENSE_F16 | KB_CAP_DENSE_F32 | KB_CAP_G_IDX;
-}
-
 static const char *fast_last_error(struct kb_backend *be)
 {
     struct cpu_fast *f = fast_of(be);
@@ -897,15 +872,15 @@ static void fast_destroy(struct kb_backend *be)
 static const struct kb_backend_ops fast_ops = {
     .api_version = KB_API_VERSION,
     .name = "cpu",
-    .caps = fast_caps,
+    .caps = kb_host_caps,
     .last_error = fast_last_error,
     .destroy = fast_destroy,
     .alloc = fast_alloc,
-    .free = fast_free,
-    .upload = fast_memcpy,
-    .download = fast_memcpy,
-    .copy = fast_memcpy,
-    .zero = fast_zero,
+    .free = kb_host_free,
+    .upload = kb_host_memcpy,
+    .download = kb_host_memcpy,
+    .copy = kb_host_memcpy,
+    .zero = kb_host_zero,
     .embed = fast_embed,
     .matmul = fast_matmul,
     .rmsnorm = fast_rmsnorm,
@@ -920,15 +895,15 @@ static const struct kb_backend_ops fast_ops = {
 static const struct kb_backend_ops fast_exact_ops = {
     .api_version = KB_API_VERSION,
     .name = "cpu-exact",
-    .caps = fast_caps,
+    .caps = kb_host_caps,
     .last_error = fast_last_error,
     .destroy = fast_destroy,
     .alloc = fast_alloc,
-    .free = fast_free,
-    .upload = fast_memcpy,
-    .download = fast_memcpy,
-    .copy = fast_memcpy,
-    .zero = fast_zero,
+    .free = kb_host_free,
+    .upload = kb_host_memcpy,
+    .download = kb_host_memcpy,
+    .copy = kb_host_memcpy,
+    .zero = kb_host_zero,
     .embed = fast_embed,
     .matmul = fast_matmul,
     .rmsnorm = fast_rmsnorm,

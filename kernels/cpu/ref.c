@@ -691,26 +691,26 @@ static void *ref_alloc(struct kb_backend *be, size_t bytes)
     return calloc(1, bytes ? bytes : 1);
 }
 
-static void ref_free(struct kb_backend *be, void *p)
+void kb_host_free(struct kb_backend *be, void *p)
 {
     free(p);
 }
 
-static int ref_memcpy(struct kb_backend *be, void *dst, const void *src, size_t bytes)
+int kb_host_memcpy(struct kb_backend *be, void *dst, const void *src, size_t bytes)
 {
     if (bytes)
         memmove(dst, src, bytes);
     return 0;
 }
 
-static int ref_zero(struct kb_backend *be, void *dst, size_t bytes)
+int kb_host_zero(struct kb_backend *be, void *dst, size_t bytes)
 {
     if (bytes)
         memset(dst, 0, bytes);
     return 0;
 }
 
-static uint32_t ref_caps(struct kb_backend *be)
+uint32_t kb_host_caps(struct kb_backend *be)
 {
     return KB_CAP_HOST_MEMORY | KB_CAP_READS_MAPPING | KB_CAP_Q4G32 |
            KB_CAP_DENSE_BF16 | KB_CAP_DENSE_F16 | KB_CAP_DENSE_F32 | KB_CAP_G_IDX;
@@ -732,15 +732,15 @@ static void ref_destroy(struct kb_backend *be)
 static const struct kb_backend_ops ref_ops = {
     .api_version = KB_API_VERSION,
     .name = "cpu-ref",
-    .caps = ref_caps,
+    .caps = kb_host_caps,
     .last_error = ref_last_error,
     .destroy = ref_destroy,
     .alloc = ref_alloc,
-    .free = ref_free,
-    .upload = ref_memcpy,
-    .download = ref_memcpy,
-    .copy = ref_memcpy,
-    .zero = ref_zero,
+    .free = kb_host_free,
+    .upload = kb_host_memcpy,
+    .download = kb_host_memcpy,
+    .copy = kb_host_memcpy,
+    .zero = kb_host_zero,
     .sync = NULL,
     .weight_prepare = NULL,
     .weight_release = NULL,

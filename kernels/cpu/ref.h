@@ -16,4 +16,12 @@
  * 0 <= r < w->rows and a valid descriptor. */
 void kb_ref_weight_row(const struct kb_weight *w, int64_t r, float *out);
 
+/* Host-memory backend ops shared by the CPU backends (ref and fast): free,
+ * upload/download/copy (memmove), zero, and the capability bits of a
+ * backend that computes on host memory and reads the weight mapping. */
+void     kb_host_free(struct kb_backend *be, void *p);
+int      kb_host_memcpy(struct kb_backend *be, void *dst, const void *src, size_t bytes);
+int      kb_host_zero(struct kb_backend *be, void *dst, size_t bytes);
+uint32_t kb_host_caps(struct kb_backend *be);
+
 #endif
