@@ -32,50 +32,11 @@
 
 #include "engine/model.h"
 #include "engine/safetensors.h"
+#include "engine/test-goldens.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/ref.h"
 
 #define TOL 1e-4
-
-static char data_dir[1024];
-
-struct fixture {
-    const char *model;
-    const char *goldens;
-};
-
-static const struct fixture fixtures[] = {
-    { "tiny-w4g32", "tiny-w4g32" },
-    { "tiny-w4g32-partial", "tiny-w4g32-partial" },
-    { "tiny-bf16", "tiny-bf16" },
-    { "tiny-w4g32-fused", "tiny-w4g32" },
-};
-
-/* A golden tensor copied out of the mapping (alignment-safe). */
-static void *golden(struct st_set *g, const char *name, enum st_dtype dt, uint64_t *numel)
-{
-    const struct st_tensor *t = st_set_find(g, name);
-    if (!t)
-        fail_msg("golden tensor %s missing", name);
-    assert_int_equal(t->dtype, dt);
-    void *p = malloc(t->nbytes ? t->nbytes : 1);
-    assert_non_null(p);
-    memcpy(p, t->data, t->nbytes);
-    if (numel)
-        *numel = t->numel;
-    return p;
-}
-
-static struct st_set *open_golden(const char *gold, const char *file)
-{
-    char path[1200];
-    snprintf(path, sizeof(path), "%s/goldens/%s/%s", data_dir, gold, file);
-    struct st_set *s = NULL;
-    struct engine_error err = { 0 };
-    if (st_set_open_file(path, &s, &err))
-        fail_msg("cannot open %s: %s", path, err.msg);
-    return s;
-}
 
 static struct model *open_model(const char *name)
 {
