@@ -46,7 +46,8 @@
  *                                   before READY=1 (--no-lock = off)
  *   fd_store                 auto   auto | yes | no: keep the weights in a sealed
  *                                   memfd in systemd's fd store (auto: when
- *                                   NOTIFY_SOCKET is set) and reuse it on restart
+ *                                   NOTIFY_SOCKET is set) and reuse it on restart;
+ *                                   the engine loads from it, no second copy
  *
  * Errors: 0 or -EINVAL; the message buffer names the key, the file and line
  * and the accepted range.
