@@ -29,6 +29,8 @@
  *   slow_client_ms           10000  event ring full this long => cancel + disconnect
  *   handshake_ms             5000   connect -> HELLO deadline
  *   shutdown_grace_ms        2000   SIGTERM: in-flight work may finish this long
+ *   status_interval_sec      5      STATUS= refresh while serving (sessions, tok/s,
+ *                                   VmLck, prefix cache); 0 = only at READY/reload
  *
  * Prefix cache (engine generator; restart to change; docs/prefix-cache.md):
  *   prefix_cache             on     on / off: reuse prompt prefixes across a uid's requests
@@ -104,6 +106,7 @@ struct daemon_config {
     uint32_t slow_client_ms;
     uint32_t handshake_ms;
     uint32_t shutdown_grace_ms;
+    uint32_t status_interval_sec;
     /* service (restart-only) */
     enum daemon_privileges privileges;
     char     user[64];
@@ -151,7 +154,8 @@ int daemon_config_build(struct daemon_config *c, const struct daemon_config_sour
  * @len: its size
  *
  * Live: allow_uids, allow_gids, every max_* limit except max_batch,
- * prefill_chunk, slow_client_ms, handshake_ms, shutdown_grace_ms. Sessions
+ * prefill_chunk, slow_client_ms, handshake_ms, shutdown_grace_ms,
+ * status_interval_sec. Sessions
  * keep what they were granted; new requests and sessions see new limits.
  */
 void daemon_config_apply_live(struct daemon_config *cur, const struct daemon_config *next,

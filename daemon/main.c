@@ -50,7 +50,7 @@ static void usage(FILE *f)
         "  allow_groups max_sessions max_sessions_per_uid max_inflight_per_uid max_prompt_tokens\n"
         "  max_new_tokens max_ring_bytes_per_uid max_fds_per_uid max_batch prefill_chunk\n"
         "  slow_client_ms handshake_ms shutdown_grace_ms privileges user supplementary_groups\n"
-        "  keep_cap_ipc_lock memlock fd_store\n",
+        "  keep_cap_ipc_lock memlock fd_store status_interval_sec\n",
         DAEMON_SOCKET_DEFAULT, DAEMON_CONFIG_DEFAULT_PATH);
 }
 
