@@ -30,7 +30,7 @@ void daemon_config_defaults(struct daemon_config *c)
     c->handshake_ms = 5000;
     c->shutdown_grace_ms = 2000;
     c->status_interval_sec = 5;
-    c->privileges = DAEMON_PRIV_KEEP;
+    c->privileges = DAEMON_PRIV_AUTO;
     snprintf(c->user, sizeof(c->user), "residentd");
     snprintf(c->supplementary_groups, sizeof(c->supplementary_groups), "render");
     c->keep_cap_ipc_lock = 0;

@@ -37,9 +37,9 @@
  *   prefix_cache_bytes       0      host memory budget; 0 = min(25% of MemAvailable, 8 GiB)
  *
  * Service keys (docs/service.md; all need a restart to change):
- *   privileges               keep   keep: no privilege change (tests, development);
- *                                   auto: verify under a service manager or as
- *                                   non-root, drop when started by hand as root;
+ *   privileges               auto   auto: verify under a service manager or as
+ *                                   non-root, drop to `user` when started by hand
+ *                                   as root; keep: no change (tests, development);
  *                                   drop / verify: force that mode (svc-caps.h)
  *   user                     residentd  by-hand root start: the user to drop to
  *   supplementary_groups     render comma list of group names kept after the drop

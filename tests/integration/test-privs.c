@@ -13,6 +13,10 @@
  *            With the engine generator: it loads after the drop, every thread
  *            has Uid 65534 and no capability, a request is served.
  *  verify:   under a fake manager, root and CAP_SYS_ADMIN are refused.
+ *  default:  no privileges key (auto): root by hand drops to `user` (caps 0,
+ *            NoNewPrivs 1) or refuses when the user is missing; root under a
+ *            manager is refused; nobody by hand verifies. Every other test
+ *            passes privileges = keep unless it sets privileges itself.
  *  memlock:  as nobody under RLIMIT_MEMLOCK 1 MiB the start fails before
  *            READY naming LimitMEMLOCK= and CAP_IPC_LOCK and the bytes.
  *  fd store: fd_store = yes hands a sealed memfd to the fake manager
@@ -75,6 +79,7 @@ struct spawn_opts {
     uid_t as_uid;                   /* != 0: become this uid before exec */
     uint64_t memlock_limit;         /* != 0: RLIMIT_MEMLOCK */
     int  ambient_sys_admin;         /* with as_uid: keep CAP_SYS_ADMIN as ambient */
+    int  default_privileges;        /* no -o privileges=keep: the compiled-in default */
 };
 
 static void copy_file(const char *from, const char *to)
@@ -150,6 +155,10 @@ static void spawn(struct run *r, const char *name, const struct spawn_opts *o)
     argv[n++] = "null";
     argv[n++] = "-o";
     argv[n++] = "socket_mode=0666";
+    if (!o->default_privileges) {       /* tests that do not test privileges */
+        argv[n++] = "-o";
+        argv[n++] = "privileges=keep";
+    }
     for (int i = 0; o->args && o->args[i] && n < 60; i++)
         argv[n++] = o->args[i];
     argv[n] = NULL;
@@ -560,6 +569,80 @@ static void test_verify(void)
            "clean start served with NoNewPrivs 1\n");
 }
 
+/* Started by hand (no NOTIFY_SOCKET): READY is the "ready" log line. */
+static int wait_log_ready(struct run *r, int timeout_ms)
+{
+    uint64_t end = svc_testlib_now_ms() + (uint64_t)timeout_ms;
+    while (svc_testlib_now_ms() < end) {
+        if (log_has(r, "residentd: ready\n"))
+            return 1;
+        int st;
+        if (waitpid(r->pid, &st, WNOHANG) == r->pid) {
+            r->exit_status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+            r->pid = 0;
+            return 0;
+        }
+        usleep(10000);
+    }
+    return 0;
+}
+
+/* The compiled-in default (no privileges key, no residentd.conf) is auto:
+ * root by hand drops to `user` (Uid 65534, no capability in any set,
+ * NoNewPrivs), and refuses to start when that user does not exist; root
+ * under a service manager is refused (User=); a non-root start verifies
+ * (NoNewPrivs, no capability). */
+static void test_default_privileges(void)
+{
+    char model_arg[600];
+    snprintf(model_arg, sizeof(model_arg), "model=%s", model);
+    const char *drop_args[] = { "-o", model_arg, "-o", "user=nobody", "-o", "supplementary_groups=",
+                                "-o", "fd_store=no", NULL };
+    struct run r;
+    spawn(&r, "default-root", &(struct spawn_opts){ .args = drop_args, .pass_fd = -1, .default_privileges = 1 });
+    if (!wait_log_ready(&r, 20000)) {
+        dump_log(&r);
+        T_CHECKF(0, "root by hand with the default privileges did not become ready");
+    }
+    expect_status(r.pid, "Uid", "65534\t65534\t65534\t65534");
+    expect_status(r.pid, "CapPrm", "0000000000000000");
+    expect_status(r.pid, "CapEff", "0000000000000000");
+    expect_status(r.pid, "CapBnd", "0000000000000000");
+    expect_status(r.pid, "CapAmb", "0000000000000000");
+    expect_status(r.pid, "NoNewPrivs", "1");
+    T_CHECK(proc_u64(r.pid, "status", "VmLck") * 1024 >= shard_bytes);
+    T_CHECK(log_has(&r, "dropped privileges: uid=65534"));
+    T_CHECK(client_as(r.sock, 0, 0, 0, 0) == 0);
+    stop(&r);
+
+    const char *nouser_args[] = { "-o", "user=no-such-user-resident-test", NULL };
+    spawn(&r, "default-nouser", &(struct spawn_opts){ .args = nouser_args, .pass_fd = -1, .default_privileges = 1 });
+    int st = svc_testlib_wait(r.pid);
+    r.pid = 0;
+    if (st != 1 || !log_has(&r, "does not exist"))
+        dump_log(&r);
+    T_CHECKF(st == 1 && log_has(&r, "no-such-user-resident-test") && log_has(&r, "systemd-sysusers"),
+             "root by hand with a missing user: exit %d, expected 1 naming the user and systemd-sysusers", st);
+
+    spawn(&r, "default-managed-root", &(struct spawn_opts){ .notify = 1, .pass_fd = -1, .default_privileges = 1 });
+    st = svc_testlib_wait(r.pid);
+    r.pid = 0;
+    T_CHECKF(st == 1 && log_has(&r, "User="), "root under a manager with the default privileges: exit %d", st);
+
+    spawn(&r, "default-nobody", &(struct spawn_opts){ .pass_fd = -1, .as_uid = NOBODY, .default_privileges = 1 });
+    if (!wait_log_ready(&r, 20000)) {
+        dump_log(&r);
+        T_CHECKF(0, "nobody by hand with the default privileges did not become ready");
+    }
+    expect_status(r.pid, "NoNewPrivs", "1");
+    expect_status(r.pid, "CapEff", "0000000000000000");
+    T_CHECK(log_has(&r, "credentials (verified)"));
+    stop(&r);
+    printf("default privileges (auto): root by hand dropped to nobody (caps 0, NoNewPrivs 1, weights locked, "
+           "served); missing user refused naming systemd-sysusers; root under a manager refused (User=); "
+           "nobody by hand verified (NoNewPrivs 1)\n");
+}
+
 static uint64_t rchar_at_ready(const struct run *r)
 {
     return proc_u64(r->pid, "io", "rchar");
@@ -854,6 +937,7 @@ int main(void)
     test_drop_engine();
     test_memlock_refused();
     test_verify();
+    test_default_privileges();
     test_fd_store();
     test_fd_store_engine();
 

@@ -128,8 +128,10 @@ static pid_t spawn(int listen_fd, const char *notify_path, const char *sock_path
             setenv("LISTEN_FDS", "1", 1);
             setenv("LISTEN_PID", pid, 1);
         }
+        /* privileges = keep: as root under NOTIFY_SOCKET the default (auto)
+         * would refuse to run (a unit must set User=). */
         execl(exe, exe, "--socket", sock_path, "--config", config_file, "-o", "socket_mode=0666",
-              extra_opt ? "-o" : (char *)NULL, extra_opt, (char *)NULL);
+              "-o", "privileges=keep", extra_opt ? "-o" : (char *)NULL, extra_opt, (char *)NULL);
         _exit(127);
     }
     return p;
