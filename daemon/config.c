@@ -29,7 +29,8 @@ void daemon_config_defaults(struct daemon_config *c)
     c->slow_client_ms = 10000;
     c->handshake_ms = 5000;
     c->shutdown_grace_ms = 2000;
-    c->privileges = DAEMON_PRIV_KEEP;
+    c->status_interval_sec = 5;
+    c->privileges = DAEMON_PRIV_AUTO;
     snprintf(c->user, sizeof(c->user), "residentd");
     snprintf(c->supplementary_groups, sizeof(c->supplementary_groups), "render");
     c->keep_cap_ipc_lock = 0;
@@ -150,6 +151,7 @@ static const struct u32_key u32_keys[] = {
     K(slow_client_ms, 1, 3600000),
     K(handshake_ms, 1, 3600000),
     K(shutdown_grace_ms, 0, 3600000),
+    K(status_interval_sec, 0, 86400),
 };
 #undef K
 
@@ -400,4 +402,5 @@ void daemon_config_apply_live(struct daemon_config *cur, const struct daemon_con
     cur->slow_client_ms = next->slow_client_ms;
     cur->handshake_ms = next->handshake_ms;
     cur->shutdown_grace_ms = next->shutdown_grace_ms;
+    cur->status_interval_sec = next->status_interval_sec;
 }

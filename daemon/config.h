@@ -29,15 +29,17 @@
  *   slow_client_ms           10000  event ring full this long => cancel + disconnect
  *   handshake_ms             5000   connect -> HELLO deadline
  *   shutdown_grace_ms        2000   SIGTERM: in-flight work may finish this long
+ *   status_interval_sec      5      STATUS= refresh while serving (sessions, tok/s,
+ *                                   VmLck, prefix cache); 0 = only at READY/reload
  *
  * Prefix cache (engine generator; restart to change; docs/prefix-cache.md):
  *   prefix_cache             on     on / off: reuse prompt prefixes across a uid's requests
  *   prefix_cache_bytes       0      host memory budget; 0 = min(25% of MemAvailable, 8 GiB)
  *
  * Service keys (docs/service.md; all need a restart to change):
- *   privileges               keep   keep: no privilege change (tests, development);
- *                                   auto: verify under a service manager or as
- *                                   non-root, drop when started by hand as root;
+ *   privileges               auto   auto: verify under a service manager or as
+ *                                   non-root, drop to `user` when started by hand
+ *                                   as root; keep: no change (tests, development);
  *                                   drop / verify: force that mode (svc-caps.h)
  *   user                     residentd  by-hand root start: the user to drop to
  *   supplementary_groups     render comma list of group names kept after the drop
@@ -46,7 +48,8 @@
  *                                   before READY=1 (--no-lock = off)
  *   fd_store                 auto   auto | yes | no: keep the weights in a sealed
  *                                   memfd in systemd's fd store (auto: when
- *                                   NOTIFY_SOCKET is set) and reuse it on restart
+ *                                   NOTIFY_SOCKET is set) and reuse it on restart;
+ *                                   the engine loads from it, no second copy
  *
  * Errors: 0 or -EINVAL; the message buffer names the key, the file and line
  * and the accepted range.
@@ -103,6 +106,7 @@ struct daemon_config {
     uint32_t slow_client_ms;
     uint32_t handshake_ms;
     uint32_t shutdown_grace_ms;
+    uint32_t status_interval_sec;
     /* service (restart-only) */
     enum daemon_privileges privileges;
     char     user[64];
@@ -150,7 +154,8 @@ int daemon_config_build(struct daemon_config *c, const struct daemon_config_sour
  * @len: its size
  *
  * Live: allow_uids, allow_gids, every max_* limit except max_batch,
- * prefill_chunk, slow_client_ms, handshake_ms, shutdown_grace_ms. Sessions
+ * prefill_chunk, slow_client_ms, handshake_ms, shutdown_grace_ms,
+ * status_interval_sec. Sessions
  * keep what they were granted; new requests and sessions see new limits.
  */
 void daemon_config_apply_live(struct daemon_config *cur, const struct daemon_config *next,

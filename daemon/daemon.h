@@ -20,6 +20,7 @@
 
 #include "daemon/config.h"
 #include "daemon/gen.h"
+#include "daemon/svc-notify.h"
 #include "shm/region.h"
 #include "shm/ring.h"
 #include "shm/wire.h"
@@ -160,8 +161,12 @@ struct daemon {
     int                   stopping;
     uint64_t              stop_deadline_us;
     int                   exit_code;
-    uint64_t              watchdog_usec;
-    uint64_t              last_watchdog_us;
+    /* systemd: READY/RELOADING/STOPPING, WATCHDOG=1 from on_tick(), and
+     * the periodic STATUS= (svc-notify.h; daemon_run() initialises it) */
+    struct svc_notify     notify;
+    uint64_t              tokens_out;       /* sampled tokens, all sequences */
+    uint64_t              status_tokens_out;    /* tokens_out at the last STATUS= */
+    uint64_t              status_us;        /* when the last STATUS= went out */
 };
 
 uint64_t daemon_now_us(void);

@@ -127,7 +127,8 @@ static void engine_destroy(void *ctx)
     free(g);
 }
 
-static int engine_create(const char *model_dir, void **ctx, char *err, size_t errlen)
+static int engine_create(const char *model_dir, const struct st_image *shards, uint32_t n_shards,
+                         void **ctx, char *err, size_t errlen)
 {
     struct engine_error e = { 0 };
     if (!model_dir || !model_dir[0]) {
@@ -163,6 +164,8 @@ static int engine_create(const char *model_dir, void **ctx, char *err, size_t er
     struct model_params mp = MODEL_PARAMS_DEFAULT;
     mp.max_context = g->max_context;
     mp.real_vocab = (int32_t)tokenizer_token_count(g->tok);
+    mp.shard_images = shards;
+    mp.n_shard_images = n_shards;
     r = model_load(model_dir, &mp, &g->model, &e);
     if (r < 0) {
         fail(err, errlen, r, &e, "model");
@@ -181,6 +184,11 @@ static int engine_create(const char *model_dir, void **ctx, char *err, size_t er
     g->tool_call = tokenizer_token_to_id(g->tok, "<tool_call>");
     *ctx = g;
     return 0;
+}
+
+static uint32_t engine_files_opened(void *ctx)
+{
+    return model_files_opened(((struct gen_engine *)ctx)->model);
 }
 
 static int engine_configure(void *ctx, const struct gen_options *o, char *err, size_t errlen)
@@ -617,6 +625,7 @@ const struct gen_ops gen_engine_ops = {
     .synthetic = 0,
     .parse_output = 1,
     .create = engine_create,
+    .files_opened = engine_files_opened,
     .destroy = engine_destroy,
     .vocab_size = engine_vocab_size,
     .seq_new = engine_seq_new,

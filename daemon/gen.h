@@ -23,6 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct st_image;                        /* engine/safetensors.h */
+
 #define GEN_PIECE_MAX 128   /* longest token of the Qwen3 vocab; a TOKENS record of one token stays far below the smallest ring's cap/4 (1 KiB) */
 
 struct gen_prompt {
@@ -68,7 +70,12 @@ struct gen_ops {
     /* 1 = the output is Qwen3.6 chat text: TEXT/CHAT requests get the
      * reasoning / tool-call parsers (daemon/channels.h). 0 = all content. */
     uint32_t    parse_output;
-    int  (*create)(const char *model_dir, void **ctx, char *err, size_t errlen);
+    /* shards/n_shards: NULL/0, or the model's *.safetensors files already
+     * in memory (residentd's fd-store container, see engine/safetensors.h
+     * st_image; valid until destroy): a generator that runs the model loads
+     * from them instead of opening the files. */
+    int  (*create)(const char *model_dir, const struct st_image *shards, uint32_t n_shards,
+                   void **ctx, char *err, size_t errlen);
     void (*destroy)(void *ctx);
     uint32_t (*vocab_size)(void *ctx);
     /* Start a sequence; reports how many prompt tokens it has. */
@@ -88,6 +95,9 @@ struct gen_ops {
     uint32_t (*seq_cached)(void *ctx, void *seq);
     /* stats: one line for STATUS= and the log ("" when nothing to say). */
     void (*stats)(void *ctx, char *buf, size_t len);
+    /* Optional: shard files the model load opened from the file system
+     * (0 when it used create()'s shards), for the log and the tests. */
+    uint32_t (*files_opened)(void *ctx);
 };
 
 /**

@@ -50,7 +50,7 @@ static void usage(FILE *f)
         "  allow_groups max_sessions max_sessions_per_uid max_inflight_per_uid max_prompt_tokens\n"
         "  max_new_tokens max_ring_bytes_per_uid max_fds_per_uid max_batch prefill_chunk\n"
         "  slow_client_ms handshake_ms shutdown_grace_ms privileges user supplementary_groups\n"
-        "  keep_cap_ipc_lock memlock fd_store\n",
+        "  keep_cap_ipc_lock memlock fd_store status_interval_sec\n",
         DAEMON_SOCKET_DEFAULT, DAEMON_CONFIG_DEFAULT_PATH);
 }
 
@@ -71,7 +71,14 @@ static void usage(FILE *f)
  * locked. A restart gets it back in LISTEN_FDS, checks the container
  * (seals, header, identity = config.json + index bytes, every shard's
  * name/size/mtime) and the table and each shard's safetensors header
- * (st_parse_buffer), and locks it without reading the files. */
+ * (st_parse_buffer), and locks it without reading the files.
+ *
+ * The engine generator then loads from the container too (st_image per
+ * table entry -> model_params.shard_images): no shard file is opened, and
+ * RAM holds one copy of the weights, the locked container. The CPU backends
+ * use the safetensors bytes as they are (no repacked layout exists to
+ * store instead); a backend that uploads to device memory uploads from the
+ * container. */
 
 #define WEIGHTS_PAYLOAD_VERSION 1u
 #define WEIGHTS_TABLE_MAGIC     "RSDWGT1"
@@ -99,6 +106,8 @@ struct weights {
     uint64_t                   bytes;   /* bytes locked (or to lock)         */
     uint64_t                   read_bytes;  /* bytes read from the files     */
     unsigned                   n_files;
+    struct st_image           *images;  /* fd store: the shards in the container */
+    unsigned                   n_images;
 };
 
 struct shard_list {
@@ -298,6 +307,26 @@ static int lock_store(struct weights *w, struct svc_memlock *ml)
     return svc_memlock_range(ml, w->store.payload, w->store.payload_size, SVC_MEMLOCK_HUGEPAGE, "weights");
 }
 
+/* The container's shards as engine images; names are copied (the table
+ * was checked against the directory, but the copies need no trust). */
+static int weights_images(struct weights *w)
+{
+    const struct weights_table *t = w->store.payload;
+    w->images = calloc(t->n_files ? t->n_files : 1, sizeof(*w->images));
+    if (!w->images)
+        return -ENOMEM;
+    for (unsigned i = 0; i < t->n_files; i++) {
+        char *name = strndup(t->e[i].name, sizeof(t->e[i].name) - 1);
+        if (!name)
+            return -ENOMEM;
+        w->images[i] = (struct st_image){ .name = name,
+                                          .data = (const uint8_t *)w->store.payload + t->e[i].offset,
+                                          .size = t->e[i].size };
+        w->n_images = i + 1;
+    }
+    return 0;
+}
+
 static int weights_from_store(struct weights *w, struct svc_activation *act, const struct shard_list *l,
                               const struct svc_fdstore_identity *id, struct svc_memlock *ml, int use_store)
 {
@@ -326,6 +355,8 @@ static int weights_from_store(struct weights *w, struct svc_activation *act, con
         return 0;
     }
     r = lock_store(w, ml);
+    if (r == 0)
+        r = weights_images(w);
     if (r < 0)
         return r;
     w->from_store = 1;
@@ -379,6 +410,8 @@ static int weights_load(struct weights *w, const char *dir, int use_store, struc
             r = -EBADMSG;
         if (r == 0)
             r = lock_store(w, ml);
+        if (r == 0)
+            r = weights_images(w);
         if (r == 0) {
             int pushed = svc_fdstore_push(&w->store, SVC_FDSTORE_WEIGHTS_NAME);
             w->n_files = l.n;
@@ -422,6 +455,11 @@ out:
 
 static void weights_free(struct weights *w)
 {
+    for (unsigned i = 0; i < w->n_images; i++)
+        free((char *)w->images[i].name);
+    free(w->images);
+    w->images = NULL;
+    w->n_images = 0;
     if (w->st)
         st_set_free(w->st);
     w->st = NULL;
@@ -590,16 +628,13 @@ int main(int argc, char **argv)
     struct svc_memlock ml;
     svc_memlock_init(&ml, d.cfg.memlock == DAEMON_MEMLOCK_OFF ? SVC_MEMLOCK_OFF
                         : d.cfg.memlock == DAEMON_MEMLOCK_ONFAULT ? SVC_MEMLOCK_ONFAULT : SVC_MEMLOCK_NOW);
-    /* The engine generator still maps the model files itself (model_load()
-     * takes a directory), so a container would be a second copy of the
-     * weights in RAM: auto keeps the store for generators that do not read
-     * the model; fd_store = yes forces it. */
+    /* auto: keep the weights in the fd store when a service manager can
+     * hold them (NOTIFY_SOCKET). By hand nobody keeps the memfd across a
+     * restart, so copying the files into it would only cost a pass over
+     * them. Every generator uses the container when there is one (the
+     * engine loads from it), so it is the only copy of the weights. */
     int use_store = d.cfg.fd_store == DAEMON_FD_STORE_YES ||
-                    (d.cfg.fd_store == DAEMON_FD_STORE_AUTO && notify.connected && d.gen->synthetic);
-    if (d.cfg.fd_store == DAEMON_FD_STORE_AUTO && notify.connected && !d.gen->synthetic && d.cfg.model[0])
-        daemon_log("fd_store = auto: not keeping the weights in the fd store: the %s generator reads the "
-                   "model files itself, a container would hold a second copy (fd_store = yes forces it)",
-                   d.gen->name);
+                    (d.cfg.fd_store == DAEMON_FD_STORE_AUTO && notify.connected);
     if (d.cfg.model[0]) {
         uint64_t t0 = daemon_now_us();
         svc_notify_status(&notify, "loading weights from %s", d.cfg.model);
@@ -644,7 +679,15 @@ int main(int argc, char **argv)
     if (d.gen->synthetic && d.cfg.model[0])
         daemon_log("the synthetic %s generator does not run the model in --model %s (its weights are only mapped and locked)",
                    d.gen->name, d.cfg.model);
-    r = d.gen->create(d.cfg.model, &d.gen_ctx, err, sizeof(err));
+    r = d.gen->create(d.cfg.model, w.images, w.n_images, &d.gen_ctx, err, sizeof(err));
+    if (r < 0 && w.n_images) {
+        /* weights_load() checked the container against the directory; a
+         * shard replaced since then makes the engine refuse it (-ESTALE).
+         * The files are the truth: load from them. */
+        daemon_log("generator %s: the fd-store container was refused (%s); loading from the model files",
+                   d.gen->name, err);
+        r = d.gen->create(d.cfg.model, NULL, 0, &d.gen_ctx, err, sizeof(err));
+    }
     if (r < 0) {
         fprintf(stderr, "residentd: generator %s: %s\n", d.gen->name, err);
         goto fail;
@@ -652,6 +695,10 @@ int main(int argc, char **argv)
     if (d.gen->synthetic)
         daemon_log("generator: null (deterministic synthetic tokens, vocabulary %u; NOT a model)",
                    d.gen->vocab_size(d.gen_ctx));
+    else if (d.gen->files_opened)
+        daemon_log("generator: %s, model %s (weights from %s; %u shard files opened)", d.gen->name,
+                   d.cfg.model, w.n_images ? "the fd-store container" : "the model files",
+                   d.gen->files_opened(d.gen_ctx));
     else
         daemon_log("generator: %s, model %s", d.gen->name, d.cfg.model);
 

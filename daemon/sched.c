@@ -853,8 +853,10 @@ void sched_batch_done(struct daemon *d)
         q->prefill_left -= it->n_prefill;
         if (it->cached)
             q->cached_tokens = it->cached;
-        if (it->sample)
+        if (it->sample) {
+            d->tokens_out++;
             seq_token(q, it);
+        }
     }
     /* Publish once per session per step: one wakeup carries the whole step. */
     for (struct session *s = d->sessions, *ns; s; s = ns) {

@@ -41,6 +41,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -57,6 +58,7 @@
 #include <unistd.h>
 
 #include "daemon/daemon.h"
+#include "daemon/svc-memlock.h"
 
 #define TICK_MS 50
 
@@ -652,7 +654,7 @@ static void begin_stop(struct daemon *d, const char *why)
     uint64_t now = daemon_now_us();
     d->stop_deadline_us = now + (uint64_t)d->cfg.shutdown_grace_ms * 1000;
     daemon_log("%s: finishing %u in-flight requests within %u ms", why, sched_running(d), d->cfg.shutdown_grace_ms);
-    sd_notify(0, "STOPPING=1\nSTATUS=shutting down");
+    svc_notify_stopping(&d->notify, "shutting down");
     cancel_op(d, &d->accept_op);
     struct shm_wire_bye bye = { .reason = SHM_BYE_SHUTDOWN, .grace_ms = d->cfg.shutdown_grace_ms };
     uint8_t buf[SHM_WIRE_MAX];
@@ -684,12 +686,12 @@ static int stop_progress(struct daemon *d, uint64_t now)
 
 /* ---- STATUS= ---- */
 
-/* The generator's counters (the engine's prefix cache: hits, misses,
- * tokens reused, bytes held, evictions) ride on the STATUS= line,
- * refreshed every STATUS_PERIOD_US by the tick, and go to the log at
- * SIGHUP and exit. */
-#define STATUS_PERIOD_US 5000000ull
-
+/* What `systemctl status` shows while serving: sessions, requests in
+ * flight, tokens per second since the previous line, VmLck (the weights
+ * stay locked), and the generator's counters (the engine's prefix cache:
+ * hits, misses, tokens reused, bytes held, evictions). Sent with READY=1,
+ * after a reload, and every status_interval_sec from the tick; the
+ * generator's counters also go to the log at SIGHUP and exit. */
 static void gen_stats(struct daemon *d, char *buf, size_t len)
 {
     buf[0] = '\0';
@@ -697,11 +699,25 @@ static void gen_stats(struct daemon *d, char *buf, size_t len)
         d->gen->stats(d->gen_ctx, buf, len);
 }
 
-static void notify_serving(struct daemon *d, const char *extra)
+static void status_text(struct daemon *d, uint64_t now, char *buf, size_t len)
 {
-    char st[512];
+    char st[320];
     gen_stats(d, st, sizeof(st));
-    sd_notifyf(0, "%sSTATUS=serving (generator %s)%s%s", extra, d->gen->name, st[0] ? "; " : "", st);
+    uint64_t vmlck = 0, dt = now - d->status_us;
+    (void)svc_memlock_vmlck(0, &vmlck);
+    double tps = d->status_us && dt ? (double)(d->tokens_out - d->status_tokens_out) * 1e6 / (double)dt : 0.0;
+    snprintf(buf, len, "serving (generator %s): %u session%s, %u in flight, %.1f tok/s, VmLck %" PRIu64
+             " kB%s%s", d->gen->name, d->n_sessions, d->n_sessions == 1 ? "" : "s", sched_running(d), tps,
+             vmlck / 1024, st[0] ? "; " : "", st);
+    d->status_us = now;
+    d->status_tokens_out = d->tokens_out;
+}
+
+static void notify_status(struct daemon *d, uint64_t now)
+{
+    char buf[480];
+    status_text(d, now, buf, sizeof(buf));
+    svc_notify_status(&d->notify, "%s", buf);
 }
 
 /* ---- SIGHUP ---- */
@@ -711,7 +727,7 @@ static void notify_serving(struct daemon *d, const char *extra)
  * named in the log. */
 static void reload(struct daemon *d)
 {
-    sd_notify(0, "RELOADING=1\nSTATUS=reloading configuration");
+    svc_notify_reloading(&d->notify);
     struct daemon_config next;
     char err[1024];
     int r = daemon_config_build(&next, &d->cfg_src, err, sizeof(err));
@@ -728,7 +744,8 @@ static void reload(struct daemon *d)
     gen_stats(d, st, sizeof(st));
     if (st[0])
         daemon_log("SIGHUP: %s", st);
-    notify_serving(d, "READY=1\n");
+    status_text(d, daemon_now_us(), st, sizeof(st));
+    svc_notify_reloaded(&d->notify, st);
 }
 
 /* ---- the loop ---- */
@@ -748,15 +765,15 @@ static void on_tick(struct daemon *d)
         d->accept_retry_us = 0;
         arm_accept(d);
     }
-    static uint64_t last_status_us;
-    if (!d->stopping && d->gen->stats && now - last_status_us >= STATUS_PERIOD_US) {
-        notify_serving(d, "");
-        last_status_us = now;
-    }
-    if (d->watchdog_usec && now - d->last_watchdog_us >= d->watchdog_usec / 2) {
-        sd_notify(0, "WATCHDOG=1");
-        d->last_watchdog_us = now;
-    }
+    if (!d->stopping && d->cfg.status_interval_sec &&
+        now - d->status_us >= (uint64_t)d->cfg.status_interval_sec * 1000000u)
+        notify_status(d, now);
+    /* The ping proves this loop turns: it is sent from here, never from a
+     * timer thread. The 50 ms tick bounds how late it can be; a ping is
+     * scheduled from the time it went out, so a stall is not hidden by a
+     * burst of catch-up pings (svc-notify.h). */
+    if (svc_watchdog_due(&d->notify, now))
+        svc_watchdog_ping(&d->notify, now);
 }
 
 static void dispatch(struct daemon *d, struct io_uring_cqe *cqe)
@@ -1021,10 +1038,21 @@ int daemon_run(struct daemon *d, char *err, size_t errlen)
     arm_read(d, &d->worker_op, d->worker.efd, &d->worker_val, sizeof(d->worker_val));
     arm_read(d, &d->signal_op, d->signal_fd, d->sig_buf, sizeof(struct signalfd_siginfo));
     arm_tick(d);
-    if (sd_watchdog_enabled(0, &d->watchdog_usec) <= 0)
-        d->watchdog_usec = 0;
-    notify_serving(d, "READY=1\n");
+    /* WATCHDOG_USEC, honoured only when WATCHDOG_PID is unset or ours (as
+     * sd_watchdog_enabled() decides); READY=1 arms the ping clock. */
+    r = svc_notify_init(&d->notify);
+    if (r < 0) {
+        snprintf(err, errlen, "WATCHDOG_USEC=%s is not a valid interval (WatchdogSec= in residentd.service)",
+                 getenv("WATCHDOG_USEC") ? getenv("WATCHDOG_USEC") : "");
+        return r;
+    }
+    char st[480];
+    status_text(d, daemon_now_us(), st, sizeof(st));
+    svc_notify_ready(&d->notify, st);
     daemon_log("ready");
+    if (d->notify.watchdog_usec)
+        daemon_log("watchdog: WATCHDOG=1 every %" PRIu64 " ms from the event loop",
+                   d->notify.watchdog_usec / 2000);
 
     for (;;) {
         r = io_uring_submit_and_wait(&d->ring, 1);
@@ -1047,7 +1075,6 @@ int daemon_run(struct daemon *d, char *err, size_t errlen)
     }
     /* Stop the worker before tearing down what it may touch. */
     sched_fini(d);
-    char st[512];
     gen_stats(d, st, sizeof(st));
     if (st[0])
         daemon_log("exit: %s", st);

@@ -148,7 +148,9 @@ int model_load(const char *dir, const struct model_params *params,
                               m->cfg.max_position_embeddings);
         goto fail;
     }
-    if ((rc = st_set_open_dir(dir, &m->st, err)))
+    rc = p.shard_images ? st_set_open_dir_images(dir, p.shard_images, p.n_shard_images, &m->st, err)
+                        : st_set_open_dir(dir, &m->st, err);
+    if (rc)
         goto fail;
     if ((rc = model_weights_bind(&m->w, m->st, &m->cfg, err)))
         goto fail;
@@ -273,6 +275,13 @@ int32_t model_n_layers(const struct model *m)
 uint64_t model_mapped_bytes(const struct model *m)
 {
     return m->w.report.mapped_bytes;
+}
+
+uint32_t model_files_opened(const struct model *m)
+{
+    struct st_set_stats s;
+    st_set_get_stats(m->st, &s);
+    return s.files_opened;
 }
 
 void model_report_write(const struct model *m, FILE *f)

@@ -25,6 +25,7 @@
 
 #include "engine/config.h"
 #include "engine/error.h"
+#include "engine/safetensors.h"
 
 struct model;
 struct model_seq;
@@ -37,6 +38,11 @@ struct model_params {
     int32_t     n_threads;               /* backend threads, 1                */
     int64_t     max_context;             /* default seq capacity, 4096 tokens */
     int32_t     real_vocab;              /* tokenizer size, 0 = vocab_size    */
+    /* NULL: map the shard files. Else the shards' contents already in
+     * memory (st_set_open_dir_images(); borrowed, must outlive the model):
+     * the files are not opened. The logits are those of a file load. */
+    const struct st_image *shard_images;
+    uint32_t    n_shard_images;
 };
 #define MODEL_PARAMS_DEFAULT { .backend = "cpu-ref", .backend_instance = NULL, \
                                .n_threads = 1, .max_context = 4096, .real_vocab = 0 }
@@ -54,6 +60,9 @@ int32_t model_n_layers(const struct model *m);
 /* Loader report: tensors by kind, bytes mapped / quantised / dense, time. */
 void model_report_write(const struct model *m, FILE *f);
 uint64_t model_mapped_bytes(const struct model *m);
+/* Shard files the loader opened from the file system (0 when every shard
+ * came from model_params.shard_images): proof a restart read no checkpoint. */
+uint32_t model_files_opened(const struct model *m);
 
 /* capacity 0 = params.max_context. State starts empty (len 0). */
 int  model_seq_new(struct model *m, int64_t capacity, struct model_seq **out,

@@ -95,6 +95,7 @@ struct st_file {
     char  *path;
     void  *map;
     size_t size;
+    bool   borrowed;                    /* an st_image: not ours to unmap   */
 };
 
 struct st_set {
@@ -106,6 +107,10 @@ struct st_set {
     uint32_t         *slots;            /* tensor index + 1, 0 = empty      */
     size_t            n_slots;          /* power of two                     */
     uint64_t          mapped;
+    uint32_t          files_opened;     /* shards opened from the file system */
+    /* st_set_open_dir_images(): the shards' contents, borrowed */
+    const struct st_image *images;
+    uint32_t          n_images;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -541,7 +546,7 @@ void st_set_free(struct st_set *set)
     free(set->tensors);
     free(set->slots);
     for (uint32_t i = 0; i < set->n_files; i++) {
-        if (set->files[i].map)
+        if (set->files[i].map && !set->files[i].borrowed)
             munmap(set->files[i].map, set->files[i].size);
         free(set->files[i].path);
     }
@@ -595,6 +600,47 @@ static int st_slots_reserve(struct st_set *set, size_t n, struct engine_error *e
     return 0;
 }
 
+static int st_set_add_tensors(struct st_set *set, struct st_file *f, const char *path,
+                              struct engine_error *err);
+
+/* Use the caller's in-memory image of shard `name` instead of opening the
+ * file. The image must be the file as it is now: the caller checked its
+ * identity (st_image's comment); the size is checked again here against the
+ * directory entry because it costs nothing and catches a shard that was
+ * replaced after the caller's check. The header is then parsed exactly like
+ * a mapped file's, so a corrupted image fails the same way a corrupted file
+ * does. The file itself is never opened. */
+static int st_set_take_image(struct st_set *set, struct st_file *f, int dirfd, const char *name,
+                             const char *path, struct engine_error *err)
+{
+    const struct st_image *img = NULL;
+    for (uint32_t i = 0; i < set->n_images && !img; i++)
+        if (set->images[i].name && strcmp(set->images[i].name, name) == 0)
+            img = &set->images[i];
+    if (!img)
+        return engine_error_set(err, -ESTALE, "%s: the model directory names this shard, but the in-memory "
+                                "shard set has no image of it (stale: the files changed since it was made)",
+                                path);
+    struct stat st;
+    if (fstatat(dirfd, name, &st, 0) != 0) {
+        int e = errno;
+        return engine_error_set(err, -e, "%s: cannot stat: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != img->size)
+        return engine_error_set(err, -ESTALE, "%s: file is %lld bytes, its in-memory image %llu "
+                                "(stale: the file changed since the image was made)",
+                                path, (long long)st.st_size, (unsigned long long)img->size);
+    if (!img->data || img->size < 8 || img->size > SIZE_MAX ||
+        (uintptr_t)img->data % (uintptr_t)sysconf(_SC_PAGESIZE) != 0)
+        return engine_error_set(err, -EINVAL, "%s: in-memory image of %llu bytes must be at least 8 bytes "
+                                "and start on a page boundary", path, (unsigned long long)img->size);
+    f->map = (void *)(uintptr_t)img->data;
+    f->size = (size_t)img->size;
+    f->borrowed = true;
+    set->mapped += img->size;
+    return 0;
+}
+
 static int st_set_map_file(struct st_set *set, int dirfd, const char *name, const char *path,
                            struct engine_error *err)
 {
@@ -611,6 +657,12 @@ static int st_set_map_file(struct st_set *set, int dirfd, const char *name, cons
         return engine_error_set(err, -ENOMEM, "%s: out of memory", path);
     set->n_files++;                     /* owned by the set from here on */
 
+    if (set->images) {
+        int rc = st_set_take_image(set, f, dirfd, name, path, err);
+        if (rc < 0)
+            return rc;
+        return st_set_add_tensors(set, f, path, err);
+    }
     int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0) {
         int e = errno;
@@ -643,6 +695,7 @@ static int st_set_map_file(struct st_set *set, int dirfd, const char *name, cons
     f->map = map;
     f->size = (size_t)st.st_size;
     set->mapped += (uint64_t)st.st_size;
+    set->files_opened++;
 
     /* Read the header and nothing else: without MADV_RANDOM the first
      * fault's read-around pulls megabytes of tensor data (measured: 8 MiB
@@ -655,11 +708,18 @@ static int st_set_map_file(struct st_set *set, int dirfd, const char *name, cons
         hlen = (hlen << 8) | ((const uint8_t *)map)[i];
     if (hlen <= ST_HEADER_MAX && hlen <= f->size - 8)
         (void)madvise(map, (size_t)(8 + hlen), MADV_WILLNEED);
+    int rc = st_set_add_tensors(set, f, path, err);
+    (void)madvise(map, f->size, MADV_NORMAL);
+    return rc;
+}
 
+/* Parse the header of file `f` (the last one added) and adopt its tensors. */
+static int st_set_add_tensors(struct st_set *set, struct st_file *f, const char *path,
+                              struct engine_error *err)
+{
     struct st_entry *ent;
     size_t n;
-    int rc = st_header_parse(map, f->size, path, &ent, &n, err);
-    (void)madvise(map, f->size, MADV_NORMAL);
+    int rc = st_header_parse(f->map, f->size, path, &ent, &n, err);
     if (rc < 0)
         return rc;
 
@@ -945,7 +1005,26 @@ static int st_open_all(struct st_set *set, const char *dir, int dirfd, struct en
     return rc;
 }
 
+static int st_set_open_dir_with(const char *dir, const struct st_image *images, uint32_t n_images,
+                                struct st_set **out, struct engine_error *err);
+
 int st_set_open_dir(const char *dir, struct st_set **out, struct engine_error *err)
+{
+    return st_set_open_dir_with(dir, NULL, 0, out, err);
+}
+
+int st_set_open_dir_images(const char *dir, const struct st_image *images, uint32_t n_images,
+                           struct st_set **out, struct engine_error *err)
+{
+    *out = NULL;
+    if (!images || n_images == 0 || n_images > ST_FILES_MAX)
+        return engine_error_set(err, -EINVAL, "%s: in-memory shard set of %u images (1..%u)",
+                                dir, n_images, ST_FILES_MAX);
+    return st_set_open_dir_with(dir, images, n_images, out, err);
+}
+
+static int st_set_open_dir_with(const char *dir, const struct st_image *images, uint32_t n_images,
+                                struct st_set **out, struct engine_error *err)
 {
     *out = NULL;
     int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -958,6 +1037,8 @@ int st_set_open_dir(const char *dir, struct st_set **out, struct engine_error *e
         close(dirfd);
         return engine_error_set(err, -ENOMEM, "%s: out of memory", dir);
     }
+    set->images = images;
+    set->n_images = n_images;
     int rc;
     struct stat st;
     if (fstatat(dirfd, ST_INDEX_NAME, &st, 0) == 0) {
@@ -971,6 +1052,8 @@ int st_set_open_dir(const char *dir, struct st_set **out, struct engine_error *e
         rc = st_open_all(set, dir, dirfd, err);
     }
     close(dirfd);
+    set->images = NULL;                 /* only needed while opening */
+    set->n_images = 0;
     if (rc < 0) {
         st_set_free(set);
         return rc;
@@ -1050,6 +1133,7 @@ void st_set_get_stats(const struct st_set *set, struct st_set_stats *out)
         return;
     out->files = set->n_files;
     out->mapped_bytes = set->mapped;
+    out->files_opened = set->files_opened;
     out->tensors = set->n_tensors;
     for (size_t i = 0; i < set->n_tensors; i++) {
         const struct st_tensor *t = &set->tensors[i];

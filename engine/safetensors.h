@@ -63,6 +63,37 @@ int st_set_open_file(const char *path, struct st_set **out, struct engine_error 
  * only existing shards and each tensor must be in the shard it names. */
 int st_set_open_dir(const char *dir, struct st_set **out, struct engine_error *err);
 
+/* The contents of one shard file already in memory (e.g. a sealed memfd
+ * kept in systemd's fd store across a restart). `data` is borrowed: it must
+ * stay mapped, unchanged, until st_set_free(), and start on a page boundary
+ * (as a file mapping does: tensor alignment is checked as a file offset). */
+struct st_image {
+    const char *name;                   /* the shard's file name, no '/'     */
+    const void *data;                   /* the whole file image              */
+    uint64_t    size;                   /* == the file's size                */
+};
+
+/**
+ * st_set_open_dir_images() - open a model directory whose shards are in memory
+ * @dir:      the model directory: its index (or file list) decides which
+ *            shards make up the set, exactly as st_set_open_dir()
+ * @images:   the shards' contents; images no shard needs are ignored
+ * @n_images: 1..ST_FILES_MAX
+ * @out:      the set; its tensors point into the images
+ * @err:      filled on failure
+ *
+ * No shard file is opened or read (st_set_get_stats().files_opened stays 0);
+ * only the small index is read and each shard is stat()ed. Every check of
+ * the file path applies to the images (header, dtypes, offsets, overlap,
+ * alignment, index placement). The caller proves the images are the
+ * directory's current files (names, sizes, mtimes); this function checks
+ * the sizes again.
+ *
+ * Return: 0; -ESTALE when a shard has no image or its image's size differs
+ * from the file's; -EINVAL for an unaligned image; else as st_set_open_dir().
+ */
+int st_set_open_dir_images(const char *dir, const struct st_image *images, uint32_t n_images,
+                           struct st_set **out, struct engine_error *err);
 void st_set_free(struct st_set *set);
 
 /* Lookup by exact name; NULL when absent. O(1) average (hash table). */
@@ -92,6 +123,8 @@ struct st_set_stats {
     uint64_t tensors;
     uint64_t tensor_bytes;              /* sum of nbytes                      */
     uint64_t mapped_bytes;              /* == st_set_mapped_bytes()           */
+    uint32_t files_opened;              /* shards opened from the file system
+                                           (0 for st_set_open_dir_images)     */
     uint64_t count_by_dtype[ST_DTYPE_COUNT];
     uint64_t bytes_by_dtype[ST_DTYPE_COUNT];
 };

@@ -65,6 +65,10 @@ int th_daemon_start(struct th_daemon *d, const char *const *opts)
     argv[n++] = "/dev/null";
     argv[n++] = "-o";
     argv[n++] = "socket_mode=0666";
+    /* CI runs as root: without this residentd would drop to its service
+     * user (privileges = auto, the default), which a test host lacks. */
+    argv[n++] = "-o";
+    argv[n++] = "privileges=keep";
     for (int i = 0; opts && opts[i] && n < 60; i++) {
         argv[n++] = "-o";
         argv[n++] = opts[i];

@@ -462,7 +462,8 @@ static void test_reconnect_same_path(void)
     snprintf(exe, sizeof(exe), "%s/daemon/residentd", root);
     pid_t p = fork();
     if (p == 0) {
-        execl(exe, exe, "--socket", D.sock, "--config", "/dev/null", "-o", "socket_mode=0666", (char *)NULL);
+        execl(exe, exe, "--socket", D.sock, "--config", "/dev/null", "-o", "socket_mode=0666",
+              "-o", "privileges=keep", (char *)NULL);
         _exit(127);
     }
     D.pid = p;

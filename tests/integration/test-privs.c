@@ -13,6 +13,10 @@
  *            With the engine generator: it loads after the drop, every thread
  *            has Uid 65534 and no capability, a request is served.
  *  verify:   under a fake manager, root and CAP_SYS_ADMIN are refused.
+ *  default:  no privileges key (auto): root by hand drops to `user` (caps 0,
+ *            NoNewPrivs 1) or refuses when the user is missing; root under a
+ *            manager is refused; nobody by hand verifies. Every other test
+ *            passes privileges = keep unless it sets privileges itself.
  *  memlock:  as nobody under RLIMIT_MEMLOCK 1 MiB the start fails before
  *            READY naming LimitMEMLOCK= and CAP_IPC_LOCK and the bytes.
  *  fd store: fd_store = yes hands a sealed memfd to the fake manager
@@ -21,6 +25,11 @@
  *            files (/proc/PID/io rchar); a touched shard (mtime) and a foreign
  *            memfd are discarded (FDSTOREREMOVE=1) and the files re-read.
  *            Prints start-to-READY times with and without the store.
+ *            With the engine generator: it loads from the container, a restart
+ *            maps no shard file (/proc/PID/maps), opens none (the engine's
+ *            counter in the log), reads less than the first start by 3/4 of
+ *            the shards (rchar; the tokenizer is still read), and the greedy
+ *            output equals a start from the files.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -70,6 +79,7 @@ struct spawn_opts {
     uid_t as_uid;                   /* != 0: become this uid before exec */
     uint64_t memlock_limit;         /* != 0: RLIMIT_MEMLOCK */
     int  ambient_sys_admin;         /* with as_uid: keep CAP_SYS_ADMIN as ambient */
+    int  default_privileges;        /* no -o privileges=keep: the compiled-in default */
 };
 
 static void copy_file(const char *from, const char *to)
@@ -145,6 +155,10 @@ static void spawn(struct run *r, const char *name, const struct spawn_opts *o)
     argv[n++] = "null";
     argv[n++] = "-o";
     argv[n++] = "socket_mode=0666";
+    if (!o->default_privileges) {       /* tests that do not test privileges */
+        argv[n++] = "-o";
+        argv[n++] = "privileges=keep";
+    }
     for (int i = 0; o->args && o->args[i] && n < 60; i++)
         argv[n++] = o->args[i];
     argv[n] = NULL;
@@ -555,6 +569,80 @@ static void test_verify(void)
            "clean start served with NoNewPrivs 1\n");
 }
 
+/* Started by hand (no NOTIFY_SOCKET): READY is the "ready" log line. */
+static int wait_log_ready(struct run *r, int timeout_ms)
+{
+    uint64_t end = svc_testlib_now_ms() + (uint64_t)timeout_ms;
+    while (svc_testlib_now_ms() < end) {
+        if (log_has(r, "residentd: ready\n"))
+            return 1;
+        int st;
+        if (waitpid(r->pid, &st, WNOHANG) == r->pid) {
+            r->exit_status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+            r->pid = 0;
+            return 0;
+        }
+        usleep(10000);
+    }
+    return 0;
+}
+
+/* The compiled-in default (no privileges key, no residentd.conf) is auto:
+ * root by hand drops to `user` (Uid 65534, no capability in any set,
+ * NoNewPrivs), and refuses to start when that user does not exist; root
+ * under a service manager is refused (User=); a non-root start verifies
+ * (NoNewPrivs, no capability). */
+static void test_default_privileges(void)
+{
+    char model_arg[600];
+    snprintf(model_arg, sizeof(model_arg), "model=%s", model);
+    const char *drop_args[] = { "-o", model_arg, "-o", "user=nobody", "-o", "supplementary_groups=",
+                                "-o", "fd_store=no", NULL };
+    struct run r;
+    spawn(&r, "default-root", &(struct spawn_opts){ .args = drop_args, .pass_fd = -1, .default_privileges = 1 });
+    if (!wait_log_ready(&r, 20000)) {
+        dump_log(&r);
+        T_CHECKF(0, "root by hand with the default privileges did not become ready");
+    }
+    expect_status(r.pid, "Uid", "65534\t65534\t65534\t65534");
+    expect_status(r.pid, "CapPrm", "0000000000000000");
+    expect_status(r.pid, "CapEff", "0000000000000000");
+    expect_status(r.pid, "CapBnd", "0000000000000000");
+    expect_status(r.pid, "CapAmb", "0000000000000000");
+    expect_status(r.pid, "NoNewPrivs", "1");
+    T_CHECK(proc_u64(r.pid, "status", "VmLck") * 1024 >= shard_bytes);
+    T_CHECK(log_has(&r, "dropped privileges: uid=65534"));
+    T_CHECK(client_as(r.sock, 0, 0, 0, 0) == 0);
+    stop(&r);
+
+    const char *nouser_args[] = { "-o", "user=no-such-user-resident-test", NULL };
+    spawn(&r, "default-nouser", &(struct spawn_opts){ .args = nouser_args, .pass_fd = -1, .default_privileges = 1 });
+    int st = svc_testlib_wait(r.pid);
+    r.pid = 0;
+    if (st != 1 || !log_has(&r, "does not exist"))
+        dump_log(&r);
+    T_CHECKF(st == 1 && log_has(&r, "no-such-user-resident-test") && log_has(&r, "systemd-sysusers"),
+             "root by hand with a missing user: exit %d, expected 1 naming the user and systemd-sysusers", st);
+
+    spawn(&r, "default-managed-root", &(struct spawn_opts){ .notify = 1, .pass_fd = -1, .default_privileges = 1 });
+    st = svc_testlib_wait(r.pid);
+    r.pid = 0;
+    T_CHECKF(st == 1 && log_has(&r, "User="), "root under a manager with the default privileges: exit %d", st);
+
+    spawn(&r, "default-nobody", &(struct spawn_opts){ .pass_fd = -1, .as_uid = NOBODY, .default_privileges = 1 });
+    if (!wait_log_ready(&r, 20000)) {
+        dump_log(&r);
+        T_CHECKF(0, "nobody by hand with the default privileges did not become ready");
+    }
+    expect_status(r.pid, "NoNewPrivs", "1");
+    expect_status(r.pid, "CapEff", "0000000000000000");
+    T_CHECK(log_has(&r, "credentials (verified)"));
+    stop(&r);
+    printf("default privileges (auto): root by hand dropped to nobody (caps 0, NoNewPrivs 1, weights locked, "
+           "served); missing user refused naming systemd-sysusers; root under a manager refused (User=); "
+           "nobody by hand verified (NoNewPrivs 1)\n");
+}
+
 static uint64_t rchar_at_ready(const struct run *r)
 {
     return proc_u64(r->pid, "io", "rchar");
@@ -652,6 +740,169 @@ static void test_fd_store(void)
     printf("fd store: touched shard (mtime) and foreign memfd discarded with FDSTOREREMOVE=1, files re-read\n");
 }
 
+/* Greedy output token ids of one request ("hello", up to 8 tokens) as a
+ * comma list in out (the child writes them through a pipe). 0 or -EIO. */
+static int client_tokens(const char *sock, char *out, size_t outlen)
+{
+    int pfd[2];
+    T_CHECK(pipe(pfd) == 0);
+    pid_t p = fork();
+    T_CHECK(p >= 0);
+    if (p == 0) {
+        close(pfd[0]);
+        struct resident_connect_params cp;
+        resident_connect_params_init(&cp);
+        cp.socket_path = sock;
+        struct resident *h = NULL;
+        if (resident_connect(&cp, &h) < 0)
+            _exit(3);
+        struct resident_request q;
+        resident_request_init(&q);
+        q.max_tokens = 8;
+        q.temperature = 0.0f;
+        uint64_t id;
+        int ok = resident_submit_text(h, &q, "hello", 5, 1, &id) == 0, done = 0;
+        struct resident_event ev;
+        char buf[512];
+        size_t n = 0;
+        while (ok && !done && resident_wait(h, &ev, 30000) == 1) {
+            for (uint32_t i = 0; ev.type == RESIDENT_EVENT_TOKENS && i < ev.n_tokens && n + 16 < sizeof(buf); i++)
+                n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%u,", ev.tokens[i]);
+            done = ev.type == RESIDENT_EVENT_DONE;
+            ok = !done || ev.error == 0;
+        }
+        resident_close(h);
+        if (!ok || !done || n == 0 || write(pfd[1], buf, n) != (ssize_t)n)
+            _exit(4);
+        _exit(0);
+    }
+    close(pfd[1]);
+    ssize_t n = read(pfd[0], out, outlen - 1);
+    close(pfd[0]);
+    out[n > 0 ? n : 0] = '\0';
+    return svc_testlib_wait(p) == 0 && n > 0 ? 0 : -EIO;
+}
+
+/* Whether /proc/PID/maps has a mapping whose path contains `what`. */
+static int maps_has(pid_t pid, const char *what)
+{
+    char path[64], line[1024];
+    snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+    FILE *f = fopen(path, "re");
+    T_CHECKF(f, "%s: %s", path, strerror(errno));
+    int found = 0;
+    while (!found && fgets(line, sizeof(line), f))
+        found = strstr(line, what) != NULL;
+    fclose(f);
+    return found;
+}
+
+/* The engine generator through the fd store: it loads from the container's
+ * shard images, so a restart neither maps nor reads a shard file (no shard
+ * path in /proc/PID/maps, the engine's own counter says 0 files opened,
+ * rchar lower than the first start's by at least 3/4 of the shard bytes:
+ * the tokenizer is still read), the weights are locked before READY, and
+ * the greedy output equals that of a start from the files (the logits are
+ * bit-identical: engine-images). A stale entry is discarded. */
+static void test_fd_store_engine(void)
+{
+    char em[400], cmd[1024], model_arg[600], shard[600];
+    snprintf(em, sizeof(em), "%s/store-engine-model", dir);
+    snprintf(cmd, sizeof(cmd), "cp -r '%s' '%s'", src_model, em);
+    T_CHECK(system(cmd) == 0);
+    snprintf(model_arg, sizeof(model_arg), "model=%s", em);
+    snprintf(shard, sizeof(shard), "%s/model.safetensors", em);
+    uint64_t shards = 0;
+    const char *names[] = { "model.safetensors", "model_mtp.safetensors" };
+    for (int i = 0; i < 2; i++) {
+        char pth[700];
+        struct stat st;
+        snprintf(pth, sizeof(pth), "%s/%s", em, names[i]);
+        if (stat(pth, &st) == 0)
+            shards += (uint64_t)st.st_size;
+    }
+    const char *plain_args[] = { "--generator", "engine", "-o", model_arg, "-o", "fd_store=no", NULL };
+    const char *store_args[] = { "--generator", "engine", "-o", model_arg, "-o", "fd_store=yes", NULL };
+    char want[512], got[512];
+    struct run r;
+
+    /* From the files: the shard is mapped (what the restart must not do). */
+    spawn(&r, "engine-plain", &(struct spawn_opts){ .args = plain_args, .notify = 1, .pass_fd = -1 });
+    if (!wait_ready(&r, 60000)) {
+        dump_log(&r);
+        T_CHECKF(0, "engine generator from the files: no READY=1");
+    }
+    T_CHECKF(maps_has(r.pid, shard), "the file start does not map %s: the maps check proves nothing", shard);
+    T_CHECK(log_has(&r, "weights from the model files; 2 shard files opened"));
+    T_CHECK(client_tokens(r.sock, want, sizeof(want)) == 0);
+    uint64_t t_plain = r.t_ready_ms - r.t_start_ms;
+    stop(&r);
+
+    /* First start with the store: the engine already loads from the container. */
+    spawn(&r, "engine-fill", &(struct spawn_opts){ .args = store_args, .notify = 1, .pass_fd = -1 });
+    if (!wait_ready(&r, 60000)) {
+        dump_log(&r);
+        T_CHECKF(0, "engine generator, fd_store = yes: no READY=1");
+    }
+    T_CHECKF(r.store_fd >= 0, "no FDSTORE=1 with the container before READY=1");
+    uint64_t rchar_fill = rchar_at_ready(&r);
+    T_CHECK(!maps_has(r.pid, shard));
+    T_CHECK(log_has(&r, "weights from the fd-store container; 0 shard files opened"));
+    T_CHECK(client_tokens(r.sock, got, sizeof(got)) == 0);
+    T_CHECKF(strcmp(got, want) == 0, "output from the container %s != from the files %s", got, want);
+    uint64_t t_fill = r.t_ready_ms - r.t_start_ms;
+    int store = r.store_fd;
+    stop(&r);
+
+    /* Restart: nothing of the checkpoint is read or mapped. */
+    spawn(&r, "engine-restart", &(struct spawn_opts){ .args = store_args, .notify = 1, .pass_fd = store,
+                                                     .pass_name = "resident-weights" });
+    if (!wait_ready(&r, 60000)) {
+        dump_log(&r);
+        T_CHECKF(0, "engine generator restart from the fd store: no READY=1");
+    }
+    uint64_t rchar_restart = rchar_at_ready(&r), vmlck = proc_u64(r.pid, "status", "VmLck") * 1024;
+    if (!log_has(&r, "reusing resident-weights") || !log_has(&r, "0 shard files opened"))
+        dump_log(&r);
+    T_CHECK(log_has(&r, "reusing resident-weights"));
+    T_CHECK(log_has(&r, "weights from the fd-store container; 0 shard files opened"));
+    T_CHECKF(!maps_has(r.pid, shard), "the restarted daemon maps %s", shard);
+    T_CHECK(maps_has(r.pid, "resident-weights"));
+    T_CHECKF(rchar_restart + shards * 3 / 4 <= rchar_fill, "restart read %" PRIu64 " bytes, the first start %"
+             PRIu64 " (shards %" PRIu64 ")", rchar_restart, rchar_fill, shards);
+    T_CHECKF(vmlck >= shards, "VmLck %" PRIu64 " < shards %" PRIu64, vmlck, shards);
+    T_CHECK(r.status_vmlck_before_ready && !r.store_removed);
+    T_CHECK(client_tokens(r.sock, got, sizeof(got)) == 0);
+    T_CHECKF(strcmp(got, want) == 0, "output after the restart %s != from the files %s", got, want);
+    printf("fd store + engine generator: start to READY from the files %" PRIu64 " ms, first start with the "
+           "store %" PRIu64 " ms, restart from the store %" PRIu64 " ms; rchar %" PRIu64 " (first start %"
+           PRIu64 ", shards %" PRIu64 "), VmLck %" PRIu64 " kB, no shard file mapped, greedy tokens %s "
+           "equal to a start from the files\n", t_plain, t_fill, r.t_ready_ms - r.t_start_ms, rchar_restart,
+           rchar_fill, shards, vmlck / 1024, got);
+    stop(&r);
+
+    /* Stale (a shard's mtime changed): discarded, re-read, same output. */
+    struct timespec ts[2] = { { 0, UTIME_OMIT }, { 0, 0 } };
+    clock_gettime(CLOCK_REALTIME, &ts[1]);
+    ts[1].tv_sec += 5;
+    T_CHECK(utimensat(AT_FDCWD, shard, ts, 0) == 0);
+    spawn(&r, "engine-stale", &(struct spawn_opts){ .args = store_args, .notify = 1, .pass_fd = store,
+                                                   .pass_name = "resident-weights" });
+    if (!wait_ready(&r, 60000)) {
+        dump_log(&r);
+        T_CHECKF(0, "engine generator with a stale store entry: no READY=1");
+    }
+    T_CHECK(r.store_removed && log_has(&r, "stale or foreign"));
+    T_CHECK(rchar_at_ready(&r) >= shards);
+    T_CHECK(client_tokens(r.sock, got, sizeof(got)) == 0);
+    T_CHECK(strcmp(got, want) == 0);
+    if (r.store_fd >= 0)
+        close(r.store_fd);
+    stop(&r);
+    close(store);
+    printf("fd store + engine generator: stale entry (touched mtime) discarded, files re-read\n");
+}
+
 static int getpwnam_ok(void)
 {
     struct passwd *pw = getpwnam("nobody");
@@ -689,7 +940,9 @@ int main(void)
     test_drop_engine();
     test_memlock_refused();
     test_verify();
+    test_default_privileges();
     test_fd_store();
+    test_fd_store_engine();
 
     char cmd[400];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);

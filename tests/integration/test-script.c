@@ -72,7 +72,7 @@ static int start_daemon(const char *script)
             dup2(fd, 2);
         setenv("RESIDENT_GEN_SCRIPT", script_path, 1);
         execl(exe, exe, "--config", "/dev/null", "--socket", sock, "--generator", "script", "--model", model,
-              "-o", "socket_mode=0666", (char *)NULL);
+              "-o", "socket_mode=0666", "-o", "privileges=keep", (char *)NULL);
         _exit(127);
     }
     for (int i = 0; i < 1000; i++) {

@@ -7,6 +7,13 @@
  * and leaves the path alone; a STREAM socket passed by mistake is refused
  * with a message naming ListenSequentialPacket=; SIGHUP reloads the config
  * file (RELOADING=1 ... READY=1) and a broken file keeps the running one.
+ * Watchdog (WATCHDOG_USEC=200 ms): WATCHDOG=1 from the event loop every
+ * 100 ms (at least 8 and at most 22 in 2 s, never two closer than 80 ms:
+ * bounds loose enough for a loaded 2-CPU machine); none while the process
+ * is stopped (SIGSTOP: the loop stalls), one (no burst) after SIGCONT; none
+ * with WATCHDOG_PID naming another process. STATUS= (status_interval_sec
+ * = 1): refreshed every second with sessions, tok/s and VmLck; a connected
+ * client shows as "1 session", a 5-token request as a non-zero tok/s.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -57,6 +64,45 @@ static int wait_notify(int ns, const char *what, int timeout_ms)
 }
 
 static const char *config_file = "/dev/null";
+static const char *watchdog_usec;        /* WATCHDOG_USEC for the child, or NULL */
+static int watchdog_pid_other;           /* WATCHDOG_PID = the test's pid */
+static const char *extra_opt;            /* one more -o KEY=VALUE, or NULL */
+
+/* Collect datagrams containing `what` for `ms` milliseconds: how many, the
+ * smallest gap between two (ms), and the text of the last one. */
+static int count_notify(int ns, const char *what, int ms, uint64_t *min_gap, char *last, size_t lastlen)
+{
+    uint64_t end = th_now_ms() + (uint64_t)ms, prev = 0;
+    int n = 0;
+    if (min_gap)
+        *min_gap = UINT64_MAX;
+    while (th_now_ms() < end) {
+        struct pollfd p = { .fd = ns, .events = POLLIN };
+        if (poll(&p, 1, 10) <= 0)
+            continue;
+        char buf[4096];
+        ssize_t k = recv(ns, buf, sizeof(buf) - 1, 0);
+        if (k <= 0)
+            continue;
+        buf[k] = '\0';
+        if (!strstr(buf, what))
+            continue;
+        uint64_t t = th_now_ms();
+        if (n++ && min_gap && t - prev < *min_gap)
+            *min_gap = t - prev;
+        prev = t;
+        if (last)
+            snprintf(last, lastlen, "%s", buf);
+    }
+    return n;
+}
+
+static void drain(int ns)
+{
+    char buf[4096];
+    while (recv(ns, buf, sizeof(buf), MSG_DONTWAIT) > 0)
+        ;
+}
 
 static pid_t spawn(int listen_fd, const char *notify_path, const char *sock_path, const char *log)
 {
@@ -68,6 +114,12 @@ static pid_t spawn(int listen_fd, const char *notify_path, const char *sock_path
             dup2(lf, 2);
         if (notify_path)
             setenv("NOTIFY_SOCKET", notify_path, 1);
+        if (watchdog_usec) {
+            char pid[32];
+            snprintf(pid, sizeof(pid), "%d", (int)(watchdog_pid_other ? getppid() : getpid()));
+            setenv("WATCHDOG_USEC", watchdog_usec, 1);
+            setenv("WATCHDOG_PID", pid, 1);
+        }
         if (listen_fd >= 0) {
             if (dup2(listen_fd, 3) < 0)
                 _exit(126);
@@ -76,7 +128,10 @@ static pid_t spawn(int listen_fd, const char *notify_path, const char *sock_path
             setenv("LISTEN_FDS", "1", 1);
             setenv("LISTEN_PID", pid, 1);
         }
-        execl(exe, exe, "--socket", sock_path, "--config", config_file, "-o", "socket_mode=0666", (char *)NULL);
+        /* privileges = keep: as root under NOTIFY_SOCKET the default (auto)
+         * would refuse to run (a unit must set User=). */
+        execl(exe, exe, "--socket", sock_path, "--config", config_file, "-o", "socket_mode=0666",
+              "-o", "privileges=keep", extra_opt ? "-o" : (char *)NULL, extra_opt, (char *)NULL);
         _exit(127);
     }
     return p;
@@ -231,6 +286,64 @@ int main(void)
     }
     TH_CHECK(strstr(buf, "keeping the running one") != NULL && strstr(buf, ":1:") != NULL);
     unlink(conf);
+
+    /* Watchdog and periodic STATUS=. */
+    config_file = "/dev/null";
+    watchdog_usec = "200000";
+    extra_opt = "status_interval_sec=1";
+    p = spawn(-1, notify, sock, log);
+    TH_CHECK(wait_notify(ns, "READY=1", 5000));
+    uint64_t gap;
+    int pings = count_notify(ns, "WATCHDOG=1", 2000, &gap, NULL, 0);
+    printf("watchdog: %d pings in 2000 ms (expected ~20 at WATCHDOG_USEC/2 = 100 ms), smallest gap %llu ms\n",
+           pings, (unsigned long long)gap);
+    TH_CHECK(pings >= 8 && pings <= 22);
+    TH_CHECK(gap >= 80);
+    kill(p, SIGSTOP);                  /* the loop stalls */
+    usleep(50000);
+    drain(ns);
+    int stalled = count_notify(ns, "WATCHDOG=1", 600, NULL, NULL, 0);
+    kill(p, SIGCONT);
+    int after = count_notify(ns, "WATCHDOG=1", 150, NULL, NULL, 0);
+    int later = count_notify(ns, "WATCHDOG=1", 850, NULL, NULL, 0);
+    printf("watchdog: %d pings while stopped 600 ms; after SIGCONT %d in 150 ms, %d in the next 850 ms\n",
+           stalled, after, later);
+    TH_CHECK(stalled == 0);
+    TH_CHECK(after <= 2 && after + later >= 1);     /* resumed, no catch-up burst */
+    char last[4096] = "";
+    int statuses = count_notify(ns, "STATUS=serving", 2600, NULL, last, sizeof(last));
+    printf("status: %d STATUS= lines in 2600 ms at status_interval_sec = 1; last: %s\n", statuses, last);
+    TH_CHECK(statuses >= 2 && statuses <= 4);
+    TH_CHECK(strstr(last, "tok/s") && strstr(last, "VmLck") && strstr(last, "0 sessions"));
+    struct resident_connect_params cp;
+    resident_connect_params_init(&cp);
+    cp.socket_path = sock;
+    struct resident *held = NULL;
+    TH_CHECK(resident_connect(&cp, &held) == 0);
+    TH_CHECK(request(sock, 5) == 0);
+    int saw_session = 0, saw_rate = 0;
+    for (int i = 0; i < 3 && !(saw_session && saw_rate); i++) {
+        count_notify(ns, "STATUS=serving", 1100, NULL, last, sizeof(last));
+        saw_session |= strstr(last, " 1 session,") != NULL;
+        saw_rate |= strstr(last, " 0.0 tok/s") == NULL && strstr(last, "tok/s") != NULL;
+    }
+    printf("status with a client connected after a 5-token request: %s\n", last);
+    TH_CHECK(saw_session && saw_rate);
+    if (held)
+        resident_close(held);
+    kill(p, SIGTERM);
+    TH_CHECK(reap(p, 5000) == 0);
+
+    /* WATCHDOG_PID of another process: the watchdog is not ours. */
+    watchdog_pid_other = 1;
+    p = spawn(-1, notify, sock, log);
+    TH_CHECK(wait_notify(ns, "READY=1", 5000));
+    pings = count_notify(ns, "WATCHDOG=1", 600, NULL, NULL, 0);
+    TH_CHECK(pings == 0);
+    kill(p, SIGTERM);
+    TH_CHECK(reap(p, 5000) == 0);
+    watchdog_usec = NULL;
+    extra_opt = NULL;
 
     close(ns);
     unlink(notify);

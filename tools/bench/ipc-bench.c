@@ -353,7 +353,8 @@ static int start_daemon(void)
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         int null = open("/dev/null", 1);
         dup2(null, 2);
-        execl(exe, exe, "--socket", sock_path, "--config", "/dev/null", "-o", "max_inflight_per_uid=1024",
+        execl(exe, exe, "--socket", sock_path, "--config", "/dev/null", "-o", "privileges=keep",
+              "-o", "max_inflight_per_uid=1024",
               "-o", "max_sessions_per_uid=128", "-o", "max_batch=128", "-o", "max_fds_per_uid=1024",
               "-o", "max_ring_bytes_per_uid=1073741824", (char *)NULL);
         _exit(127);

@@ -31,6 +31,8 @@ class Daemon:
              "-o", f"max_prompt_tokens={MAX_PROMPT_TOKENS}",
              "-o", f"max_new_tokens={MAX_NEW_TOKENS}",
              "-o", "slow_client_ms=60000",
+             # a test daemon, often root in CI: no drop to the service user
+             "-o", "privileges=keep",
              "-o", f"allow_uids={os.getuid()}"],
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 10

@@ -44,7 +44,7 @@ def script_gw(tmp):
     log = open(os.path.join(tmp, "residentd-script.log"), "w+")
     proc = subprocess.Popen(
         [RESIDENTD_SCRIPT, "--config", "/dev/null", "--socket", sock, "--generator", "script",
-         "--model", MODEL_DIR, "-o", f"allow_uids={os.getuid()}"],
+         "--model", MODEL_DIR, "-o", f"allow_uids={os.getuid()}", "-o", "privileges=keep"],
         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, RESIDENT_GEN_SCRIPT=path))
     deadline = time.time() + 20
     while not os.path.exists(sock):
