@@ -2,8 +2,11 @@
 /*
  * `resident`: command-line client.
  *
- *   resident [--socket PATH] run [-n MAX] [--seed S] [--raw] [--json] [--stats] PROMPT
- *   resident [--socket PATH] chat [-n MAX] [--seed S] [--system TEXT]
+ *   resident [--socket PATH] run [-n MAX] [--seed S] [SAMPLING] [--raw] [--json] [--stats] PROMPT
+ *   resident [--socket PATH] chat [-n MAX] [--seed S] [SAMPLING] [--system TEXT]
+ *   SAMPLING: --temperature T --top-p P --top-k K --min-p P --repetition-penalty R
+ *             --presence-penalty P --frequency-penalty F; a value not given is
+ *             the loaded model's generation_config.json default (applied by residentd)
  *   resident logits|generate|tokenize|detokenize|render|parse|bench ARGS...
  *
  * The offline subcommands run the engine in-process in the helper
@@ -51,6 +54,9 @@ static void usage(FILE *f)
         "        --stats: TTFT and tokens/s on stderr)\n"
         "  chat [-n MAX_TOKENS] [--seed S] [--system TEXT]\n"
         "        interactive multi-turn chat on stdin/stdout (empty line or EOF ends)\n"
+        "  run and chat also take the sampling options --temperature T, --top-p P, --top-k K,\n"
+        "        --min-p P, --repetition-penalty R, --presence-penalty P, --frequency-penalty F\n"
+        "        (-2..2); each one not given is the model's generation_config.json default\n"
         "  logits|generate|tokenize|detokenize|render|parse|bench ...\n"
         "        offline engine commands (run by the resident-engine helper)\n"
         "\n"
@@ -100,7 +106,54 @@ struct gen_opts {
     uint64_t seed;
     int      raw, json, stats;
     const char *system;
+    struct resident_request req;    /* sampling; unset fields stay model defaults */
 };
+
+/* One sampling option: its range, where it goes, which model default it replaces. */
+static int parse_sampling_opt(int c, const char *arg, struct resident_request *q)
+{
+    static const struct {
+        int         c;
+        const char *name;
+        float       lo, hi;
+        int         lo_open;
+        uint32_t    bit;
+    } spec[] = {
+        { 'T', "--temperature", 0.0f, 100.0f, 0, RESIDENT_DEFAULT_TEMPERATURE },
+        { 'P', "--top-p", 0.0f, 1.0f, 1, RESIDENT_DEFAULT_TOP_P },
+        { 'K', "--top-k", 0.0f, 1048576.0f, 0, RESIDENT_DEFAULT_TOP_K },
+        { 'M', "--min-p", 0.0f, 1.0f, 0, RESIDENT_DEFAULT_MIN_P },
+        { 'R', "--repetition-penalty", 0.0f, 100.0f, 1, RESIDENT_DEFAULT_REPEAT_PENALTY },
+        { 'E', "--presence-penalty", -2.0f, 2.0f, 0, RESIDENT_DEFAULT_PRESENCE_PENALTY },
+        { 'F', "--frequency-penalty", -2.0f, 2.0f, 0, 0 },
+    };
+    for (size_t i = 0; i < sizeof(spec) / sizeof(spec[0]); i++) {
+        if (spec[i].c != c)
+            continue;
+        char *end;
+        errno = 0;
+        float v = strtof(arg, &end);
+        /* Written so that NaN fails as well. */
+        if (errno || end == arg || *end || !(v >= spec[i].lo && v <= spec[i].hi) ||
+            (spec[i].lo_open && v == spec[i].lo) || (c == 'K' && v != (float)(uint32_t)v)) {
+            fprintf(stderr, "resident: %s %s: expected %s %g..%g\n", spec[i].name, arg,
+                    c == 'K' ? "an integer" : "a number", (double)spec[i].lo, (double)spec[i].hi);
+            return -1;
+        }
+        switch (c) {
+        case 'T': q->temperature = v; break;
+        case 'P': q->top_p = v; break;
+        case 'K': q->top_k = (uint32_t)v; break;
+        case 'M': q->min_p = v; break;
+        case 'R': q->repeat_penalty = v; break;
+        case 'E': q->presence_penalty = v; break;
+        default: q->frequency_penalty = v; break;
+        }
+        q->model_defaults &= ~spec[i].bit;
+        return 1;
+    }
+    return 0;
+}
 
 static int parse_gen_opts(int argc, char **argv, struct gen_opts *o, int allow_prompt)
 {
@@ -110,13 +163,27 @@ static int parse_gen_opts(int argc, char **argv, struct gen_opts *o, int allow_p
         { "json", no_argument, NULL, 'j' },
         { "stats", no_argument, NULL, 'S' },
         { "system", required_argument, NULL, 'y' },
+        { "temperature", required_argument, NULL, 'T' },
+        { "top-p", required_argument, NULL, 'P' },
+        { "top-k", required_argument, NULL, 'K' },
+        { "min-p", required_argument, NULL, 'M' },
+        { "repetition-penalty", required_argument, NULL, 'R' },
+        { "presence-penalty", required_argument, NULL, 'E' },
+        { "frequency-penalty", required_argument, NULL, 'F' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     int c;
     optind = 1;
+    resident_request_init(&o->req);
+    o->req.model_defaults = RESIDENT_DEFAULT_ALL;
     while ((c = getopt_long(argc, argv, "n:h", opts, NULL)) != -1) {
         char *end;
+        int sr = parse_sampling_opt(c, optarg, &o->req);
+        if (sr < 0)
+            return -1;
+        if (sr > 0)
+            continue;
         switch (c) {
         case 'n':
             errno = 0;
@@ -300,8 +367,7 @@ static int cmd_run(const char *socket_path, int argc, char **argv)
     struct resident *r;
     if (open_session(socket_path, &r) < 0)
         return 1;
-    struct resident_request q;
-    resident_request_init(&q);
+    struct resident_request q = o.req;
     q.max_tokens = o.max_tokens;
     q.seed = o.seed;
     uint64_t id;
@@ -355,8 +421,7 @@ static int cmd_chat(const char *socket_path, int argc, char **argv)
         struct json_object *doc = json_object_new_object();
         json_object_object_add(doc, "messages", json_object_get(msgs));
         const char *js = json_object_to_json_string_ext(doc, JSON_C_TO_STRING_PLAIN);
-        struct resident_request q;
-        resident_request_init(&q);
+        struct resident_request q = o.req;
         q.max_tokens = o.max_tokens;
         q.seed = o.seed;
         uint64_t id;

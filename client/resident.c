@@ -360,16 +360,62 @@ static int data_alloc(struct resident *r, uint64_t len, uint64_t *off, uint64_t 
     return 0;
 }
 
+_Static_assert(RESIDENT_DEFAULT_ALL == SHM_DEF_ALL && RESIDENT_DEFAULT_TOP_K == SHM_DEF_TOP_K &&
+               RESIDENT_DEFAULT_PRESENCE_PENALTY == SHM_DEF_PRESENCE_PENALTY, "model-default bits are the wire's");
+_Static_assert(RESIDENT_FEATURE_NO_CACHE == SHM_WELCOME_F_NO_PREFIX_CACHE &&
+               RESIDENT_FEATURE_SUBMIT_EXT == SHM_WELCOME_F_SUBMIT_EXT &&
+               RESIDENT_FEATURE_TOOL_CHOICE == SHM_WELCOME_F_TOOL_CHOICE, "feature bits are WELCOME's");
+
+#define FEATURES_ALL (RESIDENT_FEATURE_NO_CACHE | RESIDENT_FEATURE_SUBMIT_EXT | RESIDENT_FEATURE_TOOL_CHOICE)
+
+RESIDENT_API uint32_t resident_features(const struct resident *r)
+{
+    return r->welcome.flags & FEATURES_ALL;
+}
+
+/* Refuse here, with a message that says what to change, what the daemon
+ * would refuse or not honour: the same checks as its decoder, plus the
+ * features it advertised in WELCOME. */
+static int request_check(struct resident *r, const struct resident_request *q)
+{
+    if (q->model_defaults & ~(uint32_t)RESIDENT_DEFAULT_ALL)
+        return seterr(r, -EINVAL, "request model_defaults 0x%x has unknown bits (see RESIDENT_DEFAULT_*)",
+                      (unsigned)q->model_defaults);
+    if (!(q->presence_penalty >= -SHM_PENALTY_MAX && q->presence_penalty <= SHM_PENALTY_MAX))
+        return seterr(r, -EINVAL, "request presence_penalty %g must be within -2..2", (double)q->presence_penalty);
+    if (!(q->frequency_penalty >= -SHM_PENALTY_MAX && q->frequency_penalty <= SHM_PENALTY_MAX))
+        return seterr(r, -EINVAL, "request frequency_penalty %g must be within -2..2", (double)q->frequency_penalty);
+    uint32_t have = r->welcome.flags;
+    if ((q->flags & RESIDENT_REQ_NO_CACHE) && !(have & SHM_WELCOME_F_NO_PREFIX_CACHE))
+        return seterr(r, -EOPNOTSUPP, "RESIDENT_REQ_NO_CACHE: the connected residentd does not advertise "
+                      "prefix-cache opt-out (RESIDENT_FEATURE_NO_CACHE); drop the flag or upgrade residentd");
+    if ((q->presence_penalty != 0.0f || q->frequency_penalty != 0.0f || q->model_defaults) &&
+        !(have & SHM_WELCOME_F_SUBMIT_EXT))
+        return seterr(r, -EOPNOTSUPP, "presence/frequency penalties and model_defaults need a residentd that "
+                      "advertises RESIDENT_FEATURE_SUBMIT_EXT; set them to 0 or upgrade residentd");
+    return 0;
+}
+
 static int submit(struct resident *r, const struct resident_request *qin, uint32_t kind, const void *payload,
                   size_t len, uint64_t *id_out)
 {
     struct resident_request q;
     if (r->dead)
         return seterr(r, -ECONNRESET, "the session is gone; call resident_reconnect()");
-    if (qin && qin->size >= sizeof(q))
-        q = *qin;
-    else
-        resident_request_init(&q);
+    /* A caller built against an older header passes a smaller struct:
+     * take the fields it has, the defaults for the rest. Below the first
+     * public layout (which ends with `flags`) the struct is not ours. */
+    resident_request_init(&q);
+    if (qin && qin->size >= offsetof(struct resident_request, flags) + sizeof(qin->flags)) {
+        memcpy(&q, qin, qin->size < sizeof(q) ? qin->size : sizeof(q));
+        q.size = sizeof(q);
+    }
+    int ret = request_check(r, &q);
+    if (ret < 0)
+        return ret;
+    uint32_t wflags = q.flags & (RESIDENT_REQ_IGNORE_EOS | RESIDENT_REQ_NO_CACHE);
+    if (q.presence_penalty != 0.0f || q.frequency_penalty != 0.0f || q.model_defaults)
+        wflags |= SHM_REQ_F_EXT;
     if (!len || len > UINT32_MAX)
         return seterr(r, -EINVAL, "prompt must be 1..4 GiB bytes");
     if (q.n_stop_ids > SHM_STOP_IDS_MAX || q.n_stop_strings > SHM_STOP_STRS_MAX)
@@ -382,14 +428,14 @@ static int submit(struct resident *r, const struct resident_request *qin, uint32
         blob += 2u + (uint32_t)l;
     }
     uint64_t maxbody = shm_ring_max_record(r->req.cap) - SHM_REC_HDR;
-    size_t inline_size = shm_proto_submit_size(q.n_stop_ids, blob, (uint32_t)len);
+    size_t inline_size = shm_proto_submit_size(wflags, q.n_stop_ids, blob, (uint32_t)len);
     int use_data = inline_size > maxbody;
-    size_t body_size = use_data ? shm_proto_submit_size(q.n_stop_ids, blob, 0) : inline_size;
+    size_t body_size = use_data ? shm_proto_submit_size(wflags, q.n_stop_ids, blob, 0) : inline_size;
     if (body_size > maxbody)
         return seterr(r, -E2BIG, "stop lists do not fit one request record (%llu bytes)", (unsigned long long)maxbody);
     uint64_t doff = 0, dend = 0;
     if (use_data) {
-        int ret = data_alloc(r, len, &doff, &dend);
+        ret = data_alloc(r, len, &doff, &dend);
         if (ret == -E2BIG)
             return seterr(r, ret, "prompt of %zu bytes exceeds the session data area (%llu bytes; "
                           "set data_bytes when connecting)", len, (unsigned long long)r->region.layout.data_size);
@@ -397,22 +443,35 @@ static int submit(struct resident *r, const struct resident_request *qin, uint32
             return seterr(r, ret, "data area busy with earlier prompts; read events and retry");
     }
     void *body;
-    int ret = shm_ring_prod_alloc(&r->req, SHM_REQ_SUBMIT, body_size, &body);
+    ret = shm_ring_prod_alloc(&r->req, SHM_REQ_SUBMIT, body_size, &body);
     if (ret == -EAGAIN)
         return seterr(r, ret, "request ring full; read events and retry");
     if (ret < 0)
         return seterr(r, ret == -EPROTO ? -EPROTO : ret, "request ring: %s", strerror(-ret));
     uint64_t id = q.id ? q.id : r->next_id++;
     struct shm_req_submit s = {
-        .req_id = id, .kind = kind, .flags = q.flags & (RESIDENT_REQ_IGNORE_EOS | RESIDENT_REQ_NO_CACHE), .max_tokens = q.max_tokens,
-        .top_k = q.top_k, .seed = q.seed, .temperature = q.temperature, .top_p = q.top_p, .min_p = q.min_p,
-        .repeat_penalty = q.repeat_penalty, .n_stop_ids = q.n_stop_ids, .n_stop_strs = q.n_stop_strings,
+        .req_id = id, .kind = kind, .flags = wflags, .max_tokens = q.max_tokens,
+        /* A field left to the model's default travels as 0 (the decoder insists). */
+        .top_k = q.model_defaults & RESIDENT_DEFAULT_TOP_K ? 0 : q.top_k, .seed = q.seed,
+        .temperature = q.model_defaults & RESIDENT_DEFAULT_TEMPERATURE ? 0.0f : q.temperature,
+        .top_p = q.model_defaults & RESIDENT_DEFAULT_TOP_P ? 0.0f : q.top_p,
+        .min_p = q.model_defaults & RESIDENT_DEFAULT_MIN_P ? 0.0f : q.min_p,
+        .repeat_penalty = q.model_defaults & RESIDENT_DEFAULT_REPEAT_PENALTY ? 0.0f : q.repeat_penalty,
+        .n_stop_ids = q.n_stop_ids, .n_stop_strs = q.n_stop_strings,
         .stop_strs_len = blob, .payload_len = (uint32_t)len,
         .payload_loc = use_data ? SHM_LOC_DATA : SHM_LOC_INLINE, .data_off = doff,
     };
     uint8_t *b = body;
     memcpy(b, &s, sizeof(s));
     b += sizeof(s);
+    if (wflags & SHM_REQ_F_EXT) {
+        struct shm_req_submit_ext x = {
+            .size = sizeof(x), .model_defaults = q.model_defaults, .frequency_penalty = q.frequency_penalty,
+            .presence_penalty = q.model_defaults & RESIDENT_DEFAULT_PRESENCE_PENALTY ? 0.0f : q.presence_penalty,
+        };
+        memcpy(b, &x, sizeof(x));
+        b += sizeof(x);
+    }
     if (q.n_stop_ids) {
         memcpy(b, q.stop_ids, 4ull * q.n_stop_ids);
         b += 4ull * q.n_stop_ids;

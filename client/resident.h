@@ -91,6 +91,38 @@ struct resident_request {
     const char *const  *stop_strings;   /* NUL-terminated, 1..256 bytes each */
     uint32_t            n_stop_strings; /* <= 16 */
     uint32_t            flags;          /* enum resident_request_flags */
+    /* Since RESIDENT_0.3 (a caller built against an older header passes a
+     * smaller size and gets the defaults below). Sending a non-zero value
+     * needs a daemon with RESIDENT_FEATURE_SUBMIT_EXT; without one
+     * resident_submit_*() fail with -EOPNOTSUPP. */
+    float               presence_penalty;  /* -2..2, default 0: logit -= p once the token was generated */
+    float               frequency_penalty; /* -2..2, default 0: logit -= f x times it was generated */
+    uint32_t            model_defaults;    /* RESIDENT_DEFAULT_*: fields left unset, taken by residentd
+                                              from the model's generation_config.json; default 0 */
+};
+
+/*
+ * Bits of resident_request.model_defaults. A set bit makes residentd ignore
+ * the field and apply the loaded model's generation_config.json value, or
+ * the neutral value when the file has none (temperature 1 -- 0 when the
+ * file says "do_sample": false --, top_p 1, top_k off, min_p 0,
+ * repetition penalty 1, presence penalty 0; docs/protocol.md).
+ */
+enum resident_default_bits {
+    RESIDENT_DEFAULT_TEMPERATURE      = 0x01,
+    RESIDENT_DEFAULT_TOP_P            = 0x02,
+    RESIDENT_DEFAULT_TOP_K            = 0x04,
+    RESIDENT_DEFAULT_MIN_P            = 0x08,
+    RESIDENT_DEFAULT_REPEAT_PENALTY   = 0x10,
+    RESIDENT_DEFAULT_PRESENCE_PENALTY = 0x20,
+    RESIDENT_DEFAULT_ALL              = 0x3f,
+};
+
+/* What the connected residentd honours (resident_features()). */
+enum resident_feature_bits {
+    RESIDENT_FEATURE_NO_CACHE    = 0x2,  /* RESIDENT_REQ_NO_CACHE */
+    RESIDENT_FEATURE_SUBMIT_EXT  = 0x4,  /* presence/frequency penalties, model_defaults */
+    RESIDENT_FEATURE_TOOL_CHOICE = 0x8,  /* a CHAT payload's "tool_choice" required/named */
 };
 
 enum resident_event_type {
@@ -235,6 +267,17 @@ RESIDENT_API const char *resident_generator(const struct resident *r);
 RESIDENT_API int resident_is_synthetic(const struct resident *r);
 
 /**
+ * resident_features() - what the connected residentd advertises
+ * @r: handle
+ *
+ * Requests that use a feature the daemon does not advertise are refused by
+ * resident_submit_*() with -EOPNOTSUPP before anything is sent; a caller
+ * that can do without (e.g. fall back to explicit values) checks here first.
+ *
+ * Return: RESIDENT_FEATURE_* bits of the current session.
+ */
+RESIDENT_API uint32_t resident_features(const struct resident *r);
+/**
  * resident_last_error() - message describing the last failure
  * @r: handle, or NULL for failures of resident_connect()
  *
@@ -259,7 +302,8 @@ RESIDENT_API void resident_request_init(struct resident_request *q);
  *
  * Return: 0; -EAGAIN when the request ring or data area is full (read
  * events, retry); -E2BIG when the prompt exceeds the data area; -EINVAL
- * for bad parameters; -ECONNRESET when the session is gone.
+ * for bad parameters; -EOPNOTSUPP when @q uses a feature the daemon does
+ * not advertise (resident_features()); -ECONNRESET when the session is gone.
  */
 RESIDENT_API int resident_submit_text(struct resident *r, const struct resident_request *q,
                                       const char *text, size_t len, int raw, uint64_t *id);

@@ -382,6 +382,12 @@ static int engine_seq_new(void *ctx, const struct gen_prompt *p, void **seq, uin
     sp.min_p = p->min_p;
     sp.repetition_penalty = p->repeat_penalty > 0 ? p->repeat_penalty : 1.0f;
     sp.seed = p->seed;
+    sp.presence_penalty = p->presence_penalty;
+    sp.frequency_penalty = p->frequency_penalty;
+    /* Fields the request left unset: the model's generation_config.json. */
+    _Static_assert(SAMPLE_DEF_ALL == SHM_DEF_ALL && SAMPLE_DEF_PRESENCE_PENALTY == SHM_DEF_PRESENCE_PENALTY &&
+                   SAMPLE_DEF_TOP_K == SHM_DEF_TOP_K, "engine default bits are the wire's");
+    sample_params_model_defaults(&sp, model_get_config(g->model), p->model_defaults);
     sp.vocab_limit = g->real_vocab;
     r = sampler_new(&sp, g->vocab, &s->sampler, &e);
     if (r == 0) {

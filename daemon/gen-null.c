@@ -10,6 +10,9 @@
  *                  random order, invalid) UTF-8 that the daemon must repair
  *   EOS            id 0, never produced: requests end by max_tokens, stop
  *                  ids or stop strings
+ *   sampling       only the seed counts; temperature, top-k/p, min-p, the
+ *                  penalties and model_defaults (SUBMIT extension) are
+ *                  validated by the decoder and otherwise ignored
  */
 #include <errno.h>
 #include <stdio.h>

@@ -11,7 +11,8 @@
  * Linked only into the test daemon residentd-script (never installed) and
  * announced as synthetic (WELCOME flags, startup log), like the null
  * generator. Prompt token counts are the tokenizer's count of the payload
- * bytes (IDS: the ids), without the chat template.
+ * bytes (IDS: the ids), without the chat template. Sampling fields,
+ * penalties and model_defaults are ignored: the text is fixed.
  */
 #include <errno.h>
 #include <stdio.h>

@@ -34,6 +34,9 @@ struct gen_prompt {
     uint64_t       seed;
     float          temperature, top_p, min_p, repeat_penalty;
     uint32_t       top_k;
+    float          presence_penalty, frequency_penalty;  /* OpenAI/vLLM semantics; 0 = off */
+    uint32_t       model_defaults;  /* SHM_DEF_*: fields above to take from the model's
+                                       generation_config.json (the field itself is 0) */
     uint32_t       max_new_tokens;  /* the request's output limit (sizes the sequence state) */
     uint32_t       uid;         /* requester (SO_PEERCRED): prefix-cache isolation */
     uint32_t       flags;       /* GEN_PROMPT_F_* */

@@ -561,6 +561,8 @@ static void handle_submit(struct session *s, const uint8_t *body, size_t len)
             .kind = f->kind, .bytes = prompt, .len = f->payload_len, .seed = f->seed,
             .temperature = f->temperature, .top_p = f->top_p, .min_p = f->min_p,
             .repeat_penalty = f->repeat_penalty, .top_k = f->top_k,
+            .presence_penalty = v.ext.presence_penalty, .frequency_penalty = v.ext.frequency_penalty,
+            .model_defaults = v.ext.model_defaults,
             .max_new_tokens = q->max_tokens,
             .uid = (uint32_t)s->cred.uid,
             .flags = (f->flags & SHM_REQ_F_NO_PREFIX_CACHE) ? GEN_PROMPT_F_NO_CACHE : 0,

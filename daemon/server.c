@@ -507,7 +507,12 @@ static void on_hello(struct session *s, const struct shm_wire_hello *h)
     struct shm_wire_welcome w = {
         .session_id = s->id,
         .abi_version = SHM_ABI_VERSION,
-        .flags = d->gen->synthetic ? SHM_WELCOME_F_NULL_GENERATOR : 0,
+        /* What this daemon honours, whatever the generator: the null and
+         * script generators accept the extension and the cache opt-out
+         * (they neither sample nor cache). SHM_WELCOME_F_TOOL_CHOICE stays
+         * clear until the CHAT "tool_choice" member is implemented. */
+        .flags = (d->gen->synthetic ? SHM_WELCOME_F_NULL_GENERATOR : 0) | SHM_WELCOME_F_NO_PREFIX_CACHE |
+                 SHM_WELCOME_F_SUBMIT_EXT,
         .region_size = L->region_size,
         .max_new_tokens = c->max_new_tokens,
         .max_prompt_tokens = c->max_prompt_tokens,

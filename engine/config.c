@@ -701,6 +701,7 @@ int model_config_parse_generation(const char *json, size_t len, const char *what
         goto out;
     if ((rc = ejson_get_bool(root, "do_sample", what, "", &cfg->gen_do_sample, err)) < 0)
         goto out;
+    cfg->gen_do_sample_set = rc == 0;
     *out = *cfg;
     rc = 0;
 out:

@@ -82,6 +82,7 @@ struct model_config {
     float    gen_repetition_penalty;    /* < 0: unset                         */
     float    gen_presence_penalty;      /* < 0: unset                         */
     bool     gen_do_sample;
+    bool     gen_do_sample_set;         /* the file has "do_sample"           */
 };
 
 /* Reset to "nothing parsed": zeros, token ids -1, gen_* unset (< 0). */

@@ -249,3 +249,26 @@ bool sample_stop_hit(const struct sample_stop *st, int32_t id)
             return true;
     return false;
 }
+
+void sample_params_model_defaults(struct sample_params *p, const struct model_config *cfg, uint32_t which)
+{
+    /* The config reader marks an absent value by a negative one and has
+     * range-checked the rest; top_p 0 and repetition penalty 0 would be
+     * refused by sampler_new(), so they count as absent as well. */
+    if (which & SAMPLE_DEF_TEMPERATURE) {
+        if (cfg->gen_do_sample_set && !cfg->gen_do_sample)
+            p->temperature = 0.0f;
+        else
+            p->temperature = cfg->gen_temperature >= 0.0f ? cfg->gen_temperature : 1.0f;
+    }
+    if (which & SAMPLE_DEF_TOP_P)
+        p->top_p = cfg->gen_top_p > 0.0f ? cfg->gen_top_p : 1.0f;
+    if (which & SAMPLE_DEF_TOP_K)
+        p->top_k = cfg->gen_top_k >= 0 ? cfg->gen_top_k : 0;
+    if (which & SAMPLE_DEF_MIN_P)
+        p->min_p = cfg->gen_min_p >= 0.0f ? cfg->gen_min_p : 0.0f;
+    if (which & SAMPLE_DEF_REPEAT_PENALTY)
+        p->repetition_penalty = cfg->gen_repetition_penalty > 0.0f ? cfg->gen_repetition_penalty : 1.0f;
+    if (which & SAMPLE_DEF_PRESENCE_PENALTY)
+        p->presence_penalty = cfg->gen_presence_penalty >= 0.0f ? cfg->gen_presence_penalty : 0.0f;
+}

@@ -40,6 +40,31 @@ struct sample_params {
     .min_p = 0.0f, .repetition_penalty = 1.0f, .presence_penalty = 0.0f,       \
     .frequency_penalty = 0.0f, .seed = 0, .vocab_limit = 0 }
 
+/*
+ * Fields a request may leave to the model (sample_params_model_defaults()).
+ * The values equal the wire's SHM_DEF_* bits (shm/proto.h).
+ */
+#define SAMPLE_DEF_TEMPERATURE      0x01u
+#define SAMPLE_DEF_TOP_P            0x02u
+#define SAMPLE_DEF_TOP_K            0x04u
+#define SAMPLE_DEF_MIN_P            0x08u
+#define SAMPLE_DEF_REPEAT_PENALTY   0x10u
+#define SAMPLE_DEF_PRESENCE_PENALTY 0x20u
+#define SAMPLE_DEF_ALL              0x3fu
+
+/**
+ * sample_params_model_defaults() - fill unset fields from generation_config.json
+ * @p: parameters; only the fields named in @which change
+ * @cfg: the loaded model's configuration (its gen_* fields)
+ * @which: SAMPLE_DEF_* bits
+ *
+ * Each field takes the file's value, or when the file has none the value a
+ * request without it gets from vLLM and OpenAI: temperature 1 (but 0, greedy,
+ * when the file says "do_sample": false, as transformers does), top_p 1,
+ * top_k 0 (off), min_p 0, repetition penalty 1, presence penalty 0.
+ */
+void sample_params_model_defaults(struct sample_params *p, const struct model_config *cfg, uint32_t which);
+
 struct sampler;
 
 /* n_vocab = logits row width (model_vocab). Parameters are range-checked. */

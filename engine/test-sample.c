@@ -217,6 +217,55 @@ static void test_bad_params_and_stop(void **state)
     sampler_free(s);
 }
 
+/* Unset request fields from generation_config.json: the file's values,
+ * do_sample false = greedy, neutral values where the file is silent, and
+ * only the fields named by the bits change. */
+static void test_model_defaults(void **state)
+{
+    (void)state;
+    struct model_config cfg;
+    struct engine_error e = { 0 };
+    model_config_init(&cfg);
+    cfg.vocab_size = 100;
+    static const char full[] = "{\"do_sample\": true, \"temperature\": 0.6, \"top_p\": 0.95, \"top_k\": 20, "
+                               "\"min_p\": 0.05, \"repetition_penalty\": 1.1, \"presence_penalty\": 1.5}";
+    assert_int_equal(model_config_parse_generation(full, sizeof(full) - 1, NULL, &cfg, &e), 0);
+    struct sample_params p = SAMPLE_PARAMS_DEFAULT;
+    p.frequency_penalty = 0.25f;
+    sample_params_model_defaults(&p, &cfg, SAMPLE_DEF_ALL);
+    assert_true(p.temperature == 0.6f && p.top_p == 0.95f && p.top_k == 20 && p.min_p == 0.05f);
+    assert_true(p.repetition_penalty == 1.1f && p.presence_penalty == 1.5f);
+    assert_true(p.frequency_penalty == 0.25f);          /* never a model default */
+
+    p = (struct sample_params)SAMPLE_PARAMS_DEFAULT;
+    p.temperature = 0.3f;
+    p.top_k = 5;
+    sample_params_model_defaults(&p, &cfg, SAMPLE_DEF_TOP_P);
+    assert_true(p.temperature == 0.3f && p.top_k == 5 && p.top_p == 0.95f && p.repetition_penalty == 1.0f);
+
+    /* The bundled fixture's shape: do_sample false, no sampling values. */
+    model_config_init(&cfg);
+    cfg.vocab_size = 100;
+    static const char greedy[] = "{\"do_sample\": false, \"max_new_tokens\": 64}";
+    assert_int_equal(model_config_parse_generation(greedy, sizeof(greedy) - 1, NULL, &cfg, &e), 0);
+    p = (struct sample_params)SAMPLE_PARAMS_DEFAULT;
+    p.temperature = 0.7f;
+    p.top_p = 0.5f;
+    p.top_k = 3;
+    p.min_p = 0.2f;
+    p.repetition_penalty = 2.0f;
+    p.presence_penalty = 1.0f;
+    sample_params_model_defaults(&p, &cfg, SAMPLE_DEF_ALL);
+    assert_true(p.temperature == 0.0f && p.top_p == 1.0f && p.top_k == 0 && p.min_p == 0.0f);
+    assert_true(p.repetition_penalty == 1.0f && p.presence_penalty == 0.0f);
+
+    /* No do_sample at all: OpenAI's temperature 1. */
+    model_config_init(&cfg);
+    p.temperature = 0.0f;
+    sample_params_model_defaults(&p, &cfg, SAMPLE_DEF_TEMPERATURE);
+    assert_true(p.temperature == 1.0f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -226,6 +275,7 @@ int main(void)
         cmocka_unit_test(test_filters),
         cmocka_unit_test(test_reproducible),
         cmocka_unit_test(test_bad_params_and_stop),
+        cmocka_unit_test(test_model_defaults),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

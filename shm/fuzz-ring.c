@@ -37,6 +37,9 @@ static void decode(const struct shm_rec_hdr *h, const uint8_t *body, size_t len)
             if (v.payload)
                 for (uint32_t i = 0; i < v.fixed.payload_len; i++)
                     sink ^= v.payload[i];
+            /* The extension as the daemon reads it. */
+            sink ^= (uint8_t)v.ext.model_defaults;
+            sink ^= (uint8_t)(v.ext.presence_penalty * 8.0f) ^ (uint8_t)(v.ext.frequency_penalty * 8.0f);
         }
         break;
     }

@@ -18,9 +18,10 @@ static uint64_t align8(uint64_t n)
     return (n + 7) & ~(uint64_t)7;
 }
 
-size_t shm_proto_submit_size(uint32_t n_stop_ids, uint32_t stop_strs_len, uint32_t inline_payload)
+size_t shm_proto_submit_size(uint32_t flags, uint32_t n_stop_ids, uint32_t stop_strs_len, uint32_t inline_payload)
 {
-    uint64_t n = sizeof(struct shm_req_submit) + 4ull * n_stop_ids + stop_strs_len + inline_payload;
+    uint64_t ext = (flags & SHM_REQ_F_EXT) ? sizeof(struct shm_req_submit_ext) : 0;
+    uint64_t n = sizeof(struct shm_req_submit) + ext + 4ull * n_stop_ids + stop_strs_len + inline_payload;
     if (n > SIZE_MAX)
         return 0;
     return (size_t)n;
@@ -32,6 +33,45 @@ size_t shm_proto_tokens_size(uint32_t n_tokens, uint32_t text_len)
     if (n > SIZE_MAX)
         return 0;
     return (size_t)n;
+}
+
+/* The extension, read from its place after the fixed part (the caller has
+ * checked that the body holds it). A field marked as a model default must
+ * be 0, so that the record means one thing only. */
+static int decode_ext(const uint8_t *b, struct shm_submit_view *out, const char **why)
+{
+    struct shm_req_submit_ext *x = &out->ext;
+    const struct shm_req_submit *f = &out->fixed;
+    memcpy(x, b + sizeof(*f), sizeof(*x));
+    if (x->size != sizeof(*x))
+        return fail(why, "SUBMIT ext.size must be 16 (this protocol version's extension)");
+    if (x->model_defaults & ~SHM_DEF_ALL)
+        return fail(why, "SUBMIT ext.model_defaults has unknown bits");
+    /* Written so that NaN fails the comparison too. */
+    if (!(x->presence_penalty >= -SHM_PENALTY_MAX && x->presence_penalty <= SHM_PENALTY_MAX))
+        return fail(why, "SUBMIT ext.presence_penalty must be finite and within -2..2");
+    if (!(x->frequency_penalty >= -SHM_PENALTY_MAX && x->frequency_penalty <= SHM_PENALTY_MAX))
+        return fail(why, "SUBMIT ext.frequency_penalty must be finite and within -2..2");
+    static const struct {
+        uint32_t    bit;
+        const char *msg;
+    } unset[] = {
+        { SHM_DEF_TEMPERATURE, "SUBMIT temperature must be 0 when ext.model_defaults has SHM_DEF_TEMPERATURE" },
+        { SHM_DEF_TOP_P, "SUBMIT top_p must be 0 when ext.model_defaults has SHM_DEF_TOP_P" },
+        { SHM_DEF_TOP_K, "SUBMIT top_k must be 0 when ext.model_defaults has SHM_DEF_TOP_K" },
+        { SHM_DEF_MIN_P, "SUBMIT min_p must be 0 when ext.model_defaults has SHM_DEF_MIN_P" },
+        { SHM_DEF_REPEAT_PENALTY, "SUBMIT repeat_penalty must be 0 when ext.model_defaults has SHM_DEF_REPEAT_PENALTY" },
+        { SHM_DEF_PRESENCE_PENALTY,
+          "SUBMIT ext.presence_penalty must be 0 when ext.model_defaults has SHM_DEF_PRESENCE_PENALTY" },
+    };
+    const int nonzero[] = {
+        f->temperature != 0.0f, f->top_p != 0.0f, f->top_k != 0, f->min_p != 0.0f, f->repeat_penalty != 0.0f,
+        x->presence_penalty != 0.0f,
+    };
+    for (size_t i = 0; i < sizeof(unset) / sizeof(unset[0]); i++)
+        if ((x->model_defaults & unset[i].bit) && nonzero[i])
+            return fail(why, unset[i].msg);
+    return 0;
 }
 
 int shm_proto_decode_submit(const void *body, size_t len, uint64_t data_size,
@@ -77,11 +117,17 @@ int shm_proto_decode_submit(const void *body, size_t len, uint64_t data_size,
     } else {
         return fail(why, "SUBMIT payload_loc is not INLINE or DATA");
     }
-    uint64_t need = sizeof(*f) + 4ull * f->n_stop_ids + f->stop_strs_len + inline_len;
+    uint64_t ext_len = (f->flags & SHM_REQ_F_EXT) ? sizeof(out->ext) : 0;
+    uint64_t need = sizeof(*f) + ext_len + 4ull * f->n_stop_ids + f->stop_strs_len + inline_len;
     if (need > len || align8(need) < len)
         return fail(why, "SUBMIT sections do not fill the record exactly");
+    if (ext_len) {
+        int rc = decode_ext(b, out, why);
+        if (rc < 0)
+            return rc;
+    }
 
-    uint64_t off = sizeof(*f);
+    uint64_t off = sizeof(*f) + ext_len;
     out->stop_ids = (const uint32_t *)(const void *)(b + off);
     off += 4ull * f->n_stop_ids;
     out->stop_strs = b + off;

@@ -6,6 +6,7 @@
  *
  * SUBMIT body:
  *   struct shm_req_submit                 fixed part
+ *   struct shm_req_submit_ext             only when flags has SHM_REQ_F_EXT
  *   u32 stop_ids[n_stop_ids]
  *   stop-string blob, stop_strs_len bytes: n_stop_strs x { u16 len; u8 bytes[len] }
  *   payload, payload_len bytes            only when payload_loc == SHM_LOC_INLINE
@@ -66,7 +67,8 @@ enum shm_loc {
 /* Request flags. */
 #define SHM_REQ_F_IGNORE_EOS      0x1u
 #define SHM_REQ_F_NO_PREFIX_CACHE 0x2u   /* neither reuse nor store prefix-cache state */
-#define SHM_REQ_F_ALL             (SHM_REQ_F_IGNORE_EOS | SHM_REQ_F_NO_PREFIX_CACHE)
+#define SHM_REQ_F_EXT             0x4u   /* struct shm_req_submit_ext follows the fixed part */
+#define SHM_REQ_F_ALL             (SHM_REQ_F_IGNORE_EOS | SHM_REQ_F_NO_PREFIX_CACHE | SHM_REQ_F_EXT)
 
 struct shm_req_submit {
     uint64_t req_id;        /* chosen by the client, unique among its in-flight requests */
@@ -88,6 +90,41 @@ struct shm_req_submit {
     uint64_t data_off;      /* SHM_LOC_DATA: offset inside the data area */
 };
 _Static_assert(sizeof(struct shm_req_submit) == 80, "submit layout");
+
+/*
+ * SUBMIT extension (SHM_REQ_F_EXT; the daemon advertises it with
+ * SHM_WELCOME_F_SUBMIT_EXT). A request without the flag is exactly the
+ * 80-byte record of the first protocol version and is decoded as if it
+ * carried an extension of zeros: no penalties, every value explicit.
+ *
+ * `size` is sizeof(struct shm_req_submit_ext) of the sender's version; it
+ * must equal this version's size (a later version grows the struct,
+ * advertises itself with a new WELCOME bit, and decoders accept the sizes
+ * they know).
+ *
+ * `model_defaults` names sampling fields the client leaves unset: for
+ * each bit the daemon takes the value from the model's
+ * generation_config.json (or the documented neutral value when the file
+ * has none; see docs/protocol.md) and ignores the field, which must be 0
+ * so that a record has one meaning only.
+ */
+#define SHM_DEF_TEMPERATURE      0x01u
+#define SHM_DEF_TOP_P            0x02u
+#define SHM_DEF_TOP_K            0x04u
+#define SHM_DEF_MIN_P            0x08u
+#define SHM_DEF_REPEAT_PENALTY   0x10u
+#define SHM_DEF_PRESENCE_PENALTY 0x20u
+#define SHM_DEF_ALL              0x3fu
+#define SHM_PENALTY_MAX          2.0f   /* |presence|, |frequency| (OpenAI's range) */
+
+struct shm_req_submit_ext {
+    uint32_t size;              /* sizeof(struct shm_req_submit_ext) */
+    uint32_t model_defaults;    /* SHM_DEF_* */
+    float    presence_penalty;  /* -2..2, 0 = off: logit -= p once a token was generated */
+    float    frequency_penalty; /* -2..2, 0 = off: logit -= f x times it was generated */
+};
+_Static_assert(sizeof(struct shm_req_submit_ext) == 16, "submit extension layout");
+_Static_assert(sizeof(struct shm_req_submit_ext) % 8 == 0, "the stop ids after it stay 8-aligned");
 
 struct shm_req_cancel {
     uint64_t req_id;
@@ -147,6 +184,7 @@ _Static_assert(sizeof(struct shm_evt_done) == 64, "done layout");
 /* A validated SUBMIT: pointers into the caller's private copy. */
 struct shm_submit_view {
     struct shm_req_submit fixed;
+    struct shm_req_submit_ext ext;  /* zeros (size 0) when SHM_REQ_F_EXT is absent */
     const uint32_t *stop_ids;       /* may be unaligned-safe: body is 8-aligned */
     const uint8_t  *stop_strs;      /* the blob; iterate with shm_stop_str_next() */
     const uint8_t  *payload;        /* inline payload, NULL for SHM_LOC_DATA */
@@ -169,7 +207,9 @@ struct shm_tokens_view {
  * @why: message naming the bad field (may be NULL)
  *
  * Checks kind, flags, reserved, counts against SHM_STOP_*_MAX, every
- * stop string length, that the sections exactly fill the body (modulo 8-byte
+ * stop string length, the extension (SHM_REQ_F_EXT: its size, no unknown
+ * SHM_DEF_* bits, fields it marks as model defaults 0, finite penalties
+ * within +-SHM_PENALTY_MAX), that the sections exactly fill the body (modulo 8-byte
  * padding), IDS payload a multiple of 4, and data_off/payload_len inside
  * the data area.
  *
@@ -191,13 +231,14 @@ int shm_stop_str_next(const struct shm_submit_view *v, uint32_t *pos, const uint
 
 /**
  * shm_proto_submit_size() - body bytes for a SUBMIT with inline sections
+ * @flags: the request's SHM_REQ_F_* (SHM_REQ_F_EXT adds the extension)
  * @n_stop_ids: stop ids
  * @stop_strs_len: bytes of the stop-string blob
  * @inline_payload: inline payload bytes (0 for SHM_LOC_DATA)
  *
  * Return: bytes, or 0 on overflow.
  */
-size_t shm_proto_submit_size(uint32_t n_stop_ids, uint32_t stop_strs_len, uint32_t inline_payload);
+size_t shm_proto_submit_size(uint32_t flags, uint32_t n_stop_ids, uint32_t stop_strs_len, uint32_t inline_payload);
 
 /**
  * shm_proto_decode_cancel() - validate a CANCEL body

@@ -293,7 +293,7 @@ static void test_proto(void)
     struct shm_req_submit s = { .req_id = 7, .kind = SHM_PROMPT_RAW, .max_tokens = 5, .top_p = 1,
                                 .repeat_penalty = 1, .n_stop_ids = 2, .n_stop_strs = 2,
                                 .stop_strs_len = 2 + 3 + 2 + 1, .payload_len = 5 };
-    size_t n = shm_proto_submit_size(2, s.stop_strs_len, 5);
+    size_t n = shm_proto_submit_size(0, 2, s.stop_strs_len, 5);
     memcpy(b, &s, sizeof(s));
     uint32_t ids[2] = { 11, 12 };
     memcpy(b + 80, ids, 8);
@@ -319,7 +319,7 @@ static void test_proto(void)
     s.payload_loc = SHM_LOC_DATA;
     s.data_off = 4096 - 4;
     memcpy(b, &s, sizeof(s));
-    n = shm_proto_submit_size(2, s.stop_strs_len, 0);
+    n = shm_proto_submit_size(0, 2, s.stop_strs_len, 0);
     CHECK(shm_proto_decode_submit(b, n, 4096, &v, &why) == -EPROTO);
     s.data_off = 4096 - 5;
     memcpy(b, &s, sizeof(s));
@@ -349,6 +349,100 @@ static void test_proto(void)
     CHECK(shm_proto_decode_done(b, 80, &dd, &msg, &why) == -EPROTO);
 }
 
+/* Build a SUBMIT with the extension: fixed part, ext, one stop id, "hi". */
+static size_t ext_record(uint8_t *b, const struct shm_req_submit *s, const struct shm_req_submit_ext *x)
+{
+    size_t n = shm_proto_submit_size(s->flags, s->n_stop_ids, 0, s->payload_len);
+    memset(b, 0, 256);
+    memcpy(b, s, sizeof(*s));
+    memcpy(b + 80, x, sizeof(*x));
+    uint32_t id = 42;
+    memcpy(b + 96, &id, 4);
+    memcpy(b + 100, "hi", 2);
+    return n;
+}
+
+/* The extension: accepted when well-formed, every malformed field refused
+ * with a message naming it; a record without SHM_REQ_F_EXT decodes to an
+ * all-zero extension (old clients keep their meaning). */
+static void test_proto_ext(void)
+{
+    _Alignas(8) uint8_t b[256];
+    const struct shm_req_submit base = { .req_id = 9, .kind = SHM_PROMPT_RAW, .flags = SHM_REQ_F_EXT,
+                                         .temperature = 0.5f, .top_p = 1, .repeat_penalty = 1,
+                                         .n_stop_ids = 1, .payload_len = 2 };
+    const struct shm_req_submit_ext xbase = { .size = sizeof(struct shm_req_submit_ext),
+                                              .presence_penalty = 1.5f, .frequency_penalty = -0.25f };
+    struct shm_req_submit s = base;
+    struct shm_req_submit_ext x = xbase;
+    struct shm_submit_view v;
+    const char *why = NULL;
+    size_t n = ext_record(b, &s, &x);
+    CHECK(n == 102);
+    CHECK(shm_proto_decode_submit(b, n, 0, &v, &why) == 0);
+    CHECK(v.ext.size == 16 && v.ext.presence_penalty == 1.5f && v.ext.frequency_penalty == -0.25f);
+    CHECK(v.stop_ids[0] == 42 && memcmp(v.payload, "hi", 2) == 0);
+    CHECK(shm_proto_decode_submit(b, 104, 0, &v, &why) == 0);        /* padded to 8 */
+    CHECK(shm_proto_decode_submit(b, n - 1, 0, &v, &why) == -EPROTO);
+    /* Without the flag the same bytes are 16 too many. */
+    s.flags = 0;
+    ext_record(b, &s, &x);
+    CHECK(shm_proto_decode_submit(b, n, 0, &v, &why) == -EPROTO);
+    s.flags = 0;
+    s.n_stop_ids = 0;
+    memcpy(b, &s, sizeof(s));
+    memcpy(b + 80, "hi", 2);
+    CHECK(shm_proto_decode_submit(b, 82, 0, &v, &why) == 0);
+    CHECK(v.ext.size == 0 && v.ext.model_defaults == 0 && v.ext.presence_penalty == 0.0f);
+
+    /* Every model-default bit, with the fields it names zeroed. */
+    s = base;
+    s.temperature = s.top_p = s.min_p = s.repeat_penalty = 0.0f;
+    s.top_k = 0;
+    x = xbase;
+    x.model_defaults = SHM_DEF_ALL;
+    x.presence_penalty = 0.0f;
+    n = ext_record(b, &s, &x);
+    CHECK(shm_proto_decode_submit(b, n, 0, &v, &why) == 0 && v.ext.model_defaults == SHM_DEF_ALL);
+
+    /* Each case breaks one thing; the message must name the field. */
+    static const char *const needle[] = {
+        "ext.size", "ext.size", "ext.model_defaults", "ext.presence_penalty", "ext.presence_penalty",
+        "ext.presence_penalty", "ext.frequency_penalty", "ext.frequency_penalty", "SUBMIT temperature",
+        "SUBMIT top_k", "SUBMIT top_p", "SUBMIT min_p", "SUBMIT repeat_penalty", "ext.presence_penalty must be 0",
+        "flags",
+    };
+    for (int i = 0; i < (int)(sizeof(needle) / sizeof(needle[0])); i++) {
+        s = base;
+        x = xbase;
+        switch (i) {
+        case 0: x.size = 0; break;
+        case 1: x.size = 24; break;
+        case 2: x.model_defaults = 0x40; break;
+        case 3: x.presence_penalty = __builtin_nanf(""); break;
+        case 4: x.presence_penalty = __builtin_inff(); break;
+        case 5: x.presence_penalty = 2.5f; break;
+        case 6: x.frequency_penalty = -3.0f; break;
+        case 7: x.frequency_penalty = -__builtin_inff(); break;
+        case 8: x.model_defaults = SHM_DEF_TEMPERATURE; s.temperature = 0.7f; break;
+        case 9: x.model_defaults = SHM_DEF_TOP_K; s.top_k = 20; break;
+        case 10: x.model_defaults = SHM_DEF_TOP_P; s.top_p = 0.9f; break;
+        case 11: x.model_defaults = SHM_DEF_MIN_P; s.min_p = 0.1f; break;
+        case 12: x.model_defaults = SHM_DEF_REPEAT_PENALTY; break;   /* base has 1 */
+        case 13: x.model_defaults = SHM_DEF_PRESENCE_PENALTY; break; /* xbase has 1.5 */
+        case 14: s.flags |= 0x8; break;
+        }
+        n = ext_record(b, &s, &x);
+        why = NULL;
+        int rc = shm_proto_decode_submit(b, n, 0, &v, &why);
+        if (rc != -EPROTO || !why || !strstr(why, needle[i])) {
+            fprintf(stderr, "ext case %d: rc %d, why '%s' (want -EPROTO naming %s)\n", i, rc, why ? why : "(none)",
+                    needle[i]);
+            failures++;
+        }
+    }
+}
+
 int main(void)
 {
     test_ring_basic();
@@ -357,6 +451,7 @@ int main(void)
     test_region();
     test_wire();
     test_proto();
+    test_proto_ext();
     if (failures) {
         fprintf(stderr, "test-shm: %d failures\n", failures);
         return 1;

@@ -86,7 +86,13 @@ struct shm_wire_welcome {
     char     model[64];         /* model directory basename, "" for null */
 };
 _Static_assert(sizeof(struct shm_wire_welcome) == 136, "welcome layout");
+/* Capabilities: the daemon sets a bit only for what it honours; a client
+ * must not send what is not advertised (libresident refuses it with
+ * -EOPNOTSUPP). Bits a client does not know are ignored. */
 #define SHM_WELCOME_F_NULL_GENERATOR 0x1u  /* output is synthetic, not a model */
+#define SHM_WELCOME_F_NO_PREFIX_CACHE 0x2u /* SHM_REQ_F_NO_PREFIX_CACHE is honoured */
+#define SHM_WELCOME_F_SUBMIT_EXT     0x4u  /* SHM_REQ_F_EXT: penalties and model defaults (shm/proto.h) */
+#define SHM_WELCOME_F_TOOL_CHOICE    0x8u  /* CHAT "tool_choice" required/named is honoured */
 
 struct shm_wire_error {
     int32_t  code;              /* negative errno */

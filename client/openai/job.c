@@ -306,6 +306,7 @@ static bool runner_loop(struct oai_job *j, struct resident *r, uint64_t id)
                     oai_metrics_waiting(-1);
                 waiting = false;
                 oai_metrics_tokens(ev.prompt_tokens, ev.completion_tokens);
+                oai_metrics_prefix_cache(ev.cached_tokens);
                 oai_metrics_e2e((double)(now - j->t0_ns) / 1e9);
                 job_release_locked(j);
                 oai_job_wake(j);

@@ -26,6 +26,7 @@ static const double e2e_bounds[] = { 0.01, 0.05, 0.1, 0.3, 0.5, 1.0, 2.5, 5.0, 1
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t requests[OAI_EP_COUNT][6];     /* by status class: 2xx..5xx, other */
 static uint64_t prompt_tokens, generation_tokens, disconnects;
+static uint64_t cache_hits, cached_tokens_total;
 static uint64_t finished[OAI_OUT_COUNT];
 static int64_t running, waiting, sessions;
 static struct hist ttft = { "resident_openai_time_to_first_token_seconds",
@@ -63,6 +64,14 @@ void oai_metrics_tokens(uint64_t prompt, uint64_t completion)
     pthread_mutex_lock(&lock);
     prompt_tokens += prompt;
     generation_tokens += completion;
+    pthread_mutex_unlock(&lock);
+}
+
+void oai_metrics_prefix_cache(uint32_t cached)
+{
+    pthread_mutex_lock(&lock);
+    cache_hits += cached > 0;
+    cached_tokens_total += cached;
     pthread_mutex_unlock(&lock);
 }
 
@@ -178,6 +187,12 @@ int oai_metrics_render(struct oai_buf *o)
             "# HELP resident_openai_generation_tokens_total Generated tokens of finished generations\n"
             "# TYPE resident_openai_generation_tokens_total counter\n"
             "resident_openai_generation_tokens_total %llu\n"
+            "# HELP resident_openai_prefix_cache_hits_total Finished generations whose prompt reused tokens from residentd's prefix cache\n"
+            "# TYPE resident_openai_prefix_cache_hits_total counter\n"
+            "resident_openai_prefix_cache_hits_total %llu\n"
+            "# HELP resident_openai_prefix_cache_cached_tokens_total Prompt tokens restored from residentd's prefix cache instead of computed (part of prompt_tokens_total)\n"
+            "# TYPE resident_openai_prefix_cache_cached_tokens_total counter\n"
+            "resident_openai_prefix_cache_cached_tokens_total %llu\n"
             "# HELP resident_openai_client_disconnects_total Generations cancelled because the HTTP client went away\n"
             "# TYPE resident_openai_client_disconnects_total counter\n"
             "resident_openai_client_disconnects_total %llu\n"
@@ -193,6 +208,7 @@ int oai_metrics_render(struct oai_buf *o)
             "# HELP resident_openai_finished_total Generations ended, by reason\n"
             "# TYPE resident_openai_finished_total counter\n",
             (unsigned long long)prompt_tokens, (unsigned long long)generation_tokens,
+            (unsigned long long)cache_hits, (unsigned long long)cached_tokens_total,
             (unsigned long long)disconnects, (long long)running, (long long)waiting, (long long)sessions);
     for (int k = 0; r == 0 && k < OAI_OUT_COUNT; k++)
         r = oai_buf_printf(o, "resident_openai_finished_total{reason=\"%s\"} %llu\n", out_names[k],

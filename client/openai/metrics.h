@@ -25,6 +25,9 @@ enum oai_outcome {
 void oai_metrics_init(void);
 void oai_metrics_request(enum oai_endpoint ep, unsigned status);
 void oai_metrics_tokens(uint64_t prompt, uint64_t completion);
+/* A finished generation's DONE.cached_tokens: prompt tokens residentd
+ * restored from its prefix cache (0 = a miss, or the cache is off). */
+void oai_metrics_prefix_cache(uint32_t cached_tokens);
 void oai_metrics_ttft(double seconds);
 /* @n tokens arrived @seconds after the previous event: n observations of seconds/n. */
 void oai_metrics_itl(double seconds, uint32_t n);

@@ -398,7 +398,6 @@ static int refuse_unsupported(struct json_object *o, enum oai_api api, struct oa
 {
     int64_t i;
     bool set, b;
-    double d;
     if (get_int(o, "n", 1, 128, &i, &set, e) < 0)
         return -EINVAL;
     if (set && i != 1)
@@ -429,15 +428,6 @@ static int refuse_unsupported(struct json_object *o, enum oai_api api, struct oa
         if (suffix && (!json_object_is_type(suffix, json_type_string) || json_object_get_string_len(suffix) > 0))
             return oai_error_invalid(e, "suffix", "suffix is not supported");
     }
-    static const char *const penalties[] = { "presence_penalty", "frequency_penalty" };
-    for (size_t k = 0; k < 2; k++) {
-        if (get_number(o, penalties[k], -2.0, 2.0, &d, &set, e) < 0)
-            return -EINVAL;
-        if (set && d != 0.0)
-            return oai_error_invalid(e, penalties[k],
-                                     "%s is not supported by residentd's sampler (only 0); use repetition_penalty",
-                                     penalties[k]);
-    }
     struct json_object *bias = field(o, "logit_bias");
     if (bias) {
         if (!json_object_is_type(bias, json_type_object))
@@ -466,44 +456,82 @@ static int parse_sampling(struct json_object *o, const struct oai_defaults *df, 
     double d;
     int64_t i;
     bool set;
+    /* Precedence: the request, then --generation-config, then the model's
+     * own generation_config.json, which residentd applies to every field
+     * still marked in model_defaults. */
+    q->model_defaults = RESIDENT_DEFAULT_ALL;
     if (df) {
-        if (df->has_temperature)
+        if (df->has_temperature) {
             q->temperature = df->temperature;
-        if (df->has_top_p)
+            q->model_defaults &= ~(uint32_t)RESIDENT_DEFAULT_TEMPERATURE;
+        }
+        if (df->has_top_p) {
             q->top_p = df->top_p;
-        if (df->has_top_k)
+            q->model_defaults &= ~(uint32_t)RESIDENT_DEFAULT_TOP_P;
+        }
+        if (df->has_top_k) {
             q->top_k = df->top_k;
-        if (df->has_min_p)
+            q->model_defaults &= ~(uint32_t)RESIDENT_DEFAULT_TOP_K;
+        }
+        if (df->has_min_p) {
             q->min_p = df->min_p;
-        if (df->has_repetition_penalty)
+            q->model_defaults &= ~(uint32_t)RESIDENT_DEFAULT_MIN_P;
+        }
+        if (df->has_repetition_penalty) {
             q->repeat_penalty = df->repetition_penalty;
+            q->model_defaults &= ~(uint32_t)RESIDENT_DEFAULT_REPEAT_PENALTY;
+        }
+        if (df->has_presence_penalty) {
+            q->presence_penalty = df->presence_penalty;
+            q->model_defaults &= ~(uint32_t)RESIDENT_DEFAULT_PRESENCE_PENALTY;
+        }
     }
     if (get_number(o, "temperature", 0.0, 2.0, &d, &set, e) < 0)
         return -EINVAL;
-    if (set)
+    if (set) {
         q->temperature = (float)d;
+        q->model_defaults &= ~(uint32_t)RESIDENT_DEFAULT_TEMPERATURE;
+    }
     if (get_number(o, "top_p", 0.0, 1.0, &d, &set, e) < 0)
         return -EINVAL;
     if (set) {
         if (d <= 0.0)
             return oai_error_invalid(e, "top_p", "'top_p' must be greater than 0");
         q->top_p = (float)d;
+        q->model_defaults &= ~(uint32_t)RESIDENT_DEFAULT_TOP_P;
     }
     if (get_int(o, "top_k", -1, 1 << 20, &i, &set, e) < 0)
         return -EINVAL;
-    if (set)
+    if (set) {
         q->top_k = i <= 0 ? 0 : (uint32_t)i;    /* vLLM: -1 (and 0) = off */
+        q->model_defaults &= ~(uint32_t)RESIDENT_DEFAULT_TOP_K;
+    }
     if (get_number(o, "min_p", 0.0, 1.0, &d, &set, e) < 0)
         return -EINVAL;
-    if (set)
+    if (set) {
         q->min_p = (float)d;
+        q->model_defaults &= ~(uint32_t)RESIDENT_DEFAULT_MIN_P;
+    }
     if (get_number(o, "repetition_penalty", 0.0, 10.0, &d, &set, e) < 0)
         return -EINVAL;
     if (set) {
         if (d <= 0.0)
             return oai_error_invalid(e, "repetition_penalty", "'repetition_penalty' must be greater than 0");
         q->repeat_penalty = (float)d;
+        q->model_defaults &= ~(uint32_t)RESIDENT_DEFAULT_REPEAT_PENALTY;
     }
+    /* OpenAI's range; residentd's sampler subtracts presence once for a
+     * token already generated and frequency x its count (as vLLM). */
+    if (get_number(o, "presence_penalty", -2.0, 2.0, &d, &set, e) < 0)
+        return -EINVAL;
+    if (set) {
+        q->presence_penalty = (float)d;
+        q->model_defaults &= ~(uint32_t)RESIDENT_DEFAULT_PRESENCE_PENALTY;
+    }
+    if (get_number(o, "frequency_penalty", -2.0, 2.0, &d, &set, e) < 0)
+        return -EINVAL;
+    if (set)
+        q->frequency_penalty = (float)d;
     if (get_int(o, "seed", INT64_MIN + 1, INT64_MAX - 1, &i, &set, e) < 0)
         return -EINVAL;
     if (set) {
@@ -770,6 +798,10 @@ int oai_defaults_load(const char *path, struct oai_defaults *d, char *why, size_
         goto bad;
     if ((d->has_repetition_penalty = set && x > 0))
         d->repetition_penalty = (float)x;
+    if (get_number(o, "presence_penalty", -2.0, 2.0, &x, &set, &e) < 0)
+        goto bad;
+    if ((d->has_presence_penalty = set))
+        d->presence_penalty = (float)x;
     /* transformers: do_sample false = greedy, whatever temperature says. */
     if (get_bool(o, "do_sample", &b, &set, &e) < 0)
         goto bad;

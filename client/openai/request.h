@@ -29,11 +29,13 @@
 #define OAI_MESSAGES_MAX  16384u
 #define OAI_TOOLS_MAX     512u
 
-/* Sampling defaults applied when a request leaves a field unset (from a
- * generation_config.json; `has_*` says which are known). */
+/* Sampling defaults applied when a request leaves a field unset (from the
+ * --generation-config file; `has_*` says which are known). Fields neither
+ * the request nor this sets stay marked in params.model_defaults, and
+ * residentd applies the loaded model's generation_config.json to them. */
 struct oai_defaults {
-    bool  has_temperature, has_top_p, has_top_k, has_min_p, has_repetition_penalty;
-    float temperature, top_p, min_p, repetition_penalty;
+    bool  has_temperature, has_top_p, has_top_k, has_min_p, has_repetition_penalty, has_presence_penalty;
+    float temperature, top_p, min_p, repetition_penalty, presence_penalty;
     uint32_t top_k;
 };
 

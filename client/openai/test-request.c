@@ -109,8 +109,10 @@ static void test_refused_fields(void **state)
     expect_400(OAI_API_CHAT, "{\"n\":2," MSG "}", "n");
     expect_400(OAI_API_CHAT, "{\"logprobs\":true," MSG "}", "logprobs");
     expect_400(OAI_API_CHAT, "{\"top_logprobs\":2," MSG "}", "top_logprobs");
-    expect_400(OAI_API_CHAT, "{\"presence_penalty\":1.5," MSG "}", "presence_penalty");
-    expect_400(OAI_API_CHAT, "{\"frequency_penalty\":-0.5," MSG "}", "frequency_penalty");
+    /* Penalties are honoured within OpenAI's range, refused outside it. */
+    expect_400(OAI_API_CHAT, "{\"presence_penalty\":2.5," MSG "}", "presence_penalty");
+    expect_400(OAI_API_CHAT, "{\"frequency_penalty\":-2.01," MSG "}", "frequency_penalty");
+    expect_400(OAI_API_CHAT, "{\"frequency_penalty\":\"high\"," MSG "}", "frequency_penalty");
     expect_400(OAI_API_CHAT, "{\"logit_bias\":{\"5\":1}," MSG "}", "logit_bias");
     expect_400(OAI_API_CHAT, "{\"response_format\":{\"type\":\"json_object\"}," MSG "}", "response_format");
     expect_400(OAI_API_CHAT, "{\"tool_choice\":\"required\"," MSG "}", "tool_choice");
@@ -152,6 +154,22 @@ static void test_sampling(void **state)
     assert_int_equal(r.params.stop_ids[1], 9);
     assert_true(r.params.flags & RESIDENT_REQ_IGNORE_EOS);
     assert_true(r.stream && r.include_usage);
+    /* Set fields are explicit; presence_penalty alone stays the model's. */
+    assert_int_equal(r.params.model_defaults, RESIDENT_DEFAULT_PRESENCE_PENALTY);
+    assert_float_equal(r.params.presence_penalty, 0.0, 0.0);
+    assert_float_equal(r.params.frequency_penalty, 0.0, 0.0);
+    oai_request_free(&r);
+
+    /* Penalties pass through; a request that sets nothing leaves every
+     * sampling field to the model (residentd applies its generation_config). */
+    assert_int_equal(parse(OAI_API_CHAT, "{\"presence_penalty\":1.5,\"frequency_penalty\":-0.5," MSG "}", &r, &e), 0);
+    assert_float_equal(r.params.presence_penalty, 1.5, 1e-6);
+    assert_float_equal(r.params.frequency_penalty, -0.5, 1e-6);
+    assert_int_equal(r.params.model_defaults, RESIDENT_DEFAULT_ALL & ~RESIDENT_DEFAULT_PRESENCE_PENALTY);
+    oai_request_free(&r);
+    assert_int_equal(parse(OAI_API_CHAT, "{" MSG "}", &r, &e), 0);
+    assert_int_equal(r.params.model_defaults, RESIDENT_DEFAULT_ALL);
+    assert_float_equal(r.params.frequency_penalty, 0.0, 0.0);
     oai_request_free(&r);
 
     /* Defaults fill only what the request leaves unset. */
@@ -161,6 +179,17 @@ static void test_sampling(void **state)
     assert_float_equal(r.params.temperature, 1.0, 1e-6);
     assert_int_equal(r.params.top_k, 5);
     assert_int_equal(r.params.max_tokens, 0);    /* residentd's limit */
+    /* request > --generation-config > the model's file (the bits left) */
+    assert_int_equal(r.params.model_defaults, RESIDENT_DEFAULT_TOP_P | RESIDENT_DEFAULT_MIN_P |
+                                              RESIDENT_DEFAULT_REPEAT_PENALTY | RESIDENT_DEFAULT_PRESENCE_PENALTY);
+    oai_request_free(&r);
+    d = (struct oai_defaults){ .has_presence_penalty = true, .presence_penalty = 1.0f };
+    body = "{\"temperature\":0," MSG "}";
+    assert_int_equal(oai_request_parse(OAI_API_CHAT, body, strlen(body), &d, &r, &e), 0);
+    assert_float_equal(r.params.presence_penalty, 1.0, 1e-6);
+    assert_float_equal(r.params.temperature, 0.0, 0.0);
+    assert_int_equal(r.params.model_defaults, RESIDENT_DEFAULT_TOP_P | RESIDENT_DEFAULT_TOP_K |
+                                              RESIDENT_DEFAULT_MIN_P | RESIDENT_DEFAULT_REPEAT_PENALTY);
     oai_request_free(&r);
 
     /* Unseeded requests get different seeds. */
@@ -259,10 +288,16 @@ static void test_defaults_file(void **state)
     char why[256];
     assert_int_equal(oai_defaults_load(path, &d, why, sizeof(why)), 0);
     assert_true(d.has_temperature && d.has_top_k && d.has_top_p);
-    assert_false(d.has_min_p);
+    assert_false(d.has_min_p || d.has_presence_penalty);
     assert_float_equal(d.temperature, 1.0, 1e-6);
     assert_int_equal(d.top_k, 20);
     assert_float_equal(d.top_p, 0.95, 1e-6);
+    fd = open(path, O_WRONLY | O_TRUNC);
+    assert_int_equal(write(fd, "{\"presence_penalty\":1.5}", 24), 24);
+    close(fd);
+    assert_int_equal(oai_defaults_load(path, &d, why, sizeof(why)), 0);
+    assert_true(d.has_presence_penalty && !d.has_temperature);
+    assert_float_equal(d.presence_penalty, 1.5, 1e-6);
     fd = open(path, O_WRONLY | O_TRUNC);
     assert_int_equal(write(fd, "{\"top_p\":\"x\"}", 13), 13);
     close(fd);

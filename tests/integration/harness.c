@@ -317,7 +317,7 @@ int th_raw_submit(struct th_raw *r, uint64_t id, const char *prompt, uint32_t ma
 {
     size_t len = strlen(prompt);
     void *body;
-    int ret = shm_ring_prod_alloc(&r->req, SHM_REQ_SUBMIT, shm_proto_submit_size(0, 0, (uint32_t)len), &body);
+    int ret = shm_ring_prod_alloc(&r->req, SHM_REQ_SUBMIT, shm_proto_submit_size(0, 0, 0, (uint32_t)len), &body);
     if (ret < 0)
         return ret;
     struct shm_req_submit s = { .req_id = id, .kind = SHM_PROMPT_RAW, .max_tokens = max_tokens, .top_p = 1,

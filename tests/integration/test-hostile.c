@@ -266,7 +266,7 @@ static void f_dup_id(struct th_raw *r)
      * while the first is certainly in flight. */
     for (int i = 0; i < 2; i++) {
         void *b;
-        shm_ring_prod_alloc(&r->req, SHM_REQ_SUBMIT, shm_proto_submit_size(0, 0, 3), &b);
+        shm_ring_prod_alloc(&r->req, SHM_REQ_SUBMIT, shm_proto_submit_size(0, 0, 0, 3), &b);
         struct shm_req_submit s = { .req_id = 5, .kind = SHM_PROMPT_RAW, .max_tokens = 100, .top_p = 1,
                                     .repeat_penalty = 1, .payload_len = 3 };
         memcpy(b, &s, sizeof(s));

@@ -61,6 +61,21 @@ int main(void)
     else
         TH_CHECK(strlen(out) > 1);
 
+    /* Sampling options: explicit values and the model defaults both reach
+     * residentd (the null generator ignores them: same text for the seed);
+     * an out-of-range value is refused naming the option. */
+    static char out2[1 << 16];
+    snprintf(cmd, sizeof(cmd), "%s --socket %s run -n 12 --seed 3 --raw --temperature 0 --top-p 0.5 --top-k 7 "
+             "--min-p 0.1 --repetition-penalty 1.2 --presence-penalty 1.5 --frequency-penalty -0.5 'hello tool'",
+             tool, D.sock);
+    TH_CHECK(run(cmd, out2, sizeof(out2), 0) == 0 && strcmp(out2, out) == 0);
+    snprintf(cmd, sizeof(cmd), "%s --socket %s run -n 1 --presence-penalty 2.5 'x'", tool, D.sock);
+    TH_CHECK(run(cmd, out2, sizeof(out2), 1) != 0 && strstr(out2, "--presence-penalty") != NULL);
+    snprintf(cmd, sizeof(cmd), "%s --socket %s run -n 1 --top-p 0 'x'", tool, D.sock);
+    TH_CHECK(run(cmd, out2, sizeof(out2), 1) != 0 && strstr(out2, "--top-p") != NULL);
+    snprintf(cmd, sizeof(cmd), "%s --socket %s run -n 1 --top-k 2.5 'x'", tool, D.sock);
+    TH_CHECK(run(cmd, out2, sizeof(out2), 1) != 0 && strstr(out2, "--top-k") != NULL);
+
     /* --json: queued, one tokens line per batch, done with finish "length". */
     snprintf(cmd, sizeof(cmd), "%s run --socket %s -n 4 --json 'hi'", tool, D.sock);
     TH_CHECK(run(cmd, out, sizeof(out), 0) == 0);

@@ -204,7 +204,7 @@ def test_prompt_longer_than_context(gw):
 @pytest.mark.parametrize("kw,param", [
     ({"n": 2}, "n"),
     ({"logprobs": True}, "logprobs"),
-    ({"presence_penalty": 1.5}, "presence_penalty"),
+    ({"presence_penalty": 2.5}, "presence_penalty"),
     ({"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),
     ({"response_format": {"type": "json_object"}}, "response_format"),
     ({"max_tokens": MAX_NEW_TOKENS + 1}, "max_tokens"),
@@ -216,6 +216,18 @@ def test_invalid_parameters(gw, kw, param):
         chat(gw, **kw)
     assert ei.value.status_code == 400
     assert ei.value.body["param"] == param, ei.value.body
+
+
+def test_penalties_accepted_and_range_checked(gw):
+    """presence/frequency penalties are passed through (test_sampling_e2e.py
+    shows their effect on a model); outside OpenAI's -2..2 they are a 400."""
+    r = chat(gw, max_tokens=3, presence_penalty=1.5, frequency_penalty=-0.5)
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 3
+    for kw, param in (({"frequency_penalty": -2.5}, "frequency_penalty"),
+                      ({"presence_penalty": "high"}, "presence_penalty")):
+        with pytest.raises(openai.BadRequestError) as ei:
+            chat(gw, **kw)
+        assert ei.value.body["param"] == param, ei.value.body
 
 
 def test_body_too_large(gw):
@@ -315,8 +327,13 @@ def test_metrics(gw):
     assert m["resident_openai_queue_depth"] == 0
     assert m["resident_openai_daemon_sessions"] >= 1
     assert m['resident_openai_finished_total{reason="length"}'] >= 1
-    status, headers, _ = gw.request("GET", "/metrics")
+    # The null generator has no prefix cache: the counters exist and stay 0
+    # (test_sampling_e2e.py counts real hits).
+    assert m["resident_openai_prefix_cache_hits_total"] == 0
+    assert m["resident_openai_prefix_cache_cached_tokens_total"] == 0
+    status, headers, body = gw.request("GET", "/metrics")
     assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert b"# TYPE resident_openai_prefix_cache_hits_total counter\n" in body
 
 
 def test_disconnect_cancels_generation(gw):
