@@ -36,7 +36,10 @@ def engine_daemon(tmp):
     log = open(os.path.join(tmp, "residentd-engine.log"), "w+")
     proc = subprocess.Popen(
         [RESIDENTD, "--config", "/dev/null", "--socket", sock, "--generator", "engine",
-         "--model", MODEL_DIR, "-o", f"allow_uids={os.getuid()}"],
+         "--model", MODEL_DIR, "-o", f"allow_uids={os.getuid()}",
+         # by hand as root, the default (privileges = auto) would drop to
+         # the `residentd` user, which a test host lacks
+         "-o", "privileges=keep"],
         stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 60
     while not os.path.exists(sock):
