@@ -191,7 +191,17 @@ int svc_listen_create(const struct svc_listen_config *cfg)
         if (!S_ISSOCK(st.st_mode))
             return svc_log_errno(-EEXIST, "%s exists and is not a socket; refusing to replace it "
                                  "(remove it or change socket = in residentd.conf)", path);
+        /* A listener that answers may be a daemon that is already dead:
+         * a killed residentd's io_uring instance is torn down by a kernel
+         * worker after the process is reaped, and until then the pending
+         * multishot accept keeps the old listening socket alive (connect()
+         * succeeds into its backlog).  Ask again for up to 2 s before
+         * calling the path taken; a live daemon keeps answering. */
         r = svc_listen_probe(&sa, salen);
+        for (int i = 0; i < 20 && r > 0; i++) {
+            usleep(100 * 1000);
+            r = svc_listen_probe(&sa, salen);
+        }
         if (r > 0)
             return svc_log_errno(-EADDRINUSE, "another process is listening on %s; is residentd already "
                                  "running (systemctl status residentd.socket residentd.service)?", path);
