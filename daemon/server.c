@@ -505,7 +505,8 @@ static void on_hello(struct session *s, const struct shm_wire_hello *h)
     struct shm_wire_welcome w = {
         .session_id = s->id,
         .abi_version = SHM_ABI_VERSION,
-        .flags = d->gen->synthetic ? SHM_WELCOME_F_NULL_GENERATOR : 0,
+        .flags = (d->gen->synthetic ? SHM_WELCOME_F_NULL_GENERATOR : 0) |
+                 (d->gen->tool_choice ? SHM_WELCOME_F_TOOL_CHOICE : 0),
         .region_size = L->region_size,
         .max_new_tokens = c->max_new_tokens,
         .max_prompt_tokens = c->max_prompt_tokens,

@@ -87,6 +87,10 @@ struct shm_wire_welcome {
 };
 _Static_assert(sizeof(struct shm_wire_welcome) == 136, "welcome layout");
 #define SHM_WELCOME_F_NULL_GENERATOR 0x1u  /* output is synthetic, not a model */
+/* The generator forces tool calls: CHAT "tool_choice" "required" and named
+ * ({"type":"function","function":{"name":...}}) are honoured by constrained
+ * decoding; without the flag residentd refuses them. */
+#define SHM_WELCOME_F_TOOL_CHOICE 0x8u
 
 struct shm_wire_error {
     int32_t  code;              /* negative errno */
