@@ -310,6 +310,11 @@ RESIDENT_API int resident_is_synthetic(const struct resident *r)
     return (r->welcome.flags & SHM_WELCOME_F_NULL_GENERATOR) != 0;
 }
 
+RESIDENT_API int resident_supports_tool_choice(const struct resident *r)
+{
+    return (r->welcome.flags & SHM_WELCOME_F_TOOL_CHOICE) != 0;
+}
+
 RESIDENT_API const char *resident_last_error(const struct resident *r)
 {
     return r ? r->err : connect_err;

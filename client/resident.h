@@ -235,6 +235,19 @@ RESIDENT_API const char *resident_generator(const struct resident *r);
 RESIDENT_API int resident_is_synthetic(const struct resident *r);
 
 /**
+ * resident_supports_tool_choice() - whether the daemon forces tool calls
+ * @r: handle
+ *
+ * A CHAT request's "tool_choice" "required" or named
+ * ({"type":"function","function":{"name":...}}) is honoured only by a
+ * generator that advertises it (WELCOME flag SHM_WELCOME_F_TOOL_CHOICE:
+ * the engine generator); any other refuses such a request with -EINVAL.
+ *
+ * Return: 1 when supported, else 0.
+ */
+RESIDENT_API int resident_supports_tool_choice(const struct resident *r);
+
+/**
  * resident_last_error() - message describing the last failure
  * @r: handle, or NULL for failures of resident_connect()
  *
