@@ -29,10 +29,15 @@
  * template renders exactly `</think>\n\n<tool_call>` when the turn comes
  * back as history: the forced ids are then the ids the next request's
  * prompt holds, and the prefix cache's tool-call snapshot (gen-engine.c)
- * matches them. A model that never closes its reasoning within max_tokens
- * never gets to the call (finish_reason "length"), as with vLLM.
+ * matches them. A model that writes `<tool_call>` while still reasoning
+ * (the Qwen3.5 habit the qwen3 reasoning parser also treats as the end of
+ * the reasoning) is taken at its word: the constraint starts right after
+ * that token, without the `\n\n`. A model that never closes its reasoning
+ * within max_tokens never gets to the call (finish_reason "length"), as
+ * with vLLM.
  *
- * HOW. The opening of each allowed name is tokenized on its own, canonically
+ * HOW. The `\n\n` lead is a fixed id list. The opening of each allowed
+ * name is tokenized on its own, canonically
  * (`<tool_call>` is an added token, so the text splits there exactly as it
  * does inside a whole prompt; the opening ends with `>\n` before a `<`, a
  * pre-tokenizer boundary, so its ids are the ones the rendered history
@@ -83,6 +88,9 @@ struct force {
     uint32_t          *kids;
     uint32_t           n_nodes, cap_nodes;
     int32_t            think_end;   /* `</think>` id, -1 = none     */
+    int32_t            tool_call;   /* `<tool_call>` id              */
+    int32_t            lead[8];     /* ids of "\n\n" after </think> */
+    uint32_t           n_lead, k_lead; /* forced lead ids / taken    */
     enum force_phase   phase;
     uint32_t           cur;         /* node reached (FORCE_ACTIVE)   */
 };
@@ -323,6 +331,7 @@ int force_new(const struct tokenizer *tok, const struct force_choice *c, const i
     if (!f)
         return -ENOMEM;
     f->think_end = think_end;
+    f->tool_call = tool_call;
     /* Reasoning left open by the prompt? The last think tag decides. */
     int open = 0;
     for (size_t i = n_prompt; i-- > 0;) {
@@ -334,17 +343,32 @@ int force_new(const struct tokenizer *tok, const struct force_choice *c, const i
         }
     }
     f->phase = open ? FORCE_WAITING : FORCE_ACTIVE;
-    const char *lead = open ? "\n\n" : "";
+    int r = 0;
+    if (open) {
+        int32_t *ids = NULL;
+        size_t n = 0;
+        struct engine_error e = { 0 };
+        r = tokenizer_encode(tok, "\n\n", 2, &ids, &n, &e);
+        if (r == 0 && (n == 0 || n > sizeof(f->lead) / sizeof(f->lead[0])))
+            r = -EINVAL;
+        if (r == 0)
+            memcpy(f->lead, ids, n * sizeof(int32_t));
+        f->n_lead = r == 0 ? (uint32_t)n : 0;
+        free(ids);
+        if (r < 0)
+            snprintf(err, errlen, "tool_choice: cannot tokenize the blank line after </think>");
+    }
     uint32_t root;
-    int r = node_add(f, -1, 0, &root);
+    if (r == 0)
+        r = node_add(f, -1, 0, &root);
     for (size_t i = 0; r == 0 && i < c->n_names; i++) {
-        size_t cap = strlen(lead) + strlen(c->names[i]) + 32;
+        size_t cap = strlen(c->names[i]) + 32;
         char *text = malloc(cap);
         if (!text) {
             r = -ENOMEM;
             break;
         }
-        int len = snprintf(text, cap, "%s<tool_call>\n<function=%s>\n", lead, c->names[i]);
+        int len = snprintf(text, cap, "<tool_call>\n<function=%s>\n", c->names[i]);
         int32_t *ids = NULL;
         size_t n = 0;
         struct engine_error e = { 0 };
@@ -353,8 +377,9 @@ int force_new(const struct tokenizer *tok, const struct force_choice *c, const i
         if (r < 0) {
             snprintf(err, errlen, "tool_choice: cannot tokenize the call opening of \"%.64s\": %s", c->names[i],
                      e.msg[0] ? e.msg : strerror(-r));
-        } else if (n == 0) {
-            snprintf(err, errlen, "tool_choice: the call opening of \"%.64s\" tokenized to nothing", c->names[i]);
+        } else if (n == 0 || ids[0] != tool_call) {
+            snprintf(err, errlen, "tool_choice: the call opening of \"%.64s\" does not start with <tool_call>",
+                     c->names[i]);
             r = -EINVAL;
         } else {
             r = insert(f, ids, n);
@@ -382,12 +407,15 @@ int force_mask(const struct force *f, float *logits, int32_t n_vocab)
         return 0;
     const struct force_node *nd = &f->nodes[f->cur];
     const uint32_t *kid = f->kids + nd->kid_off;
-    uint32_t j = 0;
+    uint32_t j = 0, n_kids = nd->n_kids;
+    int32_t lead = f->k_lead < f->n_lead ? f->lead[f->k_lead] : -1;
+    if (lead >= 0)
+        n_kids = 0;     /* the lead first, then the trie */
     /* One pass: the children are sorted by id. */
     for (int32_t i = 0; i < n_vocab; i++) {
-        while (j < nd->n_kids && f->nodes[kid[j]].tok < i)
+        while (j < n_kids && f->nodes[kid[j]].tok < i)
             j++;
-        if (j < nd->n_kids && f->nodes[kid[j]].tok == i) {
+        if (i == lead || (j < n_kids && f->nodes[kid[j]].tok == i)) {
             if (isnan(logits[i]))
                 logits[i] = 0.0f;
             continue;
@@ -405,11 +433,26 @@ void force_accept(struct force *f, int32_t id)
         if (id == f->think_end) {
             f->phase = FORCE_ACTIVE;
             f->cur = 0;
+            f->k_lead = 0;
+            return;
         }
-        return;
+        if (id != f->tool_call)
+            return;
+        /* A call opened inside the reasoning: no lead; this id is the
+         * trie's first, so the walk below takes it and forces the rest. */
+        f->phase = FORCE_ACTIVE;
+        f->cur = 0;
+        f->k_lead = f->n_lead;
     }
     if (f->phase != FORCE_ACTIVE)
         return;
+    if (f->k_lead < f->n_lead) {
+        if (id == f->lead[f->k_lead])
+            f->k_lead++;
+        else
+            f->phase = FORCE_DONE;  /* as below: an id the row did not allow */
+        return;
+    }
     const struct force_node *nd = &f->nodes[f->cur];
     for (uint32_t j = 0; j < nd->n_kids; j++) {
         uint32_t k = f->kids[nd->kid_off + j];

@@ -5,7 +5,9 @@
  *   - force_choice_from_request: auto/none/absent are free; required and
  *     named read the names; every malformed case is refused naming the field;
  *   - the phase follows the prompt's last think tag: closed -> forcing from
- *     the first token, open -> waiting for </think>, then "\n\n" + opening;
+ *     the first token, open -> waiting for </think>, then "\n\n" + opening,
+ *     or for a <tool_call> the model writes inside its reasoning, then the
+ *     rest of the opening;
  *   - force_mask keeps exactly the trie's children (NaN allowed -> 0, the
  *     rest -inf) and walking the mask's single choices spells the opening;
  *   - "required" over names with a shared prefix allows both at the
@@ -163,6 +165,18 @@ static void test_forcing(void)
     ng = walk(f, row, got, 64);
     CHECK(ng == nw && memcmp(got, want, nw * sizeof(int32_t)) == 0);
     force_free(f);
+
+    /* A call the model opens inside its reasoning (<tool_call> before
+     * </think>) is taken as the end of it: the rest of the opening is forced. */
+    CHECK(force_new(tok, &c, prompt, np, &f, err, sizeof(err)) == 0);
+    force_accept(f, some[0]);
+    nw = encode("<tool_call>\n<function=get_weather>\n", want, 64);
+    force_accept(f, want[0]);
+    CHECK(force_phase(f) == FORCE_ACTIVE);
+    ng = walk(f, row, got, 64);
+    CHECK(ng == nw - 1 && memcmp(got, want + 1, ng * sizeof(int32_t)) == 0);
+    CHECK(force_phase(f) == FORCE_DONE);
+    force_free(f);
     force_choice_clear(&c);
 
     /* Required over get_weather / get_time: a fork where they diverge. */
@@ -195,7 +209,7 @@ static void test_forcing(void)
     force_accept(NULL, 1);
     CHECK(force_mask(NULL, row, vocab) == 0);
     free(row);
-    printf("force: opening of %zu ids (closed), %zu (after </think>), fork after %zu common ids\n", n1, nw, common);
+    printf("force: openings of %zu and %zu ids fork after %zu common ids\n", n1, n2, common);
 }
 
 int main(void)
