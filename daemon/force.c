@@ -71,15 +71,17 @@
 #include "engine/error.h"
 #include "engine/text/tokenizer.h"
 
-/* The trie stays small: FORCE_TOOLS_MAX names of at most FORCE_NAME_MAX
- * bytes tokenize to far fewer nodes than this. */
-#define FORCE_NODES_MAX 65536
+/* Room for the worst case: FORCE_TOOLS_MAX names of FORCE_NAME_MAX bytes at
+ * one token per byte, plus `>\n` and the shared `<tool_call>\n<function=`
+ * (1024 * 66 + a few < 2^17); typical choices need tens of nodes. */
+#define FORCE_NODES_MAX 131072
 
 struct force_node {
     int32_t  tok;           /* id that leads here (-1 at the root)   */
     int32_t  parent;
     uint32_t kid_off;       /* children: kids[kid_off .. +n_kids), by id */
     uint32_t n_kids;
+    uint32_t first, next;   /* while building: first child, next sibling (0 = none) */
     int      leaf;          /* an opening ends here                  */
 };
 
@@ -242,6 +244,10 @@ static int node_add(struct force *f, int32_t tok, uint32_t parent, uint32_t *out
         f->cap_nodes = nc;
     }
     f->nodes[f->n_nodes] = (struct force_node){ .tok = tok, .parent = (int32_t)parent };
+    if (f->n_nodes > 0) {
+        f->nodes[f->n_nodes].next = f->nodes[parent].first;
+        f->nodes[parent].first = f->n_nodes;
+    }
     *out = f->n_nodes++;
     return 0;
 }
@@ -251,9 +257,9 @@ static int insert(struct force *f, const int32_t *ids, size_t n)
     uint32_t cur = 0;
     for (size_t k = 0; k < n; k++) {
         uint32_t next = 0;
-        /* Linear: a few thousand nodes at most, built once per request. */
-        for (uint32_t j = 1; j < f->n_nodes && !next; j++)
-            if (f->nodes[j].parent == (int32_t)cur && f->nodes[j].tok == ids[k])
+        /* Sibling lists: the fan-out is at most the number of names. */
+        for (uint32_t j = f->nodes[cur].first; j && !next; j = f->nodes[j].next)
+            if (f->nodes[j].tok == ids[k])
                 next = j;
         if (!next) {
             int r = node_add(f, ids[k], cur, &next);

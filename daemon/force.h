@@ -31,7 +31,7 @@ enum force_kind {
     FORCE_NAMED    = 2,     /* exactly the named tool must be called    */
 };
 
-#define FORCE_NAME_MAX  256u    /* bytes of one forced function name  */
+#define FORCE_NAME_MAX  64u     /* bytes of one forced name (OpenAI: 64) */
 #define FORCE_TOOLS_MAX 1024u   /* tools a "required" choice picks from */
 
 /* A request's tool choice: the names the call may open with. */

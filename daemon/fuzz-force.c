@@ -74,7 +74,7 @@ static void walk(struct force *f)
             fail("a waiting constraint narrowed a row");
         force_accept(f, think_end);
     }
-    /* An opening is at most "\n\n<tool_call>\n<function=" + 256 bytes + ">\n". */
+    /* An opening is at most "\n\n<tool_call>\n<function=" + FORCE_NAME_MAX bytes + ">\n". */
     for (int step = 0; step < 400 && force_phase(f) == FORCE_ACTIVE; step++) {
         for (int32_t i = 0; i < vocab; i++)
             row[i] = (float)(i % 13);

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "daemon/force.h"
 #include "engine/error.h"
@@ -203,6 +204,36 @@ static void test_forcing(void)
     CHECK(force_new(tok, &c, prompt, np, &f, err, sizeof(err)) == 0);
     force_accept(f, some[0]);
     CHECK(force_phase(f) == FORCE_DONE && force_mask(f, row, vocab) == 0);
+    force_free(f);
+    force_choice_clear(&c);
+
+    /* The largest choice the parser accepts: FORCE_TOOLS_MAX names of
+     * FORCE_NAME_MAX bytes sharing long prefixes; every path ends. */
+    c.kind = FORCE_REQUIRED;
+    c.n_names = FORCE_TOOLS_MAX;
+    c.names = calloc(c.n_names, sizeof(char *));
+    for (size_t i = 0; i < c.n_names; i++) {
+        c.names[i] = malloc(FORCE_NAME_MAX + 1);
+        memset(c.names[i], 'a' + (int)(i % 3), FORCE_NAME_MAX);
+        snprintf(c.names[i] + FORCE_NAME_MAX - 8, 9, "_%07u", (unsigned)(i % 10000000u));
+    }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CHECK(force_new(tok, &c, prompt, np, &f, err, sizeof(err)) == 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    /* Information, not a check: seq_new runs on the event loop. */
+    printf("force: %u names of %u bytes built in %.1f ms\n", FORCE_TOOLS_MAX, FORCE_NAME_MAX,
+           (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+    ng = walk(f, row, got, 64);
+    k = allowed(f, row, a, 8);
+    CHECK(force_phase(f) == FORCE_ACTIVE && k > 1 && k != (size_t)-1);
+    force_accept(f, a[0]);
+    for (int step = 0; step < 200 && force_phase(f) == FORCE_ACTIVE; step++) {
+        if (allowed(f, row, a, 8) < 1)
+            break;
+        force_accept(f, a[0]);
+    }
+    CHECK(force_phase(f) == FORCE_DONE);
     force_free(f);
     force_choice_clear(&c);
     force_free(NULL);
