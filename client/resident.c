@@ -310,6 +310,7 @@ RESIDENT_API int resident_is_synthetic(const struct resident *r)
     return (r->welcome.flags & SHM_WELCOME_F_NULL_GENERATOR) != 0;
 }
 
+
 RESIDENT_API const char *resident_last_error(const struct resident *r)
 {
     return r ? r->err : connect_err;

@@ -41,6 +41,14 @@
  * output: the next request renders that call verbatim. Requests with
  * GEN_PROMPT_F_NO_CACHE neither restore nor store.
  *
+ * FORCED TOOL CALLS (daemon/force.c): a CHAT request whose tool_choice is
+ * "required" or names a function gets a constraint at seq_new. Both
+ * sampling points (the last prefill chunk, the batched decode) go through
+ * pick(), which narrows the sequence's own logits row while the call's
+ * opening is forced; emit() advances the constraint. A forced token is
+ * otherwise a sampled token: fed at the next decode, counted, streamed,
+ * and kept in the output ids the tool-call snapshot above stores.
+ *
  * Threading (gen.h): create/destroy/seq_new/seq_free on the event loop,
  * step on the worker, never concurrently for a sequence in the batch. The
  * tokenizer is safe for concurrent use; the model serialises its calls.
@@ -54,6 +62,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/force.h"
 #include "daemon/gen.h"
 #include "engine/model.h"
 #include "engine/prefix-cache.h"
@@ -104,6 +113,7 @@ struct gen_engine_seq {
     int64_t           n_pts, k_pts;
     int               saw_tool;  /* a <tool_call> token was sampled         */
     int               tool_stored; /* its snapshot is stored (once)         */
+    struct force     *force;     /* tool_choice constraint, NULL = none     */
 };
 
 static int fail(char *err, size_t errlen, int code, const struct engine_error *e, const char *what)
@@ -333,6 +343,7 @@ static void engine_seq_free(void *ctx, void *seq)
     sampler_free(s->sampler);
     free(s->prompt);
     free(s->pts);
+    force_free(s->force);
     free(s);
 }
 
@@ -358,6 +369,13 @@ static int engine_seq_new(void *ctx, const struct gen_prompt *p, void **seq, uin
     }
     s->n_prompt = (uint32_t)n;
     s->n_ids = s->cap_ids = (uint32_t)n;
+    if (p->tool_choice && p->tool_choice->kind != FORCE_NONE) {
+        r = force_new(g->tok, p->tool_choice, s->prompt, n, &s->force, err, errlen);
+        if (r < 0) {
+            engine_seq_free(g, s);
+            return r;
+        }
+    }
     s->uid = p->uid;
     if (g->pc && !(p->flags & GEN_PROMPT_F_NO_CACHE)) {
         s->use_cache = 1;
@@ -475,8 +493,17 @@ static int cache_start(struct gen_engine *g, struct gen_engine_seq *s, struct ge
     return advance(g, s, s->planned, NULL, e);
 }
 
+/* Sample the next id from this sequence's logits row (changed in place
+ * when a forced tool call narrows it). */
+static int pick(struct gen_engine *g, struct gen_engine_seq *s, float *row, int32_t *id)
+{
+    force_mask(s->force, row, g->vocab);
+    return sampler_sample(s->sampler, row, id);
+}
+
 static void emit(struct gen_engine *g, struct gen_engine_seq *s, struct gen_item *it, int32_t id)
 {
+    force_accept(s->force, id);
     sampler_accept(s->sampler, id);
     s->last = id;
     s->has_last = 1;
@@ -598,7 +625,7 @@ static int engine_step(void *ctx, struct gen_item *items, size_t n)
         }
         if (it->sample && last_chunk) {
             int32_t id;
-            r = sampler_sample(s->sampler, g->logits, &id);
+            r = pick(g, s, g->logits, &id);
             if (r < 0)
                 it->error = r;
             else
@@ -617,7 +644,7 @@ static int engine_step(void *ctx, struct gen_item *items, size_t n)
             it->error = r;
             continue;
         }
-        int rs = sampler_sample(s->sampler, g->logits + k * (size_t)g->vocab, &id);
+        int rs = pick(g, s, g->logits + k * (size_t)g->vocab, &id);
         if (rs < 0)
             it->error = rs;
         else
@@ -630,6 +657,7 @@ const struct gen_ops gen_engine_ops = {
     .name = "engine",
     .synthetic = 0,
     .parse_output = 1,
+    .tool_choice = 1,
     .create = engine_create,
     .files_opened = engine_files_opened,
     .destroy = engine_destroy,

@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 struct st_image;                        /* engine/safetensors.h */
+struct force_choice;
 
 #define GEN_PIECE_MAX 128   /* longest token of the Qwen3 vocab; a TOKENS record of one token stays far below the smallest ring's cap/4 (1 KiB) */
 
@@ -40,6 +41,9 @@ struct gen_prompt {
     uint32_t       max_new_tokens;  /* the request's output limit (sizes the sequence state) */
     uint32_t       uid;         /* requester (SO_PEERCRED): prefix-cache isolation */
     uint32_t       flags;       /* GEN_PROMPT_F_* */
+    /* CHAT "tool_choice" required/named (daemon/force.h), NULL = free
+     * generation; only passed to generators with gen_ops.tool_choice. */
+    const struct force_choice *tool_choice;
 };
 
 #define GEN_PROMPT_F_NO_CACHE 0x1u   /* no prefix-cache reuse or store (SHM_REQ_F_NO_PREFIX_CACHE) */
@@ -73,6 +77,10 @@ struct gen_ops {
     /* 1 = the output is Qwen3.6 chat text: TEXT/CHAT requests get the
      * reasoning / tool-call parsers (daemon/channels.h). 0 = all content. */
     uint32_t    parse_output;
+    /* 1 = honours gen_prompt.tool_choice (forced tool calls by constrained
+     * decoding; WELCOME flag SHM_WELCOME_F_TOOL_CHOICE). 0 = the scheduler
+     * refuses tool_choice "required" and named. */
+    uint32_t    tool_choice;
     /* shards/n_shards: NULL/0, or the model's *.safetensors files already
      * in memory (residentd's fd-store container, see engine/safetensors.h
      * st_image; valid until destroy): a generator that runs the model loads

@@ -60,6 +60,7 @@
 
 #include "daemon/channels.h"
 #include "daemon/daemon.h"
+#include "daemon/force.h"
 #include "daemon/textstream.h"
 #include "shm/proto.h"
 
@@ -465,7 +466,11 @@ static struct seq *seq_alloc(struct session *s, uint64_t req_id)
     return q;
 }
 
-static int chat_json_ok(const uint8_t *b, size_t n, char *err, size_t errlen)
+/* A CHAT payload is a JSON object with a non-empty "messages" array; its
+ * "tool_choice" (if it forces a call) is read into *fc, and refused when
+ * the generator cannot force calls. */
+static int chat_json_ok(const struct gen_ops *gen, const uint8_t *b, size_t n, struct force_choice *fc,
+                        char *err, size_t errlen)
 {
     struct json_tokener *tok = json_tokener_new_ex(64);
     if (!tok) {
@@ -488,9 +493,16 @@ static int chat_json_ok(const uint8_t *b, size_t n, char *err, size_t errlen)
         else
             ok = 1;
     }
+    int r = ok ? force_choice_from_request(o, fc, err, errlen) : -EINVAL;
+    if (r == 0 && fc->kind != FORCE_NONE && !gen->tool_choice) {
+        snprintf(err, errlen, "tool_choice %s needs constrained decoding, which the '%s' generator does not "
+                 "offer (WELCOME has no SHM_WELCOME_F_TOOL_CHOICE); use \"auto\"",
+                 fc->kind == FORCE_REQUIRED ? "\"required\"" : "naming a function", gen->name);
+        r = -EINVAL;
+    }
     json_object_put(o);
     json_tokener_free(tok);
-    return ok ? 0 : -EINVAL;
+    return r;
 }
 
 static void handle_submit(struct session *s, const uint8_t *body, size_t len)
@@ -541,6 +553,7 @@ static void handle_submit(struct session *s, const uint8_t *body, size_t len)
            f->payload_len);
     char err[200];
     int r = 0;
+    struct force_choice fc = { 0 };
     if (f->kind == SHM_PROMPT_IDS) {
         uint32_t vocab = d->gen->vocab_size(d->gen_ctx);
         for (uint32_t i = 0; i < f->payload_len / 4; i++) {
@@ -554,7 +567,7 @@ static void handle_submit(struct session *s, const uint8_t *body, size_t len)
             }
         }
     } else if (f->kind == SHM_PROMPT_CHAT) {
-        r = chat_json_ok(prompt, f->payload_len, err, sizeof(err));
+        r = chat_json_ok(d->gen, prompt, f->payload_len, &fc, err, sizeof(err));
     }
     if (r == 0) {
         struct gen_prompt gp = {
@@ -566,9 +579,11 @@ static void handle_submit(struct session *s, const uint8_t *body, size_t len)
             .max_new_tokens = q->max_tokens,
             .uid = (uint32_t)s->cred.uid,
             .flags = (f->flags & SHM_REQ_F_NO_PREFIX_CACHE) ? GEN_PROMPT_F_NO_CACHE : 0,
+            .tool_choice = fc.kind != FORCE_NONE ? &fc : NULL,
         };
         r = d->gen->seq_new(d->gen_ctx, &gp, &q->gen_seq, &q->prompt_tokens, err, sizeof(err));
     }
+    force_choice_clear(&fc);
     struct channels_opts co;
     if (r == 0 && d->gen->parse_output && channels_opts_from_request(f->kind, prompt, f->payload_len, &co)) {
         r = channels_new(&co, &q->ch, err, sizeof(err));

@@ -507,12 +507,12 @@ static void on_hello(struct session *s, const struct shm_wire_hello *h)
     struct shm_wire_welcome w = {
         .session_id = s->id,
         .abi_version = SHM_ABI_VERSION,
-        /* What this daemon honours, whatever the generator: the null and
-         * script generators accept the extension and the cache opt-out
-         * (they neither sample nor cache). SHM_WELCOME_F_TOOL_CHOICE stays
-         * clear until the CHAT "tool_choice" member is implemented. */
+        /* What this daemon honours: the null and script generators accept
+         * the extension and the cache opt-out (they neither sample nor
+         * cache); only a generator that forces tool calls sets
+         * SHM_WELCOME_F_TOOL_CHOICE. */
         .flags = (d->gen->synthetic ? SHM_WELCOME_F_NULL_GENERATOR : 0) | SHM_WELCOME_F_NO_PREFIX_CACHE |
-                 SHM_WELCOME_F_SUBMIT_EXT,
+                 SHM_WELCOME_F_SUBMIT_EXT | (d->gen->tool_choice ? SHM_WELCOME_F_TOOL_CHOICE : 0),
         .region_size = L->region_size,
         .max_new_tokens = c->max_new_tokens,
         .max_prompt_tokens = c->max_prompt_tokens,

@@ -169,6 +169,8 @@ static void job_fail(struct oai_job *j, const struct oai_error *e)
 static int submit(struct resident *r, struct oai_job *j, uint64_t *id)
 {
     const struct oai_request *q = &j->req;
+    if (q->forced_tool && !(resident_features(r) & RESIDENT_FEATURE_TOOL_CHOICE))
+        return -EOPNOTSUPP;     /* answered as a 400 on tool_choice (submit_error) */
     if (q->api == OAI_API_CHAT)
         return resident_submit_chat(r, &q->params, q->payload, q->payload_len, id);
     if (q->prompt_ids)
@@ -179,7 +181,11 @@ static int submit(struct resident *r, struct oai_job *j, uint64_t *id)
 static void submit_error(struct oai_job *j, int rc, const char *msg)
 {
     struct oai_error e;
-    if (rc == -E2BIG)
+    if (rc == -EOPNOTSUPP)
+        oai_error_invalid(&e, "tool_choice", "tool_choice \"required\" and named need constrained decoding, which "
+                          "residentd's generator does not offer (it does not advertise SHM_WELCOME_F_TOOL_CHOICE, "
+                          "e.g. the null generator); use \"auto\"");
+    else if (rc == -E2BIG)
         oai_error_set(&e, 413, "invalid_request_error", NULL, NULL,
                       "the request does not fit residentd's session buffers: %s", msg);
     else if (rc == -EINVAL)

@@ -317,13 +317,33 @@ static int check_tools(struct json_object *tools, struct oai_error *e)
     return 0;
 }
 
-enum tool_choice { TC_AUTO, TC_NONE };
+/* tool_choice: "auto" and "none" are the template's business; "required"
+ * and named force the call's opening by constrained decoding in residentd
+ * (daemon/force.c, docs/openai.md "tool_choice"), so they travel in the
+ * CHAT payload next to the tools, and a daemon that does not advertise
+ * SHM_WELCOME_F_TOOL_CHOICE gets them refused before submission (job.c). */
+enum tool_choice { TC_AUTO, TC_NONE, TC_REQUIRED, TC_NAMED };
 
-static int check_tool_choice(struct json_object *tc, enum tool_choice *out, struct oai_error *e)
+static int tool_listed(struct json_object *tools, const char *name)
+{
+    size_t n = tools ? json_object_array_length(tools) : 0;
+    for (size_t i = 0; i < n; i++) {
+        struct json_object *fn = field(json_object_array_get_idx(tools, i), "function");
+        struct json_object *nm = fn ? field(fn, "name") : NULL;
+        if (nm && json_object_is_type(nm, json_type_string) && strcmp(json_object_get_string(nm), name) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Called after check_tools(): @tools is NULL or a valid array. */
+static int check_tool_choice(struct json_object *tc, struct json_object *tools, enum tool_choice *out,
+                             struct oai_error *e)
 {
     *out = TC_AUTO;
     if (!tc)
         return 0;
+    size_t n_tools = tools ? json_object_array_length(tools) : 0;
     if (json_object_is_type(tc, json_type_string)) {
         const char *s = json_object_get_string(tc);
         if (strcmp(s, "auto") == 0)
@@ -332,17 +352,27 @@ static int check_tool_choice(struct json_object *tc, enum tool_choice *out, stru
             *out = TC_NONE;
             return 0;
         }
-        if (strcmp(s, "required") == 0)
-            return oai_error_invalid(e, "tool_choice",
-                                     "tool_choice \"required\" is not supported: forcing a call needs constrained "
-                                     "decoding, which residentd does not offer; use \"auto\"");
+        if (strcmp(s, "required") == 0) {
+            if (n_tools == 0)
+                return oai_error_invalid(e, "tool_choice", "tool_choice \"required\" needs a non-empty 'tools' list");
+            *out = TC_REQUIRED;
+            return 0;
+        }
         return oai_error_invalid(e, "tool_choice", "tool_choice must be \"none\", \"auto\", \"required\" or an object");
     }
-    if (json_object_is_type(tc, json_type_object))
-        return oai_error_invalid(e, "tool_choice",
-                                 "a named tool_choice is not supported: forcing a call needs constrained decoding, "
-                                 "which residentd does not offer; use \"auto\"");
-    return oai_error_invalid(e, "tool_choice", "tool_choice must be a string or an object");
+    if (!json_object_is_type(tc, json_type_object))
+        return oai_error_invalid(e, "tool_choice", "tool_choice must be a string or an object");
+    struct json_object *type = field(tc, "type"), *fn = field(tc, "function"), *name = NULL;
+    if (!type || !json_object_is_type(type, json_type_string) || strcmp(json_object_get_string(type), "function") != 0)
+        return oai_error_invalid(e, "tool_choice", "tool_choice.type must be \"function\"");
+    if (!fn || !json_object_is_type(fn, json_type_object) || !(name = field(fn, "name")) ||
+        !json_object_is_type(name, json_type_string))
+        return oai_error_invalid(e, "tool_choice", "tool_choice.function.name must be a string");
+    if (!tool_listed(tools, json_object_get_string(name)))
+        return oai_error_invalid(e, "tool_choice", "tool_choice names function '%.64s', which is not in 'tools'",
+                                 json_object_get_string(name));
+    *out = TC_NAMED;
+    return 0;
 }
 
 /* ---- shared sampling fields ---- */
@@ -597,8 +627,9 @@ static int chat_payload(struct json_object *o, struct oai_request *r, struct oai
     if (tools && check_tools(tools, e) < 0)
         return -EINVAL;
     enum tool_choice tc;
-    if (check_tool_choice(field(o, "tool_choice"), &tc, e) < 0)
+    if (check_tool_choice(field(o, "tool_choice"), tools, &tc, e) < 0)
         return -EINVAL;
+    r->forced_tool = tc == TC_REQUIRED || tc == TC_NAMED;
     bool b, set;
     if (get_bool(o, "parallel_tool_calls", &b, &set, e) < 0)
         return -EINVAL;
@@ -634,9 +665,10 @@ static int chat_payload(struct json_object *o, struct oai_request *r, struct oai
     /* tool_choice "none": the tools are left out of the prompt (vLLM's
      * --exclude-tools-when-tool-choice-none), so the model is not invited
      * to call and residentd's tool parser has nothing to match. */
-    if (tools && json_object_array_length(tools) > 0 && tc == TC_AUTO) {
+    if (tools && json_object_array_length(tools) > 0 && tc != TC_NONE) {
         json_object_object_add(p, "tools", json_object_get(tools));
-        json_object_object_add(p, "tool_choice", json_object_new_string("auto"));
+        json_object_object_add(p, "tool_choice", tc == TC_AUTO ? json_object_new_string("auto")
+                                                               : json_object_get(field(o, "tool_choice")));
     }
     /* The engine's renderer reads "chat_template_kwargs" (vLLM's name);
      * resident.h documents "template_kwargs". Both carry the same object

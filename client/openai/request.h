@@ -46,6 +46,7 @@ struct oai_request {
     bool         include_usage;
     bool         seed_set;
     bool         thinking;          /* chat_template_kwargs.enable_thinking (default true) */
+    bool         forced_tool;       /* tool_choice "required" or named (needs SHM_WELCOME_F_TOOL_CHOICE) */
     struct resident_request params;
     char        *stops[OAI_STOP_MAX];
     uint32_t     n_stops;

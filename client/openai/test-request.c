@@ -115,9 +115,18 @@ static void test_refused_fields(void **state)
     expect_400(OAI_API_CHAT, "{\"frequency_penalty\":\"high\"," MSG "}", "frequency_penalty");
     expect_400(OAI_API_CHAT, "{\"logit_bias\":{\"5\":1}," MSG "}", "logit_bias");
     expect_400(OAI_API_CHAT, "{\"response_format\":{\"type\":\"json_object\"}," MSG "}", "response_format");
+    /* tool_choice required / named need tools, and the named one among them. */
     expect_400(OAI_API_CHAT, "{\"tool_choice\":\"required\"," MSG "}", "tool_choice");
     expect_400(OAI_API_CHAT, "{\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"f\"}}," MSG "}",
                "tool_choice");
+    expect_400(OAI_API_CHAT, "{\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"g\"}}],"
+               "\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"f\"}}," MSG "}", "tool_choice");
+    expect_400(OAI_API_CHAT, "{\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],"
+               "\"tool_choice\":{\"type\":\"tool\",\"function\":{\"name\":\"f\"}}," MSG "}", "tool_choice");
+    expect_400(OAI_API_CHAT, "{\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],"
+               "\"tool_choice\":{\"type\":\"function\",\"function\":{}}," MSG "}", "tool_choice");
+    expect_400(OAI_API_CHAT, "{\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],"
+               "\"tool_choice\":\"always\"," MSG "}", "tool_choice");
     expect_400(OAI_API_COMPLETION, "{\"prompt\":\"x\",\"echo\":true}", "echo");
     expect_400(OAI_API_COMPLETION, "{\"prompt\":\"x\",\"best_of\":2}", "best_of");
     expect_400(OAI_API_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":1}", "logprobs");
@@ -237,6 +246,34 @@ static void test_chat_payload(void **state)
     assert_true(json_object_object_get_ex(p, "template_kwargs", &kw));
     assert_null(strstr(r.payload, "\\/"));
     json_object_put(p);
+    oai_request_free(&r);
+
+    /* tool_choice required / named travel to residentd next to the tools
+     * (it forces the call; job.c refuses them before submission when the
+     * daemon lacks SHM_WELCOME_F_TOOL_CHOICE). */
+    snprintf(body, sizeof(body), "{%s,\"tool_choice\":\"required\"," MSG "}", tools);
+    assert_int_equal(parse(OAI_API_CHAT, body, &r, &e), 0);
+    assert_true(r.forced_tool);
+    p = payload_of(&r);
+    assert_true(json_object_object_get_ex(p, "tools", &v));
+    assert_true(json_object_object_get_ex(p, "tool_choice", &v));
+    assert_string_equal(json_object_get_string(v), "required");
+    json_object_put(p);
+    oai_request_free(&r);
+    snprintf(body, sizeof(body), "{%s,\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":"
+             "\"get_weather\"}}," MSG "}", tools);
+    assert_int_equal(parse(OAI_API_CHAT, body, &r, &e), 0);
+    assert_true(r.forced_tool);
+    p = payload_of(&r);
+    assert_true(json_object_object_get_ex(p, "tool_choice", &v));
+    struct json_object *fn, *nm;
+    assert_true(json_object_object_get_ex(v, "function", &fn) && json_object_object_get_ex(fn, "name", &nm));
+    assert_string_equal(json_object_get_string(nm), "get_weather");
+    json_object_put(p);
+    oai_request_free(&r);
+    snprintf(body, sizeof(body), "{%s,\"tool_choice\":\"auto\"," MSG "}", tools);
+    assert_int_equal(parse(OAI_API_CHAT, body, &r, &e), 0);
+    assert_false(r.forced_tool);
     oai_request_free(&r);
 
     /* tool_choice none: tools stay out of the prompt. */

@@ -230,6 +230,23 @@ def test_penalties_accepted_and_range_checked(gw):
         assert ei.value.body["param"] == param, ei.value.body
 
 
+def test_tool_choice_needs_the_capability(gw):
+    # The null generator does not advertise SHM_WELCOME_F_TOOL_CHOICE: forced
+    # calls are refused before submission, streaming or not; "auto" still
+    # works. (The engine generator: test_tool_choice_e2e.py.)
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    for choice in ("required", {"type": "function", "function": {"name": "f"}}):
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as ei:
+                r = chat(gw, tools=tools, tool_choice=choice, max_tokens=2, stream=stream)
+                if stream:
+                    list(r)
+            assert ei.value.body["param"] == "tool_choice"
+            assert "SHM_WELCOME_F_TOOL_CHOICE" in ei.value.body["message"]
+    r = chat(gw, tools=tools, tool_choice="auto", max_tokens=2)
+    assert r.usage.completion_tokens == 2
+
+
 def test_body_too_large(gw):
     status, e = error_of(gw.request("POST", "/v1/chat/completions", "x" * 70000))
     assert status == 413
