@@ -87,7 +87,7 @@ struct check {
     gcd_function mmq[N_MMQ];
     gcd_function quant, route, sort, combine, swiglu;
     gcd_function rmsnorm, rmsnorm_gated, rope, mul_sigmoid;
-    gcd_function gdn_conv, gdn_rec, attn_split, attn_merge;
+    gcd_function gdn_conv, gdn_rec, gdn_rec_any, attn_split, attn_merge;
     gcd_function bcopy, bread, bmma;
 };
 

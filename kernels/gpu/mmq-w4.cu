@@ -21,7 +21,10 @@
  *
  * Tiles: a block computes BM x BN outputs with WM x WN warps; per step it
  * stages KG groups (32*KG columns) of activations and unpacked weights in
- * LDS, rows padded by 16 bytes (16-byte aligned fragments, no bank
+ * LDS (K need only be a multiple of 32: in the last stage the groups past K
+ * are staged as zero activations, zero-valued weights and zero scales, so
+ * they add exactly 0; the tiny test models have K = 64 and 96, the real
+ * model's K are multiples of 128 and never take that branch), rows padded by 16 bytes (16-byte aligned fragments, no bank
  * conflicts for the NVIDIA fragment pattern). Each warp owns
  * (BM/WM) x (BN/WN) outputs as 16x16 tiles. Several configurations are
  * instantiated; the host picks by shape, the tests run every one of them
@@ -152,7 +155,7 @@ mmq_w4g32(const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
         for (int c = 0; c < XC; c++) {
             const int i = tid + c * NT, r = i / (KT / 16), cc = i % (KT / 16), m = m0 + r;
             rx[c] = (gpu_u32x4){ 0u, 0u, 0u, 0u };
-            if (m < row_end)
+            if (m < row_end && (cc >> 1) < groups - (kt >> 5))
                 rx[c] = *(const gpu_u32x4 *)(xq + (long long)m * k + kt + 16 * cc);
         }
 #pragma unroll
@@ -160,7 +163,7 @@ mmq_w4g32(const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
             const int i = tid + c * NT, r = i / KG, g = i % KG, nn = n0 + r;
             rw[c] = (gpu_u32x4){ 0x88888888u, 0x88888888u, 0x88888888u, 0x88888888u };
             rws[c] = 0.0f;
-            if (nn < n) {
+            if (nn < n && g < groups - (kt >> 5)) {
                 rw[c] = *(const gpu_u32x4 *)(wq + (long long)nn * (k >> 3) + (kt >> 3) + 4 * g);
                 rws[c] = gpu_bf16_to_f32(ws[(long long)nn * groups + (kt >> 5) + g]);
             }
@@ -168,7 +171,9 @@ mmq_w4g32(const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
 #pragma unroll
         for (int c = 0; c < XSC; c++) {
             const int i = tid + c * NT, r = i / KG, g = i % KG, m = m0 + r;
-            rxs[c] = m < row_end ? xd[(long long)m * groups + (kt >> 5) + g] : 0.0f;
+            rxs[c] = 0.0f;
+            if (m < row_end && g < groups - (kt >> 5))
+                rxs[c] = xd[(long long)m * groups + (kt >> 5) + g];
         }
     };
     auto store = [&]() {
@@ -208,13 +213,13 @@ mmq_w4g32(const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
             if (kt + KT < k)
                 load(kt + KT);
         } else {
-            const int g0 = kt >> 5;
+            const int g0 = kt >> 5, gl = groups - g0;   /* < KG: the K tail */
             /* activations: BM rows x KT bytes in 16-byte pieces */
             for (int i = tid; i < BM * (KT / 16); i += NT) {
                 int r = i / (KT / 16), c = i % (KT / 16);
                 int m = m0 + r;
                 gpu_u32x4 v = (gpu_u32x4){ 0u, 0u, 0u, 0u };
-                if (m < row_end)
+                if (m < row_end && (c >> 1) < gl)
                     v = *(const gpu_u32x4 *)(xq + (long long)m * k + kt + 16 * c);
                 *(gpu_u32x4 *)(xs + r * LD + 16 * c) = v;
             }
@@ -223,7 +228,7 @@ mmq_w4g32(const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
                 int r = i / KG, g = i % KG;
                 int nn = n0 + r;
                 gpu_u32x4 p = (gpu_u32x4){ 0x88888888u, 0x88888888u, 0x88888888u, 0x88888888u };
-                if (nn < n)
+                if (nn < n && g < gl)
                     p = *(const gpu_u32x4 *)(wq + (long long)nn * (k >> 3) + (kt >> 3) + 4 * g);
                 unsigned int pw[4] = { p.x, p.y, p.z, p.w };
                 unsigned int o[8];
@@ -235,12 +240,13 @@ mmq_w4g32(const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
                 gpu_u32x4 *d = (gpu_u32x4 *)(wsm + r * LD + 32 * g);
                 d[0] = (gpu_u32x4){ o[0], o[1], o[2], o[3] };
                 d[1] = (gpu_u32x4){ o[4], o[5], o[6], o[7] };
-                wds[r * KG + g] = nn < n ? gpu_bf16_to_f32(ws[(long long)nn * groups + g0 + g]) : 0.0f;
+                wds[r * KG + g] = nn < n && g < gl ? gpu_bf16_to_f32(ws[(long long)nn * groups + g0 + g])
+                                                   : 0.0f;
             }
             for (int i = tid; i < BM * KG; i += NT) {
                 int r = i / KG, g = i % KG;
                 int m = m0 + r;
-                xds[r * KG + g] = m < row_end ? xd[(long long)m * groups + g0 + g] : 0.0f;
+                xds[r * KG + g] = m < row_end && g < gl ? xd[(long long)m * groups + g0 + g] : 0.0f;
             }
             gpu_sync();
         }
