@@ -6,6 +6,10 @@
  *
  *   test-gpu-e2e [KERNEL_DIR [SYNTH_MODEL_DIR]]
  *   test-gpu-e2e --drift SYNTH_MODEL_DIR   (CPU only: the drift calibration)
+ *   test-gpu-e2e --stand-in cpu [SYNTH_MODEL_DIR]
+ *                          the whole test with the fast CPU backend in the
+ *                          GPU's place: proves the harness (fixtures,
+ *                          goldens, bounds, batch check) without a GPU
  *   env RESIDENT_GPU_KERNEL_DIR the kernel folder when no argument is given
  *   env RESIDENT_E2E_DATA  tests/data folder (default
  *                          $RESIDENT_SOURCE_ROOT/tests/data, else tests/data)
@@ -119,6 +123,7 @@ struct result {
 static char data_dir[1024];
 static const char *synth_dir;
 static struct kb_backend *gpu;
+static const char *stand_in;             /* --stand-in: a CPU backend name   */
 #ifdef E2E_HIP
 #define gpu_create kb_hip_create
 #define gpu_create_error kb_hip_create_error
@@ -1014,6 +1019,8 @@ static void run_fixture(const struct fixture *fx, struct result *r)
     struct engine_error err = { 0 };
     struct model_params pg = MODEL_PARAMS_DEFAULT, pc = MODEL_PARAMS_DEFAULT;
     pg.backend_instance = gpu;
+    if (stand_in)
+        pg.backend = stand_in;
     pg.max_context = 512;
     pc.backend = "cpu-ref";
     pc.max_context = 512;
@@ -1063,6 +1070,16 @@ int main(int argc, char **argv)
         model_free(mc);
         return 0;
     }
+    if (argc >= 3 && !strcmp(argv[1], "--stand-in")) {
+        if (strcmp(argv[2], "cpu") && strcmp(argv[2], "cpu-exact")) {
+            fprintf(stderr, "test-gpu-e2e --stand-in: cpu or cpu-exact, not '%s'\n", argv[2]);
+            return 2;
+        }
+        stand_in = argv[2];
+        argv += 1;                       /* argv[2] is now the synthetic dir */
+        argc -= 1;
+        kdir = "(stand-in)";
+    }
     synth_dir = argc > 2 ? argv[2] : getenv("RESIDENT_E2E_SYNTH");
     if ((e = getenv("RESIDENT_E2E_DATA")) && *e)
         snprintf(data_dir, sizeof(data_dir), "%s", e);
@@ -1076,7 +1093,7 @@ int main(int argc, char **argv)
         return 2;
     }
     struct kb_gpu_params gp = { .device = 0, .kernel_dir = kdir };
-    int rc = gpu_create(&gp, &gpu);
+    int rc = stand_in ? 0 : gpu_create(&gp, &gpu);
     if (rc) {
         const char *why = gpu_create_error();
         if (rc == -ENODEV) {
@@ -1088,12 +1105,14 @@ int main(int argc, char **argv)
         return 1;
     }
     printf("backend %s, kernels %s, data %s; bounds on the rel L2 per position (goldens and cpu-ref): "
-           "median %.0e, max %.0e; %.0e batch vs alone\n", gpu->ops->name, kdir, data_dir, TOL_MED,
+           "median %.0e, max %.0e; %.0e batch vs alone\n", stand_in ? stand_in : gpu->ops->name, kdir,
+           data_dir, TOL_MED,
            TOL_MAX, TOL_BATCH);
     struct result res[N_FIXTURES];
     for (size_t i = 0; i < N_FIXTURES; i++)
         run_fixture(&fixtures[i], &res[i]);
-    gpu->ops->destroy(gpu);
+    if (gpu)
+        gpu->ops->destroy(gpu);
 
     int n_pass = 0, n_fail = 0;
     printf("\nrel L2: worst per-prompt median / max over positions; argmax: mismatches / rows whose "
