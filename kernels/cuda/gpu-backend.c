@@ -8,7 +8,9 @@
  *   matmul, W4 g32   n <= 8: decode GEMV with fp32 activations (A16, the
  *                    reference's numerics); n > 8: activations quantised to
  *                    int8 per 32-group + MMQ, tile 32x64 for n <= 64, else
- *                    128x128 (128x64 when the weight has < 128 rows).
+ *                    128x128 (128x64 when the weight has < 128 rows);
+ *                    in_features % 128 != 0 (the tiny test models) takes
+ *                    the "_kt" (K tail) variant of 32x64 or 128x64.
  *   matmul, dense    dense_matmul (f32/f16/bf16 weights, fp32 math).
  *   attention        k, v copied into the cache, then split-KV decode
  *                    attention once per new token (causal by construction).
@@ -88,7 +90,7 @@
 
 enum gb_fn {
     GB_GEMV1, GB_GEMV4 = GB_GEMV1 + 8, GB_QUANT = GB_GEMV4 + 8,
-    GB_MMQ_SMALL, GB_MMQ_WIDE, GB_MMQ_BIG,
+    GB_MMQ_SMALL, GB_MMQ_WIDE, GB_MMQ_BIG, GB_MMQ_SMALL_KT, GB_MMQ_WIDE_KT,
     GB_ROUTE, GB_RMSNORM, GB_RMSNORM_GATED, GB_ROPE, GB_MUL_SIGMOID,
     GB_GDN_CONV, GB_GDN_REC, GB_GDN_REC_ANY, GB_ATTN_SPLIT, GB_ATTN_MERGE,
     GB_EMBED, GB_DENSE, GB_ADD, GB_GATHER, GB_SWIGLU2, GB_SCATTER, GB_ADD_SIGMOID,
@@ -384,9 +386,11 @@ static int gb_matmul(struct kb_backend *be, const struct kb_weight *w, const flo
     void *qa[] = { &dx, &ld, &map, &n, &k, &xq, &xd };
     if ((rc = gb_launch(be, GB_QUANT, gb_blocks((long long)n * (k / 32), 256), 1, 1, 256, qa)))
         return rc;
-    enum gb_fn f = n <= 64 ? GB_MMQ_SMALL : rows < 128 ? GB_MMQ_WIDE : GB_MMQ_BIG;
+    enum gb_fn f = n <= 64 ? GB_MMQ_SMALL : rows < 128 || k % 128 ? GB_MMQ_WIDE : GB_MMQ_BIG;
     int bm = f == GB_MMQ_SMALL ? 32 : 128, bn = f == GB_MMQ_SMALL ? 64 : f == GB_MMQ_WIDE ? 64 : 128;
     unsigned threads = f == GB_MMQ_SMALL ? 128 : 256;
+    if (k % 128)                         /* the "_kt" (K tail) twin of the tile */
+        f = f == GB_MMQ_SMALL ? GB_MMQ_SMALL_KT : GB_MMQ_WIDE_KT;
     void *ma[] = { &xq, &xd, &dwq, &dws, &dy, &n, &rows, &k, &seg };
     return gb_launch(be, f, gb_blocks(rows, bn), gb_blocks(n, bm), 1, threads, ma);
 }
@@ -752,6 +756,8 @@ static const struct {
     { GB_MMQ_SMALL, "mmq-w4", "mmq_w4g32_32x64_w2x2" },
     { GB_MMQ_WIDE, "mmq-w4", "mmq_w4g32_128x64_w4x2" },
     { GB_MMQ_BIG, "mmq-w4", "mmq_w4g32_128x128_w4x2" },
+    { GB_MMQ_SMALL_KT, "mmq-w4", "mmq_w4g32_32x64_w2x2_kt" },
+    { GB_MMQ_WIDE_KT, "mmq-w4", "mmq_w4g32_128x64_w4x2_kt" },
     { GB_ROUTE, "moe", "moe_route" },
     { GB_RMSNORM, "norm", "rmsnorm" },
     { GB_RMSNORM_GATED, "norm", "rmsnorm_gated" },

@@ -39,7 +39,7 @@
 /* Set-up                                                               */
 
 /* MMQ tile configurations, as instantiated in kernels/gpu/mmq-w4.cu */
-const struct mmq_cfg check_mmq_cfgs[N_MMQ] = {
+const struct mmq_cfg check_mmq_cfgs[N_MMQ_ALL] = {
     { "mmq_w4g32_32x64_w2x2", 32, 64, 128 },
     { "mmq_w4g32_64x64_w2x2", 64, 64, 128 },
     { "mmq_w4g32_64x128_w2x4", 64, 128, 256 },
@@ -48,6 +48,8 @@ const struct mmq_cfg check_mmq_cfgs[N_MMQ] = {
     { "mmq_w4g32_32x64_w2x2_pf", 32, 64, 128 },
     { "mmq_w4g32_64x128_w2x4_pf", 64, 128, 256 },
     { "mmq_w4g32_128x64_w4x2_pf", 128, 64, 256 },
+    { "mmq_w4g32_32x64_w2x2_kt", 32, 64, 128 },
+    { "mmq_w4g32_128x64_w4x2_kt", 128, 64, 256 },
 };
 
 static const char *const check_modules[] = { "gemv-w4", "mmq-w4", "moe", "norm", "gdn", "attn", "bench" };
@@ -126,7 +128,7 @@ static void check_setup(struct check *c, const char *dir)
             snprintf(path, sizeof(path), "gemv_w4g32_q8_b%d_r%d", b, r ? 4 : 1);
             c->gemv_q8[r][b - 1] = fn(c, 0, path);
         }
-    for (int i = 0; i < N_MMQ; i++)
+    for (int i = 0; i < N_MMQ_ALL; i++)
         c->mmq[i] = fn(c, 1, check_mmq_cfgs[i].name);
     c->quant = fn(c, 1, "quantize_q8g32");
     c->route = fn(c, 2, "moe_route");
@@ -467,7 +469,8 @@ void check_mmq_launch(struct check *c, int cfg, gcd_ptr xq, gcd_ptr xd, gcd_ptr 
                        (unsigned)t->threads, 0, args));
 }
 
-static void check_mmq_shape(struct check *c, int m, int n, int k)
+/* tail: the "_kt" (K tail) variants instead of the plain tiles */
+static void check_mmq_shape(struct check *c, int m, int n, int k, bool tail)
 {
     struct w4 w;
     w4_init(c, &w, n, k);
@@ -498,7 +501,7 @@ static void check_mmq_shape(struct check *c, int m, int n, int k)
     snprintf(what, sizeof(what), "quantize_q8g32 scales %dx%d", m, k);
     report(c, what, xd_bad ? 2.0 : 0.0, xd_bad, (long)m * (k / 32), NULL);
     free(gxd);
-    for (int cfg = 0; cfg < N_MMQ; cfg++) {
+    for (int cfg = tail ? N_MMQ : 0; cfg < (tail ? N_MMQ_ALL : N_MMQ); cfg++) {
         dev_poison(c, dy, (size_t)m * n);
         check_mmq_launch(c, cfg, dxq, dxd, dwq, dws, dy, m, n, k, 0, 1, 0);
         float *got = dev_download_f(c, dy, (size_t)m * n);
@@ -1053,13 +1056,14 @@ int main(int argc, char **argv)
     check_gemv_shape(c, 130, 96);              /* tiny models: K = 96 (lanes per row 2), 64 */
     check_gemv_shape(c, 1024, 64);
     check_gemv_experts(c);
-    check_mmq_shape(c, 1, 512, 2048);
-    check_mmq_shape(c, 37, 300, 512);
-    check_mmq_shape(c, 200, 1024, 2048);
-    check_mmq_shape(c, 129, 2048, 4096);
-    check_mmq_shape(c, 37, 130, 96);           /* K tails: 3 groups of a 4-group stage */
-    check_mmq_shape(c, 100, 128, 64);
-    check_mmq_shape(c, 65, 200, 160);          /* one full stage + 1 group */
+    check_mmq_shape(c, 1, 512, 2048, false);
+    check_mmq_shape(c, 37, 300, 512, false);
+    check_mmq_shape(c, 200, 1024, 2048, false);
+    check_mmq_shape(c, 129, 2048, 4096, false);
+    check_mmq_shape(c, 37, 300, 512, true);    /* "_kt" tiles where no tail is needed */
+    check_mmq_shape(c, 37, 130, 96, true);     /* K tails: 3 groups of a 4-group stage */
+    check_mmq_shape(c, 100, 128, 64, true);
+    check_mmq_shape(c, 65, 200, 160, true);    /* one full stage + 1 group */
     check_moe(c);
     check_small_ops(c);
     check_gdn(c, 1, 16, 32, 128, 128, 4);
