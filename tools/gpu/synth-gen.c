@@ -386,7 +386,7 @@ int main(int argc, char **argv)
 {
     if (argc < 3 || argc > 4) {
         fprintf(stderr, "usage: synth-gen OUT_DIR LAYERS [THREADS]   (LAYERS a multiple of 4, "
-                "1..64; then tools/synth/synth.py OUT_DIR --layers LAYERS --config-only)\n");
+                "4..64; then tools/synth/synth.py OUT_DIR --layers LAYERS --config-only)\n");
         return 2;
     }
     out_dir = argv[1];
