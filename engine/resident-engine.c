@@ -534,6 +534,31 @@ static uint64_t bench_bytes_per_token(const struct model_config *c)
     return b;
 }
 
+/* Multiply-adds x 2 of the matrix products one prefill token costs (every
+ * projection, router, shared expert, top_k routed experts; not lm_head,
+ * which prefill runs for the last position only): the yardstick for the
+ * prefill projection in tools/gpu/check (ops / s vs the int8 peak). */
+static uint64_t bench_ops_per_token(const struct model_config *c)
+{
+    const uint64_t H = (uint64_t)c->hidden_size;
+    const uint64_t key = (uint64_t)c->linear_num_key_heads * (uint64_t)c->linear_key_head_dim;
+    const uint64_t val = (uint64_t)c->linear_num_value_heads * (uint64_t)c->linear_value_head_dim;
+    const uint64_t nv = (uint64_t)c->linear_num_value_heads;
+    const uint64_t q = (uint64_t)c->num_attention_heads * (uint64_t)c->head_dim;
+    const uint64_t kv = (uint64_t)c->num_key_value_heads * (uint64_t)c->head_dim;
+    const uint64_t I = (uint64_t)c->moe_intermediate_size, SI = (uint64_t)c->shared_expert_intermediate_size;
+    uint64_t p = 0;                                        /* weights used   */
+    for (int i = 0; i < c->num_hidden_layers; i++) {
+        if (c->layer_types[i] == MODEL_LAYER_FULL_ATTENTION)
+            p += 2 * q * H + 2 * kv * H + H * q;
+        else
+            p += (2 * key + val) * H + val * H + 2 * nv * H + H * val;
+        p += (uint64_t)c->num_experts * H + H;
+        p += (uint64_t)c->num_experts_per_tok * 3 * I * H + 3 * SI * H;
+    }
+    return 2 * p;
+}
+
 static int cmd_bench(int argc, char **argv)
 {
     static const struct option bopts[] = {
@@ -541,9 +566,10 @@ static int cmd_bench(int argc, char **argv)
         { "backend", required_argument, NULL, 'b' }, { "pp", required_argument, NULL, 'p' },
         { "tg", required_argument, NULL, 'g' }, { "depth", required_argument, NULL, 'd' },
         { "reps", required_argument, NULL, 'r' }, { "json", no_argument, NULL, 'j' },
-        { NULL, 0, NULL, 0 },
+        { "kernel-dir", required_argument, NULL, 'k' }, { NULL, 0, NULL, 0 },
     };
     const char *model = NULL, *backend = "cpu", *pp_arg = "512,4096", *depth_arg = "0,4096";
+    const char *kernel_dir = NULL;
     int64_t threads = 0, tg = 128, reps = 1;
     bool json = false;
     int ch;
@@ -553,6 +579,7 @@ static int cmd_bench(int argc, char **argv)
         switch (ch) {
         case 'm': model = optarg; break;
         case 'b': backend = optarg; break;
+        case 'k': kernel_dir = optarg; break;
         case 'p': pp_arg = optarg; break;
         case 'd': depth_arg = optarg; break;
         case 'j': json = true; break;
@@ -593,6 +620,13 @@ static int cmd_bench(int argc, char **argv)
     struct model_seq *s = NULL;
     int status = EXIT_FAILURE;
     double t_load = bench_now();
+    /* cuda / hip: the backend instance comes from here (as load() does) */
+    const struct common cm = { .backend = backend, .kernel_dir = kernel_dir };
+    int grc = gpu_create(&cm);
+    if (grc < 0)
+        goto out;
+    if (grc == 0)
+        p.backend_instance = gpu_backend;
     if (model_load(model, &p, &m, &err)) {
         fprintf(stderr, "resident-engine bench: cannot load model '%s': %s\n", model, err.msg);
         goto out;
@@ -667,9 +701,11 @@ static int cmd_bench(int argc, char **argv)
         for (int64_t i = 0; i < n_depth; i++)
             printf("%s{\"depth\":%d,\"tokens\":%" PRId64 ",\"tok_s\":%.3f,\"gb_s\":%.3f}", i ? "," : "",
                    depth[i], tg, tg_tps[i], tg_tps[i] * (double)bpt * 1e-9);
-        printf("],\"ttft_ms\":%.1f,\"ttft_tokens\":%d,\"peak_rss_mib\":%.1f,\"bytes_per_token\":%" PRIu64 "}\n",
-               ttft, n_pp ? pp[n_pp - 1] : 0, (double)ru.ru_maxrss / 1024.0, bpt);
+        printf("],\"ttft_ms\":%.1f,\"ttft_tokens\":%d,\"peak_rss_mib\":%.1f,\"bytes_per_token\":%" PRIu64
+               ",\"ops_per_token\":%" PRIu64 "}\n", ttft, n_pp ? pp[n_pp - 1] : 0,
+               (double)ru.ru_maxrss / 1024.0, bpt, bench_ops_per_token(c));
     } else {
+        printf("matrix ops per prefill token: %.3f GOP\n", (double)bench_ops_per_token(c) * 1e-9);
         printf("TTFT (%d-token prompt): %.1f ms\npeak RSS: %.1f MiB\n"
                "weights read per decoded token: %.1f MiB (%.2f GB/s at depth %d)\n",
                n_pp ? pp[n_pp - 1] : 0, ttft, (double)ru.ru_maxrss / 1024.0,
@@ -684,7 +720,7 @@ out2:
     free(logits); free(ids); free(samp); free(pp_tps); free(tg_tps);
 out:
     model_seq_free(s);
-    model_free(m);
+    unload(m);                           /* also the GPU backend, if any */
     free(pp);
     free(depth);
     return status;
@@ -699,8 +735,8 @@ static const struct cmd cmds[] = {
       "        --stop ID,... --real-vocab N --threads N --backend NAME --kernel-dir DIR --text]" },
     { "info", cmd_info, "--model DIR [--threads N --backend NAME --kernel-dir DIR]" },
     { "bench", cmd_bench,
-      "--model DIR [--threads N] [--backend cpu|cpu-exact|cpu-ref] [--pp 512,4096]\n"
-      "        [--tg 128] [--depth 0,4096] [--reps R] [--json]   (throughput report)" },
+      "--model DIR [--threads N] [--backend cpu|cpu-exact|cpu-ref|cuda|hip --kernel-dir DIR]\n"
+      "        [--pp 512,4096] [--tg 128] [--depth 0,4096] [--reps R] [--json]   (throughput report)" },
     { "tokenize", text_cli_tokenize, "--model DIR   (UTF-8 text on stdin -> JSON array of ids)" },
     { "detokenize", text_cli_detokenize, "--model DIR   (JSON array of ids on stdin -> text)" },
     { "render", text_cli_render,

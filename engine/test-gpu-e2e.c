@@ -6,6 +6,10 @@
  *
  *   test-gpu-e2e [KERNEL_DIR [SYNTH_MODEL_DIR]]
  *   test-gpu-e2e --drift SYNTH_MODEL_DIR   (CPU only: the drift calibration)
+ *   test-gpu-e2e --stand-in cpu [SYNTH_MODEL_DIR]
+ *                          the whole test with the fast CPU backend in the
+ *                          GPU's place: proves the harness (fixtures,
+ *                          goldens, bounds, batch check) without a GPU
  *   env RESIDENT_GPU_KERNEL_DIR the kernel folder when no argument is given
  *   env RESIDENT_E2E_DATA  tests/data folder (default
  *                          $RESIDENT_SOURCE_ROOT/tests/data, else tests/data)
@@ -28,23 +32,41 @@
  *   speed     prefill tok/s (320 tokens) and decode tok/s (40 steps), GPU and
  *             cpu-ref (informational, tiny model: launch-bound on the GPU).
  *
- * Tolerance TOL = 3e-2 relative L2: prompts of more than 8 rows go through
- * int8-activation MMQ (per-32-group absmax quantisation, 0.8-1.1 % relative
- * RMS per matmul measured on the H200, 3e-2 per op in
- * kernels/cuda/test-gpu-backend.c); n <= 8 rows use the fp32-activation GEMV
- * (A16), and decode inherits the KV / GDN state of the int8 prefill, so one
- * bound covers all three. TOL_BATCH = 1e-5: batching only changes which
- * rows share a launch, never an fp32 reduction order in the design, so the
- * measured value is expected to be 0.
+ * Bounds on the relative L2 error per position (prefill: every position of
+ * a prompt; decode: the 41 teacher-forced rows), vs goldens and vs cpu-ref:
+ *   median over positions <= TOL_MED = 3e-2, max <= TOL_MAX = 5e-1.
+ * Why a median plus a loose max, not a tight max. Prompts of more than 8
+ * rows go through int8-activation MMQ (per-32-group absmax quantisation,
+ * 0.8-1.1 % relative RMS per matmul measured on the H200, 3e-2 per op in
+ * kernels/cuda/test-gpu-backend.c); n <= 8 rows use the fp32-activation
+ * GEMV (A16), and decode inherits the KV / GDN state of the int8 prefill.
+ * On random-weight models the router's top-k has near-ties: the int8
+ * activation rounding alone flips an expert for a few token x layer pairs,
+ * which moves that token's residual by O(10 %), and GDN / attention carry it
+ * to later positions. Diagnosed on the H200 (2026-11-26: GPU prefill max
+ * 2e-1 at 64 tokens, median 1.6e-2) and reproduced on the CPU alone by the
+ * --drift calibration below (cpu-ref with int8 per-32 inputs: max 2.5e-1,
+ * median 1.7e-2 at 64 tokens), so a max bound of 3e-2 measures luck, not
+ * correctness. A bug in a multi-token path (conv / recurrence over tokens,
+ * causal mask, KV writes, MoE with several tokens) moves most positions by
+ * O(1) and fails the median; a bug confined to a few positions (uncorrelated
+ * logits have a relative L2 of ~1.4) fails the max. The argmax must agree
+ * wherever the reference top-2 margin >= TOL_MED x |logits| and the
+ * position's own error is within TOL_MED (a routing flip may legitimately
+ * move an argmax; those positions are counted as outliers and printed).
+ * TOL_BATCH = 1e-5: batching only changes which rows share a launch, never
+ * an fp32 reduction order in the design, so the measured value is expected
+ * to be 0.
  *
  * Fixtures: tiny-w4g32, tiny-w4g32-partial, tiny-bf16, tiny-w4g32-fused (the
  * tiny-w4g32 goldens), and the synthetic model of RESIDENT_E2E_SYNTH (no
- * goldens: cpu-ref is the reference). A fixture whose folder is absent is
- * skipped with a note. A fixture whose shapes the GPU kernels do not take
- * (the backend reports "... need ..." from a documented shape limit, e.g.
- * GDN head dim 128 or W4 in_features % 128) is reported UNSUPPORTED, not
- * failed; at least one fixture must run every check. Exits 77 (skip)
- * without a driver or device, 1 on any failure.
+ * goldens: cpu-ref is the reference). The GPU kernels take every fixture's
+ * shapes (GDN head dim 32 by gdn_recurrent_any, W4 in_features 64 / 96 by
+ * the GEMV and the MMQ K tail), so every fixture with goldens must PASS: a
+ * fixture folder that did not travel, or a backend shape refusal
+ * (UNSUPPORTED, "... kernels need ..."), fails the test. Only the synthetic
+ * model may be absent (a note). Exits 77 (skip) without a driver or device,
+ * 1 on any failure.
  */
 #include <errno.h>
 #include <math.h>
@@ -61,7 +83,9 @@
 #include "kernels/backend.h"
 #include "kernels/cuda/gpu-backend.h"
 
-#define TOL       3e-2
+#define TOL_MED   3e-2
+#define TOL_MAX   5e-1
+#define TOL       TOL_MED                /* argmax margin threshold          */
 #define TOL_BATCH 1e-5
 #define N_STEPS_BATCH 8
 
@@ -86,6 +110,9 @@ struct result {
     enum status st;
     char   why[640];
     double pre_gold, pre_cpu;            /* max rel L2 over all prompts       */
+    double pre_gold_med, pre_cpu_med;    /* worst per-prompt median           */
+    double dec_gold_med, dec_cpu_med;
+    int    outliers;                     /* positions with TOL_MED < err      */
     int    argmax_checked, argmax_bad;   /* where the margin >= TOL          */
     int    argmax_rows, argmax_diff;     /* all rows (informational)         */
     double dec_gold, dec_cpu;
@@ -96,6 +123,7 @@ struct result {
 static char data_dir[1024];
 static const char *synth_dir;
 static struct kb_backend *gpu;
+static const char *stand_in;             /* --stand-in: a CPU backend name   */
 #ifdef E2E_HIP
 #define gpu_create kb_hip_create
 #define gpu_create_error kb_hip_create_error
@@ -242,10 +270,58 @@ static int prefill_all(struct model *m, const int32_t *ids, int64_t n, float *ou
     return rc ? set_err(r, gpu_side ? "GPU prefill" : "cpu-ref prefill", &err, gpu_side) : 0;
 }
 
-static void check_argmax(const float *got, const float *ref, int32_t V, struct result *r, int *bad)
+/* median and max of n per-position errors (NaN counts as infinite) */
+static void med_max(const double *e, int64_t n, double *med, double *mx)
+{
+    double *c = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
+    if (!c) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    *mx = 0;
+    for (int64_t i = 0; i < n; i++) {
+        c[i] = isnan(e[i]) ? INFINITY : e[i];
+        *mx = dmax(*mx, c[i]);
+    }
+    for (int64_t i = 1; i < n; i++)          /* insertion sort: n <= 320 */
+        for (int64_t j = i; j > 0 && c[j - 1] > c[j]; j--) {
+            double t = c[j];
+            c[j] = c[j - 1];
+            c[j - 1] = t;
+        }
+    *med = n ? (n % 2 ? c[n / 2] : 0.5 * (c[n / 2 - 1] + c[n / 2])) : 0;
+    free(c);
+}
+
+/* the median / max bound of one set of positions; what names it */
+static void check_drift(struct result *r, const char *what, const double *e, int64_t n,
+                        double *med_out, double *max_out)
+{
+    double med, mx;
+    med_max(e, n, &med, &mx);
+    *med_out = dmax(*med_out, med);
+    *max_out = dmax(*max_out, mx);
+    char fmt[160];
+    if (!(med <= TOL_MED)) {
+        snprintf(fmt, sizeof(fmt), "%s: median rel L2 %%.3e > %%.0e", what);
+        fail(r, fmt, med, TOL_MED);
+    }
+    if (!(mx <= TOL_MAX)) {
+        snprintf(fmt, sizeof(fmt), "%s: max rel L2 %%.3e > %%.0e", what);
+        fail(r, fmt, mx, TOL_MAX);
+    }
+}
+
+/* err: this position's rel L2 vs the same reference */
+static void check_argmax(const float *got, const float *ref, int32_t V, double err, struct result *r,
+                         int *bad)
 {
     r->argmax_rows++;
     r->argmax_diff += argmax(got, V) != argmax(ref, V);
+    if (!(err <= TOL_MED)) {
+        r->outliers++;
+        return;
+    }
     if (margin_rel(ref, V) >= TOL) {
         r->argmax_checked++;
         if (argmax(got, V) != argmax(ref, V)) {
@@ -298,31 +374,31 @@ static int check_prefill(const struct fixture *fx, struct model *mg, struct mode
         if ((rc = prefill_all(mg, ids, n, lg, &tg, r, true)) ||
             (rc = prefill_all(mc, ids, n, lc, &tc, r, false)))
             goto next;
-        double wg = 0, wc = 0;
-        int bad = 0;
+        double eg[320], ec[320], mg_ = 0, xg = 0, mc_ = 0, xc = 0;
+        int bad = 0, out0 = r->outliers;
         for (int64_t t = 0; t < n; t++) {
             const float *row = lg + t * V;
-            if (gold)
-                wg = dmax(wg, rel_l2(row, gold + t * V, V));
-            wc = dmax(wc, rel_l2(row, lc + t * V, V));
-            check_argmax(row, gold ? gold + t * V : lc + t * V, V, r, &bad);
+            eg[t] = gold ? rel_l2(row, gold + t * V, V) : 0;
+            ec[t] = rel_l2(row, lc + t * V, V);
+            check_argmax(row, gold ? gold + t * V : lc + t * V, V, gold ? eg[t] : ec[t], r, &bad);
         }
+        med_max(eg, n, &mg_, &xg);
+        med_max(ec, n, &mc_, &xc);
         if (gold)
-            printf("  prefill len %3d: max rel L2 vs goldens %.3e, vs cpu-ref %.3e (tolerance %.0e); "
-                   "argmax mismatches %d\n", lens[k], wg, wc, TOL, bad);
+            printf("  prefill len %3d: rel L2 vs goldens median %.3e max %.3e, vs cpu-ref median %.3e "
+                   "max %.3e (bounds: median %.0e, max %.0e); argmax mismatches %d, drift outliers %d\n",
+                   lens[k], mg_, xg, mc_, xc, TOL_MED, TOL_MAX, bad, r->outliers - out0);
         else
-            printf("  prefill len %3d: max rel L2 vs cpu-ref %.3e (tolerance %.0e); argmax mismatches %d\n",
-                   lens[k], wc, TOL, bad);
-        r->pre_gold = dmax(r->pre_gold, wg);
-        r->pre_cpu = dmax(r->pre_cpu, wc);
+            printf("  prefill len %3d: rel L2 vs cpu-ref median %.3e max %.3e (bounds: median %.0e, "
+                   "max %.0e); argmax mismatches %d, drift outliers %d\n", lens[k], mc_, xc, TOL_MED,
+                   TOL_MAX, bad, r->outliers - out0);
+        if (gold)
+            check_drift(r, "prefill vs goldens", eg, n, &r->pre_gold_med, &r->pre_gold);
+        check_drift(r, "prefill vs cpu-ref", ec, n, &r->pre_cpu_med, &r->pre_cpu);
         if (n == 320) {
             r->gpu_pre_tps = tg > 0 ? n / tg : 0;
             r->cpu_pre_tps = tc > 0 ? n / tc : 0;
         }
-        if (wg > TOL)
-            fail(r, "prefill vs goldens: rel L2 %.3e > %.0e", wg, TOL);
-        if (wc > TOL)
-            fail(r, "prefill vs cpu-ref: rel L2 %.3e > %.0e", wc, TOL);
         if (bad)
             fail(r, "prefill: %.0f argmax mismatches where the margin >= %.0e", bad, TOL);
 next:
@@ -423,29 +499,37 @@ static int check_decode(const struct fixture *fx, struct model *mg, struct model
     if (run_decode(mg, prompt, np, toks, nt, lg, &tg, r, true) ||
         run_decode(mc, prompt, np, toks, nt, lc, &tc, r, false))
         goto out;
-    double wg = 0, wc = 0;
-    int bad = 0;
+    double *eg = calloc((size_t)nt + 1, sizeof(double)), *ec = calloc((size_t)nt + 1, sizeof(double));
+    double mg_ = 0, xg = 0, mc_ = 0, xc = 0;
+    int bad = 0, out0 = r->outliers;
+    if (!eg || !ec) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
     for (int64_t k = 0; k <= nt; k++) {
         const float *row = lg + k * V;
-        if (gold)
-            wg = dmax(wg, rel_l2(row, gold + k * V, V));
-        wc = dmax(wc, rel_l2(row, lc + k * V, V));
-        check_argmax(row, gold ? gold + k * V : lc + k * V, V, r, &bad);
+        eg[k] = gold ? rel_l2(row, gold + k * V, V) : 0;
+        ec[k] = rel_l2(row, lc + k * V, V);
+        check_argmax(row, gold ? gold + k * V : lc + k * V, V, gold ? eg[k] : ec[k], r, &bad);
     }
+    med_max(eg, nt + 1, &mg_, &xg);
+    med_max(ec, nt + 1, &mc_, &xc);
     if (gold)
-        printf("  decode %d+%d steps (teacher forced): max rel L2 vs goldens %.3e, vs cpu-ref %.3e "
-               "(tolerance %.0e); argmax mismatches %d\n", (int)np, (int)nt, wg, wc, TOL, bad);
+        printf("  decode %d+%d steps (teacher forced): rel L2 vs goldens median %.3e max %.3e, vs cpu-ref "
+               "median %.3e max %.3e (bounds: median %.0e, max %.0e); argmax mismatches %d, drift "
+               "outliers %d\n", (int)np, (int)nt, mg_, xg, mc_, xc, TOL_MED, TOL_MAX, bad,
+               r->outliers - out0);
     else
-        printf("  decode %d+%d steps (teacher forced): max rel L2 vs cpu-ref %.3e (tolerance %.0e); "
-               "argmax mismatches %d\n", (int)np, (int)nt, wc, TOL, bad);
-    r->dec_gold = wg;
-    r->dec_cpu = wc;
+        printf("  decode %d+%d steps (teacher forced): rel L2 vs cpu-ref median %.3e max %.3e (bounds: "
+               "median %.0e, max %.0e); argmax mismatches %d, drift outliers %d\n", (int)np, (int)nt,
+               mc_, xc, TOL_MED, TOL_MAX, bad, r->outliers - out0);
+    if (gold)
+        check_drift(r, "decode vs goldens", eg, nt + 1, &r->dec_gold_med, &r->dec_gold);
+    check_drift(r, "decode vs cpu-ref", ec, nt + 1, &r->dec_cpu_med, &r->dec_cpu);
+    free(eg);
+    free(ec);
     r->gpu_dec_tps = tg > 0 ? nt / tg : 0;
     r->cpu_dec_tps = tc > 0 ? nt / tc : 0;
-    if (wg > TOL)
-        fail(r, "decode vs goldens: rel L2 %.3e > %.0e", wg, TOL);
-    if (wc > TOL)
-        fail(r, "decode vs cpu-ref: rel L2 %.3e > %.0e", wc, TOL);
     if (bad)
         fail(r, "decode: %.0f argmax mismatches where the margin >= %.0e", bad, TOL);
     rc = 0;
@@ -923,7 +1007,9 @@ static void run_fixture(const struct fixture *fx, struct result *r)
     memset(r, 0, sizeof(*r));
     if (!path[0] || !is_dir(path) || (fx->goldens && !is_dir(gdir))) {
         r->st = ST_ABSENT;
-        snprintf(r->why, sizeof(r->why), "%s", fx->goldens ? "folder not found (not carried?)"
+        snprintf(r->why, sizeof(r->why), "%s", fx->goldens
+                 ? "model or goldens folder not found: carry tests/data/models and tests/data/goldens "
+                   "(tools/gpu/device-tree hide keeps them) or set RESIDENT_E2E_DATA"
                  : "no synthetic model given (tools/gpu/make-e2e-model makes it)");
         printf("%s: skipped, %s\n", fx->name, r->why);
         return;
@@ -933,6 +1019,8 @@ static void run_fixture(const struct fixture *fx, struct result *r)
     struct engine_error err = { 0 };
     struct model_params pg = MODEL_PARAMS_DEFAULT, pc = MODEL_PARAMS_DEFAULT;
     pg.backend_instance = gpu;
+    if (stand_in)
+        pg.backend = stand_in;
     pg.max_context = 512;
     pc.backend = "cpu-ref";
     pc.max_context = 512;
@@ -982,6 +1070,16 @@ int main(int argc, char **argv)
         model_free(mc);
         return 0;
     }
+    if (argc >= 3 && !strcmp(argv[1], "--stand-in")) {
+        if (strcmp(argv[2], "cpu") && strcmp(argv[2], "cpu-exact")) {
+            fprintf(stderr, "test-gpu-e2e --stand-in: cpu or cpu-exact, not '%s'\n", argv[2]);
+            return 2;
+        }
+        stand_in = argv[2];
+        argv += 1;                       /* argv[2] is now the synthetic dir */
+        argc -= 1;
+        kdir = "(stand-in)";
+    }
     synth_dir = argc > 2 ? argv[2] : getenv("RESIDENT_E2E_SYNTH");
     if ((e = getenv("RESIDENT_E2E_DATA")) && *e)
         snprintf(data_dir, sizeof(data_dir), "%s", e);
@@ -995,7 +1093,7 @@ int main(int argc, char **argv)
         return 2;
     }
     struct kb_gpu_params gp = { .device = 0, .kernel_dir = kdir };
-    int rc = gpu_create(&gp, &gpu);
+    int rc = stand_in ? 0 : gpu_create(&gp, &gpu);
     if (rc) {
         const char *why = gpu_create_error();
         if (rc == -ENODEV) {
@@ -1006,39 +1104,47 @@ int main(int argc, char **argv)
                 kdir, why);
         return 1;
     }
-    printf("backend %s, kernels %s, data %s; tolerance %.0e rel L2 (goldens and cpu-ref), "
-           "%.0e batch vs alone\n", gpu->ops->name, kdir, data_dir, TOL, TOL_BATCH);
+    printf("backend %s, kernels %s, data %s; bounds on the rel L2 per position (goldens and cpu-ref): "
+           "median %.0e, max %.0e; %.0e batch vs alone\n", stand_in ? stand_in : gpu->ops->name, kdir,
+           data_dir, TOL_MED,
+           TOL_MAX, TOL_BATCH);
     struct result res[N_FIXTURES];
     for (size_t i = 0; i < N_FIXTURES; i++)
         run_fixture(&fixtures[i], &res[i]);
-    gpu->ops->destroy(gpu);
+    if (gpu)
+        gpu->ops->destroy(gpu);
 
     int n_pass = 0, n_fail = 0;
-    printf("\nargmax: mismatches / rows whose reference top-2 margin >= %.0e x |logits| (must be 0), "
-           "then / all rows (informational)\n", TOL);
-    printf("%-22s %-6s %9s %9s %9s %9s %9s %7s %8s %8s %8s %8s %8s\n", "fixture", "status",
-           "pre/gold", "pre/cpu", "dec/gold", "dec/cpu", "batch", "argmax", "argmax", "gpu pre",
+    printf("\nrel L2: worst per-prompt median / max over positions; argmax: mismatches / rows whose "
+           "reference top-2 margin >= %.0e x |logits| and error <= %.0e (must be 0), then / all rows "
+           "(informational); outl.: rows with error > %.0e\n", TOL, TOL_MED, TOL_MED);
+    printf("%-22s %-6s %17s %17s %17s %17s %9s %7s %8s %5s %8s %8s %8s %8s\n", "fixture", "status",
+           "pre/gold", "pre/cpu", "dec/gold", "dec/cpu", "batch", "argmax", "argmax", "outl.", "gpu pre",
            "cpu pre", "gpu dec", "cpu dec");
-    printf("%-22s %-6s %9s %9s %9s %9s %9s %7s %8s %8s %8s %8s %8s\n", "", "", "rel L2", "rel L2",
-           "rel L2", "rel L2", "rel max", "big", "all", "tok/s", "tok/s", "tok/s", "tok/s");
+    printf("%-22s %-6s %17s %17s %17s %17s %9s %7s %8s %5s %8s %8s %8s %8s\n", "", "", "med/max rel L2",
+           "med/max rel L2", "med/max rel L2", "med/max rel L2", "rel max", "big", "all", "", "tok/s",
+           "tok/s", "tok/s", "tok/s");
     for (size_t i = 0; i < N_FIXTURES; i++) {
         const struct result *r = &res[i];
         n_pass += r->st == ST_PASS;
-        n_fail += r->st == ST_FAIL;
+        /* every fixture with goldens must run: absent or UNSUPPORTED fail */
+        n_fail += r->st == ST_FAIL || r->st == ST_UNSUP || (r->st == ST_ABSENT && fixtures[i].goldens);
         if (r->st != ST_PASS) {
             printf("%-22s %-6s %s\n", fixtures[i].name, status_name[r->st], r->why);
             continue;
         }
-        char gp_[16] = "-", gd_[16] = "-", am[24], aa[24];
+        char gp_[24] = "-", gd_[24] = "-", cp_[24], cd_[24], am[24], aa[24];
         if (fixtures[i].goldens) {
-            snprintf(gp_, sizeof(gp_), "%.2e", r->pre_gold);
-            snprintf(gd_, sizeof(gd_), "%.2e", r->dec_gold);
+            snprintf(gp_, sizeof(gp_), "%.1e/%.1e", r->pre_gold_med, r->pre_gold);
+            snprintf(gd_, sizeof(gd_), "%.1e/%.1e", r->dec_gold_med, r->dec_gold);
         }
+        snprintf(cp_, sizeof(cp_), "%.1e/%.1e", r->pre_cpu_med, r->pre_cpu);
+        snprintf(cd_, sizeof(cd_), "%.1e/%.1e", r->dec_cpu_med, r->dec_cpu);
         snprintf(am, sizeof(am), "%d/%d", r->argmax_bad, r->argmax_checked);
         snprintf(aa, sizeof(aa), "%d/%d", r->argmax_diff, r->argmax_rows);
-        printf("%-22s %-6s %9s %9.2e %9s %9.2e %9.2e %7s %8s %8.0f %8.0f %8.0f %8.0f\n", fixtures[i].name,
-               status_name[r->st], gp_, r->pre_cpu, gd_, r->dec_cpu, r->batch, am, aa, r->gpu_pre_tps,
-               r->cpu_pre_tps, r->gpu_dec_tps, r->cpu_dec_tps);
+        printf("%-22s %-6s %17s %17s %17s %17s %9.2e %7s %8s %5d %8.0f %8.0f %8.0f %8.0f\n",
+               fixtures[i].name, status_name[r->st], gp_, cp_, gd_, cd_, r->batch, am, aa, r->outliers,
+               r->gpu_pre_tps, r->cpu_pre_tps, r->gpu_dec_tps, r->cpu_dec_tps);
     }
     printf("test-gpu-e2e: %d passed, %d failed, %zu other; %s\n", n_pass, n_fail,
            N_FIXTURES - (size_t)n_pass - (size_t)n_fail,

@@ -8,7 +8,9 @@
  *   matmul, W4 g32   n <= 8: decode GEMV with fp32 activations (A16, the
  *                    reference's numerics); n > 8: activations quantised to
  *                    int8 per 32-group + MMQ, tile 32x64 for n <= 64, else
- *                    128x128 (128x64 when the weight has < 128 rows).
+ *                    128x128 (128x64 when the weight has < 128 rows);
+ *                    in_features % 128 != 0 (the tiny test models) takes
+ *                    the "_kt" (K tail) variant of 32x64 or 128x64.
  *   matmul, dense    dense_matmul (f32/f16/bf16 weights, fp32 math).
  *   attention        k, v copied into the cache, then split-KV decode
  *                    attention once per new token (causal by construction).
@@ -88,9 +90,9 @@
 
 enum gb_fn {
     GB_GEMV1, GB_GEMV4 = GB_GEMV1 + 8, GB_QUANT = GB_GEMV4 + 8,
-    GB_MMQ_SMALL, GB_MMQ_WIDE, GB_MMQ_BIG,
+    GB_MMQ_SMALL, GB_MMQ_WIDE, GB_MMQ_BIG, GB_MMQ_SMALL_KT, GB_MMQ_WIDE_KT,
     GB_ROUTE, GB_RMSNORM, GB_RMSNORM_GATED, GB_ROPE, GB_MUL_SIGMOID,
-    GB_GDN_CONV, GB_GDN_REC, GB_ATTN_SPLIT, GB_ATTN_MERGE,
+    GB_GDN_CONV, GB_GDN_REC, GB_GDN_REC_ANY, GB_ATTN_SPLIT, GB_ATTN_MERGE,
     GB_EMBED, GB_DENSE, GB_ADD, GB_GATHER, GB_SWIGLU2, GB_SCATTER, GB_ADD_SIGMOID,
     GB_N_FN
 };
@@ -281,9 +283,12 @@ static int gb_weight_prepare(struct kb_backend *be, struct kb_weight *w)
     if (w->rows <= 0 || w->cols <= 0 || !w->data)
         return gb_fail(be, -EINVAL, GBD_NAME ": weight_prepare: empty weight");
     if (w->type == KB_WTYPE_Q4G32) {
-        if (w->cols % 128 || w->scale_type != KB_WTYPE_BF16 || w->g_idx || !w->scales)
+        /* in_features % 32: the GEMV takes any number of groups and MMQ
+         * zero-fills a partial last stage (the K tail) */
+        if (w->cols % 32 || w->scale_type != KB_WTYPE_BF16 || w->g_idx || !w->scales)
             return gb_fail(be, -EINVAL, GBD_NAME ": W4 weight %lldx%lld: the GPU kernels need "
-                           "in_features %% 128 == 0, bf16 scales and no g_idx (act-order)",
+                           "in_features %% 32 == 0, bf16 scales and no g_idx (act-order); "
+                           "use the cpu backend for this checkpoint",
                            (long long)w->rows, (long long)w->cols);
     } else if (w->type != KB_WTYPE_F32 && w->type != KB_WTYPE_F16 && w->type != KB_WTYPE_BF16) {
         return gb_fail(be, -EINVAL, GBD_NAME ": weight_prepare: unknown weight type %d", (int)w->type);
@@ -381,9 +386,11 @@ static int gb_matmul(struct kb_backend *be, const struct kb_weight *w, const flo
     void *qa[] = { &dx, &ld, &map, &n, &k, &xq, &xd };
     if ((rc = gb_launch(be, GB_QUANT, gb_blocks((long long)n * (k / 32), 256), 1, 1, 256, qa)))
         return rc;
-    enum gb_fn f = n <= 64 ? GB_MMQ_SMALL : rows < 128 ? GB_MMQ_WIDE : GB_MMQ_BIG;
+    enum gb_fn f = n <= 64 ? GB_MMQ_SMALL : rows < 128 || k % 128 ? GB_MMQ_WIDE : GB_MMQ_BIG;
     int bm = f == GB_MMQ_SMALL ? 32 : 128, bn = f == GB_MMQ_SMALL ? 64 : f == GB_MMQ_WIDE ? 64 : 128;
     unsigned threads = f == GB_MMQ_SMALL ? 128 : 256;
+    if (k % 128)                         /* the "_kt" (K tail) twin of the tile */
+        f = f == GB_MMQ_SMALL ? GB_MMQ_SMALL_KT : GB_MMQ_WIDE_KT;
     void *ma[] = { &xq, &xd, &dwq, &dws, &dy, &n, &rows, &k, &seg };
     return gb_launch(be, f, gb_blocks(rows, bn), gb_blocks(n, bm), 1, threads, ma);
 }
@@ -484,15 +491,23 @@ static int gb_gdn(struct kb_backend *be, const struct kb_gdn *g, struct kb_gdn_s
                   const float *qkv, const float *z, const float *b, const float *a, int32_t n,
                   float *y)
 {
-    const int32_t nk = g->n_k_heads, nv = g->n_v_heads, K = g->conv_kernel;
+    const int32_t nk = g->n_k_heads, nv = g->n_v_heads, K = g->conv_kernel, dk = g->d_k, dv = g->d_v;
     const struct gb_weight *cw = gb_w(g->conv1d), *al = gb_w(g->A_log), *dt = gb_w(g->dt_bias),
                            *nw = gb_w(g->norm);
-    if (nk <= 0 || nv <= 0 || nv % nk || g->d_k != 128 || g->d_v != 128 || K < 2 || K > 8 || n < 0)
-        return gb_fail(be, -EINVAL, GBD_NAME ": gdn: the kernels need d_k = d_v = 128, "
-                       "n_v %% n_k == 0 and a conv kernel of 2..8");
-    const int conv_dim = 2 * nk * 128 + nv * 128, vd = nv * 128;
+    /* d_k = d_v = 128 (the real model) takes the register-resident kernel;
+     * other head sizes the general one (gdn_recurrent_any: d_k <= 256) */
+    if (nk <= 0 || nv <= 0 || nv % nk || dk <= 0 || dk > 256 || dv <= 0 || dv > 4096 || K < 1 ||
+        K > 8 || n < 0)
+        return gb_fail(be, -EINVAL, GBD_NAME ": gdn: the kernels need d_k <= 256, d_v <= 4096, "
+                       "n_v %% n_k == 0 and a conv kernel of 1..8 (got d_k %d, d_v %d, %d/%d heads, "
+                       "kernel %d)", (int)dk, (int)dv, (int)nk, (int)nv, (int)K);
+    const int64_t conv_dim64 = 2 * (int64_t)nk * dk + (int64_t)nv * dv;
+    if (conv_dim64 > INT32_MAX / 8)
+        return gb_fail(be, -EINVAL, GBD_NAME ": gdn: %lld channels is too many", (long long)conv_dim64);
+    const int conv_dim = (int)conv_dim64, vd = nv * dv;
     if (!cw || !cw->f32 || !al || !al->f32 || !dt || !dt->f32 || !nw || !nw->f32 ||
-        g->conv1d->rows * g->conv1d->cols != (int64_t)conv_dim * K)
+        g->conv1d->rows * g->conv1d->cols != (int64_t)conv_dim * K ||
+        g->norm->rows * g->norm->cols != dv)
         return gb_fail(be, -EINVAL, GBD_NAME ": gdn: constants not prepared or of the wrong size");
     if (n == 0)
         return 0;
@@ -507,12 +522,18 @@ static int gb_gdn(struct kb_backend *be, const struct kb_gdn *g, struct kb_gdn_s
     if ((rc = gb_launch(be, GB_GDN_CONV, gb_blocks(conv_dim, 256), 1, 1, 256, ca)))
         return rc;
     gbd_ptr db = gb_p(b), da = gb_p(a), dal = al->f32, ddt = dt->f32, dss = gb_p(st->ssm);
-    int nk_ = nk, nv_ = nv;
-    void *ra[] = { &du, &n, &nk_, &nv_, &db, &da, &dal, &ddt, &dss, &dyo };
-    if ((rc = gb_launch(be, GB_GDN_REC, (unsigned)nv, 1, 1, 256, ra)))
+    int nk_ = nk, nv_ = nv, dk_ = dk, dv_ = dv;
+    if (dk == 128 && dv == 128) {
+        void *ra[] = { &du, &n, &nk_, &nv_, &db, &da, &dal, &ddt, &dss, &dyo };
+        rc = gb_launch(be, GB_GDN_REC, (unsigned)nv, 1, 1, 256, ra);
+    } else {
+        void *ra[] = { &du, &n, &nk_, &nv_, &dk_, &dv_, &db, &da, &dal, &ddt, &dss, &dyo };
+        rc = gb_launch(be, GB_GDN_REC_ANY, (unsigned)nv, 1, 1, 128, ra);
+    }
+    if (rc)
         return rc;
     gbd_ptr dy = gb_p(y), dz = gb_p(z), dn = nw->f32;
-    int hd = 128;
+    int hd = dv;
     float eps = g->norm_eps;
     void *na[] = { &dy, &dyo, &dz, &hd, &dn, &eps };
     return gb_launch(be, GB_RMSNORM_GATED, (unsigned)(n * nv), 1, 1, 128, na);
@@ -735,6 +756,8 @@ static const struct {
     { GB_MMQ_SMALL, "mmq-w4", "mmq_w4g32_32x64_w2x2" },
     { GB_MMQ_WIDE, "mmq-w4", "mmq_w4g32_128x64_w4x2" },
     { GB_MMQ_BIG, "mmq-w4", "mmq_w4g32_128x128_w4x2" },
+    { GB_MMQ_SMALL_KT, "mmq-w4", "mmq_w4g32_32x64_w2x2_kt" },
+    { GB_MMQ_WIDE_KT, "mmq-w4", "mmq_w4g32_128x64_w4x2_kt" },
     { GB_ROUTE, "moe", "moe_route" },
     { GB_RMSNORM, "norm", "rmsnorm" },
     { GB_RMSNORM_GATED, "norm", "rmsnorm_gated" },
@@ -742,6 +765,7 @@ static const struct {
     { GB_MUL_SIGMOID, "norm", "mul_sigmoid" },
     { GB_GDN_CONV, "gdn", "gdn_conv" },
     { GB_GDN_REC, "gdn", "gdn_recurrent" },
+    { GB_GDN_REC_ANY, "gdn", "gdn_recurrent_any" },
     { GB_ATTN_SPLIT, "attn", "attn_decode_split" },
     { GB_ATTN_MERGE, "attn", "attn_decode_merge" },
     { GB_EMBED, "misc", "embed_rows" },

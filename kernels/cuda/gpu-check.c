@@ -39,7 +39,7 @@
 /* Set-up                                                               */
 
 /* MMQ tile configurations, as instantiated in kernels/gpu/mmq-w4.cu */
-const struct mmq_cfg check_mmq_cfgs[N_MMQ] = {
+const struct mmq_cfg check_mmq_cfgs[N_MMQ_ALL] = {
     { "mmq_w4g32_32x64_w2x2", 32, 64, 128 },
     { "mmq_w4g32_64x64_w2x2", 64, 64, 128 },
     { "mmq_w4g32_64x128_w2x4", 64, 128, 256 },
@@ -48,6 +48,8 @@ const struct mmq_cfg check_mmq_cfgs[N_MMQ] = {
     { "mmq_w4g32_32x64_w2x2_pf", 32, 64, 128 },
     { "mmq_w4g32_64x128_w2x4_pf", 64, 128, 256 },
     { "mmq_w4g32_128x64_w4x2_pf", 128, 64, 256 },
+    { "mmq_w4g32_32x64_w2x2_kt", 32, 64, 128 },
+    { "mmq_w4g32_128x64_w4x2_kt", 128, 64, 256 },
 };
 
 static const char *const check_modules[] = { "gemv-w4", "mmq-w4", "moe", "norm", "gdn", "attn", "bench" };
@@ -126,7 +128,7 @@ static void check_setup(struct check *c, const char *dir)
             snprintf(path, sizeof(path), "gemv_w4g32_q8_b%d_r%d", b, r ? 4 : 1);
             c->gemv_q8[r][b - 1] = fn(c, 0, path);
         }
-    for (int i = 0; i < N_MMQ; i++)
+    for (int i = 0; i < N_MMQ_ALL; i++)
         c->mmq[i] = fn(c, 1, check_mmq_cfgs[i].name);
     c->quant = fn(c, 1, "quantize_q8g32");
     c->route = fn(c, 2, "moe_route");
@@ -139,6 +141,7 @@ static void check_setup(struct check *c, const char *dir)
     c->mul_sigmoid = fn(c, 3, "mul_sigmoid");
     c->gdn_conv = fn(c, 4, "gdn_conv");
     c->gdn_rec = fn(c, 4, "gdn_recurrent");
+    c->gdn_rec_any = fn(c, 4, "gdn_recurrent_any");
     c->attn_split = fn(c, 5, "attn_decode_split");
     c->attn_merge = fn(c, 5, "attn_decode_merge");
     c->bcopy = fn(c, 6, "bench_copy");
@@ -466,7 +469,8 @@ void check_mmq_launch(struct check *c, int cfg, gcd_ptr xq, gcd_ptr xd, gcd_ptr 
                        (unsigned)t->threads, 0, args));
 }
 
-static void check_mmq_shape(struct check *c, int m, int n, int k)
+/* tail: the "_kt" (K tail) variants instead of the plain tiles */
+static void check_mmq_shape(struct check *c, int m, int n, int k, bool tail)
 {
     struct w4 w;
     w4_init(c, &w, n, k);
@@ -497,7 +501,7 @@ static void check_mmq_shape(struct check *c, int m, int n, int k)
     snprintf(what, sizeof(what), "quantize_q8g32 scales %dx%d", m, k);
     report(c, what, xd_bad ? 2.0 : 0.0, xd_bad, (long)m * (k / 32), NULL);
     free(gxd);
-    for (int cfg = 0; cfg < N_MMQ; cfg++) {
+    for (int cfg = tail ? N_MMQ : 0; cfg < (tail ? N_MMQ_ALL : N_MMQ); cfg++) {
         dev_poison(c, dy, (size_t)m * n);
         check_mmq_launch(c, cfg, dxq, dxd, dwq, dws, dy, m, n, k, 0, 1, 0);
         float *got = dev_download_f(c, dy, (size_t)m * n);
@@ -875,15 +879,17 @@ static void check_small_ops(struct check *c)
 /* ------------------------------------------------------------------ */
 /* Gated DeltaNet and decode attention                                  */
 
-static void check_gdn(struct check *c, int n)
+/* d_k = d_v = 128 runs gdn_recurrent (the real model), any other head size
+ * gdn_recurrent_any (the tiny test models: 32) */
+static void check_gdn(struct check *c, int n, int nk, int nv, int dk, int d, int K)
 {
-    const int nk = 16, nv = 32, d = 128, K = 4;
-    const int conv_dim = 2 * nk * d + nv * d, vd = nv * d;
+    const int conv_dim = 2 * nk * dk + nv * d, vd = nv * d;
+    const bool fast = dk == 128 && d == 128;
     float *qkv = check_xmalloc((size_t)n * conv_dim * 4), *z = check_xmalloc((size_t)n * vd * 4);
     float *b = check_xmalloc((size_t)n * nv * 4), *a = check_xmalloc((size_t)n * nv * 4);
     float *convw = check_xmalloc((size_t)conv_dim * K * 4), *alog = check_xmalloc((size_t)nv * 4);
     float *dtb = check_xmalloc((size_t)nv * 4), *nw = check_xmalloc((size_t)d * 4);
-    float *cst = check_xmalloc((size_t)(K - 1) * conv_dim * 4), *ssm = check_xmalloc((size_t)nv * d * d * 4);
+    float *cst = check_xmalloc((size_t)(K - 1) * conv_dim * 4), *ssm = check_xmalloc((size_t)nv * dk * d * 4);
     rand_x(c, qkv, (long)n * conv_dim);
     rand_x(c, z, (long)n * vd);
     for (int i = 0; i < n * nv; i++) {
@@ -900,7 +906,7 @@ static void check_gdn(struct check *c, int n)
         nw[i] = 1.0f + 0.2f * rnd_s(c);
     for (int i = 0; i < (K - 1) * conv_dim; i++)
         cst[i] = rnd_s(c);
-    for (long i = 0; i < (long)nv * d * d; i++)
+    for (long i = 0; i < (long)nv * dk * d; i++)
         ssm[i] = 0.05f * rnd_s(c);
     gcd_ptr dqkv = check_dev_upload(c, qkv, (size_t)n * conv_dim * 4), dz = check_dev_upload(c, z, (size_t)n * vd * 4);
     gcd_ptr db = check_dev_upload(c, b, (size_t)n * nv * 4), da = check_dev_upload(c, a, (size_t)n * nv * 4);
@@ -908,37 +914,45 @@ static void check_gdn(struct check *c, int n)
     gcd_ptr dal = check_dev_upload(c, alog, (size_t)nv * 4), ddt = check_dev_upload(c, dtb, (size_t)nv * 4);
     gcd_ptr dnw = check_dev_upload(c, nw, (size_t)d * 4);
     gcd_ptr dcs = check_dev_upload(c, cst, (size_t)(K - 1) * conv_dim * 4);
-    gcd_ptr dss = check_dev_upload(c, ssm, (size_t)nv * d * d * 4);
+    gcd_ptr dss = check_dev_upload(c, ssm, (size_t)nv * dk * d * 4);
     gcd_ptr du = check_dev_alloc(c, (size_t)n * conv_dim * 4), dyo = check_dev_alloc(c, (size_t)n * vd * 4);
     gcd_ptr dy = check_dev_alloc(c, (size_t)n * vd * 4);
     dev_poison(c, dy, (size_t)n * vd);
 
     struct kb_weight wc = { .type = KB_WTYPE_F32, .rows = conv_dim, .cols = K, .data = convw };
     struct kb_weight wa = f32_vec(alog, nv), wd = f32_vec(dtb, nv), wn = f32_vec(nw, d);
-    struct kb_gdn g = { .n_k_heads = nk, .n_v_heads = nv, .d_k = d, .d_v = d, .conv_kernel = K,
+    struct kb_gdn g = { .n_k_heads = nk, .n_v_heads = nv, .d_k = dk, .d_v = d, .conv_kernel = K,
                         .norm_eps = 1e-6f, .conv1d = &wc, .A_log = &wa, .dt_bias = &wd, .norm = &wn };
     struct kb_gdn_state st = { .conv = cst, .ssm = ssm };
     float *ref = check_xmalloc((size_t)n * vd * 4);
     CK(c->ref->ops->gdn(c->ref, &g, &st, qkv, z, b, a, n, ref));
 
-    int n_ = n, cd = conv_dim, k_ = K, nk_ = nk, nv_ = nv;
+    int n_ = n, cd = conv_dim, k_ = K, nk_ = nk, nv_ = nv, dk_ = dk, dv_ = d;
     void *ca[] = { &dqkv, &n_, &cd, &k_, &dcs, &dcw, &du };
     CK(gcd_launch(c->d, c->gdn_conv, (unsigned)((conv_dim + 255) / 256), 1, 1, 256, 0, ca));
-    void *ra[] = { &du, &n_, &nk_, &nv_, &db, &da, &dal, &ddt, &dss, &dyo };
-    CK(gcd_launch(c->d, c->gdn_rec, (unsigned)nv, 1, 1, 256, 0, ra));
+    if (fast) {
+        void *ra[] = { &du, &n_, &nk_, &nv_, &db, &da, &dal, &ddt, &dss, &dyo };
+        CK(gcd_launch(c->d, c->gdn_rec, (unsigned)nv, 1, 1, 256, 0, ra));
+    } else {
+        void *ra[] = { &du, &n_, &nk_, &nv_, &dk_, &dv_, &db, &da, &dal, &ddt, &dss, &dyo };
+        CK(gcd_launch(c->d, c->gdn_rec_any, (unsigned)nv, 1, 1, 128, 0, ra));
+    }
     int hd = d;
     float eps = 1e-6f;
     void *na[] = { &dy, &dyo, &dz, &hd, &dnw, &eps };
     CK(gcd_launch(c->d, c->rmsnorm_gated, (unsigned)(n * nv), 1, 1, 128, 0, na));
     float *got = dev_download_f(c, dy, (size_t)n * vd);
     char what[96];
-    snprintf(what, sizeof(what), "gdn conv+recurrent+gated norm, %d token%s", n, n > 1 ? "s" : "");
+    char shape[64];
+    snprintf(shape, sizeof(shape), "%d token%s, d_k %d d_v %d, heads %d/%d, kernel %d%s", n,
+             n > 1 ? "s" : "", dk, d, nk, nv, K, fast ? "" : " (general)");
+    snprintf(what, sizeof(what), "gdn conv+recurrent+gated norm, %s", shape);
     compare_simple(c, what, got, ref, (long)n * vd, 1e-4, 1e-3);
-    float *gs = dev_download_f(c, dss, (size_t)nv * d * d);
-    snprintf(what, sizeof(what), "gdn recurrent state after %d token%s", n, n > 1 ? "s" : "");
-    compare_simple(c, what, gs, st.ssm, (long)nv * d * d, 1e-5, 1e-4);
+    float *gs = dev_download_f(c, dss, (size_t)nv * dk * d);
+    snprintf(what, sizeof(what), "gdn recurrent state, %s", shape);
+    compare_simple(c, what, gs, st.ssm, (long)nv * dk * d, 1e-5, 1e-4);
     float *gc = dev_download_f(c, dcs, (size_t)(K - 1) * conv_dim);
-    snprintf(what, sizeof(what), "gdn conv state after %d token%s", n, n > 1 ? "s" : "");
+    snprintf(what, sizeof(what), "gdn conv state, %s", shape);
     compare_simple(c, what, gc, st.conv, (long)(K - 1) * conv_dim, 0.0, 0.0);
     gcd_ptr frees[] = { dqkv, dz, db, da, dcw, dal, ddt, dnw, dcs, dss, du, dyo, dy };
     for (size_t i = 0; i < sizeof(frees) / sizeof(frees[0]); i++)
@@ -948,9 +962,9 @@ static void check_gdn(struct check *c, int n)
         free(hf[i]);
 }
 
-static void check_attention(struct check *c, int len)
+static void check_attention(struct check *c, int len, int hd)
 {
-    const int nh = 16, nkv = 2, hd = 256;
+    const int nh = 16, nkv = 2;
     const long row = (long)nkv * hd;
     float *kc = check_xmalloc((size_t)len * row * 4), *vc = check_xmalloc((size_t)len * row * 4);
     float *q = check_xmalloc((size_t)nh * hd * 4), *ref = check_xmalloc((size_t)nh * hd * 4);
@@ -979,7 +993,7 @@ static void check_attention(struct check *c, int len)
     CK(gcd_launch(c->d, c->attn_merge, (unsigned)nh, 1, 1, 256, 0, ma));
     float *got = dev_download_f(c, dout, (size_t)nh * hd);
     char what[96];
-    snprintf(what, sizeof(what), "attention decode, %d cached positions", len);
+    snprintf(what, sizeof(what), "attention decode, head dim %d, %d cached positions", hd, len);
     compare_simple(c, what, got, ref, (long)nh * hd, 1e-5, 1e-4);
     gcd_ptr frees[] = { dk, dv, dq, dpo, dms, dout };
     for (size_t i = 0; i < sizeof(frees) / sizeof(frees[0]); i++)
@@ -1039,18 +1053,29 @@ int main(int argc, char **argv)
     check_gemv_shape(c, 2048, 2048);
     check_gemv_shape(c, 517, 512);             /* lanes per row 16, ragged rows */
     check_gemv_shape(c, 300, 4096);
+    check_gemv_shape(c, 130, 96);              /* tiny models: K = 96 (lanes per row 2), 64 */
+    check_gemv_shape(c, 1024, 64);
     check_gemv_experts(c);
-    check_mmq_shape(c, 1, 512, 2048);
-    check_mmq_shape(c, 37, 300, 512);
-    check_mmq_shape(c, 200, 1024, 2048);
-    check_mmq_shape(c, 129, 2048, 4096);
+    check_mmq_shape(c, 1, 512, 2048, false);
+    check_mmq_shape(c, 37, 300, 512, false);
+    check_mmq_shape(c, 200, 1024, 2048, false);
+    check_mmq_shape(c, 129, 2048, 4096, false);
+    check_mmq_shape(c, 37, 300, 512, true);    /* "_kt" tiles where no tail is needed */
+    check_mmq_shape(c, 37, 130, 96, true);     /* K tails: 3 groups of a 4-group stage */
+    check_mmq_shape(c, 100, 128, 64, true);
+    check_mmq_shape(c, 65, 200, 160, true);    /* one full stage + 1 group */
     check_moe(c);
     check_small_ops(c);
-    check_gdn(c, 1);
-    check_gdn(c, 7);
-    check_attention(c, 1);
-    check_attention(c, 300);
-    check_attention(c, 1100);
+    check_gdn(c, 1, 16, 32, 128, 128, 4);
+    check_gdn(c, 7, 16, 32, 128, 128, 4);
+    check_gdn(c, 1, 2, 4, 32, 32, 4);          /* the tiny models' GDN */
+    check_gdn(c, 9, 2, 4, 32, 32, 4);
+    check_gdn(c, 5, 1, 3, 200, 40, 2);         /* d_k != d_v, d_k > the block */
+    check_gdn(c, 3, 2, 2, 64, 160, 3);         /* d_v > the block (columns strided) */
+    check_attention(c, 1, 256);
+    check_attention(c, 300, 256);
+    check_attention(c, 1100, 256);
+    check_attention(c, 70, 64);                /* the tiny models' head dim */
     printf("RESULT: %d/%d checks passed\n", c->checks - c->failures, c->checks);
     fflush(stdout);
     if (bench)

@@ -72,9 +72,10 @@ struct mmq_cfg {
     const char *name;
     int bm, bn, threads;
 };
-#define N_MMQ 8
+#define N_MMQ 8                          /* plain + prefetching tiles           */
+#define N_MMQ_ALL 10                     /* then the 2 "_kt" (K tail) variants  */
 #define CHECK_N_MODULES 7                /* gemv-w4 mmq-w4 moe norm gdn attn bench */
-extern const struct mmq_cfg check_mmq_cfgs[N_MMQ];
+extern const struct mmq_cfg check_mmq_cfgs[N_MMQ_ALL];
 
 struct check {
     struct gcd_dev *d;
@@ -84,10 +85,10 @@ struct check {
     int failures, checks;
     gcd_function gemv[2][8];             /* [R==4][B-1] */
     gcd_function gemv_q8[2][8];
-    gcd_function mmq[N_MMQ];
+    gcd_function mmq[N_MMQ_ALL];
     gcd_function quant, route, sort, combine, swiglu;
     gcd_function rmsnorm, rmsnorm_gated, rope, mul_sigmoid;
-    gcd_function gdn_conv, gdn_rec, attn_split, attn_merge;
+    gcd_function gdn_conv, gdn_rec, gdn_rec_any, attn_split, attn_merge;
     gcd_function bcopy, bread, bmma;
 };
 

@@ -238,9 +238,10 @@ static void test_small_ops(void)
     weight_free(&nw);
 }
 
-static void test_gdn(int n)
+/* d = 128: the register-resident kernel; other sizes the general one */
+static void test_gdn(int n, int d)
 {
-    const int nk = 2, nv = 4, d = 128, K = 4, cd = 2 * nk * d + nv * d, vd = nv * d;
+    const int nk = 2, nv = 4, K = 4, cd = 2 * nk * d + nv * d, vd = nv * d;
     struct kb_weight cw = f32_weight(cd, K, 0.5f, 0.0f), al = f32_weight(1, nv, 1.0f, 0.5f),
                      dt = f32_weight(1, nv, 1.0f, 0.0f), nw = f32_weight(1, d, 0.2f, 1.0f);
     struct kb_weight *ws[] = { &cw, &al, &dt, &nw };
@@ -261,9 +262,9 @@ static void test_gdn(int n)
     OK(gpu->ops->gdn(gpu, &g, &ds, dqkv, dz, db, da, n, dy));
     float *got = host_of(dy, (size_t)n * vd), *gs = host_of(dssm, (size_t)nv * d * d);
     char name[64];
-    snprintf(name, sizeof(name), "gdn %d tokens (output)", n);
+    snprintf(name, sizeof(name), "gdn d %d, %d tokens (output)", d, n);
     compare(name, got, want, (size_t)n * vd, 1e-4);
-    snprintf(name, sizeof(name), "gdn %d tokens (recurrent state)", n);
+    snprintf(name, sizeof(name), "gdn d %d, %d tokens (recurrent state)", d, n);
     compare(name, gs, ssm, (size_t)nv * d * d, 1e-4);
     void *ptrs[] = { dconv, dssm, dqkv, dz, db, da, dy };
     for (int i = 0; i < 7; i++)
@@ -301,9 +302,9 @@ static void test_attention(int past, int n)
         free(hp[i]);
 }
 
-static void test_moe(int n, double tol)
+static void test_moe(int n, double tol, int I)
 {
-    const int E = 16, top = 4, H = 256, I = 128;
+    const int E = 16, top = 4, H = 256;
     struct kb_weight router = f32_weight(E, H, 1.0f, 0.0f);
     struct kb_weight *gate = xmalloc(sizeof(*gate) * E), *up = xmalloc(sizeof(*up) * E),
                      *down = xmalloc(sizeof(*down) * E);
@@ -384,16 +385,30 @@ int main(int argc, char **argv)
     test_matmul(&wbig, 2, 4e-3, "matmul W4");
     test_matmul(&wbig, 200, 3e-2, "matmul W4");
     test_matmul(&wd, 5, 1e-4, "matmul dense bf16");
+    /* in_features 96 and 64 (the tiny models' expert down projections):
+     * GEMV with 2 lanes per row, MMQ with a partial last stage */
+    struct kb_weight w96 = q4_weight(130, 96), w64 = q4_weight(128, 64);
+    test_matmul(&w96, 3, 4e-3, "matmul W4");
+    test_matmul(&w96, 40, 3e-2, "matmul W4");
+    test_matmul(&w96, 100, 3e-2, "matmul W4");
+    test_matmul(&w64, 8, 4e-3, "matmul W4");
+    test_matmul(&w64, 70, 3e-2, "matmul W4");
+    weight_free(&w96);
+    weight_free(&w64);
     weight_free(&w);
     weight_free(&wbig);
     weight_free(&wd);
     test_small_ops();
-    test_gdn(1);
-    test_gdn(5);
+    test_gdn(1, 128);
+    test_gdn(5, 128);
+    test_gdn(1, 32);
+    test_gdn(9, 32);
     test_attention(0, 1);
     test_attention(300, 3);
-    test_moe(3, 4e-3);
-    test_moe(37, 3e-2);
+    test_moe(3, 4e-3, 128);
+    test_moe(37, 3e-2, 128);
+    test_moe(3, 4e-3, 96);                  /* expert width of the tiny models */
+    test_moe(37, 3e-2, 96);
     printf("RESULT: %d/%d passed\n", checks - failures, checks);
     gpu->ops->destroy(gpu);
     ref->ops->destroy(ref);

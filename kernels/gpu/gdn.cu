@@ -15,6 +15,11 @@
  *                    g = -exp(A_log) * softplus(a + dt_bias),  beta = sigmoid(b)
  *                    S = e^g S;  d = beta (v - S^T k^);  S += k^ d^T;  o = S^T q^
  *                  Value head j uses q/k head j / (nv / nk).
+ *   gdn_recurrent_any  the same math for any d_k <= GDN_ANY_MAX_DK and any
+ *                  d_v (the tiny test models have 32): thread per value
+ *                  column, columns strided over the block, the state kept in
+ *                  global memory (read twice, written once per token). Slower,
+ *                  only for shapes the register-resident kernel cannot take.
  * The gated RMSNorm of o is `rmsnorm_gated` (norm.cu).
  */
 #include "kernels/gpu/compat.h"
@@ -26,7 +31,7 @@ GPU_KERNEL(gdn_conv, 256)
  const float *GPU_RESTRICT w, float *GPU_RESTRICT u)
 {
     const int c = gpu_bid_x() * 256 + gpu_tid_x();
-    if (c >= conv_dim || ksize < 2 || ksize > 8)
+    if (c >= conv_dim || ksize < 1 || ksize > 8)
         return;
     float hist[7];
 #pragma unroll
@@ -117,4 +122,68 @@ GPU_KERNEL(gdn_recurrent, 2 * GDN_D)
 #pragma unroll
     for (int k = 0; k < GDN_D / 2; k++)
         sp[(long long)(k0 + k) * GDN_D] = s[k];
+}
+
+#define GDN_ANY_MAX_DK 256
+#define GDN_ANY_THREADS 128
+
+/* As gdn_recurrent with runtime dk, dv: u [n][2*nk*dk + nv*dv], ssm
+ * [nv][dk][dv], o [n][nv*dv]. Block = value head. Each thread owns the
+ * columns v = tid, tid + 128, ... for the whole call, so no other thread
+ * touches them and the state needs no barrier; only qs/ks are shared. */
+GPU_KERNEL(gdn_recurrent_any, GDN_ANY_THREADS)
+(const float *GPU_RESTRICT u, int n, int nk, int nv, int dk, int dv, const float *GPU_RESTRICT b,
+ const float *GPU_RESTRICT a, const float *GPU_RESTRICT A_log, const float *GPU_RESTRICT dt_bias,
+ float *GPU_RESTRICT ssm, float *GPU_RESTRICT o)
+{
+    __shared__ float qs[GDN_ANY_MAX_DK], ks[GDN_ANY_MAX_DK], scratch[32];
+    const int j = gpu_bid_x(), tid = gpu_tid_x();
+    if (dk <= 0 || dk > GDN_ANY_MAX_DK || dv <= 0 || nk <= 0 || nv % nk)
+        return;                            /* uniform: the host checks too */
+    const int hk = j / (nv / nk);
+    const long long conv_dim = 2LL * nk * dk + (long long)nv * dv;
+    float *S = ssm + (long long)j * dk * dv;
+    const float neg_a = -gpu_exp(A_log[j]);
+    const float qscale = gpu_rsqrt((float)dk);
+
+    for (int t = 0; t < n; t++) {
+        const float *ut = u + t * conv_dim;
+        float qq = 0.0f, kk = 0.0f;
+        for (int i = tid; i < dk; i += GDN_ANY_THREADS) {
+            const float q = ut[(long long)hk * dk + i], k = ut[(long long)nk * dk + (long long)hk * dk + i];
+            qs[i] = q;
+            ks[i] = k;
+            qq += q * q;
+            kk += k * k;
+        }
+        qq = gpu_block_sum(qq, scratch, GDN_ANY_THREADS / GPU_WARP);
+        kk = gpu_block_sum(kk, scratch, GDN_ANY_THREADS / GPU_WARP);
+        const float iq = gpu_rsqrt(qq + 1e-6f) * qscale, ik = gpu_rsqrt(kk + 1e-6f);
+        /* each thread rescales the entries it wrote itself, then the
+         * barrier publishes them */
+        for (int i = tid; i < dk; i += GDN_ANY_THREADS) {
+            qs[i] *= iq;
+            ks[i] *= ik;
+        }
+        gpu_sync();
+        const float x = a[(long long)t * nv + j] + dt_bias[j];
+        const float sp_x = x > 20.0f ? x : gpu_log(1.0f + gpu_exp(x));
+        const float decay = gpu_exp(neg_a * sp_x);
+        const float beta = gpu_sigmoid(b[(long long)t * nv + j]);
+        for (int v = tid; v < dv; v += GDN_ANY_THREADS) {
+            float kv = 0.0f;
+            for (int i = 0; i < dk; i++)
+                kv += S[(long long)i * dv + v] * ks[i];
+            kv *= decay;
+            const float d = beta * (ut[2LL * nk * dk + (long long)j * dv + v] - kv);
+            float out = 0.0f;
+            for (int i = 0; i < dk; i++) {
+                const float s = S[(long long)i * dv + v] * decay + ks[i] * d;
+                S[(long long)i * dv + v] = s;
+                out += s * qs[i];
+            }
+            o[(long long)t * nv * dv + (long long)j * dv + v] = out;
+        }
+        gpu_sync();                        /* qs/ks are rewritten next token */
+    }
 }

@@ -28,6 +28,14 @@
  * (a barrier race seen elsewhere on RDNA 3.5 showed up in some tile shapes
  * only).
  *
+ * K tail ("_kt" variants, K % 32 == 0 but K % (32*KG) != 0: the tiny test
+ * models' K = 64 and 96): in the last stage the groups past K are staged as
+ * zero activations, zero-valued weights (nibble 8) and zero scales, so they
+ * add exactly 0. A template flag rather than a runtime test: the bounds
+ * checks cost the 128x128 tile 5 registers and a spill on sm_90, and the
+ * real model's K are all multiples of 128, so the plain kernels stay as
+ * they were.
+ *
  * MoE: with `seg` (E+1 row offsets of expert-sorted rows) grid.z is the
  * expert, its rows are seg[z] .. seg[z+1]-1 and its weights the z-th slice
  * of a stacked [E][N][K/8] tensor; every expert's weights are then read
@@ -91,7 +99,7 @@ static __device__ __forceinline__ unsigned int mmq_s8_from_nibbles(unsigned int 
     return ((v | 0x80808080u) - 0x08080808u) ^ 0x80808080u;
 }
 
-template <int BM, int BN, int WM, int WN, int KG, bool PF>
+template <int BM, int BN, int WM, int WN, int KG, bool PF, bool TAIL>
 static __device__ __forceinline__ void
 mmq_w4g32(const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
           const unsigned int *GPU_RESTRICT wq, const unsigned short *GPU_RESTRICT ws,
@@ -152,7 +160,7 @@ mmq_w4g32(const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
         for (int c = 0; c < XC; c++) {
             const int i = tid + c * NT, r = i / (KT / 16), cc = i % (KT / 16), m = m0 + r;
             rx[c] = (gpu_u32x4){ 0u, 0u, 0u, 0u };
-            if (m < row_end)
+            if (m < row_end && (!TAIL || (cc >> 1) < groups - (kt >> 5)))
                 rx[c] = *(const gpu_u32x4 *)(xq + (long long)m * k + kt + 16 * cc);
         }
 #pragma unroll
@@ -160,7 +168,7 @@ mmq_w4g32(const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
             const int i = tid + c * NT, r = i / KG, g = i % KG, nn = n0 + r;
             rw[c] = (gpu_u32x4){ 0x88888888u, 0x88888888u, 0x88888888u, 0x88888888u };
             rws[c] = 0.0f;
-            if (nn < n) {
+            if (nn < n && (!TAIL || g < groups - (kt >> 5))) {
                 rw[c] = *(const gpu_u32x4 *)(wq + (long long)nn * (k >> 3) + (kt >> 3) + 4 * g);
                 rws[c] = gpu_bf16_to_f32(ws[(long long)nn * groups + (kt >> 5) + g]);
             }
@@ -168,7 +176,9 @@ mmq_w4g32(const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
 #pragma unroll
         for (int c = 0; c < XSC; c++) {
             const int i = tid + c * NT, r = i / KG, g = i % KG, m = m0 + r;
-            rxs[c] = m < row_end ? xd[(long long)m * groups + (kt >> 5) + g] : 0.0f;
+            rxs[c] = 0.0f;
+            if (m < row_end && (!TAIL || g < groups - (kt >> 5)))
+                rxs[c] = xd[(long long)m * groups + (kt >> 5) + g];
         }
     };
     auto store = [&]() {
@@ -208,13 +218,13 @@ mmq_w4g32(const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
             if (kt + KT < k)
                 load(kt + KT);
         } else {
-            const int g0 = kt >> 5;
+            const int g0 = kt >> 5, gl = groups - g0;   /* < KG: the K tail */
             /* activations: BM rows x KT bytes in 16-byte pieces */
             for (int i = tid; i < BM * (KT / 16); i += NT) {
                 int r = i / (KT / 16), c = i % (KT / 16);
                 int m = m0 + r;
                 gpu_u32x4 v = (gpu_u32x4){ 0u, 0u, 0u, 0u };
-                if (m < row_end)
+                if (m < row_end && (!TAIL || (c >> 1) < gl))
                     v = *(const gpu_u32x4 *)(xq + (long long)m * k + kt + 16 * c);
                 *(gpu_u32x4 *)(xs + r * LD + 16 * c) = v;
             }
@@ -223,7 +233,7 @@ mmq_w4g32(const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
                 int r = i / KG, g = i % KG;
                 int nn = n0 + r;
                 gpu_u32x4 p = (gpu_u32x4){ 0x88888888u, 0x88888888u, 0x88888888u, 0x88888888u };
-                if (nn < n)
+                if (nn < n && (!TAIL || g < gl))
                     p = *(const gpu_u32x4 *)(wq + (long long)nn * (k >> 3) + (kt >> 3) + 4 * g);
                 unsigned int pw[4] = { p.x, p.y, p.z, p.w };
                 unsigned int o[8];
@@ -235,12 +245,14 @@ mmq_w4g32(const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
                 gpu_u32x4 *d = (gpu_u32x4 *)(wsm + r * LD + 32 * g);
                 d[0] = (gpu_u32x4){ o[0], o[1], o[2], o[3] };
                 d[1] = (gpu_u32x4){ o[4], o[5], o[6], o[7] };
-                wds[r * KG + g] = nn < n ? gpu_bf16_to_f32(ws[(long long)nn * groups + g0 + g]) : 0.0f;
+                const bool live = nn < n && (!TAIL || g < gl);
+                wds[r * KG + g] = live ? gpu_bf16_to_f32(ws[(long long)nn * groups + g0 + g]) : 0.0f;
             }
             for (int i = tid; i < BM * KG; i += NT) {
                 int r = i / KG, g = i % KG;
                 int m = m0 + r;
-                xds[r * KG + g] = m < row_end ? xd[(long long)m * groups + g0 + g] : 0.0f;
+                const bool live = m < row_end && (!TAIL || g < gl);
+                xds[r * KG + g] = live ? xd[(long long)m * groups + g0 + g] : 0.0f;
             }
             gpu_sync();
         }
@@ -297,21 +309,25 @@ mmq_w4g32(const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
             }
 }
 
-#define MMQ_INST(BM, BN, WM, WN, KG, PF, SUFFIX)                                              \
+#define MMQ_INST(BM, BN, WM, WN, KG, PF, TAIL, SUFFIX)                                        \
     GPU_KERNEL(mmq_w4g32_##BM##x##BN##_w##WM##x##WN##SUFFIX, WM * WN * GPU_WARP)              \
     (const signed char *xq, const float *xd, const unsigned int *wq, const unsigned short *ws, \
      float *y, int m_rows, int n, int k, const int *seg)                                      \
     {                                                                                         \
-        mmq_w4g32<BM, BN, WM, WN, KG, PF>(xq, xd, wq, ws, y, m_rows, n, k, seg);             \
+        mmq_w4g32<BM, BN, WM, WN, KG, PF, TAIL>(xq, xd, wq, ws, y, m_rows, n, k, seg);       \
     }
 
 /* name: block tile BM x BN, warps WM x WN, "_pf": next stage prefetched
- * into registers; all stage 4 groups (128 columns) */
-MMQ_INST(32, 64, 2, 2, 4, false, )
-MMQ_INST(64, 64, 2, 2, 4, false, )
-MMQ_INST(64, 128, 2, 4, 4, false, )
-MMQ_INST(128, 64, 4, 2, 4, false, )
-MMQ_INST(128, 128, 4, 2, 4, false, )
-MMQ_INST(32, 64, 2, 2, 4, true, _pf)
-MMQ_INST(64, 128, 2, 4, 4, true, _pf)
-MMQ_INST(128, 64, 4, 2, 4, true, _pf)
+ * into registers, "_kt": K tail; all stage 4 groups (128 columns). The
+ * backend's tail tiles: 32x64 for <= 64 rows, else 128x64 (a 128x128 tail
+ * variant spilled on sm_90). */
+MMQ_INST(32, 64, 2, 2, 4, false, false, )
+MMQ_INST(64, 64, 2, 2, 4, false, false, )
+MMQ_INST(64, 128, 2, 4, 4, false, false, )
+MMQ_INST(128, 64, 4, 2, 4, false, false, )
+MMQ_INST(128, 128, 4, 2, 4, false, false, )
+MMQ_INST(32, 64, 2, 2, 4, true, false, _pf)
+MMQ_INST(64, 128, 2, 4, 4, true, false, _pf)
+MMQ_INST(128, 64, 4, 2, 4, true, false, _pf)
+MMQ_INST(32, 64, 2, 2, 4, false, true, _kt)
+MMQ_INST(128, 64, 4, 2, 4, false, true, _kt)

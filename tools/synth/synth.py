@@ -28,6 +28,9 @@ Writes, into OUT (a git-ignored folder such as .dev/synth-8L):
       vocabulary of 248,320 placeholder tokens satisfies llama.cpp's loader.
 
 Usage: synth.py OUT [--layers 8] [--seed 1] [--no-gguf]
+       synth.py OUT --layers 40 --config-only [--template CONFIG_JSON]
+           config.json and generation_config.json only (standard library;
+           the tensors then come from tools/gpu/synth-gen, same layout).
 """
 import argparse
 import hashlib
@@ -35,8 +38,11 @@ import json
 import os
 import sys
 
-import numpy as np
-from safetensors.numpy import save_file
+try:
+    import numpy as np
+    from safetensors.numpy import save_file
+except ImportError:     # --config-only needs neither (the GPU machine's C
+    np = None           # generator tools/gpu/synth-gen writes the tensors)
 
 H = 2048
 N_EXP, TOP_K, INTER, SHARED = 256, 8, 512, 512
@@ -250,10 +256,12 @@ def _rewrite_header(path, n, new):
     os.replace(tmp, path)
 
 
-def write_config(out, layers):
+def write_config(out, layers, template=None):
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(os.path.dirname(here))
-    with open(os.path.join(root, "tests/data/models/tiny-w4g32/config.json")) as f:
+    if template is None:
+        template = os.path.join(root, "tests/data/models/tiny-w4g32/config.json")
+    with open(template) as f:
         cfg = json.load(f)
     t = cfg["text_config"]
     t.update({
@@ -467,10 +475,18 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-gguf", action="store_true")
     ap.add_argument("--gguf-only", action="store_true")
+    ap.add_argument("--config-only", action="store_true")
+    ap.add_argument("--template", help="tiny-w4g32's config.json (default: tests/data)")
     a = ap.parse_args()
     if a.layers < 1 or a.layers % 4:
         ap.error("--layers must be a positive multiple of 4 (3 GDN : 1 attention)")
     os.makedirs(a.out, exist_ok=True)
+    if a.config_only:
+        write_config(a.out, a.layers, a.template)
+        return 0
+    if np is None:
+        ap.error("numpy and safetensors are needed (pip install -r tools/synth/requirements.txt); "
+                 "--config-only needs neither")
     if not a.gguf_only:
         write_config(a.out, a.layers)
         write_safetensors(a.out, a.layers, a.seed)
