@@ -22,6 +22,8 @@ void daemon_config_defaults(struct daemon_config *c)
     c->max_inflight_per_uid = 64;
     c->max_prompt_tokens = 32768;
     c->max_new_tokens = 4096;
+    c->max_prompt_tokens_per_uid = 131072;
+    c->max_new_tokens_per_uid = 262144;
     c->max_ring_bytes_per_uid = 64ull << 20;
     c->max_fds_per_uid = 128;
     c->max_batch = 64;
@@ -144,6 +146,8 @@ static const struct u32_key u32_keys[] = {
     K(max_inflight_per_uid, 1, 1u << 20),
     K(max_prompt_tokens, 1, 1u << 24),
     K(max_new_tokens, 1, 1u << 24),
+    K(max_prompt_tokens_per_uid, 1, 1u << 30),
+    K(max_new_tokens_per_uid, 1, 1u << 30),
     K(max_fds_per_uid, 4, 1u << 20),
     K(max_batch, 1, 4096),
     K(prefill_chunk, 1, 1u << 20),
@@ -394,6 +398,8 @@ void daemon_config_apply_live(struct daemon_config *cur, const struct daemon_con
     cur->max_inflight_per_uid = next->max_inflight_per_uid;
     cur->max_prompt_tokens = next->max_prompt_tokens;
     cur->max_new_tokens = next->max_new_tokens;
+    cur->max_prompt_tokens_per_uid = next->max_prompt_tokens_per_uid;
+    cur->max_new_tokens_per_uid = next->max_new_tokens_per_uid;
     cur->max_ring_bytes_per_uid = next->max_ring_bytes_per_uid;
     cur->max_fds_per_uid = next->max_fds_per_uid;
     cur->prefill_chunk = next->prefill_chunk;

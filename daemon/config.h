@@ -22,6 +22,9 @@
  *   max_inflight_per_uid     64     requests queued or running
  *   max_prompt_tokens        32768  per request
  *   max_new_tokens           4096   per request (also the default max_tokens)
+ *   max_prompt_tokens_per_uid 131072 prompt tokens of all of a uid's requests in flight
+ *   max_new_tokens_per_uid   262144 max_tokens reserved by all of a uid's requests in flight
+ *                                   (daemon/quota.c explains the accounting)
  *   max_ring_bytes_per_uid   67108864  rings + data areas of all of a uid's sessions
  *   max_fds_per_uid          128    daemon-side fds held for a uid (4 per session)
  *   max_batch                64     sequences per compute step
@@ -96,6 +99,8 @@ struct daemon_config {
     uint32_t max_inflight_per_uid;
     uint32_t max_prompt_tokens;
     uint32_t max_new_tokens;
+    uint32_t max_prompt_tokens_per_uid;
+    uint32_t max_new_tokens_per_uid;
     uint64_t max_ring_bytes_per_uid;
     uint32_t max_fds_per_uid;
     uint32_t max_batch;

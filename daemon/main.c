@@ -48,7 +48,8 @@ static void usage(FILE *f)
         "\n"
         "configuration keys: socket socket_mode socket_group model generator allow_uids allow_gids\n"
         "  allow_groups max_sessions max_sessions_per_uid max_inflight_per_uid max_prompt_tokens\n"
-        "  max_new_tokens max_ring_bytes_per_uid max_fds_per_uid max_batch prefill_chunk\n"
+        "  max_new_tokens max_prompt_tokens_per_uid max_new_tokens_per_uid max_ring_bytes_per_uid\n"
+        "  max_fds_per_uid max_batch prefill_chunk\n"
         "  slow_client_ms handshake_ms shutdown_grace_ms privileges user supplementary_groups\n"
         "  keep_cap_ipc_lock memlock fd_store\n",
         DAEMON_SOCKET_DEFAULT, DAEMON_CONFIG_DEFAULT_PATH);

@@ -199,21 +199,7 @@ static void cancel_op(struct daemon *d, struct op *op)
 
 static int session_queue(struct session *s, const void *buf, uint32_t len, const int *fds, uint32_t n_fds);
 
-/* ---- per-uid accounting ---- */
-
-static struct uid_acct *acct_get(struct daemon *d, uid_t uid)
-{
-    for (struct uid_acct *a = d->accts; a; a = a->next)
-        if (a->uid == uid)
-            return a;
-    struct uid_acct *a = calloc(1, sizeof(*a));
-    if (!a)
-        return NULL;
-    a->uid = uid;
-    a->next = d->accts;
-    d->accts = a;
-    return a;
-}
+/* ---- policy ---- */
 
 static int policy_allows(const struct daemon *d, int sock, const struct ucred *cr)
 {
@@ -412,7 +398,7 @@ static void on_accept(struct daemon *d, int fd)
         return;
     }
     /* Charge the socket before anything else is granted. */
-    s->acct = acct_get(d, s->cred.uid);
+    s->acct = quota_acct_get(d, s->cred.uid);
     if (!s->acct) {
         session_close(s, "out of memory for accounting");
         return;
@@ -728,6 +714,7 @@ static void reload(struct daemon *d)
     gen_stats(d, st, sizeof(st));
     if (st[0])
         daemon_log("SIGHUP: %s", st);
+    quota_log(d, "SIGHUP");
     notify_serving(d, "READY=1\n");
 }
 
@@ -1063,11 +1050,13 @@ int daemon_run(struct daemon *d, char *err, size_t errlen)
         s->state = S_CLOSING;
         session_free(s);
     }
-    while (d->accts) {
-        struct uid_acct *a = d->accts;
-        d->accts = a->next;
-        free(a);
+    /* Every session went through the normal release paths above: any
+     * counter left is a charge that was never released. */
+    if (quota_check_released(d) && r == 0) {
+        snprintf(err, errlen, "per-uid accounting did not return to zero (see the log): a residentd bug");
+        r = -EUCLEAN;
     }
+    quota_fini(d);
     close(d->signal_fd);
     close(d->worker.efd);
     return r;
