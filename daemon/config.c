@@ -39,6 +39,8 @@ void daemon_config_defaults(struct daemon_config *c)
     c->fd_store = DAEMON_FD_STORE_AUTO;
     c->prefix_cache = 1;
     c->prefix_cache_bytes = 0;
+    snprintf(c->backend, sizeof(c->backend), "auto");
+    c->threads = 0;
 }
 
 static int parse_u64(const char *v, uint64_t lo, uint64_t hi, int base, uint64_t *out)
@@ -154,6 +156,7 @@ static const struct u32_key u32_keys[] = {
     K(slow_client_ms, 1, 3600000),
     K(handshake_ms, 1, 3600000),
     K(shutdown_grace_ms, 0, 3600000),
+    K(threads, 0, 256),
 };
 #undef K
 
@@ -196,6 +199,14 @@ int daemon_config_set(struct daemon_config *c, const char *key, const char *valu
             return -EINVAL;
         }
         c->prefix_cache = (uint32_t)v;
+        return 0;
+    }
+    if (strcmp(key, "backend") == 0) {
+        if (strcmp(value, "auto") != 0 && strcmp(value, "cpu") != 0 && strcmp(value, "cpu-ref") != 0) {
+            snprintf(err, errlen, "%s = '%s': expected auto, cpu or cpu-ref", key, value);
+            return -EINVAL;
+        }
+        snprintf(c->backend, sizeof(c->backend), "%s", value);
         return 0;
     }
     if (strcmp(key, "socket_mode") == 0) {
@@ -389,6 +400,10 @@ void daemon_config_apply_live(struct daemon_config *cur, const struct daemon_con
         note_restart(restart_keys, len, "prefix_cache");
     if (cur->prefix_cache_bytes != next->prefix_cache_bytes)
         note_restart(restart_keys, len, "prefix_cache_bytes");
+    if (strcmp(cur->backend, next->backend) != 0)
+        note_restart(restart_keys, len, "backend");
+    if (cur->threads != next->threads)
+        note_restart(restart_keys, len, "threads");
     memcpy(cur->allow_uids, next->allow_uids, sizeof(cur->allow_uids));
     cur->n_allow_uids = next->n_allow_uids;
     memcpy(cur->allow_gids, next->allow_gids, sizeof(cur->allow_gids));

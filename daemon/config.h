@@ -33,6 +33,13 @@
  *   handshake_ms             5000   connect -> HELLO deadline
  *   shutdown_grace_ms        2000   SIGTERM: in-flight work may finish this long
  *
+ * Compute (engine generator; restart to change):
+ *   backend                  auto   auto: the fast CPU backend (AVX-512 VNNI kernels where
+ *                                   the CPU has them, the reference kernels elsewhere);
+ *                                   cpu: the same, named; cpu-ref: the scalar oracle
+ *   threads                  0      compute threads; 0 = the CPUs in residentd's
+ *                                   affinity mask (sched_getaffinity) at start
+ *
  * Prefix cache (engine generator; restart to change; docs/prefix-cache.md):
  *   prefix_cache             on     on / off: reuse prompt prefixes across a uid's requests
  *   prefix_cache_bytes       0      host memory budget; 0 = min(25% of MemAvailable, 8 GiB)
@@ -115,6 +122,9 @@ struct daemon_config {
     int      keep_cap_ipc_lock;
     enum daemon_memlock memlock;
     enum daemon_fd_store fd_store;
+    /* compute (restart-only) */
+    char     backend[16];
+    uint32_t threads;
     /* prefix cache (restart-only) */
     uint32_t prefix_cache;
     uint64_t prefix_cache_bytes;

@@ -44,7 +44,8 @@ static void script_destroy(void *ctx)
     free(g);
 }
 
-static int script_create(const char *model_dir, void **ctx, char *err, size_t errlen)
+static int script_create(const char *model_dir, const struct gen_create_params *p, void **ctx, char *err,
+                         size_t errlen)
 {
     const char *path = getenv("RESIDENT_GEN_SCRIPT");
     if (!path || !path[0] || !model_dir || !model_dir[0]) {

@@ -39,6 +39,14 @@ struct gen_prompt {
 
 #define GEN_PROMPT_F_NO_CACHE 0x1u   /* no prefix-cache reuse or store (SHM_REQ_F_NO_PREFIX_CACHE) */
 
+/* How a generator that runs a model runs it (gen_ops.create; the null
+ * generator ignores it). residentd resolves the config keys `backend` and
+ * `threads` into this. */
+struct gen_create_params {
+    const char *backend;            /* "auto", "cpu" or "cpu-ref" (engine/model.h) */
+    int32_t     n_threads;          /* compute threads, >= 1 */
+};
+
 /* Daemon configuration a generator may use (gen_ops.configure). */
 struct gen_options {
     uint32_t prefix_cache;          /* 0 = off, 1 = on */
@@ -68,7 +76,8 @@ struct gen_ops {
     /* 1 = the output is Qwen3.6 chat text: TEXT/CHAT requests get the
      * reasoning / tool-call parsers (daemon/channels.h). 0 = all content. */
     uint32_t    parse_output;
-    int  (*create)(const char *model_dir, void **ctx, char *err, size_t errlen);
+    int  (*create)(const char *model_dir, const struct gen_create_params *p, void **ctx, char *err,
+                   size_t errlen);
     void (*destroy)(void *ctx);
     uint32_t (*vocab_size)(void *ctx);
     /* Start a sequence; reports how many prompt tokens it has. */
@@ -88,6 +97,8 @@ struct gen_ops {
     uint32_t (*seq_cached)(void *ctx, void *seq);
     /* stats: one line for STATUS= and the log ("" when nothing to say). */
     void (*stats)(void *ctx, char *buf, size_t len);
+    /* describe: what computes, for the startup log (e.g. the backend). */
+    void (*describe)(void *ctx, char *buf, size_t len);
 };
 
 /**
