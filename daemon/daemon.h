@@ -200,6 +200,8 @@ int  quota_prompt_tokens_check(const struct daemon *d, const struct uid_acct *a,
                                char *msg, size_t len);
 void quota_tokens_charge(struct uid_acct *a, uint32_t prompt_tokens, uint32_t new_tokens);
 void quota_tokens_release(struct uid_acct *a, uint32_t prompt_tokens, uint32_t new_tokens);
+/* Log a note when a per-request limit exceeds its per-uid total. */
+void quota_config_warn(const struct daemon_config *c);
 /* One log line per uid ("PREFIX: uid N: sessions a/b ..."), then
  * "PREFIX: accounting of N uids listed". */
 void quota_log(const struct daemon *d, const char *prefix);

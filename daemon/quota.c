@@ -147,6 +147,20 @@ void quota_tokens_release(struct uid_acct *a, uint32_t prompt_tokens, uint32_t n
     a->new_tokens -= a->new_tokens < new_tokens ? a->new_tokens : new_tokens;
 }
 
+void quota_config_warn(const struct daemon_config *c)
+{
+    /* Not an error (each key is valid alone), but a request between the
+     * two can never run: say so where the administrator looks. */
+    if (c->max_new_tokens > c->max_new_tokens_per_uid)
+        daemon_log("note: max_new_tokens (%u) > max_new_tokens_per_uid (%u): requests for more than %u new tokens "
+                   "(and requests that leave max_tokens at 0) will be refused; raise max_new_tokens_per_uid",
+                   c->max_new_tokens, c->max_new_tokens_per_uid, c->max_new_tokens_per_uid);
+    if (c->max_prompt_tokens > c->max_prompt_tokens_per_uid)
+        daemon_log("note: max_prompt_tokens (%u) > max_prompt_tokens_per_uid (%u): prompts longer than %u tokens "
+                   "will be refused; raise max_prompt_tokens_per_uid", c->max_prompt_tokens,
+                   c->max_prompt_tokens_per_uid, c->max_prompt_tokens_per_uid);
+}
+
 void quota_log(const struct daemon *d, const char *prefix)
 {
     const struct daemon_config *c = &d->cfg;

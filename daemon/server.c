@@ -706,6 +706,7 @@ static void reload(struct daemon *d)
     } else {
         char restart[256];
         daemon_config_apply_live(&d->cfg, &next, restart, sizeof(restart));
+        quota_config_warn(&d->cfg);
         daemon_log("SIGHUP: configuration reloaded from %s%s%s%s", d->cfg_src.path,
                    restart[0] ? " (changed, but only applied after a restart: " : "", restart,
                    restart[0] ? ")" : "");
@@ -1010,6 +1011,7 @@ int daemon_run(struct daemon *d, char *err, size_t errlen)
     arm_tick(d);
     if (sd_watchdog_enabled(0, &d->watchdog_usec) <= 0)
         d->watchdog_usec = 0;
+    quota_config_warn(&d->cfg);
     notify_serving(d, "READY=1\n");
     daemon_log("ready");
 
