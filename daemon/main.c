@@ -473,6 +473,13 @@ int main(int argc, char **argv)
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
+    /* SIGHUP's default action would end the daemon: a reload asked for
+     * before the loop's signalfd exists (the socket already accepts
+     * connections while the model loads) waits for the loop instead. */
+    sigset_t hup;
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    sigprocmask(SIG_BLOCK, &hup, NULL);
     const char *config_path = NULL;
     struct override *ov = calloc((size_t)argc + 1, sizeof(*ov));
     size_t n_ov = 0;
