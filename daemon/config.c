@@ -22,6 +22,8 @@ void daemon_config_defaults(struct daemon_config *c)
     c->max_inflight_per_uid = 64;
     c->max_prompt_tokens = 32768;
     c->max_new_tokens = 4096;
+    c->max_prompt_tokens_per_uid = 131072;
+    c->max_new_tokens_per_uid = 262144;
     c->max_ring_bytes_per_uid = 64ull << 20;
     c->max_fds_per_uid = 128;
     c->max_batch = 64;
@@ -38,6 +40,8 @@ void daemon_config_defaults(struct daemon_config *c)
     c->fd_store = DAEMON_FD_STORE_AUTO;
     c->prefix_cache = 1;
     c->prefix_cache_bytes = 0;
+    snprintf(c->backend, sizeof(c->backend), "auto");
+    c->threads = 0;
 }
 
 static int parse_u64(const char *v, uint64_t lo, uint64_t hi, int base, uint64_t *out)
@@ -145,6 +149,8 @@ static const struct u32_key u32_keys[] = {
     K(max_inflight_per_uid, 1, 1u << 20),
     K(max_prompt_tokens, 1, 1u << 24),
     K(max_new_tokens, 1, 1u << 24),
+    K(max_prompt_tokens_per_uid, 1, 1u << 30),
+    K(max_new_tokens_per_uid, 1, 1u << 30),
     K(max_fds_per_uid, 4, 1u << 20),
     K(max_batch, 1, 4096),
     K(prefill_chunk, 1, 1u << 20),
@@ -152,6 +158,7 @@ static const struct u32_key u32_keys[] = {
     K(handshake_ms, 1, 3600000),
     K(shutdown_grace_ms, 0, 3600000),
     K(status_interval_sec, 0, 86400),
+    K(threads, 0, 256),
 };
 #undef K
 
@@ -194,6 +201,14 @@ int daemon_config_set(struct daemon_config *c, const char *key, const char *valu
             return -EINVAL;
         }
         c->prefix_cache = (uint32_t)v;
+        return 0;
+    }
+    if (strcmp(key, "backend") == 0) {
+        if (strcmp(value, "auto") != 0 && strcmp(value, "cpu") != 0 && strcmp(value, "cpu-ref") != 0) {
+            snprintf(err, errlen, "%s = '%s': expected auto, cpu or cpu-ref", key, value);
+            return -EINVAL;
+        }
+        snprintf(c->backend, sizeof(c->backend), "%s", value);
         return 0;
     }
     if (strcmp(key, "socket_mode") == 0) {
@@ -387,6 +402,10 @@ void daemon_config_apply_live(struct daemon_config *cur, const struct daemon_con
         note_restart(restart_keys, len, "prefix_cache");
     if (cur->prefix_cache_bytes != next->prefix_cache_bytes)
         note_restart(restart_keys, len, "prefix_cache_bytes");
+    if (strcmp(cur->backend, next->backend) != 0)
+        note_restart(restart_keys, len, "backend");
+    if (cur->threads != next->threads)
+        note_restart(restart_keys, len, "threads");
     memcpy(cur->allow_uids, next->allow_uids, sizeof(cur->allow_uids));
     cur->n_allow_uids = next->n_allow_uids;
     memcpy(cur->allow_gids, next->allow_gids, sizeof(cur->allow_gids));
@@ -396,6 +415,8 @@ void daemon_config_apply_live(struct daemon_config *cur, const struct daemon_con
     cur->max_inflight_per_uid = next->max_inflight_per_uid;
     cur->max_prompt_tokens = next->max_prompt_tokens;
     cur->max_new_tokens = next->max_new_tokens;
+    cur->max_prompt_tokens_per_uid = next->max_prompt_tokens_per_uid;
+    cur->max_new_tokens_per_uid = next->max_new_tokens_per_uid;
     cur->max_ring_bytes_per_uid = next->max_ring_bytes_per_uid;
     cur->max_fds_per_uid = next->max_fds_per_uid;
     cur->prefill_chunk = next->prefill_chunk;

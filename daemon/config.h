@@ -22,6 +22,9 @@
  *   max_inflight_per_uid     64     requests queued or running
  *   max_prompt_tokens        32768  per request
  *   max_new_tokens           4096   per request (also the default max_tokens)
+ *   max_prompt_tokens_per_uid 131072 prompt tokens of all of a uid's requests in flight
+ *   max_new_tokens_per_uid   262144 max_tokens reserved by all of a uid's requests in flight
+ *                                   (daemon/quota.c explains the accounting)
  *   max_ring_bytes_per_uid   67108864  rings + data areas of all of a uid's sessions
  *   max_fds_per_uid          128    daemon-side fds held for a uid (4 per session)
  *   max_batch                64     sequences per compute step
@@ -31,6 +34,13 @@
  *   shutdown_grace_ms        2000   SIGTERM: in-flight work may finish this long
  *   status_interval_sec      5      STATUS= refresh while serving (sessions, tok/s,
  *                                   VmLck, prefix cache); 0 = only at READY/reload
+ *
+ * Compute (engine generator; restart to change):
+ *   backend                  auto   auto: the fast CPU backend (AVX-512 VNNI kernels where
+ *                                   the CPU has them, the reference kernels elsewhere);
+ *                                   cpu: the same, named; cpu-ref: the scalar oracle
+ *   threads                  0      compute threads; 0 = the CPUs in residentd's
+ *                                   affinity mask (sched_getaffinity) at start
  *
  * Prefix cache (engine generator; restart to change; docs/prefix-cache.md):
  *   prefix_cache             on     on / off: reuse prompt prefixes across a uid's requests
@@ -99,6 +109,8 @@ struct daemon_config {
     uint32_t max_inflight_per_uid;
     uint32_t max_prompt_tokens;
     uint32_t max_new_tokens;
+    uint32_t max_prompt_tokens_per_uid;
+    uint32_t max_new_tokens_per_uid;
     uint64_t max_ring_bytes_per_uid;
     uint32_t max_fds_per_uid;
     uint32_t max_batch;
@@ -114,6 +126,9 @@ struct daemon_config {
     int      keep_cap_ipc_lock;
     enum daemon_memlock memlock;
     enum daemon_fd_store fd_store;
+    /* compute (restart-only) */
+    char     backend[16];
+    uint32_t threads;
     /* prefix cache (restart-only) */
     uint32_t prefix_cache;
     uint64_t prefix_cache_bytes;

@@ -48,13 +48,17 @@ struct op {
     int             busy;       /* an SQE is in flight */
 };
 
-/* Per-uid accounting (dbus-broker style: charge before granting). */
+/* Per-uid accounting (dbus-broker style: charge before granting; the
+ * rules are in daemon/quota.c). */
 struct uid_acct {
     uid_t            uid;
     uint32_t         sessions;
     uint32_t         inflight;
     uint32_t         fds;
+    uint32_t         underflows;    /* releases of more than was charged (bugs) */
     uint64_t         ring_bytes;
+    uint64_t         prompt_tokens; /* of all in-flight requests */
+    uint64_t         new_tokens;    /* max_tokens reserved by all in-flight requests */
     struct uid_acct *next;
 };
 
@@ -190,6 +194,25 @@ void session_abort(struct session *s, int code, const char *why);
 void session_wake_client(struct session *s);
 int  session_send_error(struct session *s, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* quota.c */
+struct uid_acct *quota_acct_get(struct daemon *d, uid_t uid);
+/* 0, -EBUSY (over the uid's total now) or -E2BIG (over it alone); @msg
+ * names the limit key and how to raise it. */
+int  quota_new_tokens_check(const struct daemon *d, const struct uid_acct *a, uint32_t want,
+                            char *msg, size_t len);
+int  quota_prompt_tokens_check(const struct daemon *d, const struct uid_acct *a, uint32_t want,
+                               char *msg, size_t len);
+void quota_tokens_charge(struct uid_acct *a, uint32_t prompt_tokens, uint32_t new_tokens);
+void quota_tokens_release(struct uid_acct *a, uint32_t prompt_tokens, uint32_t new_tokens);
+/* Log a note when a per-request limit exceeds its per-uid total. */
+void quota_config_warn(const struct daemon_config *c);
+/* One log line per uid ("PREFIX: uid N: sessions a/b ..."), then
+ * "PREFIX: accounting of N uids listed". */
+void quota_log(const struct daemon *d, const char *prefix);
+/* Number of uids with a non-zero counter (logged): 0 after a clean teardown. */
+int  quota_check_released(const struct daemon *d);
+void quota_fini(struct daemon *d);
 
 /* sched.c */
 int  sched_init(struct daemon *d);

@@ -137,8 +137,8 @@ static void engine_destroy(void *ctx)
     free(g);
 }
 
-static int engine_create(const char *model_dir, const struct st_image *shards, uint32_t n_shards,
-                         void **ctx, char *err, size_t errlen)
+static int engine_create(const char *model_dir, const struct gen_create_params *cp, void **ctx, char *err,
+                         size_t errlen)
 {
     struct engine_error e = { 0 };
     if (!model_dir || !model_dir[0]) {
@@ -172,10 +172,16 @@ static int engine_create(const char *model_dir, const struct st_image *shards, u
     if (cfg.max_position_embeddings > 1 && cfg.max_position_embeddings < g->max_context)
         g->max_context = cfg.max_position_embeddings;
     struct model_params mp = MODEL_PARAMS_DEFAULT;
+    if (cp && cp->backend)
+        mp.backend = cp->backend;
+    if (cp && cp->n_threads > 0)
+        mp.n_threads = cp->n_threads;
     mp.max_context = g->max_context;
     mp.real_vocab = (int32_t)tokenizer_token_count(g->tok);
-    mp.shard_images = shards;
-    mp.n_shard_images = n_shards;
+    if (cp) {
+        mp.shard_images = cp->shards;
+        mp.n_shard_images = cp->n_shards;
+    }
     r = model_load(model_dir, &mp, &g->model, &e);
     if (r < 0) {
         fail(err, errlen, r, &e, "model");
@@ -232,6 +238,14 @@ static void engine_stats(void *ctx, char *buf, size_t len)
              PRIu64 " evictions, %" PRIu64 " rejected", st.hits, st.misses, st.tokens_reused,
              st.tokens_prefilled, st.bytes_held, st.budget_bytes, st.snapshots, st.evictions,
              st.snapshots_rejected);
+}
+
+static void engine_describe(void *ctx, char *buf, size_t len)
+{
+    const struct gen_engine *g = ctx;
+    char be[128];
+    model_backend_describe(g->model, be, sizeof(be));
+    snprintf(buf, len, "backend %s", be);
 }
 
 static uint32_t engine_vocab_size(void *ctx)
@@ -668,4 +682,5 @@ const struct gen_ops gen_engine_ops = {
     .configure = engine_configure,
     .seq_cached = engine_seq_cached,
     .stats = engine_stats,
+    .describe = engine_describe,
 };

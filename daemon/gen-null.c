@@ -69,14 +69,13 @@ const char *gen_null_piece(uint32_t token, uint32_t *len)
     return p;
 }
 
-static int null_create(const char *model_dir, const struct st_image *shards, uint32_t n_shards,
-                       void **ctx, char *err, size_t errlen)
+static int null_create(const char *model_dir, const struct gen_create_params *p, void **ctx, char *err,
+                       size_t errlen)
 {
     /* No state: the ctx pointer only has to be non-NULL and unique. */
     static int token;
     (void)model_dir;
-    (void)shards;       /* synthetic: never reads the model */
-    (void)n_shards;
+    (void)p;            /* synthetic: never reads the model */
     (void)err;
     (void)errlen;
     *ctx = &token;

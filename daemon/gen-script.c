@@ -45,11 +45,10 @@ static void script_destroy(void *ctx)
     free(g);
 }
 
-static int script_create(const char *model_dir, const struct st_image *shards, uint32_t n_shards,
-                         void **ctx, char *err, size_t errlen)
+static int script_create(const char *model_dir, const struct gen_create_params *p, void **ctx, char *err,
+                         size_t errlen)
 {
-    (void)shards;       /* scripted tokens: only the tokenizer is read */
-    (void)n_shards;
+    (void)p;            /* scripted tokens: only the tokenizer is read */
     const char *path = getenv("RESIDENT_GEN_SCRIPT");
     if (!path || !path[0] || !model_dir || !model_dir[0]) {
         snprintf(err, errlen, "the script test generator needs --model DIR (tokenizer) and $RESIDENT_GEN_SCRIPT (text file)");

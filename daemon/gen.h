@@ -48,6 +48,20 @@ struct gen_prompt {
 
 #define GEN_PROMPT_F_NO_CACHE 0x1u   /* no prefix-cache reuse or store (SHM_REQ_F_NO_PREFIX_CACHE) */
 
+/* How a generator that runs a model runs it (gen_ops.create; the null
+ * generator ignores it). residentd resolves the config keys `backend` and
+ * `threads` into this. */
+struct gen_create_params {
+    const char *backend;            /* "auto", "cpu" or "cpu-ref" (engine/model.h) */
+    int32_t     n_threads;          /* compute threads, >= 1 */
+    /* NULL/0, or the model's *.safetensors files already in memory
+     * (residentd's fd-store container, see engine/safetensors.h st_image;
+     * valid until destroy): a generator that runs the model loads from
+     * them instead of opening the files. */
+    const struct st_image *shards;
+    uint32_t    n_shards;
+};
+
 /* Daemon configuration a generator may use (gen_ops.configure). */
 struct gen_options {
     uint32_t prefix_cache;          /* 0 = off, 1 = on */
@@ -81,12 +95,8 @@ struct gen_ops {
      * decoding; WELCOME flag SHM_WELCOME_F_TOOL_CHOICE). 0 = the scheduler
      * refuses tool_choice "required" and named. */
     uint32_t    tool_choice;
-    /* shards/n_shards: NULL/0, or the model's *.safetensors files already
-     * in memory (residentd's fd-store container, see engine/safetensors.h
-     * st_image; valid until destroy): a generator that runs the model loads
-     * from them instead of opening the files. */
-    int  (*create)(const char *model_dir, const struct st_image *shards, uint32_t n_shards,
-                   void **ctx, char *err, size_t errlen);
+    int  (*create)(const char *model_dir, const struct gen_create_params *p, void **ctx, char *err,
+                   size_t errlen);
     void (*destroy)(void *ctx);
     uint32_t (*vocab_size)(void *ctx);
     /* Start a sequence; reports how many prompt tokens it has. */
@@ -109,6 +119,8 @@ struct gen_ops {
     /* Optional: shard files the model load opened from the file system
      * (0 when it used create()'s shards), for the log and the tests. */
     uint32_t (*files_opened)(void *ctx);
+    /* describe: what computes, for the startup log (e.g. the backend). */
+    void (*describe)(void *ctx, char *buf, size_t len);
 };
 
 /**

@@ -17,6 +17,9 @@
 #include <getopt.h>
 #include <grp.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,20 +40,24 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: residentd [--model DIR] [--socket PATH] [--config FILE] [--generator NAME]\n"
-        "                 [--no-lock] [-o KEY=VALUE]...\n"
+        "                 [--backend auto|cpu|cpu-ref] [--threads N] [--no-lock] [-o KEY=VALUE]...\n"
         "\n"
         "  --model DIR        model directory (loaded by the engine generator)\n"
         "  --socket PATH      control socket (default %s)\n"
         "  --config FILE      configuration file (default %s, optional)\n"
         "  --generator NAME   'null' = deterministic synthetic tokens, not a model\n"
+        "  --backend NAME     engine backend: auto (default: the fast CPU backend), cpu, cpu-ref\n"
+        "  --threads N        compute threads (default 0 = the CPUs residentd may run on)\n"
         "  --no-lock          do not lock the weights in RAM (= -o memlock=off)\n"
         "  -o KEY=VALUE       override one configuration key\n"
         "\n"
         "configuration keys: socket socket_mode socket_group model generator allow_uids allow_gids\n"
         "  allow_groups max_sessions max_sessions_per_uid max_inflight_per_uid max_prompt_tokens\n"
-        "  max_new_tokens max_ring_bytes_per_uid max_fds_per_uid max_batch prefill_chunk\n"
+        "  max_new_tokens max_prompt_tokens_per_uid max_new_tokens_per_uid max_ring_bytes_per_uid\n"
+        "  max_fds_per_uid max_batch prefill_chunk\n"
         "  slow_client_ms handshake_ms shutdown_grace_ms privileges user supplementary_groups\n"
-        "  keep_cap_ipc_lock memlock fd_store status_interval_sec\n",
+        "  keep_cap_ipc_lock memlock fd_store status_interval_sec backend threads prefix_cache\n"
+        "  prefix_cache_bytes\n",
         DAEMON_SOCKET_DEFAULT, DAEMON_CONFIG_DEFAULT_PATH);
 }
 
@@ -475,6 +482,17 @@ static void split_groups(char *buf, const char **out, size_t max)
     out[n] = NULL;
 }
 
+/* threads = 0: as many compute threads as CPUs this process may run on
+ * (a systemd CPUAffinity= or taskset restriction counts, not the machine). */
+static int32_t affinity_cpus(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
+        return CPU_COUNT(&set) > 256 ? 256 : CPU_COUNT(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 256 ? 256 : (int32_t)n;
+}
+
 struct override {
     const char *key;
     const char *value;
@@ -488,10 +506,19 @@ int main(int argc, char **argv)
         { "socket", required_argument, NULL, 's' },
         { "config", required_argument, NULL, 'c' },
         { "generator", required_argument, NULL, 'g' },
+        { "backend", required_argument, NULL, 'b' },
+        { "threads", required_argument, NULL, 't' },
         { "no-lock", no_argument, NULL, 'L' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
+    /* SIGHUP's default action would end the daemon: a reload asked for
+     * before the loop's signalfd exists (the socket already accepts
+     * connections while the model loads) waits for the loop instead. */
+    sigset_t hup;
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    sigprocmask(SIG_BLOCK, &hup, NULL);
     const char *config_path = NULL;
     struct override *ov = calloc((size_t)argc + 1, sizeof(*ov));
     size_t n_ov = 0;
@@ -503,6 +530,8 @@ int main(int argc, char **argv)
         case 'm': ov[n_ov].key = "model"; ov[n_ov++].value = optarg; break;
         case 's': ov[n_ov].key = "socket"; ov[n_ov++].value = optarg; break;
         case 'g': ov[n_ov].key = "generator"; ov[n_ov++].value = optarg; break;
+        case 'b': ov[n_ov].key = "backend"; ov[n_ov++].value = optarg; break;
+        case 't': ov[n_ov].key = "threads"; ov[n_ov++].value = optarg; break;
         case 'L': ov[n_ov].key = "memlock"; ov[n_ov++].value = "off"; break;
         case 'c': config_path = optarg; break;
         case 'o': {
@@ -679,19 +708,41 @@ int main(int argc, char **argv)
     if (d.gen->synthetic && d.cfg.model[0])
         daemon_log("the synthetic %s generator does not run the model in --model %s (its weights are only mapped and locked)",
                    d.gen->name, d.cfg.model);
-    r = d.gen->create(d.cfg.model, w.images, w.n_images, &d.gen_ctx, err, sizeof(err));
+    struct gen_create_params gp = { .backend = d.cfg.backend, .n_threads = (int32_t)d.cfg.threads };
+    if (!gp.n_threads)
+        gp.n_threads = affinity_cpus();
+    /* Threads the generator starts (the fast backend's pool, GPU runtime
+     * threads) inherit this mask: SIGTERM/SIGINT/SIGHUP must reach the
+     * loop's signalfd, never a compute thread, where their default action
+     * would kill the daemon without a clean shutdown. The main thread gets
+     * its mask back, so it stays killable while the model loads. */
+    sigset_t loop_sigs, old_sigs;
+    sigemptyset(&loop_sigs);
+    sigaddset(&loop_sigs, SIGTERM);
+    sigaddset(&loop_sigs, SIGINT);
+    sigaddset(&loop_sigs, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &loop_sigs, &old_sigs);
+    gp.shards = w.images;
+    gp.n_shards = w.n_images;
+    r = d.gen->create(d.cfg.model, &gp, &d.gen_ctx, err, sizeof(err));
     if (r < 0 && w.n_images) {
         /* weights_load() checked the container against the directory; a
          * shard replaced since then makes the engine refuse it (-ESTALE).
          * The files are the truth: load from them. */
         daemon_log("generator %s: the fd-store container was refused (%s); loading from the model files",
                    d.gen->name, err);
-        r = d.gen->create(d.cfg.model, NULL, 0, &d.gen_ctx, err, sizeof(err));
+        gp.shards = NULL;
+        gp.n_shards = 0;
+        r = d.gen->create(d.cfg.model, &gp, &d.gen_ctx, err, sizeof(err));
     }
+    pthread_sigmask(SIG_SETMASK, &old_sigs, NULL);
     if (r < 0) {
         fprintf(stderr, "residentd: generator %s: %s\n", d.gen->name, err);
         goto fail;
     }
+    char gdesc[256] = "";
+    if (d.gen->describe)
+        d.gen->describe(d.gen_ctx, gdesc, sizeof(gdesc));
     if (d.gen->synthetic)
         daemon_log("generator: null (deterministic synthetic tokens, vocabulary %u; NOT a model)",
                    d.gen->vocab_size(d.gen_ctx));
@@ -700,7 +751,7 @@ int main(int argc, char **argv)
                    d.cfg.model, w.n_images ? "the fd-store container" : "the model files",
                    d.gen->files_opened(d.gen_ctx));
     else
-        daemon_log("generator: %s, model %s", d.gen->name, d.cfg.model);
+        daemon_log("generator: %s, model %s%s%s", d.gen->name, d.cfg.model, gdesc[0] ? ", " : "", gdesc);
 
     /* 9. The loop: io_uring, worker thread, READY=1, watchdog. It takes the
      *    socket; act keeps the path to unlink (when we created it). */

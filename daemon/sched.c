@@ -6,8 +6,9 @@
  * The event loop drains a session's request ring (sched_session_drain):
  * each SUBMIT record, already copied into private memory by the ring code,
  * is decoded, its data-area payload (if any) copied out once, checked
- * against policy (max_prompt_tokens, max_new_tokens, max_inflight_per_uid)
- * and turned into a `struct seq`, which queues a QUEUED event. Rejections
+ * against policy (max_prompt_tokens, max_new_tokens, max_inflight_per_uid
+ * and the uid's token totals, daemon/quota.c) and turned into a `struct
+ * seq`, which queues a QUEUED event. Rejections
  * become a sequence that only carries a DONE(error) event, so every request
  * id gets exactly one DONE and the client never waits forever.
  *
@@ -79,6 +80,8 @@ struct seq {
     uint32_t        flags;
     uint32_t        prompt_tokens, prefill_left, max_tokens, generated;
     uint32_t        cached_tokens;      /* restored from the generator's prefix cache */
+    uint32_t        charged_prompt;     /* uid quota charges still held (daemon/quota.c) */
+    uint32_t        charged_new;
     int             in_batch;
     uint32_t        cancel_finish;      /* finish reason to apply when back from the batch */
     uint32_t        stop_ids[SHM_STOP_IDS_MAX];
@@ -128,10 +131,19 @@ static void run_unlink(struct daemon *d, struct seq *q)
     q->rnext = q->rprev = NULL;
 }
 
+/* Give back the token charges of the uid; idempotent, so every path that
+ * ends a request may call it and the first one releases. */
+static void seq_uncharge(struct seq *q)
+{
+    quota_tokens_release(q->s->acct, q->charged_prompt, q->charged_new);
+    q->charged_prompt = q->charged_new = 0;
+}
+
 static void seq_free(struct seq *q)
 {
     struct session *s = q->s;
     struct daemon *d = s->d;
+    seq_uncharge(q);
     if (q->gen_seq)
         d->gen->seq_free(d->gen_ctx, q->gen_seq);
     if (q->snext)
@@ -182,6 +194,7 @@ static void seq_finish(struct seq *q, uint32_t finish, int error, const char *fm
     if (q->state == SEQ_RUN && (q->rnext || q->rprev || d->run_head == q))
         run_unlink(d, q);
     q->state = SEQ_DONE;
+    seq_uncharge(q);
     if (q->gen_seq && !q->in_batch) {
         d->gen->seq_free(d->gen_ctx, q->gen_seq);
         q->gen_seq = NULL;
@@ -543,6 +556,16 @@ static void handle_submit(struct session *s, const uint8_t *body, size_t len)
                    f->max_tokens, c->max_new_tokens);
         return;
     }
+    /* The reservation is charged before the generator sizes the sequence
+     * by it; a refusal releases nothing because nothing was charged. */
+    char qmsg[256];
+    int qr = quota_new_tokens_check(d, s->acct, q->max_tokens, qmsg, sizeof(qmsg));
+    if (qr < 0) {
+        seq_finish(q, SHM_FINISH_ERROR, qr, "%s", qmsg);
+        return;
+    }
+    quota_tokens_charge(s->acct, 0, q->max_tokens);
+    q->charged_new = q->max_tokens;
     /* Copy the payload out of shared memory exactly once. */
     uint8_t *prompt = malloc(f->payload_len);
     if (!prompt) {
@@ -599,6 +622,15 @@ static void handle_submit(struct session *s, const uint8_t *body, size_t len)
                    q->prompt_tokens, c->max_prompt_tokens);
         return;
     }
+    qr = quota_prompt_tokens_check(d, s->acct, q->prompt_tokens, qmsg, sizeof(qmsg));
+    if (qr < 0) {
+        /* "prompt ..." first, as for max_prompt_tokens: the gateway maps a
+         * prompt-size E2BIG to context_length_exceeded by that prefix. */
+        seq_finish(q, SHM_FINISH_ERROR, qr, "prompt of %u tokens refused: %s", q->prompt_tokens, qmsg);
+        return;
+    }
+    quota_tokens_charge(s->acct, q->prompt_tokens, 0);
+    q->charged_prompt = q->prompt_tokens;
     q->prefill_left = q->prompt_tokens;
     if (d->gen->seq_cached) {
         /* Restored at the first prefill step, not computed: only the rest

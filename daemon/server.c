@@ -201,21 +201,7 @@ static void cancel_op(struct daemon *d, struct op *op)
 
 static int session_queue(struct session *s, const void *buf, uint32_t len, const int *fds, uint32_t n_fds);
 
-/* ---- per-uid accounting ---- */
-
-static struct uid_acct *acct_get(struct daemon *d, uid_t uid)
-{
-    for (struct uid_acct *a = d->accts; a; a = a->next)
-        if (a->uid == uid)
-            return a;
-    struct uid_acct *a = calloc(1, sizeof(*a));
-    if (!a)
-        return NULL;
-    a->uid = uid;
-    a->next = d->accts;
-    d->accts = a;
-    return a;
-}
+/* ---- policy ---- */
 
 static int policy_allows(const struct daemon *d, int sock, const struct ucred *cr)
 {
@@ -414,7 +400,7 @@ static void on_accept(struct daemon *d, int fd)
         return;
     }
     /* Charge the socket before anything else is granted. */
-    s->acct = acct_get(d, s->cred.uid);
+    s->acct = quota_acct_get(d, s->cred.uid);
     if (!s->acct) {
         session_close(s, "out of memory for accounting");
         return;
@@ -741,6 +727,7 @@ static void reload(struct daemon *d)
     } else {
         char restart[256];
         daemon_config_apply_live(&d->cfg, &next, restart, sizeof(restart));
+        quota_config_warn(&d->cfg);
         daemon_log("SIGHUP: configuration reloaded from %s%s%s%s", d->cfg_src.path,
                    restart[0] ? " (changed, but only applied after a restart: " : "", restart,
                    restart[0] ? ")" : "");
@@ -749,6 +736,7 @@ static void reload(struct daemon *d)
     gen_stats(d, st, sizeof(st));
     if (st[0])
         daemon_log("SIGHUP: %s", st);
+    quota_log(d, "SIGHUP");
     status_text(d, daemon_now_us(), st, sizeof(st));
     svc_notify_reloaded(&d->notify, st);
 }
@@ -1051,6 +1039,7 @@ int daemon_run(struct daemon *d, char *err, size_t errlen)
                  getenv("WATCHDOG_USEC") ? getenv("WATCHDOG_USEC") : "");
         return r;
     }
+    quota_config_warn(&d->cfg);
     char st[480];
     status_text(d, daemon_now_us(), st, sizeof(st));
     svc_notify_ready(&d->notify, st);
@@ -1095,11 +1084,13 @@ int daemon_run(struct daemon *d, char *err, size_t errlen)
         s->state = S_CLOSING;
         session_free(s);
     }
-    while (d->accts) {
-        struct uid_acct *a = d->accts;
-        d->accts = a->next;
-        free(a);
+    /* Every session went through the normal release paths above: any
+     * counter left is a charge that was never released. */
+    if (quota_check_released(d) && r == 0) {
+        snprintf(err, errlen, "per-uid accounting did not return to zero (see the log): a residentd bug");
+        r = -EUCLEAN;
     }
+    quota_fini(d);
     close(d->signal_fd);
     close(d->worker.efd);
     return r;

@@ -48,13 +48,51 @@ static void test_config(void)
     CHECK(daemon_config_load(&c, path, 1, err, sizeof(err)) == -ENOENT);
 }
 
+/* The per-uid token totals: documented defaults, range checks, and a
+ * SIGHUP reload takes them over live (no restart named). */
+static void test_quota_keys(void)
+{
+    struct daemon_config cur, next;
+    char err[512], restart[256];
+    daemon_config_defaults(&cur);
+    CHECK(cur.max_prompt_tokens_per_uid == 131072 && cur.max_new_tokens_per_uid == 262144);
+    /* the default reservation of max_inflight_per_uid default-sized requests fits */
+    CHECK((uint64_t)cur.max_inflight_per_uid * cur.max_new_tokens <= cur.max_new_tokens_per_uid);
+    next = cur;
+    CHECK(daemon_config_set(&next, "max_new_tokens_per_uid", "0", err, sizeof(err)) == -EINVAL &&
+          strstr(err, "max_new_tokens_per_uid"));
+    CHECK(daemon_config_set(&next, "max_prompt_tokens_per_uid", "2000000000", err, sizeof(err)) == -EINVAL);
+    CHECK(daemon_config_set(&next, "max_new_tokens_per_uid", "1000", err, sizeof(err)) == 0);
+    CHECK(daemon_config_set(&next, "max_prompt_tokens_per_uid", "500", err, sizeof(err)) == 0);
+    daemon_config_apply_live(&cur, &next, restart, sizeof(restart));
+    CHECK(cur.max_new_tokens_per_uid == 1000 && cur.max_prompt_tokens_per_uid == 500 && restart[0] == '\0');
+}
+
+/* backend / threads: defaults, accepted values, restart-only on reload. */
+static void test_compute_keys(void)
+{
+    struct daemon_config cur, next;
+    char err[512], restart[256];
+    daemon_config_defaults(&cur);
+    CHECK(strcmp(cur.backend, "auto") == 0 && cur.threads == 0);
+    next = cur;
+    CHECK(daemon_config_set(&next, "backend", "cpu-ref", err, sizeof(err)) == 0 && strcmp(next.backend, "cpu-ref") == 0);
+    CHECK(daemon_config_set(&next, "backend", "cpu", err, sizeof(err)) == 0);
+    CHECK(daemon_config_set(&next, "backend", "cuda", err, sizeof(err)) == -EINVAL && strstr(err, "auto, cpu or cpu-ref"));
+    CHECK(daemon_config_set(&next, "threads", "257", err, sizeof(err)) == -EINVAL && strstr(err, "threads"));
+    CHECK(daemon_config_set(&next, "threads", "16", err, sizeof(err)) == 0 && next.threads == 16);
+    daemon_config_apply_live(&cur, &next, restart, sizeof(restart));
+    CHECK(strstr(restart, "backend") && strstr(restart, "threads") && strcmp(cur.backend, "auto") == 0 &&
+          cur.threads == 0);
+}
+
 static void test_null(void)
 {
     const struct gen_ops *g = gen_lookup("null");
     CHECK(g && g->synthetic && gen_lookup("qwen") == NULL);
     void *ctx, *seq;
     char err[128];
-    CHECK(g->create(NULL, NULL, 0, &ctx, err, sizeof(err)) == 0);
+    CHECK(g->create(NULL, NULL, &ctx, err, sizeof(err)) == 0);
     struct gen_prompt p = { .kind = 2, .bytes = (const uint8_t *)"hello world", .len = 11, .seed = 5 };
     uint32_t pt;
     CHECK(g->seq_new(ctx, &p, &seq, &pt, err, sizeof(err)) == 0 && pt == 3);
@@ -85,6 +123,8 @@ static void test_null(void)
 int main(void)
 {
     test_config();
+    test_quota_keys();
+    test_compute_keys();
     test_null();
     if (failures) {
         fprintf(stderr, "test-daemon-unit: %d failures\n", failures);

@@ -272,6 +272,21 @@ int32_t model_n_layers(const struct model *m)
     return m->w.n_layers;
 }
 
+void model_backend_describe(const struct model *m, char *buf, size_t len)
+{
+    const char *name = m->be->ops->name;
+    if (m->be_owned && (!strcmp(name, "cpu") || !strcmp(name, "cpu-exact"))) {
+        int32_t nt = kb_cpu_fast_threads(m->be);
+        snprintf(buf, len, "%s with %s, %d thread%s", name, kb_cpu_isa_name(kb_cpu_fast_isa(m->be)), nt,
+                 nt == 1 ? "" : "s");
+    } else if (m->be_owned && !strcmp(name, "cpu-ref")) {
+        int32_t nt = m->params.n_threads > 0 ? m->params.n_threads : 1;
+        snprintf(buf, len, "cpu-ref, %d thread%s", nt, nt == 1 ? "" : "s");
+    } else {
+        snprintf(buf, len, "%s", name);
+    }
+}
+
 uint64_t model_mapped_bytes(const struct model *m)
 {
     return m->w.report.mapped_bytes;

@@ -32,7 +32,12 @@ struct model_seq;
 struct kb_backend;                       /* kernels/backend.h                 */
 
 struct model_params {
-    const char *backend;                 /* "cpu-ref" (only one so far)       */
+    const char *backend;                 /* "auto" (default): the fast CPU
+                                            backend, its AVX-512 VNNI kernels
+                                            where the CPU has them; "cpu",
+                                            "cpu-exact", or "cpu-ref" (the
+                                            scalar oracle: tests comparing
+                                            against goldens name it)         */
     struct kb_backend *backend_instance; /* or a ready backend (e.g. a GPU
                                             one); not owned, outlives model  */
     int32_t     n_threads;               /* backend threads, 1                */
@@ -44,7 +49,7 @@ struct model_params {
     const struct st_image *shard_images;
     uint32_t    n_shard_images;
 };
-#define MODEL_PARAMS_DEFAULT { .backend = "cpu-ref", .backend_instance = NULL, \
+#define MODEL_PARAMS_DEFAULT { .backend = "auto", .backend_instance = NULL, \
                                .n_threads = 1, .max_context = 4096, .real_vocab = 0 }
 
 int  model_load(const char *dir, const struct model_params *params,
@@ -63,6 +68,15 @@ uint64_t model_mapped_bytes(const struct model *m);
 /* Shard files the loader opened from the file system (0 when every shard
  * came from model_params.shard_images): proof a restart read no checkpoint. */
 uint32_t model_files_opened(const struct model *m);
+
+/**
+ * model_backend_describe() - what runs the model, for logs
+ * @m: model
+ * @buf: receives e.g. "cpu with avx512-vnni, 16 threads" or
+ *       "cpu-ref, 1 thread"
+ * @len: its size
+ */
+void model_backend_describe(const struct model *m, char *buf, size_t len);
 
 /* capacity 0 = params.max_context. State starts empty (len 0). */
 int  model_seq_new(struct model *m, int64_t capacity, struct model_seq **out,

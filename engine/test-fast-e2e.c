@@ -8,7 +8,12 @@
  *     and every step of the golden 40-token greedy decode;
  *   - "cpu" (int8 activations into W4, bf16 into dense bf16) against
  *     "cpu-exact" on the same prompts: mean KL(exact || fast) of the
- *     next-token distributions <= 1e-3 and top-1 agreement >= 99 %.
+ *     next-token distributions <= 1e-3 and top-1 agreement >= 99 %;
+ *   - "cpu" is deterministic: logits bit-identical with 1, 2, 3 and 4
+ *     threads (prefill of 64 tokens, every position), and a sequence decoded
+ *     alone bit-identical to the same sequence decoded inside batches of
+ *     other sequences (residentd batches whoever is decoding, so a request's
+ *     output must not depend on its neighbours or on the thread count).
  * Measured numbers are printed. Exits 77 when tests/data has no fixtures.
  */
 #include <errno.h>
@@ -32,19 +37,24 @@
 #define TOL_KL     1e-3
 #define MIN_TOP1   0.99
 
-static struct model *open_model(const char *name, const char *backend)
+static struct model *open_model_threads(const char *name, const char *backend, int32_t threads)
 {
     char path[1200];
     snprintf(path, sizeof(path), "%s/models/%s", data_dir, name);
     struct model_params p = MODEL_PARAMS_DEFAULT;
     p.backend = backend;
-    p.n_threads = 2;
+    p.n_threads = threads;
     p.max_context = 512;
     struct model *m = NULL;
     struct engine_error err = { 0 };
     if (model_load(path, &p, &m, &err))
         fail_msg("cannot load %s with %s: %s", path, backend, err.msg);
     return m;
+}
+
+static struct model *open_model(const char *name, const char *backend)
+{
+    return open_model_threads(name, backend, 2);
 }
 
 static double rel_l2(const float *a, const float *b, int64_t n)
@@ -192,6 +202,99 @@ static void check_decode(const struct fixture *fx)
     assert_true(worst <= TOL_GOLDEN);
 }
 
+/* Why this holds by construction (kernels/cpu/fast.c): every output row of
+ * a product is computed whole by one thread, with one accumulator per token
+ * that sees the same operations in the same order whatever the other tokens
+ * of its 4-token tile; MoE items are whole (expert, row block) products and
+ * the per-token combine runs its experts in a fixed order; attention and
+ * GDN give each (token, head) or head to one thread. Nothing is reduced
+ * across threads, so the split cannot change a bit. This test checks it. */
+static void check_deterministic(const struct fixture *fx)
+{
+    struct model *m[4];
+    for (int k = 0; k < 4; k++)
+        m[k] = open_model_threads(fx->model, "cpu", k + 1);
+    struct st_set *g = open_golden(fx->goldens, "logits.safetensors");
+    const int32_t V = model_vocab(m[0]);
+    uint64_t n;
+    int32_t *ids = golden(g, "len64.input_ids", ST_DTYPE_I32, &n);
+    float *base = prefill_all(m[0], ids, (int64_t)n);
+    int thread_diffs = 0;
+    for (int k = 1; k < 4; k++) {
+        float *l = prefill_all(m[k], ids, (int64_t)n);
+        thread_diffs += memcmp(base, l, sizeof(float) * n * (size_t)V) != 0;
+        free(l);
+    }
+    free(ids);
+    free(base);
+
+    /* Batch composition: A, B, C (prompts of 1, 7 and 64 tokens) decoded
+     * greedily alone on 1 thread, and together as [A B C], then [C A] with B
+     * alone, on 3 threads; every logits row must be the same bits. */
+    static const char *names[3] = { "len1.input_ids", "len7.input_ids", "len64.input_ids" };
+    struct model_seq *solo[3], *bat[3];
+    int32_t next[3];
+    float *ls = malloc(sizeof(float) * (size_t)V), *lb = malloc(sizeof(float) * 3 * (size_t)V);
+    float *l2 = malloc(sizeof(float) * 2 * (size_t)V);
+    assert_non_null(ls);
+    assert_non_null(lb);
+    assert_non_null(l2);
+    struct engine_error err = { 0 };
+    for (int i = 0; i < 3; i++) {
+        int32_t *p = golden(g, names[i], ST_DTYPE_I32, &n);
+        assert_int_equal(model_seq_new(m[0], 80, &solo[i], &err), 0);
+        assert_int_equal(model_seq_new(m[2], 80, &bat[i], &err), 0);
+        struct model_prefill_params pp = { .logits = ls };
+        assert_int_equal(model_prefill(m[2], bat[i], p, (int64_t)n, NULL, &err), 0);
+        assert_int_equal(model_prefill(m[0], solo[i], p, (int64_t)n, &pp, &err), 0);
+        next[i] = argmax(ls, V);
+        free(p);
+    }
+    int batch_diffs = 0, steps = 0;
+    for (int step = 0; step < 6; step++) {
+        int32_t in[3];
+        memcpy(in, next, sizeof(in));
+        if (step % 2 == 0) {
+            assert_int_equal(model_decode(m[2], bat, in, 3, lb, &err), 0);
+        } else {
+            struct model_seq *ca[2] = { bat[2], bat[0] };
+            int32_t ica[2] = { in[2], in[0] };
+            assert_int_equal(model_decode(m[2], ca, ica, 2, l2, &err), 0);
+            memcpy(lb, l2 + (size_t)V, sizeof(float) * (size_t)V);               /* A */
+            memcpy(lb + 2 * (size_t)V, l2, sizeof(float) * (size_t)V);           /* C */
+            assert_int_equal(model_decode(m[2], &bat[1], &in[1], 1, lb + (size_t)V, &err), 0);
+        }
+        for (int i = 0; i < 3; i++) {
+            assert_int_equal(model_decode(m[0], &solo[i], &in[i], 1, ls, &err), 0);
+            batch_diffs += memcmp(lb + (size_t)i * (size_t)V, ls, sizeof(float) * (size_t)V) != 0;
+            next[i] = argmax(ls, V);
+            steps++;
+        }
+    }
+    print_message("%-20s cpu (%s): prefill 64 tokens with 1/2/3/4 threads: %d of 3 differ from 1 thread; "
+                  "decode alone (1 thread) vs in batches [A B C] / [C A] (3 threads): %d of %d rows differ "
+                  "(required: 0, bit-identical)\n", fx->model, kb_cpu_isa_name(kb_cpu_fast_best_isa()),
+                  thread_diffs, batch_diffs, steps);
+    for (int i = 0; i < 3; i++) {
+        model_seq_free(solo[i]);
+        model_seq_free(bat[i]);
+    }
+    free(ls);
+    free(lb);
+    free(l2);
+    st_set_free(g);
+    for (int k = 0; k < 4; k++)
+        model_free(m[k]);
+    assert_int_equal(thread_diffs, 0);
+    assert_int_equal(batch_diffs, 0);
+}
+
+static void test_deterministic(void **state)
+{
+    for (size_t i = 0; i < sizeof(fixtures) / sizeof(fixtures[0]); i++)
+        check_deterministic(&fixtures[i]);
+}
+
 static void test_prefill(void **state)
 {
     for (size_t i = 0; i < sizeof(fixtures) / sizeof(fixtures[0]); i++)
@@ -221,6 +324,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prefill),
         cmocka_unit_test(test_decode),
+        cmocka_unit_test(test_deterministic),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -43,6 +43,7 @@ static struct model *open_model(const char *name)
     char path[1200];
     snprintf(path, sizeof(path), "%s/models/%s", data_dir, name);
     struct model_params p = MODEL_PARAMS_DEFAULT;
+    p.backend = "cpu-ref";          /* the goldens' tolerances are the oracle's */
     p.max_context = 512;
     struct model *m = NULL;
     struct engine_error err = { 0 };
@@ -364,7 +365,10 @@ static void test_tool(void **state)
             break;
         }
     char *ps = join_ids(prompt, np), *want = join_ids(toks, nexp);
-    snprintf(cmd, sizeof(cmd), "'%s' generate --model '%s' --ids %s -n %d", exe, model, ps, (int)nt);
+    /* the goldens' tolerance is the reference backend's: name it (the
+     * engine's default is the fast backend) */
+    snprintf(cmd, sizeof(cmd), "'%s' generate --backend cpu-ref --model '%s' --ids %s -n %d", exe, model, ps,
+             (int)nt);
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
     char line[4096] = "";
@@ -382,9 +386,11 @@ static void test_tool(void **state)
     char *is = join_ids(ids, n);
     snprintf(out1, sizeof(out1), "/tmp/resident-test-logits-%d-1", (int)getpid());
     snprintf(out2, sizeof(out2), "/tmp/resident-test-logits-%d-2", (int)getpid());
-    snprintf(cmd, sizeof(cmd), "'%s' logits --model '%s' --ids %s --out %s", exe, model, is, out1);
+    snprintf(cmd, sizeof(cmd), "'%s' logits --backend cpu-ref --model '%s' --ids %s --out %s", exe, model, is,
+             out1);
     assert_int_equal(system(cmd), 0);
-    snprintf(cmd, sizeof(cmd), "'%s' logits --model '%s' --ids %s --out %s --threads 2", exe, model, is, out2);
+    snprintf(cmd, sizeof(cmd), "'%s' logits --backend cpu-ref --model '%s' --ids %s --out %s --threads 2", exe,
+             model, is, out2);
     assert_int_equal(system(cmd), 0);
     size_t l1, l2;
     char *b1 = read_file(out1, &l1), *b2 = read_file(out2, &l2);
@@ -435,6 +441,7 @@ static void test_default_model(void **state)
     }
     snprintf(path, sizeof(path), "%s/default-model", data_dir);
     struct model_params mp = MODEL_PARAMS_DEFAULT;
+    mp.backend = "cpu-ref";
     mp.max_context = 64;
     struct model *m = NULL;
     struct engine_error err = { 0 };

@@ -154,6 +154,47 @@ int th_daemon_stop(struct th_daemon *d, int timeout_ms)
     return ret;
 }
 
+int th_daemon_acct(const struct th_daemon *d, uid_t uid, struct th_acct *out, int timeout_ms)
+{
+    memset(out, 0, sizeof(*out));
+    struct stat st;
+    if (stat(d->log, &st) < 0 || kill(d->pid, SIGHUP) < 0)
+        return -1;
+    off_t from = st.st_size;
+    uint64_t end = th_now_ms() + (uint64_t)timeout_ms;
+    char want[64];
+    snprintf(want, sizeof(want), "SIGHUP: uid %u: ", (unsigned)uid);
+    while (th_now_ms() < end) {
+        FILE *f = fopen(d->log, "r");
+        if (!f)
+            return -1;
+        fseeko(f, from, SEEK_SET);
+        char line[1024];
+        int complete = 0;
+        struct th_acct a = { 0 };
+        while (fgets(line, sizeof(line), f)) {
+            char *p = strstr(line, want);
+            unsigned u;
+            if (p && sscanf(p + strlen(want), "sessions %u/%*u inflight %u/%*u prompt_tokens %llu/%*u "
+                            "new_tokens %llu/%*u fds %u/%*u ring_bytes %llu/", &a.sessions, &a.inflight,
+                            &a.prompt_tokens, &a.new_tokens, &a.fds, &a.ring_bytes) != 6)
+                fprintf(stderr, "harness: cannot parse accounting line: %s", line);
+            if ((p = strstr(line, "SIGHUP: accounting of ")) && sscanf(p, "SIGHUP: accounting of %u", &u) == 1) {
+                complete = 1;
+                break;
+            }
+        }
+        fclose(f);
+        if (complete) {
+            *out = a;
+            return 0;
+        }
+        usleep(10000);
+    }
+    fprintf(stderr, "harness: no accounting dump in %s within %d ms of SIGHUP\n", d->log, timeout_ms);
+    return -1;
+}
+
 int th_fd_count(pid_t pid)
 {
     char path[64];

@@ -50,6 +50,16 @@ int th_wait_fds(pid_t pid, int want, int timeout_ms);
 
 uint64_t th_now_ms(void);
 
+/* One uid's accounting as residentd logs it at SIGHUP (daemon/quota.c). */
+struct th_acct {
+    unsigned           sessions, inflight, fds;
+    unsigned long long prompt_tokens, new_tokens, ring_bytes;
+};
+
+/* SIGHUP the daemon and read `uid`'s counters from the dump it logs (all
+ * zero when the uid has no entry). Returns 0, or -1 on timeout. */
+int th_daemon_acct(const struct th_daemon *d, uid_t uid, struct th_acct *out, int timeout_ms);
+
 /* A session opened by hand (raw HELLO/WELCOME), for hostile tests. */
 struct th_raw {
     int                  sock, doorbell, wake;

@@ -16,6 +16,10 @@
  *     take 8 steps) and mid-decode ends with DONE(cancelled) and frees the
  *     sequence: max_inflight_per_uid=16 lets the next requests in, and the
  *     daemon's RSS does not grow over many cancelled sequences.
+ * argv[1] names the backend (cpu-ref or cpu); daemon and offline reference
+ * both run it, explicitly: residentd with 2 compute threads, the offline
+ * reference with 1, so the equality also checks that the backend's results
+ * do not depend on the thread count (meson registers one test per backend).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -34,6 +38,7 @@
 
 static struct th_daemon D;
 static char model_dir[512], engine_exe[512];
+static const char *backend = "cpu-ref";
 static size_t real_vocab;
 static int32_t im_end_id;
 
@@ -142,8 +147,8 @@ static int offline(const uint32_t *ids, size_t n, const struct sampling *s, uint
     char *cmd = malloc(16 * n + 1024);
     if (!cmd)
         return -ENOMEM;
-    int k = sprintf(cmd, "'%s' generate --model '%s' --real-vocab %zu --stop %d -n %u --ids ", engine_exe,
-                    model_dir, real_vocab, im_end_id, max_tokens);
+    int k = sprintf(cmd, "'%s' generate --model '%s' --backend %s --threads 1 --real-vocab %zu --stop %d -n %u --ids ",
+                    engine_exe, model_dir, backend, real_vocab, im_end_id, max_tokens);
     for (size_t i = 0; i < n; i++)
         k += sprintf(cmd + k, "%s%u", i ? "," : "", ids[i]);
     if (s->temperature > 0)
@@ -392,8 +397,14 @@ static void test_cancel(void)
     resident_close(r);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc > 1)
+        backend = argv[1];
+    if (strcmp(backend, "cpu-ref") != 0 && strcmp(backend, "cpu") != 0) {
+        fprintf(stderr, "usage: test-it-engine [cpu-ref|cpu]\n");
+        return 2;
+    }
     const char *src = getenv("RESIDENT_SOURCE_ROOT"), *build = getenv("RESIDENT_BUILD_ROOT");
     snprintf(model_dir, sizeof(model_dir), "%s/tests/data/default-model", src ? src : ".");
     snprintf(engine_exe, sizeof(engine_exe), "%s/engine/resident-engine", build ? build : ".");
@@ -422,9 +433,11 @@ int main(void)
         }
     }
 
-    char opt_model[600];
+    char opt_model[600], opt_backend[64];
     snprintf(opt_model, sizeof(opt_model), "model=%s", model_dir);
-    const char *opts[] = { "generator=engine", opt_model, "prefill_chunk=8", "max_inflight_per_uid=16", NULL };
+    snprintf(opt_backend, sizeof(opt_backend), "backend=%s", backend);
+    const char *opts[] = { "generator=engine", opt_model, opt_backend, "threads=2", "prefill_chunk=8",
+                           "max_inflight_per_uid=16", NULL };
     if (th_daemon_start(&D, opts) < 0) {
         fprintf(stderr, "cannot start residentd with the engine generator\n");
         return 1;
@@ -440,6 +453,7 @@ int main(void)
         fprintf(stderr, "%d check(s) failed; daemon log: %s\n", th_failures, D.log);
         return 1;
     }
-    printf("engine generator: offline-equal (greedy + seeded), batched, concurrent, text, cancel: ok\n");
+    printf("engine generator on %s (residentd 2 threads, offline 1): offline-equal (greedy + seeded), batched, "
+           "concurrent, text, cancel: ok\n", backend);
     return 0;
 }

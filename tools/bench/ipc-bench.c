@@ -6,13 +6,22 @@
  * carrying its CLOCK_MONOTONIC send time, paced every --gap-us so the
  * reader really goes to sleep between tokens):
  *   shm-wake   resident's event ring (shm/ring.h) + eventfd wake, reader sleeps
+ *              with libresident's policy: spin up to 50 us, unless the last
+ *              gap outlasted the spin (adaptive, resident_wait())
+ *   shm-fixed  the same with the earlier policy: always spin 50 us first
  *   shm-spin   the same ring, reader busy-polls
  *   unix       a Unix stream socket, one write() per token
  *   sse        HTTP/1.1 Server-Sent Events over loopback TCP: one chunk per
  *              token, "data: {json}\n\n", as an OpenAI-style server streams
  * reporting one-way latency p50/p99 and CPU time per token (both processes,
  * including the producer's timer wakeup that paces it, the same in every
- * transport).
+ * transport, and the two clock reads per token that timestamp it). A
+ * `floor` row measures that common part alone (one process sleeps and wakes
+ * on the same schedule and reads the clock twice per token, sending
+ * nothing), so the transport's own share is a row minus the floor; both
+ * are printed.
+ * Rows run with 1, 16 and 64 tokens per producer wakeup (residentd
+ * publishes a compute step of up to max_batch = 64 streams at once).
  *
  * Through residentd (null generator; spawns ../daemon/residentd next to
  * this binary, or uses --socket):
@@ -98,8 +107,13 @@ static void report(const char *name, uint64_t *lat, int n, double cpu_total_s, s
 
 /* ---- shm ring ---- */
 
-static void bench_shm(int spin, struct lat_result *res, struct rusage *base_children)
+enum shm_mode { SHM_WAKE, SHM_SPIN, SHM_FIXED };
+#define READER_SPIN_NS 50000    /* libresident's SPIN_NS */
+
+static void bench_shm(enum shm_mode mode, struct lat_result *res, struct rusage *base_children)
 {
+    const int spin = mode == SHM_SPIN;
+    int skip_spin = 0;
     struct shm_region reg;
     if (shm_region_create(&reg, 1, 4096, 65536, 0) < 0) {
         perror("region");
@@ -148,10 +162,12 @@ static void bench_shm(int spin, struct lat_result *res, struct rusage *base_chil
         }
         if (spin)
             continue;
-        /* libresident's policy: spin briefly, then sleep on the eventfd. */
+        /* libresident's policy (resident_wait): spin, then sleep on the
+         * eventfd; SHM_WAKE skips the spin while gaps outlast it. */
         uint64_t s = now_ns();
-        while (shm_ring_cons_pending(&c) == 0 && now_ns() - s < 2000)
-            ;
+        if (mode == SHM_FIXED || !skip_spin)
+            while (shm_ring_cons_pending(&c) == 0 && now_ns() - s < READER_SPIN_NS)
+                ;
         if (shm_ring_cons_pending(&c))
             continue;
         if (shm_ring_cons_arm_sleep(&c)) {
@@ -159,16 +175,47 @@ static void bench_shm(int spin, struct lat_result *res, struct rusage *base_chil
             if (read(wake, &v, 8) < 0)
                 exit(1);
             shm_ring_cons_disarm_sleep(&c);
+            skip_spin = now_ns() - s >= READER_SPIN_NS;
         }
     }
     waitpid(p, NULL, 0);
     getrusage(RUSAGE_SELF, &ru1);
     getrusage(RUSAGE_CHILDREN, &rc);
     double cpu = cpu_s(&ru1) - cpu_s(&ru0) + cpu_s(&rc) - cpu_s(base_children);
-    report(spin ? "shm-spin" : "shm-wake", lat, n_msgs, cpu, res);
+    report(mode == SHM_SPIN ? "shm-spin" : mode == SHM_FIXED ? "shm-fixed" : "shm-wake", lat, n_msgs, cpu, res);
     free(lat);
     close(wake);
     shm_region_destroy(&reg);
+}
+
+/* ---- the common floor: pacing and timestamps ---- */
+
+/* CPU per token of what every row below pays besides its transport: the
+ * producer's timer wakeups and the two clock reads per token (the send
+ * stamp and the reader's arrival stamp; clock_gettime costs ~80 ns on this
+ * VM, not negligible next to a ring record). */
+static double bench_pace_floor(struct rusage *base_children)
+{
+    pid_t p = fork();
+    if (p == 0) {
+        uint64_t t0 = now_ns();
+        volatile uint64_t sink = 0;
+        for (int i = 0; i < n_msgs; i++) {
+            if (i % batch == 0)
+                pace(t0 + (uint64_t)(i / batch + 1) * (uint64_t)gap_us * 1000);
+            sink += now_ns();
+            sink += now_ns();
+        }
+        (void)sink;
+        _exit(0);
+    }
+    waitpid(p, NULL, 0);
+    struct rusage rc;
+    getrusage(RUSAGE_CHILDREN, &rc);
+    double us = (cpu_s(&rc) - cpu_s(base_children)) * 1e6 / n_msgs;
+    printf("%-10s CPU %7.2f us/token (timer wakeups + 2 clock reads per token, no transport; %d per wakeup, "
+           "gap %d us)\n", "floor", us, batch, gap_us);
+    return us;
 }
 
 /* ---- Unix stream socket, one write per token ---- */
@@ -551,26 +598,43 @@ int main(int argc, char **argv)
     struct lat_result wake, spin, ux, sse;
     struct rusage base;
     getrusage(RUSAGE_CHILDREN, &base);
-    bench_shm(0, &wake, &base);
+    double floor1 = bench_pace_floor(&base);
+    struct lat_result fixed;
     getrusage(RUSAGE_CHILDREN, &base);
-    bench_shm(1, &spin, &base);
+    bench_shm(SHM_WAKE, &wake, &base);
     getrusage(RUSAGE_CHILDREN, &base);
-    bench_unix(&ux, &base);
+    bench_shm(SHM_FIXED, &fixed, &base);
     getrusage(RUSAGE_CHILDREN, &base);
-    bench_sse(&sse, &base);
-    printf("ratio vs sse: p50 latency %.1fx (shm-wake) %.1fx (shm-spin); CPU/token %.1fx (shm-wake)\n",
-           sse.p50_us / wake.p50_us, sse.p50_us / spin.p50_us, sse.cpu_us_per_token / wake.cpu_us_per_token);
-    /* 16 streams stepping together: one wake per step for the ring, one
-     * write per token for the sockets (each stream is its own event). */
-    batch = 16;
-    getrusage(RUSAGE_CHILDREN, &base);
-    bench_shm(0, &wake, &base);
+    bench_shm(SHM_SPIN, &spin, &base);
     getrusage(RUSAGE_CHILDREN, &base);
     bench_unix(&ux, &base);
     getrusage(RUSAGE_CHILDREN, &base);
     bench_sse(&sse, &base);
-    printf("ratio vs sse, 16 tokens per step: p50 latency %.1fx, CPU/token %.1fx (shm-wake)\n",
-           sse.p50_us / wake.p50_us, sse.cpu_us_per_token / wake.cpu_us_per_token);
+    printf("ratio vs sse: p50 latency %.1fx (shm-wake) %.1fx (shm-spin); CPU/token %.1fx (shm-wake), "
+           "%.1fx above the floor; shm-fixed CPU/token %.1fx\n", sse.p50_us / wake.p50_us, sse.p50_us / spin.p50_us,
+           sse.cpu_us_per_token / wake.cpu_us_per_token,
+           (sse.cpu_us_per_token - floor1) / (wake.cpu_us_per_token - floor1),
+           sse.cpu_us_per_token / fixed.cpu_us_per_token);
+    /* 16 and 64 streams stepping together: one wake per step for the ring,
+     * one write per token for the sockets (each stream is its own event). */
+    static const int steps[] = { 16, 64 };
+    for (size_t k = 0; k < sizeof(steps) / sizeof(steps[0]); k++) {
+        batch = steps[k];
+        getrusage(RUSAGE_CHILDREN, &base);
+        double fl = bench_pace_floor(&base);
+        getrusage(RUSAGE_CHILDREN, &base);
+        bench_shm(SHM_WAKE, &wake, &base);
+        getrusage(RUSAGE_CHILDREN, &base);
+        bench_shm(SHM_FIXED, &fixed, &base);
+        getrusage(RUSAGE_CHILDREN, &base);
+        bench_unix(&ux, &base);
+        getrusage(RUSAGE_CHILDREN, &base);
+        bench_sse(&sse, &base);
+        printf("ratio vs sse, %d tokens per step: p50 latency %.1fx, CPU/token %.1fx (shm-wake), %.1fx above the "
+               "floor; shm-fixed CPU/token %.1fx\n", batch, sse.p50_us / wake.p50_us,
+               sse.cpu_us_per_token / wake.cpu_us_per_token, (sse.cpu_us_per_token - fl) / (wake.cpu_us_per_token - fl),
+               sse.cpu_us_per_token / fixed.cpu_us_per_token);
+    }
     batch = 1;
 
     int own = !sock_path[0];

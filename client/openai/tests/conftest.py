@@ -30,6 +30,8 @@ class Daemon:
             [RESIDENTD, "--socket", self.sock, "--generator", "null",
              "-o", f"max_prompt_tokens={MAX_PROMPT_TOKENS}",
              "-o", f"max_new_tokens={MAX_NEW_TOKENS}",
+             # several MAX_NEW_TOKENS streams are held at once, all of this uid
+             "-o", f"max_new_tokens_per_uid={64 * MAX_NEW_TOKENS}",
              "-o", "slow_client_ms=60000",
              # a test daemon, often root in CI: no drop to the service user
              "-o", "privileges=keep",
