@@ -460,13 +460,15 @@ static bool plain_parse(const char *s, bool want[12][2])
     return true;
 }
 
-static bool arg_long(const char *s, long lo, long hi, long *out)
+static bool arg_long(const char *opt, const char *s, long lo, long hi, long *out)
 {
     char *end;
     errno = 0;
     const long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
+    if (errno || end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, "%s %s: want an integer in %ld..%ld\n", opt, s, lo, hi);
         return false;
+    }
     *out = v;
     return true;
 }
@@ -505,12 +507,17 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--tokenizer") && v) {
             tok_dir = argv[++i];
         } else if (!strcmp(a, "--shared-tokens") && v) {
-            bad |= !arg_long(argv[++i], 1, 1 << 20, &want_shared);
+            bad |= !arg_long(a, argv[++i], 1, 1 << 20, &want_shared);
         } else if (!strcmp(a, "--threads") && v) {
-            bad |= !arg_long(argv[++i], 1, 256, &threads);
+            bad |= !arg_long(a, argv[++i], 1, 256, &threads);
         } else if (!strcmp(a, "--plain") && v) {
-            bad |= !plain_parse(argv[++i], want_plain);
+            if (!plain_parse(argv[++i], want_plain)) {
+                fprintf(stderr, "--plain %s: want \"all\" or a comma list of turns 1..11, each "
+                        "optionally followed by A or B (e.g. 1B,2A,10)\n", argv[i]);
+                bad = true;
+            }
         } else {
+            fprintf(stderr, "unknown option or missing value: %s\n", a);
             bad = true;
         }
     }
