@@ -70,8 +70,9 @@ const char *gen_null_piece(uint32_t token, uint32_t *len)
 }
 
 static int null_create(const char *model_dir, const struct st_image *shards, uint32_t n_shards,
-                       void **ctx, char *err, size_t errlen)
+                       struct gen_tokenizer_cache *tc, void **ctx, char *err, size_t errlen)
 {
+    (void)tc;           /* no tokenizer cache kept for this generator */
     /* No state: the ctx pointer only has to be non-NULL and unique. */
     static int token;
     (void)model_dir;

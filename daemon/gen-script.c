@@ -46,8 +46,9 @@ static void script_destroy(void *ctx)
 }
 
 static int script_create(const char *model_dir, const struct st_image *shards, uint32_t n_shards,
-                         void **ctx, char *err, size_t errlen)
+                         struct gen_tokenizer_cache *tc, void **ctx, char *err, size_t errlen)
 {
+    (void)tc;           /* no tokenizer cache kept for this generator */
     (void)shards;       /* scripted tokens: only the tokenizer is read */
     (void)n_shards;
     const char *path = getenv("RESIDENT_GEN_SCRIPT");

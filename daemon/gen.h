@@ -54,6 +54,21 @@ struct gen_options {
     uint64_t prefix_cache_bytes;    /* budget; 0 = the cache's default */
 };
 
+/* The tokenizer's binary cache (engine/text/tokenizer.h), which residentd
+ * keeps in systemd's fd store ("resident-tokenizer") so that a restart
+ * does not parse tokenizer.json again. In/out for create(); generators
+ * without a tokenizer ignore it. */
+struct gen_tokenizer_cache {
+    const void *image;          /* in: stored cache image, NULL = none      */
+    size_t      image_len;
+    const char *cache_dir;      /* in: directory for the cache file, NULL = none */
+    int         image_used;     /* out: 1 = the tokenizer came from image   */
+    char        image_refused[256]; /* out: why image was refused, "" = it was not */
+    void       *fresh;          /* out: malloc'd image of the loaded tokenizer when
+                                   image was not used (to store); caller free()s */
+    size_t      fresh_len;
+};
+
 /* One sequence's part of a compute step. */
 struct gen_item {
     void    *seq;
@@ -84,9 +99,10 @@ struct gen_ops {
     /* shards/n_shards: NULL/0, or the model's *.safetensors files already
      * in memory (residentd's fd-store container, see engine/safetensors.h
      * st_image; valid until destroy): a generator that runs the model loads
-     * from them instead of opening the files. */
+     * from them instead of opening the files. tc: NULL, or the tokenizer
+     * cache to load from and to report into (see above). */
     int  (*create)(const char *model_dir, const struct st_image *shards, uint32_t n_shards,
-                   void **ctx, char *err, size_t errlen);
+                   struct gen_tokenizer_cache *tc, void **ctx, char *err, size_t errlen);
     void (*destroy)(void *ctx);
     uint32_t (*vocab_size)(void *ctx);
     /* Start a sequence; reports how many prompt tokens it has. */

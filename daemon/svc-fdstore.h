@@ -52,6 +52,7 @@
 #include <stdint.h>
 
 #define SVC_FDSTORE_WEIGHTS_NAME  "resident-weights"
+#define SVC_FDSTORE_TOKENIZER_NAME "resident-tokenizer"   /* the tokenizer's cache image */
 #define SVC_FDSTORE_MAGIC         "RSDFDST"           /* 7 chars + NUL = 8 bytes */
 #define SVC_FDSTORE_VERSION       1u
 #define SVC_FDSTORE_F_COMPLETE    (1u << 0)

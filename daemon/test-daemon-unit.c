@@ -54,7 +54,7 @@ static void test_null(void)
     CHECK(g && g->synthetic && gen_lookup("qwen") == NULL);
     void *ctx, *seq;
     char err[128];
-    CHECK(g->create(NULL, NULL, 0, &ctx, err, sizeof(err)) == 0);
+    CHECK(g->create(NULL, NULL, 0, NULL, &ctx, err, sizeof(err)) == 0);
     struct gen_prompt p = { .kind = 2, .bytes = (const uint8_t *)"hello world", .len = 11, .seed = 5 };
     uint32_t pt;
     CHECK(g->seq_new(ctx, &p, &seq, &pt, err, sizeof(err)) == 0 && pt == 3);
