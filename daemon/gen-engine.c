@@ -155,6 +155,7 @@ static int tokenizer_from_cache(const char *model_dir, struct gen_tokenizer_cach
         lp.source = &src;
         lp.image_error = &ie;
         tc->image_used = 0;
+        tc->file_used = 0;
         tc->image_refused[0] = '\0';
         tc->fresh = NULL;
         tc->fresh_len = 0;
@@ -163,6 +164,7 @@ static int tokenizer_from_cache(const char *model_dir, struct gen_tokenizer_cach
     if (r < 0 || !tc)
         return r;
     tc->image_used = src == TOKENIZER_SOURCE_IMAGE;
+    tc->file_used = src == TOKENIZER_SOURCE_CACHE_FILE;
     snprintf(tc->image_refused, sizeof(tc->image_refused), "%.255s", ie.msg);
     if (!tc->image_used) {
         struct engine_error ce = { 0 };
@@ -222,7 +224,7 @@ static int engine_create(const char *model_dir, const struct st_image *shards, u
     uint64_t t_model = daemon_now_us();
     daemon_log("engine: tokenizer %" PRIu64 " ms (%s), config + model load %" PRIu64 " ms",
                (t_tok - t0) / 1000, tc && tc->image_used ? "from the stored cache image"
-               : "parsed from its files", (t_model - t_tok) / 1000);
+               : tc && tc->file_used ? "from the cache file" : "parsed from its files", (t_model - t_tok) / 1000);
     g->vocab = model_vocab(g->model);
     g->real_vocab = model_real_vocab(g->model);
     sample_stop_init(&g->stop, model_get_config(g->model));

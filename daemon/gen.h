@@ -63,6 +63,7 @@ struct gen_tokenizer_cache {
     size_t      image_len;
     const char *cache_dir;      /* in: directory for the cache file, NULL = none */
     int         image_used;     /* out: 1 = the tokenizer came from image   */
+    int         file_used;      /* out: 1 = it came from cache_dir's file    */
     char        image_refused[256]; /* out: why image was refused, "" = it was not */
     void       *fresh;          /* out: malloc'd image of the loaded tokenizer when
                                    image was not used (to store); caller free()s */

@@ -787,6 +787,11 @@ int main(int argc, char **argv)
     int tok_store = use_store && d.cfg.model[0] && !d.gen->synthetic &&
                     tokenizer_identity(d.cfg.model, &tok_id) == 0;
     tokenizer_store_take(&act, tok_store, &tok_id, &tok_reg, &tc);
+    /* CacheDirectory= in the unit: the tokenizer's cache file for cold
+     * starts (an empty store). systemd sets one absolute path here. */
+    const char *cache_dir = getenv("CACHE_DIRECTORY");
+    if (cache_dir && cache_dir[0] == '/' && !strchr(cache_dir, ':'))
+        tc.cache_dir = cache_dir;
     r = d.gen->create(d.cfg.model, w.images, w.n_images, &tc, &d.gen_ctx, err, sizeof(err));
     if (r < 0 && w.n_images) {
         /* weights_load() checked the container against the directory; a

@@ -1086,12 +1086,14 @@ int tokenizer_load_ex(const char *model_dir,
                 *params->source = TOKENIZER_SOURCE_IMAGE;
             return 0;
         }
-        if (ir == -ENOENT)      /* the parser's "stale cache" */
+        if (ir == -ENOENT) {    /* the parser's "stale cache": say which identity */
+            engine_error_clear(&ierr);
             engine_error_set(&ierr, -ESTALE, "tokenizer cache image was built from other tokenizer "
                              "files (identity %016llx, now %016llx differs); it will be rebuilt",
                              (unsigned long long)tok_cache_image_fingerprint(params->cache_image,
                                                                              params->cache_image_len),
                              (unsigned long long)fp);
+        }
         if (params->image_error)
             *params->image_error = ierr;
     }

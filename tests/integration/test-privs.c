@@ -986,6 +986,30 @@ static void test_fd_store_engine(void)
     T_CHECK(strcmp(got, want) == 0);
     stop(&r);
     close(tok_store);
+    /* Cold start with CacheDirectory= ($CACHE_DIRECTORY), no store: the
+     * first start writes the tokenizer's cache file, the second loads it
+     * instead of parsing tokenizer.json, with the same output. */
+    char cdir[700];
+    snprintf(cdir, sizeof(cdir), "%s/cache", dir);
+    T_CHECK(mkdir(cdir, 0700) == 0);
+    T_CHECK(setenv("CACHE_DIRECTORY", cdir, 1) == 0);
+    for (int k = 0; k < 2; k++) {
+        spawn(&r, k ? "engine-cachedir-2" : "engine-cachedir-1",
+              &(struct spawn_opts){ .args = plain_args, .notify = 1, .pass_fd = -1 });
+        if (!wait_ready(&r, 60000)) {
+            dump_log(&r);
+            T_CHECKF(0, "engine generator with CACHE_DIRECTORY: no READY=1");
+        }
+        if (!log_has(&r, k ? "(from the cache file)" : "(parsed from its files)"))
+            dump_log(&r);
+        T_CHECKF(log_has(&r, k ? "(from the cache file)" : "(parsed from its files)"),
+                 "CACHE_DIRECTORY start %d: the tokenizer did not come from where expected", k + 1);
+        T_CHECK(client_tokens(r.sock, got, sizeof(got)) == 0);
+        T_CHECK(strcmp(got, want) == 0);
+        stop(&r);
+    }
+    unsetenv("CACHE_DIRECTORY");
+
     printf("fd store + engine generator: tokenizer entry stale by mtime discarded (FDSTOREREMOVE=1) and by "
            "inode refused by the engine, both rebuilt from tokenizer.json; the rebuilt entry reused (rchar %"
            PRIu64 ")\n", rchar_rebuilt);
