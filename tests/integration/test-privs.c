@@ -28,8 +28,12 @@
  *            With the engine generator: it loads from the container, a restart
  *            maps no shard file (/proc/PID/maps), opens none (the engine's
  *            counter in the log), reads less than the first start by 3/4 of
- *            the shards (rchar; the tokenizer is still read), and the greedy
- *            output equals a start from the files.
+ *            the shards (rchar), and the greedy output equals a start from
+ *            the files. The tokenizer's cache image (resident-tokenizer):
+ *            stored on the first start, reused by the restart without
+ *            reading tokenizer.json (rchar < 1/4 of it), discarded when
+ *            stale (mtime) or refused by the engine (new inode), rebuilt and
+ *            reused; with CACHE_DIRECTORY the cache file is written, then used.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -823,8 +827,8 @@ static int maps_has(pid_t pid, const char *what)
 /* The engine generator through the fd store: it loads from the container's
  * shard images, so a restart neither maps nor reads a shard file (no shard
  * path in /proc/PID/maps, the engine's own counter says 0 files opened,
- * rchar lower than the first start's by at least 3/4 of the shard bytes:
- * the tokenizer is still read), the weights are locked before READY, and
+ * rchar lower than the first start's by at least 3/4 of the shard bytes),
+ * the weights are locked before READY, and
  * the greedy output equals that of a start from the files (the logits are
  * bit-identical: engine-images). A stale entry is discarded. */
 static void test_fd_store_engine(void)
