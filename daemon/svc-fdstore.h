@@ -4,7 +4,8 @@
  * 20 GB of weights.
  *
  * systemd keeps fds a service hands it (sd_pid_notify_with_fds
- * "FDSTORE=1\nFDNAME=resident-weights", FileDescriptorStoreMax= in the unit)
+ * "FDSTORE=1\nFDNAME=resident-weights", FileDescriptorStoreMax= in the unit;
+ * residentd also stores "resident-tokenizer", the tokenizer's cache image)
  * and passes them back on the next start in LISTEN_FDS/LISTEN_FDNAMES, next
  * to the listening socket (svc-activate.h sorts them).  The store survives
  * Restart=on-failure and `systemctl restart`; it is discarded when the
