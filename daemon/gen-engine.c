@@ -62,6 +62,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/daemon.h"
 #include "daemon/force.h"
 #include "daemon/gen.h"
 #include "engine/model.h"
@@ -137,9 +138,46 @@ static void engine_destroy(void *ctx)
     free(g);
 }
 
+/* Load the tokenizer through the caller's cache (tc may be NULL): the
+ * stored image first, else the files; a tokenizer not taken from the image
+ * is handed back serialised for the caller to store. An image that cannot
+ * be made costs only the next start's parse. */
+static int tokenizer_from_cache(const char *model_dir, struct gen_tokenizer_cache *tc,
+                                struct tokenizer **tok, struct engine_error *e)
+{
+    struct tokenizer_load_params lp = TOKENIZER_LOAD_PARAMS_DEFAULT;
+    enum tokenizer_source src = TOKENIZER_SOURCE_FILES;
+    struct engine_error ie = { 0 };
+    if (tc) {
+        lp.cache_image = tc->image;
+        lp.cache_image_len = tc->image_len;
+        lp.cache_dir = tc->cache_dir;
+        lp.source = &src;
+        lp.image_error = &ie;
+        tc->image_used = 0;
+        tc->file_used = 0;
+        tc->image_refused[0] = '\0';
+        tc->fresh = NULL;
+        tc->fresh_len = 0;
+    }
+    int r = tokenizer_load_ex(model_dir, &lp, tok, e);
+    if (r < 0 || !tc)
+        return r;
+    tc->image_used = src == TOKENIZER_SOURCE_IMAGE;
+    tc->file_used = src == TOKENIZER_SOURCE_CACHE_FILE;
+    snprintf(tc->image_refused, sizeof(tc->image_refused), "%.255s", ie.msg);
+    if (!tc->image_used) {
+        struct engine_error ce = { 0 };
+        if (tokenizer_cache_image(*tok, &tc->fresh, &tc->fresh_len, &ce) < 0)
+            daemon_log("tokenizer: no cache image to store (%s); the next start parses the files again", ce.msg);
+    }
+    return 0;
+}
+
 static int engine_create(const char *model_dir, const struct gen_create_params *cp, void **ctx, char *err,
                          size_t errlen)
 {
+    struct gen_tokenizer_cache *tc = cp ? cp->tokenizer_cache : NULL;
     struct engine_error e = { 0 };
     if (!model_dir || !model_dir[0]) {
         snprintf(err, errlen, "the engine generator needs --model DIR (a Qwen3.6 checkpoint directory)");
@@ -148,7 +186,9 @@ static int engine_create(const char *model_dir, const struct gen_create_params *
     struct gen_engine *g = calloc(1, sizeof(*g));
     if (!g)
         return -ENOMEM;
-    int r = tokenizer_load(model_dir, &g->tok, &e);
+    uint64_t t0 = daemon_now_us();
+    int r = tokenizer_from_cache(model_dir, tc, &g->tok, &e);
+    uint64_t t_tok = daemon_now_us();
     if (r < 0) {
         fail(err, errlen, r, &e, "tokenizer");
         engine_destroy(g);
@@ -188,6 +228,10 @@ static int engine_create(const char *model_dir, const struct gen_create_params *
         engine_destroy(g);
         return r;
     }
+    uint64_t t_model = daemon_now_us();
+    daemon_log("engine: tokenizer %" PRIu64 " ms (%s), config + model load %" PRIu64 " ms",
+               (t_tok - t0) / 1000, tc && tc->image_used ? "from the stored cache image"
+               : tc && tc->file_used ? "from the cache file" : "parsed from its files", (t_model - t_tok) / 1000);
     g->vocab = model_vocab(g->model);
     g->real_vocab = model_real_vocab(g->model);
     sample_stop_init(&g->stop, model_get_config(g->model));

@@ -48,7 +48,8 @@ static void script_destroy(void *ctx)
 static int script_create(const char *model_dir, const struct gen_create_params *p, void **ctx, char *err,
                          size_t errlen)
 {
-    (void)p;            /* scripted tokens: only the tokenizer is read */
+    (void)p;            /* scripted tokens: only the tokenizer is read (no
+                         * tokenizer cache kept for this generator) */
     const char *path = getenv("RESIDENT_GEN_SCRIPT");
     if (!path || !path[0] || !model_dir || !model_dir[0]) {
         snprintf(err, errlen, "the script test generator needs --model DIR (tokenizer) and $RESIDENT_GEN_SCRIPT (text file)");

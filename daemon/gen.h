@@ -60,12 +60,31 @@ struct gen_create_params {
      * them instead of opening the files. */
     const struct st_image *shards;
     uint32_t    n_shards;
+    /* NULL, or the tokenizer cache to load from and to report into
+     * (struct gen_tokenizer_cache below). */
+    struct gen_tokenizer_cache *tokenizer_cache;
 };
 
 /* Daemon configuration a generator may use (gen_ops.configure). */
 struct gen_options {
     uint32_t prefix_cache;          /* 0 = off, 1 = on */
     uint64_t prefix_cache_bytes;    /* budget; 0 = the cache's default */
+};
+
+/* The tokenizer's binary cache (engine/text/tokenizer.h), which residentd
+ * keeps in systemd's fd store ("resident-tokenizer") so that a restart
+ * does not parse tokenizer.json again. In/out for create(); generators
+ * without a tokenizer ignore it. */
+struct gen_tokenizer_cache {
+    const void *image;          /* in: stored cache image, NULL = none      */
+    size_t      image_len;
+    const char *cache_dir;      /* in: directory for the cache file, NULL = none */
+    int         image_used;     /* out: 1 = the tokenizer came from image   */
+    int         file_used;      /* out: 1 = it came from cache_dir's file    */
+    char        image_refused[256]; /* out: why image was refused, "" = it was not */
+    void       *fresh;          /* out: malloc'd image of the loaded tokenizer when
+                                   image was not used (to store); caller free()s */
+    size_t      fresh_len;
 };
 
 /* One sequence's part of a compute step. */

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "daemon/daemon.h"
+#include "daemon/gen.h"
 #include "daemon/svc-activate.h"
 #include "daemon/svc-caps.h"
 #include "daemon/svc-fdstore.h"
@@ -473,6 +474,105 @@ static void weights_free(struct weights *w)
     svc_fdstore_region_close(&w->store);
 }
 
+/* ---- the tokenizer's cache image in the fd store ----
+ *
+ * Measured on an engine-generator start (docs/performance.md "Service
+ * restart"): parsing tokenizer.json is ~90% of the time from exec to
+ * READY once the weights come from the store (180-360 ms for the 11 MB
+ * fixture, more for Qwen3.6's 20 MB); the model binding takes ~5 ms. So
+ * the engine's binary cache of the parsed tables (tokenizer.h,
+ * tokenizer_cache_image()) goes into a second container,
+ * "resident-tokenizer", next to the weights.
+ *
+ * Two identities guard it, because it is hostile input like every stored
+ * entry: the container's (svc_fdstore_open(): seals, header, and the
+ * tokenizer files' names, sizes and mtimes, absent ones by name) and the
+ * image's own (magic, version, payload hash, the source files' device,
+ * inode, size and mtime, then every table index and offset, checked by the
+ * engine as for its cache file). A refusal at either level discards the
+ * entry (FDSTOREREMOVE=1) and the engine parses the files; the fresh image
+ * is stored. Not locked: it is copied into the tokenizer's own tables and
+ * unmapped right after create(); systemd keeps the memfd. */
+
+#define TOKENIZER_PAYLOAD_VERSION 1u
+
+static int tokenizer_identity(const char *model, struct svc_fdstore_identity *id)
+{
+    static const char *const names[] = { "tokenizer.json", "vocab.json", "merges.txt",
+                                         "tokenizer_config.json" };
+    int dirfd = open(model, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dirfd < 0)
+        return -errno;
+    svc_fdstore_identity_init(id, TOKENIZER_PAYLOAD_VERSION);
+    int r = 0;
+    for (size_t i = 0; r == 0 && i < sizeof(names) / sizeof(names[0]); i++) {
+        struct stat st;
+        if (fstatat(dirfd, names[i], &st, 0) == 0)
+            r = svc_fdstore_identity_add_file(id, dirfd, names[i]);
+        else    /* which files are absent is identity too */
+            svc_fdstore_identity_add_config(id, names[i], strlen(names[i]) + 1);
+    }
+    close(dirfd);
+    return r;
+}
+
+/* Take and validate "resident-tokenizer"; on success tc->image points into
+ * reg's read-only mapping. `use` = 0 discards it. */
+static void tokenizer_store_take(struct svc_activation *act, int use, const struct svc_fdstore_identity *id,
+                                 struct svc_fdstore_region *reg, struct gen_tokenizer_cache *tc)
+{
+    int fd = svc_activation_take_fd(act, SVC_FDSTORE_TOKENIZER_NAME);
+    if (fd < 0)
+        return;
+    if (!use) {
+        daemon_log("fd store: discarding resident-tokenizer (the store is not used)");
+        svc_fdstore_discard(fd, SVC_FDSTORE_TOKENIZER_NAME);
+        return;
+    }
+    int r = svc_fdstore_open(fd, id, reg);
+    if (r < 0) {
+        daemon_log("fd store: resident-tokenizer is stale or foreign (%s); discarded, parsing the tokenizer files",
+                   strerror(-r));
+        svc_fdstore_discard(fd, SVC_FDSTORE_TOKENIZER_NAME);
+        return;
+    }
+    tc->image = reg->payload;
+    tc->image_len = reg->payload_size;
+}
+
+/* After create(): report what the generator did with the image, unmap it,
+ * and store a fresh one when it was absent or refused. */
+static void tokenizer_store_finish(int use, const struct svc_fdstore_identity *id, struct svc_fdstore_region *reg,
+                                   struct gen_tokenizer_cache *tc)
+{
+    if (tc->image && tc->image_used) {
+        daemon_log("fd store: reusing resident-tokenizer (%zu bytes); the tokenizer files were not read",
+                   tc->image_len);
+    } else if (tc->image) {
+        daemon_log("fd store: resident-tokenizer refused by the generator (%s); discarded",
+                   tc->image_refused[0] ? tc->image_refused : "it keeps no tokenizer cache");
+        svc_fdstore_discard(-1, SVC_FDSTORE_TOKENIZER_NAME);
+    }
+    tc->image = NULL;
+    svc_fdstore_region_close(reg);
+    if (!use || !tc->fresh)
+        return;
+    struct svc_fdstore_region out;
+    int r = svc_fdstore_create("resident-tokenizer", id, tc->fresh_len, &out);
+    if (r == 0) {
+        memcpy(out.payload, tc->fresh, tc->fresh_len);
+        r = svc_fdstore_finish(&out);
+    }
+    int pushed = r == 0 ? svc_fdstore_push(&out, SVC_FDSTORE_TOKENIZER_NAME) : r;
+    if (pushed > 0)
+        daemon_log("fd store: tokenizer cache image (%zu bytes) handed to the service manager as "
+                   "resident-tokenizer", tc->fresh_len);
+    else if (pushed < 0)
+        daemon_log("fd store: tokenizer cache image not stored (%s); the next start parses the tokenizer "
+                   "files", strerror(-pushed));
+    svc_fdstore_region_close(&out);
+}
+
 /* "render,video" -> NULL-terminated array of pointers into buf. */
 static void split_groups(char *buf, const char **out, size_t max)
 {
@@ -708,6 +808,19 @@ int main(int argc, char **argv)
     if (d.gen->synthetic && d.cfg.model[0])
         daemon_log("the synthetic %s generator does not run the model in --model %s (its weights are only mapped and locked)",
                    d.gen->name, d.cfg.model);
+    /* The tokenizer's cache image goes the way of the weights: stored
+     * whenever they are (use_store), for a generator that runs a model. */
+    struct svc_fdstore_identity tok_id;
+    struct svc_fdstore_region tok_reg = { .fd = -1 };
+    struct gen_tokenizer_cache tc = { 0 };
+    int tok_store = use_store && d.cfg.model[0] && !d.gen->synthetic &&
+                    tokenizer_identity(d.cfg.model, &tok_id) == 0;
+    tokenizer_store_take(&act, tok_store, &tok_id, &tok_reg, &tc);
+    /* CacheDirectory= in the unit: the tokenizer's cache file for cold
+     * starts (an empty store). systemd sets one absolute path here. */
+    const char *cache_dir = getenv("CACHE_DIRECTORY");
+    if (cache_dir && cache_dir[0] == '/' && !strchr(cache_dir, ':'))
+        tc.cache_dir = cache_dir;
     struct gen_create_params gp = { .backend = d.cfg.backend, .n_threads = (int32_t)d.cfg.threads };
     if (!gp.n_threads)
         gp.n_threads = affinity_cpus();
@@ -722,6 +835,7 @@ int main(int argc, char **argv)
     sigaddset(&loop_sigs, SIGINT);
     sigaddset(&loop_sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &loop_sigs, &old_sigs);
+    gp.tokenizer_cache = &tc;
     gp.shards = w.images;
     gp.n_shards = w.n_images;
     r = d.gen->create(d.cfg.model, &gp, &d.gen_ctx, err, sizeof(err));
@@ -731,11 +845,17 @@ int main(int argc, char **argv)
          * The files are the truth: load from them. */
         daemon_log("generator %s: the fd-store container was refused (%s); loading from the model files",
                    d.gen->name, err);
+        free(tc.fresh);
+        tc.fresh = NULL;
         gp.shards = NULL;
         gp.n_shards = 0;
         r = d.gen->create(d.cfg.model, &gp, &d.gen_ctx, err, sizeof(err));
     }
     pthread_sigmask(SIG_SETMASK, &old_sigs, NULL);
+    if (r == 0)
+        tokenizer_store_finish(tok_store, &tok_id, &tok_reg, &tc);
+    svc_fdstore_region_close(&tok_reg);
+    free(tc.fresh);
     if (r < 0) {
         fprintf(stderr, "residentd: generator %s: %s\n", d.gen->name, err);
         goto fail;

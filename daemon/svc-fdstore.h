@@ -4,7 +4,8 @@
  * 20 GB of weights.
  *
  * systemd keeps fds a service hands it (sd_pid_notify_with_fds
- * "FDSTORE=1\nFDNAME=resident-weights", FileDescriptorStoreMax= in the unit)
+ * "FDSTORE=1\nFDNAME=resident-weights", FileDescriptorStoreMax= in the unit;
+ * residentd also stores "resident-tokenizer", the tokenizer's cache image)
  * and passes them back on the next start in LISTEN_FDS/LISTEN_FDNAMES, next
  * to the listening socket (svc-activate.h sorts them).  The store survives
  * Restart=on-failure and `systemctl restart`; it is discarded when the
@@ -52,6 +53,7 @@
 #include <stdint.h>
 
 #define SVC_FDSTORE_WEIGHTS_NAME  "resident-weights"
+#define SVC_FDSTORE_TOKENIZER_NAME "resident-tokenizer"   /* the tokenizer's cache image */
 #define SVC_FDSTORE_MAGIC         "RSDFDST"           /* 7 chars + NUL = 8 bytes */
 #define SVC_FDSTORE_VERSION       1u
 #define SVC_FDSTORE_F_COMPLETE    (1u << 0)

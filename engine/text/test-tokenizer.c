@@ -649,6 +649,85 @@ static void check_cache(const char *model_dir, const char *golden,
         perror("rm");
 }
 
+/* Load with `image` as cache_image: 0 and the source, or the error. */
+static int load_image(const char *model_dir, const void *image, size_t len,
+                      struct tokenizer **out, enum tokenizer_source *src,
+                      struct engine_error *why)
+{
+    struct tokenizer_load_params lp = TOKENIZER_LOAD_PARAMS_DEFAULT;
+    struct engine_error err = { 0 };
+    lp.cache_image = image;
+    lp.cache_image_len = len;
+    lp.source = src;
+    lp.image_error = why;
+    int r = tokenizer_load_ex(model_dir, &lp, out, &err);
+    CHECK(r == 0, "load with a cache image: %s", err.msg);
+    return r;
+}
+
+/* In-memory cache image (what residentd keeps in the fd store): used when
+ * it matches, the same goldens pass; a damaged, truncated or stale one
+ * (other source identity) is refused with a reason and the files parsed. */
+static void check_image(const char *model_dir, const char *golden, const char *what)
+{
+    struct engine_error err = { 0 }, why = { 0 };
+    struct tokenizer *a = NULL, *b = NULL;
+    CHECK(tokenizer_load(model_dir, &a, &err) == 0, "%s: %s", what, err.msg);
+    if (!a)
+        return;
+    void *img = NULL;
+    size_t len = 0;
+    CHECK(tokenizer_cache_image(a, &img, &len, &err) == 0, "%s: image: %s", what, err.msg);
+    tokenizer_free(a);
+    if (!img)
+        return;
+    char *bad = malloc(len);
+    CHECK(bad != NULL, "out of memory");
+    if (!bad) {
+        free(img);
+        return;
+    }
+    enum tokenizer_source src = TOKENIZER_SOURCE_FILES;
+    if (load_image(model_dir, img, len, &b, &src, &why) == 0) {
+        CHECK(src == TOKENIZER_SOURCE_IMAGE && why.msg[0] == '\0',
+              "%s: a fresh image was not used (%s)", what, why.msg);
+        run_goldens(b, golden, what);
+        struct engine_error e2 = { 0 };
+        void *img2 = NULL;
+        size_t len2 = 0;
+        /* An image loaded from an image carries the same identity. */
+        CHECK(tokenizer_cache_image(b, &img2, &len2, &e2) == 0 && len2 == len &&
+              memcmp(img, img2, len) == 0, "%s: image of an image differs", what);
+        free(img2);
+        tokenizer_free(b);
+        b = NULL;
+    }
+    /* 1: a flipped payload byte; 2: cut short; 3: another source identity
+     * (the header's fingerprint, after magic, version and endian mark). */
+    for (int k = 1; k <= 3; k++) {
+        memcpy(bad, img, len);
+        size_t n = len;
+        if (k == 1)
+            bad[len / 2] ^= 0x5a;
+        else if (k == 2)
+            n = len - 9;
+        else
+            bad[16] ^= 1;
+        engine_error_clear(&why);
+        src = TOKENIZER_SOURCE_IMAGE;
+        if (load_image(model_dir, bad, n, &b, &src, &why) == 0) {
+            CHECK(src == TOKENIZER_SOURCE_FILES && why.msg[0],
+                  "%s: damaged image %d was used", what, k);
+            CHECK(k != 3 || why.code == -ESTALE, "%s: stale image: code %d (%s)", what, why.code, why.msg);
+            printf("%s: image case %d refused: %s\n", what, k, why.msg);
+            tokenizer_free(b);
+            b = NULL;
+        }
+    }
+    free(bad);
+    free(img);
+}
+
 int main(void)
 {
     const char *root = getenv("RESIDENT_SOURCE_ROOT");
@@ -674,6 +753,7 @@ int main(void)
     path_join(p, sizeof(p), "engine/text/testdata/tok/synth");
     path_join(q, sizeof(q), "engine/text/testdata/tok/synth_goldens.json");
     check_cache(p, q, "synth via binary cache");
+    check_image(p, q, "synth via cache image");
 
     /* 2. Qwen3 vocabulary from ../shared */
     char qdir[PATH_MAX];
@@ -707,6 +787,7 @@ int main(void)
         }
         path_join(p, sizeof(p), "engine/text/testdata/tok/qwen3_goldens.json");
         check_cache(qdir, p, "qwen3 via binary cache");
+        check_image(qdir, p, "qwen3 via cache image");
         struct tokenizer *vm = load_vocab_merges(qdir);
         if (vm) {
             fmt(p, sizeof(p), "%s/ggml-vocab-qwen2.gguf.inp", qdir);

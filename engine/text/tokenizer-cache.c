@@ -107,8 +107,8 @@ static void put_pad(struct wbuf *w)
     put(w, zero, pad8(w->n) - w->n);
 }
 
-int tok_cache_write(const char *path, uint64_t fingerprint,
-                    const struct tokenizer *tok, struct engine_error *err)
+int tok_cache_serialize(uint64_t fingerprint, const struct tokenizer *tok,
+                        char **out, size_t *out_len, struct engine_error *err)
 {
     struct wbuf w = { 0 };
     struct cache_hdr h;
@@ -163,6 +163,18 @@ int tok_cache_write(const char *path, uint64_t fingerprint,
     h.flags = (tok->nfc ? 1u : 0) | (tok->ignore_merges ? 2u : 0);
     h.sizes = STRUCT_SIZES;
     memcpy(w.p, &h, sizeof(h));
+    *out = w.p;
+    *out_len = w.n;
+    return 0;
+}
+
+int tok_cache_write(const char *path, uint64_t fingerprint,
+                    const struct tokenizer *tok, struct engine_error *err)
+{
+    struct wbuf w = { 0 };
+    int rc = tok_cache_serialize(fingerprint, tok, &w.p, &w.n, err);
+    if (rc < 0)
+        return rc;
 
     char tmp[4200];
     int n = snprintf(tmp, sizeof(tmp), "%s.%d.tmp", path, (int)getpid());
@@ -329,6 +341,15 @@ int tok_cache_read(const char *path, uint64_t fingerprint,
     return rc;
 }
 
+uint64_t tok_cache_image_fingerprint(const void *data, size_t n)
+{
+    struct cache_hdr h;
+    if (!data || n < sizeof(h))
+        return 0;
+    memcpy(&h, data, sizeof(h));
+    return h.fingerprint;
+}
+
 void tok_cache_fuzz_fixup(void *data, size_t n)
 {
     struct cache_hdr h;
@@ -452,6 +473,7 @@ int tok_cache_parse(const char *buf, size_t n, uint64_t fingerprint,
         tokenizer_free(tok);
         return rc;
     }
+    tok->source_fp = fingerprint;
     *out = tok;
     return 0;
 }

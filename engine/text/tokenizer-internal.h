@@ -126,6 +126,8 @@ struct tokenizer {
     const char       *pretok_name;
 
     struct tok_cache_shard *cache;      /* TOK_CACHE_SHARDS shards         */
+    uint64_t          source_fp;        /* identity of the source files at
+                                           load (0: not from a directory)  */
 };
 
 /* GPT-2 byte-level alphabet: byte -> code point, and the reverse for code
@@ -196,6 +198,9 @@ int tok_cache_read(const char *path, uint64_t fingerprint,
                    struct tokenizer **out, struct engine_error *err);
 int tok_cache_write(const char *path, uint64_t fingerprint,
                     const struct tokenizer *tok, struct engine_error *err);
+/* The bytes tok_cache_write() writes, malloc'd into *out. */
+int tok_cache_serialize(uint64_t fingerprint, const struct tokenizer *tok,
+                        char **out, size_t *out_len, struct engine_error *err);
 /* The cache reader on a buffer (`path` only names it in messages), and for
  * the fuzz harness: make a buffer's header consistent (magic, version,
  * length, payload hash) so that mutations reach the table checks. */
@@ -203,6 +208,9 @@ int tok_cache_parse(const char *buf, size_t n, uint64_t fingerprint,
                     const char *path, struct tokenizer **out,
                     struct engine_error *err);
 void tok_cache_fuzz_fixup(void *data, size_t n);
+/* The source identity an image's header claims (0 when too short), for
+ * messages only: tok_cache_parse() is what checks it. */
+uint64_t tok_cache_image_fingerprint(const void *data, size_t n);
 
 /* ---- minimal JSON scanner (tokenizer-json.c) ----
  * Just enough JSON to stream through tokenizer.json / vocab.json without

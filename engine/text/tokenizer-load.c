@@ -1069,11 +1069,37 @@ int tokenizer_load_ex(const char *model_dir,
         return engine_error_set(err, -e, "%s: cannot open model directory: "
                                 "%s", model_dir, strerror(e));
     }
+    if (params && params->source)
+        *params->source = TOKENIZER_SOURCE_FILES;
+    if (params && params->image_error)
+        engine_error_clear(params->image_error);
+    /* The identity is taken before anything is read: a file replaced
+     * while we parse makes the cache stale (rebuilt), never wrong. */
+    uint64_t fp = source_fingerprint(dirfd);
+    if (params && params->cache_image) {
+        struct engine_error ierr = { 0 };
+        int ir = tok_cache_parse(params->cache_image, params->cache_image_len, fp,
+                                 "tokenizer cache image", out, &ierr);
+        if (ir == 0) {
+            close(dirfd);
+            if (params->source)
+                *params->source = TOKENIZER_SOURCE_IMAGE;
+            return 0;
+        }
+        if (ir == -ENOENT) {    /* the parser's "stale cache": say which identity */
+            engine_error_clear(&ierr);
+            engine_error_set(&ierr, -ESTALE, "tokenizer cache image was built from other tokenizer "
+                             "files (identity %016llx, now %016llx differs); it will be rebuilt",
+                             (unsigned long long)tok_cache_image_fingerprint(params->cache_image,
+                                                                             params->cache_image_len),
+                             (unsigned long long)fp);
+        }
+        if (params->image_error)
+            *params->image_error = ierr;
+    }
     char cache_path[4096];
-    uint64_t fp = 0;
     const char *cache_dir = params ? params->cache_dir : NULL;
     if (cache_dir) {
-        fp = source_fingerprint(dirfd);
         int n = snprintf(cache_path, sizeof(cache_path),
                          "%s/tokenizer-%016llx.bin", cache_dir,
                          (unsigned long long)fp);
@@ -1084,6 +1110,8 @@ int tokenizer_load_ex(const char *model_dir,
         struct engine_error cerr = { 0 };
         if (tok_cache_read(cache_path, fp, out, &cerr) == 0) {
             close(dirfd);
+            if (params->source)
+                *params->source = TOKENIZER_SOURCE_CACHE_FILE;
             return 0;
         }
     }
@@ -1112,6 +1140,7 @@ int tokenizer_load_ex(const char *model_dir,
         tokenizer_free(tok);
         return r;
     }
+    tok->source_fp = fp;
     if (cache_dir) {
         /* A cache that cannot be written only costs the next load time. */
         struct engine_error cerr = { 0 };
@@ -1119,6 +1148,21 @@ int tokenizer_load_ex(const char *model_dir,
     }
     *out = tok;
     return 0;
+}
+
+int tokenizer_cache_image(const struct tokenizer *tok, void **image, size_t *len,
+                          struct engine_error *err)
+{
+    *image = NULL;
+    *len = 0;
+    if (!tok->source_fp)
+        return engine_error_set(err, -EINVAL, "tokenizer cache image: the tokenizer was not loaded "
+                                "from a model directory, so no source identity binds it");
+    char *p = NULL;
+    int r = tok_cache_serialize(tok->source_fp, tok, &p, len, err);
+    if (r == 0)
+        *image = p;
+    return r;
 }
 
 int tokenizer_load(const char *model_dir, struct tokenizer **out,

@@ -46,6 +46,13 @@ struct tokenizer;
 int tokenizer_load(const char *model_dir, struct tokenizer **out,
                    struct engine_error *err);
 
+/* Where tokenizer_load_ex() found the tables. */
+enum tokenizer_source {
+    TOKENIZER_SOURCE_FILES = 0,     /* parsed tokenizer.json (or vocab + merges) */
+    TOKENIZER_SOURCE_IMAGE,         /* tokenizer_load_params.cache_image      */
+    TOKENIZER_SOURCE_CACHE_FILE,    /* the cache file in cache_dir            */
+};
+
 /* Options of tokenizer_load_ex(); initialise with
  * TOKENIZER_LOAD_PARAMS_DEFAULT. */
 struct tokenizer_load_params {
@@ -55,6 +62,18 @@ struct tokenizer_load_params {
      * in a few ms. The cache file is validated like any input; a missing,
      * stale or damaged one is rebuilt. NULL: no cache. */
     const char *cache_dir;
+    /* A cache image already in memory (residentd keeps one in systemd's fd
+     * store across restarts, see docs/service.md): tried before cache_dir
+     * and the source files. It is validated exactly like the cache file
+     * (hostile input) and must carry the current source files' identity;
+     * a stale or damaged image is refused and the next source is used.
+     * NULL: none. */
+    const void *cache_image;
+    size_t      cache_image_len;
+    /* Out, may be NULL: where the tables came from, and why cache_image
+     * was refused (msg empty when it was used or not given). */
+    enum tokenizer_source *source;
+    struct engine_error   *image_error;
 };
 
 #define TOKENIZER_LOAD_PARAMS_DEFAULT \
@@ -65,6 +84,23 @@ int tokenizer_load_ex(const char *model_dir,
                       struct tokenizer **out, struct engine_error *err);
 
 void tokenizer_free(struct tokenizer *tok);
+
+/**
+ * tokenizer_cache_image() - the binary cache of a loaded tokenizer, in memory
+ * @tok: a tokenizer loaded from a model directory (tokenizer_load_ex())
+ * @image: out, malloc'd image the caller free()s
+ * @len: out, its length in bytes
+ * @err: out, the reason on failure
+ *
+ * The same bytes tokenizer_load_params.cache_dir writes to its file, bound
+ * to the identity the source files had when @tok was loaded, so a later
+ * tokenizer_load_ex() with it as cache_image refuses it once a source file
+ * changed. residentd keeps it in systemd's fd store.
+ *
+ * Return: 0, -EINVAL when @tok was not loaded from a directory, -ENOMEM.
+ */
+int tokenizer_cache_image(const struct tokenizer *tok, void **image, size_t *len,
+                          struct engine_error *err);
 
 /* Options of tokenizer_encode_ex(); initialise with
  * TOKENIZER_ENCODE_PARAMS_DEFAULT. */

@@ -28,8 +28,12 @@
  *            With the engine generator: it loads from the container, a restart
  *            maps no shard file (/proc/PID/maps), opens none (the engine's
  *            counter in the log), reads less than the first start by 3/4 of
- *            the shards (rchar; the tokenizer is still read), and the greedy
- *            output equals a start from the files.
+ *            the shards (rchar), and the greedy output equals a start from
+ *            the files. The tokenizer's cache image (resident-tokenizer):
+ *            stored on the first start, reused by the restart without
+ *            reading tokenizer.json (rchar < 1/4 of it), discarded when
+ *            stale (mtime) or refused by the engine (new inode), rebuilt and
+ *            reused; with CACHE_DIRECTORY the cache file is written, then used.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -68,6 +72,8 @@ struct run {
     int      ready;
     int      store_fd;              /* fd received with FDSTORE=1, or -1 */
     int      store_removed;         /* FDSTOREREMOVE=1 seen */
+    int      tok_fd;                /* fd received with FDNAME=resident-tokenizer, or -1 */
+    int      tok_removed;           /* FDSTOREREMOVE=1 for resident-tokenizer seen */
     int      exit_status;           /* when wait_ready() saw it exit */
 };
 
@@ -76,6 +82,7 @@ struct spawn_opts {
     int  notify;                    /* export NOTIFY_SOCKET */
     int  pass_fd;                   /* >= 0: pass as LISTEN_FDS=1 */
     const char *pass_name;          /* its LISTEN_FDNAMES */
+    int  pass_tok_fd;               /* > 0: also pass this one, as resident-tokenizer */
     uid_t as_uid;                   /* != 0: become this uid before exec */
     uint64_t memlock_limit;         /* != 0: RLIMIT_MEMLOCK */
     int  ambient_sys_admin;         /* with as_uid: keep CAP_SYS_ADMIN as ambient */
@@ -139,6 +146,7 @@ static void spawn(struct run *r, const char *name, const struct spawn_opts *o)
     int n = 0;
     memset(r, 0, sizeof(*r));
     r->store_fd = -1;
+    r->tok_fd = -1;
     snprintf(r->log, sizeof(r->log), "%s/%s.log", dir, name);
     snprintf(r->sock, sizeof(r->sock), "%s/sock-%s/s.sock", dir, name);
     char sdir[300];
@@ -181,7 +189,18 @@ static void spawn(struct run *r, const char *name, const struct spawn_opts *o)
             if (setrlimit(RLIMIT_MEMLOCK, &rl) < 0)
                 _exit(125);
         }
-        if (o->pass_fd >= 0) {
+        if (o->pass_fd >= 0 && o->pass_tok_fd > 0) {
+            /* Out of the way first: either may already be 3 or 4. */
+            int a = fcntl(o->pass_fd, F_DUPFD, 10), b = fcntl(o->pass_tok_fd, F_DUPFD, 10);
+            if (a < 0 || b < 0 || dup2(a, 3) < 0 || dup2(b, 4) < 0)
+                _exit(126);
+            char pid_s[32], names[300];
+            snprintf(pid_s, sizeof(pid_s), "%d", (int)getpid());
+            snprintf(names, sizeof(names), "%s:resident-tokenizer", o->pass_name);
+            setenv("LISTEN_FDS", "2", 1);
+            setenv("LISTEN_PID", pid_s, 1);
+            setenv("LISTEN_FDNAMES", names, 1);
+        } else if (o->pass_fd >= 0) {
             if (o->pass_fd != 3 && dup2(o->pass_fd, 3) < 0)
                 _exit(126);
             char pid_s[32];
@@ -229,6 +248,14 @@ static int wait_ready(struct run *r, int timeout_ms)
                 seen_vmlck = 1;
             if (strstr(buf, "FDSTOREREMOVE=1") && strstr(buf, "FDNAME=resident-weights"))
                 r->store_removed = 1;
+            if (strstr(buf, "FDSTOREREMOVE=1") && strstr(buf, "FDNAME=resident-tokenizer"))
+                r->tok_removed = 1;
+            if (strstr(buf, "FDSTORE=1") && strstr(buf, "FDNAME=resident-tokenizer") && nf == 1) {
+                if (r->tok_fd >= 0)
+                    close(r->tok_fd);
+                r->tok_fd = fds[0];
+                nf = 0;
+            }
             if (strstr(buf, "FDSTORE=1") && strstr(buf, "FDNAME=resident-weights") && nf == 1) {
                 if (r->store_fd >= 0)
                     close(r->store_fd);
@@ -800,8 +827,8 @@ static int maps_has(pid_t pid, const char *what)
 /* The engine generator through the fd store: it loads from the container's
  * shard images, so a restart neither maps nor reads a shard file (no shard
  * path in /proc/PID/maps, the engine's own counter says 0 files opened,
- * rchar lower than the first start's by at least 3/4 of the shard bytes:
- * the tokenizer is still read), the weights are locked before READY, and
+ * rchar lower than the first start's by at least 3/4 of the shard bytes),
+ * the weights are locked before READY, and
  * the greedy output equals that of a start from the files (the logits are
  * bit-identical: engine-images). A stale entry is discarded. */
 static void test_fd_store_engine(void)
@@ -821,6 +848,11 @@ static void test_fd_store_engine(void)
         if (stat(pth, &st) == 0)
             shards += (uint64_t)st.st_size;
     }
+    char tokjson[600];
+    struct stat tst;
+    snprintf(tokjson, sizeof(tokjson), "%s/tokenizer.json", em);
+    T_CHECK(stat(tokjson, &tst) == 0);
+    uint64_t tok_bytes = (uint64_t)tst.st_size;
     const char *plain_args[] = { "--generator", "engine", "-o", model_arg, "-o", "fd_store=no", NULL };
     const char *store_args[] = { "--generator", "engine", "-o", model_arg, "-o", "fd_store=yes", NULL };
     char want[512], got[512];
@@ -834,6 +866,7 @@ static void test_fd_store_engine(void)
     }
     T_CHECKF(maps_has(r.pid, shard), "the file start does not map %s: the maps check proves nothing", shard);
     T_CHECK(log_has(&r, "weights from the model files; 2 shard files opened"));
+    T_CHECKF(r.tok_fd < 0, "fd_store = no stored a tokenizer cache image");
     T_CHECK(client_tokens(r.sock, want, sizeof(want)) == 0);
     uint64_t t_plain = r.t_ready_ms - r.t_start_ms;
     stop(&r);
@@ -846,6 +879,11 @@ static void test_fd_store_engine(void)
     }
     T_CHECKF(r.store_fd >= 0, "no FDSTORE=1 with the container before READY=1");
     uint64_t rchar_fill = rchar_at_ready(&r);
+    T_CHECKF(r.tok_fd >= 0, "no FDSTORE=1 with FDNAME=resident-tokenizer before READY=1");
+    T_CHECK(log_has(&r, "tokenizer") && log_has(&r, "parsed from its files"));
+    T_CHECKF(rchar_fill >= shards + tok_bytes, "first start read %" PRIu64 " bytes < shards + tokenizer.json",
+             rchar_fill);
+    int tok_store = r.tok_fd;
     T_CHECK(!maps_has(r.pid, shard));
     T_CHECK(log_has(&r, "weights from the fd-store container; 0 shard files opened"));
     T_CHECK(client_tokens(r.sock, got, sizeof(got)) == 0);
@@ -856,7 +894,7 @@ static void test_fd_store_engine(void)
 
     /* Restart: nothing of the checkpoint is read or mapped. */
     spawn(&r, "engine-restart", &(struct spawn_opts){ .args = store_args, .notify = 1, .pass_fd = store,
-                                                     .pass_name = "resident-weights" });
+                                                     .pass_name = "resident-weights", .pass_tok_fd = tok_store });
     if (!wait_ready(&r, 60000)) {
         dump_log(&r);
         T_CHECKF(0, "engine generator restart from the fd store: no READY=1");
@@ -872,14 +910,113 @@ static void test_fd_store_engine(void)
              PRIu64 " (shards %" PRIu64 ")", rchar_restart, rchar_fill, shards);
     T_CHECKF(vmlck >= shards, "VmLck %" PRIu64 " < shards %" PRIu64, vmlck, shards);
     T_CHECK(r.status_vmlck_before_ready && !r.store_removed);
+    /* The tokenizer came from its stored image: tokenizer.json (11 MB) was
+     * not read. rchar counts every read() of the process, so the JSON
+     * path alone would put it above tok_bytes. */
+    if (!log_has(&r, "reusing resident-tokenizer"))
+        dump_log(&r);
+    T_CHECK(log_has(&r, "reusing resident-tokenizer") && log_has(&r, "from the stored cache image"));
+    T_CHECKF(rchar_restart < tok_bytes / 4, "restart read %" PRIu64 " bytes; tokenizer.json has %" PRIu64,
+             rchar_restart, tok_bytes);
+    T_CHECK(!r.tok_removed && r.tok_fd < 0);
     T_CHECK(client_tokens(r.sock, got, sizeof(got)) == 0);
     T_CHECKF(strcmp(got, want) == 0, "output after the restart %s != from the files %s", got, want);
     printf("fd store + engine generator: start to READY from the files %" PRIu64 " ms, first start with the "
            "store %" PRIu64 " ms, restart from the store %" PRIu64 " ms; rchar %" PRIu64 " (first start %"
-           PRIu64 ", shards %" PRIu64 "), VmLck %" PRIu64 " kB, no shard file mapped, greedy tokens %s "
-           "equal to a start from the files\n", t_plain, t_fill, r.t_ready_ms - r.t_start_ms, rchar_restart,
-           rchar_fill, shards, vmlck / 1024, got);
+           PRIu64 ", shards %" PRIu64 ", tokenizer.json %" PRIu64 "), VmLck %" PRIu64 " kB, no shard file "
+           "mapped, greedy tokens %s equal to a start from the files\n", t_plain, t_fill,
+           r.t_ready_ms - r.t_start_ms, rchar_restart, rchar_fill, shards, tok_bytes, vmlck / 1024, got);
     stop(&r);
+
+    /* Stale tokenizer entry, container level: tokenizer.json's mtime
+     * changed. The weights are reused; the tokenizer entry is discarded,
+     * the JSON parsed again (rchar), a fresh image stored, same output. */
+    struct timespec tts[2] = { { 0, UTIME_OMIT }, { 0, 0 } };
+    clock_gettime(CLOCK_REALTIME, &tts[1]);
+    tts[1].tv_sec += 3;
+    T_CHECK(utimensat(AT_FDCWD, tokjson, tts, 0) == 0);
+    spawn(&r, "engine-tok-stale", &(struct spawn_opts){ .args = store_args, .notify = 1, .pass_fd = store,
+                                                       .pass_name = "resident-weights", .pass_tok_fd = tok_store });
+    if (!wait_ready(&r, 60000)) {
+        dump_log(&r);
+        T_CHECKF(0, "engine generator with a stale tokenizer entry: no READY=1");
+    }
+    T_CHECK(log_has(&r, "reusing resident-weights") && !r.store_removed);
+    T_CHECKF(r.tok_removed && log_has(&r, "resident-tokenizer is stale or foreign"),
+             "stale tokenizer entry not discarded");
+    T_CHECK(rchar_at_ready(&r) >= tok_bytes && log_has(&r, "parsed from its files"));
+    T_CHECKF(r.tok_fd >= 0, "stale tokenizer entry: no fresh resident-tokenizer stored");
+    T_CHECK(client_tokens(r.sock, got, sizeof(got)) == 0);
+    T_CHECK(strcmp(got, want) == 0);
+    close(tok_store);
+    tok_store = r.tok_fd;
+    r.tok_fd = -1;
+    stop(&r);
+
+    /* Stale at the image level only: tokenizer.json replaced by a copy
+     * with the same size and mtime (cp -p, new inode). The container's
+     * identity (size, mtime) still matches; the image's own (device,
+     * inode) does not, so the engine refuses it and the entry is rebuilt. */
+    char cpcmd[2600];
+    snprintf(cpcmd, sizeof(cpcmd), "cp -p '%s' '%s.new' && mv '%s.new' '%s'", tokjson, tokjson, tokjson, tokjson);
+    T_CHECK(system(cpcmd) == 0);
+    spawn(&r, "engine-tok-inode", &(struct spawn_opts){ .args = store_args, .notify = 1, .pass_fd = store,
+                                                       .pass_name = "resident-weights", .pass_tok_fd = tok_store });
+    if (!wait_ready(&r, 60000)) {
+        dump_log(&r);
+        T_CHECKF(0, "engine generator with a replaced tokenizer.json: no READY=1");
+    }
+    if (!log_has(&r, "refused by the generator"))
+        dump_log(&r);
+    T_CHECKF(r.tok_removed && log_has(&r, "resident-tokenizer refused by the generator"),
+             "image of a replaced tokenizer.json not refused");
+    T_CHECK(rchar_at_ready(&r) >= tok_bytes && r.tok_fd >= 0);
+    close(tok_store);
+    tok_store = r.tok_fd;
+    r.tok_fd = -1;
+    stop(&r);
+
+    /* The rebuilt entry is used again: tokenizer.json not read. */
+    spawn(&r, "engine-tok-rebuilt", &(struct spawn_opts){ .args = store_args, .notify = 1, .pass_fd = store,
+                                                         .pass_name = "resident-weights", .pass_tok_fd = tok_store });
+    if (!wait_ready(&r, 60000)) {
+        dump_log(&r);
+        T_CHECKF(0, "engine generator with the rebuilt tokenizer entry: no READY=1");
+    }
+    uint64_t rchar_rebuilt = rchar_at_ready(&r);
+    T_CHECK(log_has(&r, "reusing resident-tokenizer") && !r.tok_removed);
+    T_CHECKF(rchar_rebuilt < tok_bytes / 4, "restart with the rebuilt entry read %" PRIu64 " bytes", rchar_rebuilt);
+    T_CHECK(client_tokens(r.sock, got, sizeof(got)) == 0);
+    T_CHECK(strcmp(got, want) == 0);
+    stop(&r);
+    close(tok_store);
+    /* Cold start with CacheDirectory= ($CACHE_DIRECTORY), no store: the
+     * first start writes the tokenizer's cache file, the second loads it
+     * instead of parsing tokenizer.json, with the same output. */
+    char cdir[700];
+    snprintf(cdir, sizeof(cdir), "%s/cache", dir);
+    T_CHECK(mkdir(cdir, 0700) == 0);
+    T_CHECK(setenv("CACHE_DIRECTORY", cdir, 1) == 0);
+    for (int k = 0; k < 2; k++) {
+        spawn(&r, k ? "engine-cachedir-2" : "engine-cachedir-1",
+              &(struct spawn_opts){ .args = plain_args, .notify = 1, .pass_fd = -1 });
+        if (!wait_ready(&r, 60000)) {
+            dump_log(&r);
+            T_CHECKF(0, "engine generator with CACHE_DIRECTORY: no READY=1");
+        }
+        if (!log_has(&r, k ? "(from the cache file)" : "(parsed from its files)"))
+            dump_log(&r);
+        T_CHECKF(log_has(&r, k ? "(from the cache file)" : "(parsed from its files)"),
+                 "CACHE_DIRECTORY start %d: the tokenizer did not come from where expected", k + 1);
+        T_CHECK(client_tokens(r.sock, got, sizeof(got)) == 0);
+        T_CHECK(strcmp(got, want) == 0);
+        stop(&r);
+    }
+    unsetenv("CACHE_DIRECTORY");
+
+    printf("fd store + engine generator: tokenizer entry stale by mtime discarded (FDSTOREREMOVE=1) and by "
+           "inode refused by the engine, both rebuilt from tokenizer.json; the rebuilt entry reused (rchar %"
+           PRIu64 ")\n", rchar_rebuilt);
 
     /* Stale (a shard's mtime changed): discarded, re-read, same output. */
     struct timespec ts[2] = { { 0, UTIME_OMIT }, { 0, 0 } };
