@@ -41,6 +41,8 @@ void daemon_config_defaults(struct daemon_config *c)
     c->prefix_cache = 1;
     c->prefix_cache_bytes = 0;
     snprintf(c->backend, sizeof(c->backend), "auto");
+    snprintf(c->kernel_dir, sizeof(c->kernel_dir), "%s", RESIDENT_GPU_KERNEL_DIR);
+    c->gpu_device = 0;
     c->threads = 0;
 }
 
@@ -159,6 +161,7 @@ static const struct u32_key u32_keys[] = {
     K(shutdown_grace_ms, 0, 3600000),
     K(status_interval_sec, 0, 86400),
     K(threads, 0, 256),
+    K(gpu_device, 0, 255),
 };
 #undef K
 
@@ -204,11 +207,23 @@ int daemon_config_set(struct daemon_config *c, const char *key, const char *valu
         return 0;
     }
     if (strcmp(key, "backend") == 0) {
-        if (strcmp(value, "auto") != 0 && strcmp(value, "cpu") != 0 && strcmp(value, "cpu-ref") != 0) {
-            snprintf(err, errlen, "%s = '%s': expected auto, cpu or cpu-ref", key, value);
+        if (strcmp(value, "auto") != 0 && strcmp(value, "cpu") != 0 && strcmp(value, "cpu-ref") != 0 &&
+            strcmp(value, "cuda") != 0 && strcmp(value, "hip") != 0) {
+            snprintf(err, errlen, "%s = '%s': expected auto, cpu, cpu-ref, cuda or hip", key, value);
             return -EINVAL;
         }
         snprintf(c->backend, sizeof(c->backend), "%s", value);
+        return 0;
+    }
+    if (strcmp(key, "kernel_dir") == 0) {
+        /* whether the folder holds the right code objects is checked when
+         * the backend opens, where the message can name the GPU */
+        if (value[0] != '/' || strlen(value) >= sizeof(c->kernel_dir)) {
+            snprintf(err, errlen, "%s = '%s': expected an absolute path of at most %zu bytes", key, value,
+                     sizeof(c->kernel_dir) - 1);
+            return -EINVAL;
+        }
+        snprintf(c->kernel_dir, sizeof(c->kernel_dir), "%s", value);
         return 0;
     }
     if (strcmp(key, "socket_mode") == 0) {
@@ -406,6 +421,10 @@ void daemon_config_apply_live(struct daemon_config *cur, const struct daemon_con
         note_restart(restart_keys, len, "backend");
     if (cur->threads != next->threads)
         note_restart(restart_keys, len, "threads");
+    if (strcmp(cur->kernel_dir, next->kernel_dir) != 0)
+        note_restart(restart_keys, len, "kernel_dir");
+    if (cur->gpu_device != next->gpu_device)
+        note_restart(restart_keys, len, "gpu_device");
     memcpy(cur->allow_uids, next->allow_uids, sizeof(cur->allow_uids));
     cur->n_allow_uids = next->n_allow_uids;
     memcpy(cur->allow_gids, next->allow_gids, sizeof(cur->allow_gids));

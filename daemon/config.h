@@ -36,9 +36,17 @@
  *                                   VmLck, prefix cache); 0 = only at READY/reload
  *
  * Compute (engine generator; restart to change):
- *   backend                  auto   auto: the fast CPU backend (AVX-512 VNNI kernels where
+ *   backend                  auto   auto: a usable GPU (cuda, then hip, where built and a
+ *                                   driver, a device and the code objects are present),
+ *                                   else the fast CPU backend, logging why;
+ *                                   cpu: the fast CPU backend (AVX-512 VNNI kernels where
  *                                   the CPU has them, the reference kernels elsewhere);
- *                                   cpu: the same, named; cpu-ref: the scalar oracle
+ *                                   cpu-ref: the scalar oracle; cuda / hip: that GPU or
+ *                                   refuse to start (engine/backend-open.h, docs/gpu.md)
+ *   kernel_dir               (installed) the GPU code objects NAME.sm_90.cubin /
+ *                                   NAME.gfx1151.hsaco; default PREFIX/LIBDIR/resident/gpu
+ *                                   where meson installs them
+ *   gpu_device               0      GPU ordinal for cuda / hip / auto
  *   threads                  0      compute threads; 0 = the CPUs in residentd's
  *                                   affinity mask (sched_getaffinity) at start
  *
@@ -128,6 +136,8 @@ struct daemon_config {
     enum daemon_fd_store fd_store;
     /* compute (restart-only) */
     char     backend[16];
+    char     kernel_dir[512];
+    uint32_t gpu_device;
     uint32_t threads;
     /* prefix cache (restart-only) */
     uint32_t prefix_cache;

@@ -65,6 +65,7 @@
 #include "daemon/daemon.h"
 #include "daemon/force.h"
 #include "daemon/gen.h"
+#include "engine/backend-open.h"
 #include "engine/model.h"
 #include "engine/prefix-cache.h"
 #include "engine/sample.h"
@@ -92,6 +93,8 @@ struct gen_engine {
     struct prefix_cache *pc;     /* NULL = prefix cache off                 */
     int32_t           im_start;  /* message boundary marker, -1 = none     */
     int32_t           tool_call; /* `<tool_call>` id, -1 = none            */
+    struct engine_backend be;    /* what runs the model; a GPU backend is
+                                    closed after the model                 */
 };
 
 struct gen_engine_seq {
@@ -130,6 +133,7 @@ static void engine_destroy(void *ctx)
         return;
     prefix_cache_free(g->pc);
     model_free(g->model);
+    engine_backend_close(&g->be);
     tokenizer_free(g->tok);
     free(g->logits);
     free(g->batch_seqs);
@@ -211,9 +215,26 @@ static int engine_create(const char *model_dir, const struct gen_create_params *
     g->max_context = GEN_ENGINE_MAX_CONTEXT;
     if (cfg.max_position_embeddings > 1 && cfg.max_position_embeddings < g->max_context)
         g->max_context = cfg.max_position_embeddings;
+    /* The backend by name (engine/backend-open.c, shared with
+     * resident-engine); a GPU one is opened here, in the thread and signal
+     * mask the daemon prepared for the generator. */
+    const struct engine_backend_params bp = {
+        .name = cp && cp->backend ? cp->backend : "auto",
+        .kernel_dir = cp ? cp->kernel_dir : NULL,
+        .device = cp ? cp->gpu_device : 0,
+    };
+    r = engine_backend_open(&bp, &g->be, &e);
+    if (r < 0) {
+        snprintf(err, errlen, "backend = %s (config key backend, --backend): %s; or choose backend = "
+                 "auto or cpu", bp.name, e.msg);
+        engine_destroy(g);
+        return r;
+    }
+    if (g->be.fallback[0])
+        daemon_log("backend auto: no usable GPU, using the fast CPU backend: %s", g->be.fallback);
     struct model_params mp = MODEL_PARAMS_DEFAULT;
-    if (cp && cp->backend)
-        mp.backend = cp->backend;
+    mp.backend = g->be.name;
+    mp.backend_instance = g->be.gpu;
     if (cp && cp->n_threads > 0)
         mp.n_threads = cp->n_threads;
     mp.max_context = g->max_context;
@@ -289,7 +310,10 @@ static void engine_describe(void *ctx, char *buf, size_t len)
     const struct gen_engine *g = ctx;
     char be[128];
     model_backend_describe(g->model, be, sizeof(be));
-    snprintf(buf, len, "backend %s", be);
+    if (g->be.gpu)
+        snprintf(buf, len, "backend %s on %s (device code from %s)", be, g->be.device, g->be.kernel_dir);
+    else
+        snprintf(buf, len, "backend %s", be);
 }
 
 static uint32_t engine_vocab_size(void *ctx)

@@ -49,10 +49,13 @@ struct gen_prompt {
 #define GEN_PROMPT_F_NO_CACHE 0x1u   /* no prefix-cache reuse or store (SHM_REQ_F_NO_PREFIX_CACHE) */
 
 /* How a generator that runs a model runs it (gen_ops.create; the null
- * generator ignores it). residentd resolves the config keys `backend` and
- * `threads` into this. */
+ * generator ignores it). residentd resolves the config keys `backend`,
+ * `kernel_dir`, `gpu_device` and `threads` into this. */
 struct gen_create_params {
-    const char *backend;            /* "auto", "cpu" or "cpu-ref" (engine/model.h) */
+    const char *backend;            /* "auto", "cpu", "cpu-ref", "cuda" or "hip"
+                                       (engine/backend-open.h) */
+    const char *kernel_dir;         /* GPU code objects; NULL/"" = installed */
+    int32_t     gpu_device;         /* GPU ordinal */
     int32_t     n_threads;          /* compute threads, >= 1 */
     /* NULL/0, or the model's *.safetensors files already in memory
      * (residentd's fd-store container, see engine/safetensors.h st_image;

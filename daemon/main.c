@@ -41,13 +41,16 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: residentd [--model DIR] [--socket PATH] [--config FILE] [--generator NAME]\n"
-        "                 [--backend auto|cpu|cpu-ref] [--threads N] [--no-lock] [-o KEY=VALUE]...\n"
+        "                 [--backend auto|cpu|cpu-ref|cuda|hip] [--kernel-dir DIR] [--threads N]\n"
+        "                 [--no-lock] [-o KEY=VALUE]...\n"
         "\n"
         "  --model DIR        model directory (loaded by the engine generator)\n"
         "  --socket PATH      control socket (default %s)\n"
         "  --config FILE      configuration file (default %s, optional)\n"
         "  --generator NAME   'null' = deterministic synthetic tokens, not a model\n"
-        "  --backend NAME     engine backend: auto (default: the fast CPU backend), cpu, cpu-ref\n"
+        "  --backend NAME     engine backend: auto (default: a usable GPU, else the fast CPU\n"
+        "                     backend), cpu, cpu-ref, cuda, hip (that GPU or refuse to start)\n"
+        "  --kernel-dir DIR   GPU code objects (default: where meson installs them)\n"
         "  --threads N        compute threads (default 0 = the CPUs residentd may run on)\n"
         "  --no-lock          do not lock the weights in RAM (= -o memlock=off)\n"
         "  -o KEY=VALUE       override one configuration key\n"
@@ -57,8 +60,8 @@ static void usage(FILE *f)
         "  max_new_tokens max_prompt_tokens_per_uid max_new_tokens_per_uid max_ring_bytes_per_uid\n"
         "  max_fds_per_uid max_batch prefill_chunk\n"
         "  slow_client_ms handshake_ms shutdown_grace_ms privileges user supplementary_groups\n"
-        "  keep_cap_ipc_lock memlock fd_store status_interval_sec backend threads prefix_cache\n"
-        "  prefix_cache_bytes\n",
+        "  keep_cap_ipc_lock memlock fd_store status_interval_sec backend kernel_dir gpu_device\n"
+        "  threads prefix_cache prefix_cache_bytes\n",
         DAEMON_SOCKET_DEFAULT, DAEMON_CONFIG_DEFAULT_PATH);
 }
 
@@ -608,6 +611,7 @@ int main(int argc, char **argv)
         { "generator", required_argument, NULL, 'g' },
         { "backend", required_argument, NULL, 'b' },
         { "threads", required_argument, NULL, 't' },
+        { "kernel-dir", required_argument, NULL, 'k' },
         { "no-lock", no_argument, NULL, 'L' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
@@ -632,6 +636,7 @@ int main(int argc, char **argv)
         case 'g': ov[n_ov].key = "generator"; ov[n_ov++].value = optarg; break;
         case 'b': ov[n_ov].key = "backend"; ov[n_ov++].value = optarg; break;
         case 't': ov[n_ov].key = "threads"; ov[n_ov++].value = optarg; break;
+        case 'k': ov[n_ov].key = "kernel_dir"; ov[n_ov++].value = optarg; break;
         case 'L': ov[n_ov].key = "memlock"; ov[n_ov++].value = "off"; break;
         case 'c': config_path = optarg; break;
         case 'o': {
@@ -821,7 +826,9 @@ int main(int argc, char **argv)
     const char *cache_dir = getenv("CACHE_DIRECTORY");
     if (cache_dir && cache_dir[0] == '/' && !strchr(cache_dir, ':'))
         tc.cache_dir = cache_dir;
-    struct gen_create_params gp = { .backend = d.cfg.backend, .n_threads = (int32_t)d.cfg.threads };
+    struct gen_create_params gp = { .backend = d.cfg.backend, .kernel_dir = d.cfg.kernel_dir,
+                                    .gpu_device = (int32_t)d.cfg.gpu_device,
+                                    .n_threads = (int32_t)d.cfg.threads };
     if (!gp.n_threads)
         gp.n_threads = affinity_cpus();
     /* Threads the generator starts (the fast backend's pool, GPU runtime
@@ -860,16 +867,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "residentd: generator %s: %s\n", d.gen->name, err);
         goto fail;
     }
-    char gdesc[256] = "";
+    char gdesc[768] = "";
     if (d.gen->describe)
         d.gen->describe(d.gen_ctx, gdesc, sizeof(gdesc));
     if (d.gen->synthetic)
         daemon_log("generator: null (deterministic synthetic tokens, vocabulary %u; NOT a model)",
                    d.gen->vocab_size(d.gen_ctx));
     else if (d.gen->files_opened)
-        daemon_log("generator: %s, model %s (weights from %s; %u shard files opened)", d.gen->name,
+        daemon_log("generator: %s, model %s (weights from %s; %u shard files opened)%s%s", d.gen->name,
                    d.cfg.model, w.n_images ? "the fd-store container" : "the model files",
-                   d.gen->files_opened(d.gen_ctx));
+                   d.gen->files_opened(d.gen_ctx), gdesc[0] ? ", " : "", gdesc);
     else
         daemon_log("generator: %s, model %s%s%s", d.gen->name, d.cfg.model, gdesc[0] ? ", " : "", gdesc);
 

@@ -692,13 +692,17 @@ static void gen_stats(struct daemon *d, char *buf, size_t len)
 
 static void status_text(struct daemon *d, uint64_t now, char *buf, size_t len)
 {
-    char st[320];
+    char st[320], be[320] = "";
     gen_stats(d, st, sizeof(st));
+    /* what computes (e.g. "backend cuda on NVIDIA H200, ..."): with
+     * backend = auto, the only place an operator sees what auto chose */
+    if (d->gen->describe && d->gen_ctx)
+        d->gen->describe(d->gen_ctx, be, sizeof(be));
     uint64_t vmlck = 0, dt = now - d->status_us;
     (void)svc_memlock_vmlck(0, &vmlck);
     double tps = d->status_us && dt ? (double)(d->tokens_out - d->status_tokens_out) * 1e6 / (double)dt : 0.0;
-    snprintf(buf, len, "serving (generator %s): %u session%s, %u in flight, %.1f tok/s, VmLck %" PRIu64
-             " kB%s%s", d->gen->name, d->n_sessions, d->n_sessions == 1 ? "" : "s", sched_running(d), tps,
+    snprintf(buf, len, "serving (generator %s%s%s): %u session%s, %u in flight, %.1f tok/s, VmLck %" PRIu64
+             " kB%s%s", d->gen->name, be[0] ? ", " : "", be, d->n_sessions, d->n_sessions == 1 ? "" : "s", sched_running(d), tps,
              vmlck / 1024, st[0] ? "; " : "", st);
     d->status_us = now;
     d->status_tokens_out = d->tokens_out;
@@ -706,7 +710,7 @@ static void status_text(struct daemon *d, uint64_t now, char *buf, size_t len)
 
 static void notify_status(struct daemon *d, uint64_t now)
 {
-    char buf[480];
+    char buf[1024];
     status_text(d, now, buf, sizeof(buf));
     svc_notify_status(&d->notify, "%s", buf);
 }
@@ -732,7 +736,7 @@ static void reload(struct daemon *d)
                    restart[0] ? " (changed, but only applied after a restart: " : "", restart,
                    restart[0] ? ")" : "");
     }
-    char st[512];
+    char st[1024];
     gen_stats(d, st, sizeof(st));
     if (st[0])
         daemon_log("SIGHUP: %s", st);
@@ -1040,7 +1044,7 @@ int daemon_run(struct daemon *d, char *err, size_t errlen)
         return r;
     }
     quota_config_warn(&d->cfg);
-    char st[480];
+    char st[1024];
     status_text(d, daemon_now_us(), st, sizeof(st));
     svc_notify_ready(&d->notify, st);
     daemon_log("ready");

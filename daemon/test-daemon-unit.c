@@ -68,7 +68,8 @@ static void test_quota_keys(void)
     CHECK(cur.max_new_tokens_per_uid == 1000 && cur.max_prompt_tokens_per_uid == 500 && restart[0] == '\0');
 }
 
-/* backend / threads: defaults, accepted values, restart-only on reload. */
+/* backend / kernel_dir / gpu_device / threads: defaults, accepted values,
+ * restart-only on reload. */
 static void test_compute_keys(void)
 {
     struct daemon_config cur, next;
@@ -78,12 +79,25 @@ static void test_compute_keys(void)
     next = cur;
     CHECK(daemon_config_set(&next, "backend", "cpu-ref", err, sizeof(err)) == 0 && strcmp(next.backend, "cpu-ref") == 0);
     CHECK(daemon_config_set(&next, "backend", "cpu", err, sizeof(err)) == 0);
-    CHECK(daemon_config_set(&next, "backend", "cuda", err, sizeof(err)) == -EINVAL && strstr(err, "auto, cpu or cpu-ref"));
+    CHECK(daemon_config_set(&next, "backend", "gpu", err, sizeof(err)) == -EINVAL &&
+          strstr(err, "auto, cpu, cpu-ref, cuda or hip"));
+    CHECK(daemon_config_set(&next, "backend", "hip", err, sizeof(err)) == 0 && strcmp(next.backend, "hip") == 0);
+    CHECK(daemon_config_set(&next, "backend", "cuda", err, sizeof(err)) == 0 && strcmp(next.backend, "cuda") == 0);
     CHECK(daemon_config_set(&next, "threads", "257", err, sizeof(err)) == -EINVAL && strstr(err, "threads"));
     CHECK(daemon_config_set(&next, "threads", "16", err, sizeof(err)) == 0 && next.threads == 16);
+    /* kernel_dir: the installed folder by default, absolute paths only */
+    CHECK(strstr(cur.kernel_dir, "/resident/gpu") && cur.kernel_dir[0] == '/' && cur.gpu_device == 0);
+    CHECK(daemon_config_set(&next, "kernel_dir", "build/kernels/gpu", err, sizeof(err)) == -EINVAL &&
+          strstr(err, "kernel_dir") && strstr(err, "absolute"));
+    CHECK(daemon_config_set(&next, "kernel_dir", "/opt/gpu", err, sizeof(err)) == 0 &&
+          strcmp(next.kernel_dir, "/opt/gpu") == 0);
+    CHECK(daemon_config_set(&next, "gpu_device", "256", err, sizeof(err)) == -EINVAL && strstr(err, "gpu_device"));
+    CHECK(daemon_config_set(&next, "gpu_device", "1", err, sizeof(err)) == 0 && next.gpu_device == 1);
     daemon_config_apply_live(&cur, &next, restart, sizeof(restart));
     CHECK(strstr(restart, "backend") && strstr(restart, "threads") && strcmp(cur.backend, "auto") == 0 &&
           cur.threads == 0);
+    CHECK(strstr(restart, "kernel_dir") && strstr(restart, "gpu_device") && cur.gpu_device == 0 &&
+          strcmp(cur.kernel_dir, "/opt/gpu") != 0);
 }
 
 static void test_null(void)

@@ -7,10 +7,11 @@
  *   resident-engine logits --model DIR --ids 1,2,3 --out FILE [--threads N]
  *       one prefill; FILE = float32 little-endian [n_ids][vocab_size]
  *   logits, generate and info also take [--backend NAME] [--kernel-dir DIR]:
- *       NAME cpu-ref, cpu, cpu-exact, auto (default: the engine's pick) or,
- *       where built with the GPU backends, cuda / hip (device 0, kernels
- *       NAME.sm_90.cubin / NAME.gfx1151.hsaco from DIR, default
- *       $RESIDENT_GPU_KERNEL_DIR)
+ *       NAME cpu-ref, cpu, cpu-exact, auto (a usable GPU, else cpu; says
+ *       why on stderr) or, where built with the GPU backends, cuda / hip
+ *       (device 0, kernels NAME.sm_90.cubin / NAME.gfx1151.hsaco from DIR,
+ *       default $RESIDENT_GPU_KERNEL_DIR, else the installed folder);
+ *       engine/backend-open.h. Without --backend: the fast CPU backend.
  *   resident-engine generate --model DIR --ids 1,2,3 -n N
  *       [--temp T] [--top-p P] [--top-k K] [--min-p P] [--seed S]
  *       [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]
@@ -34,6 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "engine/backend-open.h"
 #include "engine/model.h"
 #include "engine/sample.h"
 #include "engine/text/text-cli-chat.h"
@@ -41,7 +43,6 @@
 #include "engine/text/tokenizer.h"
 #include "kernels/backend.h"
 #if defined(RESIDENT_HAVE_CUDA) || defined(RESIDENT_HAVE_HIP)
-#include "kernels/cuda/gpu-backend.h"
 #endif
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
@@ -127,40 +128,33 @@ struct common {
     const char *kernel_dir;              /* GPU backends                      */
 };
 
-/* A GPU backend load() created; the model does not own it (unload frees). */
-static struct kb_backend *gpu_backend;
+/* The backend load() opened (a GPU one is not owned by the model: unload
+ * frees it after the model). */
+static struct engine_backend backend_opened;
 
-static int gpu_create(const struct common *c)
+/* Resolve --backend through the engine's one implementation
+ * (engine/backend-open.c); NULL keeps the model's default (the fast CPU). */
+static int backend_open(const char *name, const char *kernel_dir, struct model_params *p)
 {
-    const bool cuda = !strcmp(c->backend, "cuda"), hip = !strcmp(c->backend, "hip");
-    if (!cuda && !hip)
-        return 1;                        /* not a GPU backend name            */
-    const char *dir = c->kernel_dir ? c->kernel_dir : getenv("RESIDENT_GPU_KERNEL_DIR");
-    int rc = -ENOTSUP;
-    const char *why = "this resident-engine was built without it (no cuda.h / libamdhip64)";
-#ifdef RESIDENT_HAVE_CUDA
-    if (cuda && dir) {
-        struct kb_gpu_params gp = { .device = 0, .kernel_dir = dir };
-        if ((rc = kb_cuda_create(&gp, &gpu_backend)))
-            why = kb_cuda_create_error();
+    if (!name)
+        return 0;
+    struct engine_error err = { 0 };
+    const struct engine_backend_params bp = {
+        .name = name,
+        .kernel_dir = kernel_dir ? kernel_dir : getenv("RESIDENT_GPU_KERNEL_DIR"),
+        .device = 0,
+    };
+    int rc = engine_backend_open(&bp, &backend_opened, &err);
+    if (rc) {
+        fprintf(stderr, "resident-engine: %s\n", err.msg);
+        return rc;
     }
-#endif
-#ifdef RESIDENT_HAVE_HIP
-    if (hip && dir) {
-        struct kb_gpu_params gp = { .device = 0, .kernel_dir = dir };
-        if ((rc = kb_hip_create(&gp, &gpu_backend)))
-            why = kb_hip_create_error();
-    }
-#endif
-    if (!dir && rc == -ENOTSUP) {
-#if defined(RESIDENT_HAVE_CUDA) || defined(RESIDENT_HAVE_HIP)
-        rc = -EINVAL;
-        why = "--kernel-dir DIR (or RESIDENT_GPU_KERNEL_DIR) is required";
-#endif
-    }
-    if (rc)
-        fprintf(stderr, "resident-engine: cannot use the %s backend: %s\n", c->backend, why);
-    return rc;
+    if (backend_opened.fallback[0])
+        fprintf(stderr, "resident-engine: backend auto: no usable GPU (%s); using the fast CPU backend\n",
+                backend_opened.fallback);
+    p->backend = backend_opened.name;
+    p->backend_instance = backend_opened.gpu;
+    return 0;
 }
 
 static int load(const struct common *c, int64_t capacity, struct model **m)
@@ -170,19 +164,13 @@ static int load(const struct common *c, int64_t capacity, struct model **m)
     p.n_threads = c->threads;
     p.real_vocab = c->real_vocab;
     p.max_context = capacity;
-    if (c->backend) {
-        int rc = gpu_create(c);
-        if (rc < 0)
-            return rc;
-        p.backend = c->backend;
-        p.backend_instance = gpu_backend;
-    }
-    int rc = model_load(c->model, &p, m, &err);
+    int rc = backend_open(c->backend, c->kernel_dir, &p);
+    if (rc < 0)
+        return rc;
+    rc = model_load(c->model, &p, m, &err);
     if (rc) {
         fprintf(stderr, "resident-engine: cannot load model '%s': %s\n", c->model, err.msg);
-        if (gpu_backend)
-            gpu_backend->ops->destroy(gpu_backend);
-        gpu_backend = NULL;
+        engine_backend_close(&backend_opened);
     }
     return rc;
 }
@@ -190,9 +178,7 @@ static int load(const struct common *c, int64_t capacity, struct model **m)
 static void unload(struct model *m)
 {
     model_free(m);
-    if (gpu_backend)
-        gpu_backend->ops->destroy(gpu_backend);
-    gpu_backend = NULL;
+    engine_backend_close(&backend_opened);
 }
 
 enum {
@@ -613,7 +599,6 @@ static int cmd_bench(int argc, char **argv)
 
     struct model_params p = MODEL_PARAMS_DEFAULT;
     struct engine_error err = { 0 };
-    p.backend = backend;
     p.n_threads = (int32_t)threads;
     p.max_context = cap;
     struct model *m = NULL;
@@ -621,12 +606,8 @@ static int cmd_bench(int argc, char **argv)
     int status = EXIT_FAILURE;
     double t_load = bench_now();
     /* cuda / hip: the backend instance comes from here (as load() does) */
-    const struct common cm = { .backend = backend, .kernel_dir = kernel_dir };
-    int grc = gpu_create(&cm);
-    if (grc < 0)
+    if (backend_open(backend, kernel_dir, &p) < 0)
         goto out;
-    if (grc == 0)
-        p.backend_instance = gpu_backend;
     if (model_load(model, &p, &m, &err)) {
         fprintf(stderr, "resident-engine bench: cannot load model '%s': %s\n", model, err.msg);
         goto out;
@@ -728,14 +709,14 @@ out:
 
 static const struct cmd cmds[] = {
     { "logits", cmd_logits, "--model DIR --ids 1,2,3 --out FILE [--threads N]\n"
-      "        [--backend cpu-ref|cpu|cpu-exact|cuda|hip --kernel-dir DIR]" },
+      "        [--backend auto|cpu-ref|cpu|cpu-exact|cuda|hip --kernel-dir DIR]" },
     { "generate", cmd_generate,
       "--model DIR --ids 1,2,3 -n N [--temp T --top-p P --top-k K --min-p P --seed S\n"
       "        --repetition-penalty R --presence-penalty P --frequency-penalty F\n"
       "        --stop ID,... --real-vocab N --threads N --backend NAME --kernel-dir DIR --text]" },
     { "info", cmd_info, "--model DIR [--threads N --backend NAME --kernel-dir DIR]" },
     { "bench", cmd_bench,
-      "--model DIR [--threads N] [--backend cpu|cpu-exact|cpu-ref|cuda|hip --kernel-dir DIR]\n"
+      "--model DIR [--threads N] [--backend auto|cpu|cpu-exact|cpu-ref|cuda|hip --kernel-dir DIR]\n"
       "        [--pp 512,4096] [--tg 128] [--depth 0,4096] [--reps R] [--json]   (throughput report)" },
     { "tokenize", text_cli_tokenize, "--model DIR   (UTF-8 text on stdin -> JSON array of ids)" },
     { "detokenize", text_cli_detokenize, "--model DIR   (JSON array of ids on stdin -> text)" },

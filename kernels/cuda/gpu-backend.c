@@ -60,6 +60,8 @@
 #define GBD_NAME "hip"
 #define gbd_create kb_hip_create
 #define gbd_create_error kb_hip_create_error
+#define gbd_describe gpu_hip_describe
+#define gbd_backend_describe kb_hip_describe
 #else
 #include "kernels/cuda/cuda-device.h"
 #define gbd_dev gpu_cuda
@@ -83,6 +85,8 @@
 #define GBD_NAME "cuda"
 #define gbd_create kb_cuda_create
 #define gbd_create_error kb_cuda_create_error
+#define gbd_describe gpu_cuda_describe
+#define gbd_backend_describe kb_cuda_describe
 #endif
 
 /* ------------------------------------------------------------------ */
@@ -811,6 +815,12 @@ static int gb_load(struct gb *g, const char *dir)
 const char *gbd_create_error(void)
 {
     return gb_create_err;
+}
+
+const char *gbd_backend_describe(const struct kb_backend *be)
+{
+    const struct gb *g = be ? be->impl : NULL;
+    return g && g->d ? gbd_describe(g->d) : "";
 }
 
 int gbd_create(const struct kb_gpu_params *params, struct kb_backend **out)

@@ -32,4 +32,9 @@ int kb_hip_create(const struct kb_gpu_params *params, struct kb_backend **out);
 const char *kb_cuda_create_error(void);
 const char *kb_hip_create_error(void);
 
+/* The device a backend made by kb_cuda_create / kb_hip_create runs on, e.g.
+ * "NVIDIA H200, sm_90, 132 SMs, 139.8 GiB" (for logs; valid while it lives). */
+const char *kb_cuda_describe(const struct kb_backend *be);
+const char *kb_hip_describe(const struct kb_backend *be);
+
 #endif

@@ -69,6 +69,12 @@ int th_daemon_start(struct th_daemon *d, const char *const *opts)
      * user (privileges = auto, the default), which a test host lacks. */
     argv[n++] = "-o";
     argv[n++] = "privileges=keep";
+    /* The default backend = auto would take a GPU where one and installed
+     * code objects exist, while the offline references (resident-engine
+     * without --backend) run the fast CPU backend: pin it; a test's own
+     * "backend=..." comes later and wins. */
+    argv[n++] = "-o";
+    argv[n++] = "backend=cpu";
     for (int i = 0; opts && opts[i] && n < 60; i++) {
         argv[n++] = "-o";
         argv[n++] = opts[i];
