@@ -9,7 +9,10 @@
  *   - "cpu" (int8 activations into W4, bf16 into dense bf16) against
  *     "cpu-exact" on the same prompts: mean KL(exact || fast) of the
  *     next-token distributions <= 1e-3 and top-1 agreement >= 99 %.
- * Measured numbers are printed. Exits 77 when tests/data has no fixtures.
+ * Both run once per kernel level this CPU has (AVX-512 VNNI, AVX2 + FMA,
+ * and the scalar fallback that delegates to cpu-ref), selected through
+ * RESIDENT_CPU_ISA as a user would. Measured numbers are printed. Exits
+ * 77 when tests/data has no fixtures.
  */
 #include <errno.h>
 #include <math.h>
@@ -217,10 +220,26 @@ int main(void)
             return 77;
         }
     }
-    printf("fast CPU backend kernels: %s\n", kb_cpu_isa_name(kb_cpu_fast_best_isa()));
+    const int32_t best = kb_cpu_fast_best_isa();
+    printf("fast CPU backend kernels: best %s\n", kb_cpu_isa_name(best));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prefill),
         cmocka_unit_test(test_decode),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    static const struct { int32_t isa; const char *env; } levels[] = {
+        { KB_CPU_ISA_AVX512, "avx512" }, { KB_CPU_ISA_AVX2, "avx2" }, { KB_CPU_ISA_SCALAR, "scalar" },
+    };
+    int failed = 0;
+    for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++) {
+        if (levels[i].isa > best) {
+            printf("level %s: not on this CPU, not tested here\n", kb_cpu_isa_name(levels[i].isa));
+            continue;
+        }
+        if (setenv("RESIDENT_CPU_ISA", levels[i].env, 1))
+            return 1;
+        printf("level %s (RESIDENT_CPU_ISA=%s):\n", kb_cpu_isa_name(levels[i].isa), levels[i].env);
+        failed += _cmocka_run_group_tests(levels[i].env, tests, sizeof(tests) / sizeof(tests[0]),
+                                          NULL, NULL);
+    }
+    return failed ? 1 : 0;
 }

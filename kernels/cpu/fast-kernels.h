@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * ISA-specific kernels of the fast CPU backend (fast-avx512.c). Every
+ * ISA-specific kernels of the fast CPU backend (fast-avx512.c,
+ * fast-avx2.c). Every
  * kernel computes output rows [r0, r1) of one weight for n token rows and
  * writes y[i * y_stride + r]; token i's input row is row tok[i] (or i when
  * tok is NULL) of the activation array, so MoE can run an expert over the
@@ -90,5 +91,42 @@ void fast_swiglu_avx512(float *y, const float *g, const float *u, int64_t count)
 /* Causal attention for one query row block of one head group: see fast.c. */
 void fast_attn_row_avx512(const float *q, const float *kc, const float *vc, int64_t row_stride,
                           int64_t len, int32_t hd, float scale, float *scores, float *out);
+
+/* The AVX2 + FMA + F16C versions (fast-avx2.c): same contracts and the
+ * same q8 row format; the int8 products give bit-identical integer sums. */
+void fast_q8_quantize_avx2(const float *x, int64_t cols, uint8_t *out);
+void fast_q4_q8_avx2(const struct kb_weight *w, int64_t r0, int64_t r1,
+                     const uint8_t *act, size_t act_stride, const int32_t *tok, int32_t n,
+                     float *y, int64_t y_stride);
+void fast_q4_f32_avx2(const struct kb_weight *w, int64_t r0, int64_t r1,
+                      const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
+                      float *y, int64_t y_stride, float *rowbuf);
+void fast_dense_f32_avx2(const struct kb_weight *w, int64_t r0, int64_t r1,
+                         const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
+                         float *y, int64_t y_stride);
+void fast_gdn_head_avx2(float *S, const float *q, const float *k, const float *v,
+                        float beta, float decay, int32_t dk, int32_t dv, float *o);
+void fast_swiglu_avx2(float *y, const float *g, const float *u, int64_t count);
+void fast_attn_row_avx2(const float *q, const float *kc, const float *vc, int64_t row_stride,
+                        int64_t len, int32_t hd, float scale, float *scores, float *out);
+
+/* One ISA's kernels; fast.c picks the table once at backend creation. */
+struct fast_kernels {
+    void (*q8_quantize)(const float *x, int64_t cols, uint8_t *out);
+    void (*q4_q8)(const struct kb_weight *w, int64_t r0, int64_t r1,
+                  const uint8_t *act, size_t act_stride, const int32_t *tok, int32_t n,
+                  float *y, int64_t y_stride);
+    void (*q4_f32)(const struct kb_weight *w, int64_t r0, int64_t r1,
+                   const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
+                   float *y, int64_t y_stride, float *rowbuf);
+    void (*dense_f32)(const struct kb_weight *w, int64_t r0, int64_t r1,
+                      const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
+                      float *y, int64_t y_stride);
+    void (*gdn_head)(float *S, const float *q, const float *k, const float *v,
+                     float beta, float decay, int32_t dk, int32_t dv, float *o);
+    void (*swiglu)(float *y, const float *g, const float *u, int64_t count);
+    void (*attn_row)(const float *q, const float *kc, const float *vc, int64_t row_stride,
+                     int64_t len, int32_t hd, float scale, float *scores, float *out);
+};
 
 #endif
