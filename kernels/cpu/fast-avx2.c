@@ -341,39 +341,45 @@ T256 void fast_q4_f32_avx2(const struct kb_weight *w, int64_t r0, int64_t r1,
     }
 }
 
-/* Decode over bf16 rows, 4 rows at a time (see fast-avx512.c). */
+/* Decode over bf16 rows, 4 rows at a time, x split into even and odd
+ * columns (see fast-avx512.c for why). Needs cols % 16 == 0. */
 T256 static int64_t dense_bf16_rows4(const struct kb_weight *w, int64_t r0, int64_t r1,
-                                     const float *x, float *y)
+                                     const float *x, float *xs, float *y)
 {
-    const int64_t cols = w->cols;
+    const int64_t cols = w->cols, half = cols / 2;
+    float *xe = xs, *xo = xs + half;
+    for (int64_t c = 0; c < half; c++) {
+        xe[c] = x[2 * c];
+        xo[c] = x[2 * c + 1];
+    }
+    const __m256i hm = _mm256_set1_epi32((int)0xffff0000u);
     int64_t r = r0;
     for (; r + 4 <= r1; r += 4) {
-        const uint16_t *wr[4];
-        wr[0] = (const uint16_t *)w->data + r * cols;
-        for (int i = 1; i < 4; i++)
-            wr[i] = wr[i - 1] + cols;
-        __m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                          _mm256_setzero_ps() };
-        for (int64_t c = 0; c < cols; c += 8) {
-            __m256 xv = _mm256_loadu_ps(x + c);
-            for (int i = 0; i < 4; i++)
-                acc[i] = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(
-                             _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(wr[i] + c))), 16)),
-                         xv, acc[i]);
+        const uint16_t *w0 = (const uint16_t *)w->data + r * cols;
+        __m256 a[4], b[4];
+        for (int i = 0; i < 4; i++)
+            a[i] = b[i] = _mm256_setzero_ps();
+        for (int64_t c = 0; c < cols; c += 16) {
+            const __m256 e = _mm256_loadu_ps(xe + c / 2), o = _mm256_loadu_ps(xo + c / 2);
+            for (int i = 0; i < 4; i++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(w0 + i * cols + c));
+                a[i] = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), e, a[i]);
+                b[i] = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v, hm)), o, b[i]);
+            }
         }
         for (int i = 0; i < 4; i++)
-            y[r + i] = hsum256(acc[i]);
+            y[r + i] = hsum256(_mm256_add_ps(a[i], b[i]));
     }
     return r;
 }
 
 T256 void fast_dense_f32_avx2(const struct kb_weight *w, int64_t r0, int64_t r1,
                               const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
-                              float *y, int64_t y_stride)
+                              float *y, int64_t y_stride, float *xbuf)
 {
     const size_t esz = w->type == KB_WTYPE_F32 ? 4 : 2;
-    if (n == 1 && !tok && w->type == KB_WTYPE_BF16 && w->cols % 8 == 0)
-        r0 = dense_bf16_rows4(w, r0, r1, x, y);
+    if (n == 1 && !tok && xbuf && w->type == KB_WTYPE_BF16 && w->cols % 16 == 0)
+        r0 = dense_bf16_rows4(w, r0, r1, x, xbuf, y);
     for (int64_t r = r0; r < r1; r++) {
         const void *row = (const uint8_t *)w->data + (size_t)(r * w->cols) * esz;
         dot_rows(w->type, row, w->cols, r, x, x_stride, tok, n, y, y_stride);

@@ -314,46 +314,53 @@ T512 void fast_q4_f32_avx512(const struct kb_weight *w, int64_t r0, int64_t r1,
     }
 }
 
-/* Decode (one token) over bf16 rows, 4 rows at a time: four independent
- * streams keep more cache-line misses in flight than one row after the
- * other (this is the lm_head product, most of a decode step's bytes), and
- * each x load serves 4 rows. */
+/* Decode (one token) over bf16 rows, 4 rows at a time: most of a decode
+ * step's bytes (the lm_head). A bf16 pair read as one 32-bit lane holds
+ * the odd column's float in its high half (mask the low half off) and,
+ * shifted left by 16, the even column's float; so with x split once into
+ * its even and odd columns (xs: xe then xo) a 64-byte weight load feeds
+ * two FMAs after two plain integer ops, without the widening shuffle
+ * (vpmovzxwd per 16 values) that held the previous kernel to about a fifth
+ * of one core's read bandwidth (docs/performance.md, CPU). Four rows
+ * share each x load and keep four streams of misses in flight. Needs
+ * cols % 32 == 0. Returns the first row not done. */
 T512 static int64_t dense_bf16_rows4(const struct kb_weight *w, int64_t r0, int64_t r1,
-                                     const float *x, float *y)
+                                     const float *x, float *xs, float *y)
 {
-    const int64_t cols = w->cols;
+    const int64_t cols = w->cols, half = cols / 2;
+    float *xe = xs, *xo = xs + half;
+    for (int64_t c = 0; c < half; c++) {
+        xe[c] = x[2 * c];
+        xo[c] = x[2 * c + 1];
+    }
+    const __m512i hm = _mm512_set1_epi32((int)0xffff0000u);
     int64_t r = r0;
     for (; r + 4 <= r1; r += 4) {
         const uint16_t *w0 = (const uint16_t *)w->data + r * cols;
-        const uint16_t *w1 = w0 + cols, *w2 = w1 + cols, *w3 = w2 + cols;
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (int64_t c = 0; c < cols; c += 16) {
-            __m512 xv = _mm512_loadu_ps(x + c);
-#define BF16_ROW(wr, acc)                                                                     \
-            acc = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(                      \
-                      _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(wr + c))), 16)), \
-                  xv, acc);
-            BF16_ROW(w0, a0)
-            BF16_ROW(w1, a1)
-            BF16_ROW(w2, a2)
-            BF16_ROW(w3, a3)
-#undef BF16_ROW
+        __m512 a[4], b[4];
+        for (int i = 0; i < 4; i++)
+            a[i] = b[i] = _mm512_setzero_ps();
+        for (int64_t c = 0; c < cols; c += 32) {
+            const __m512 e = _mm512_loadu_ps(xe + c / 2), o = _mm512_loadu_ps(xo + c / 2);
+            for (int i = 0; i < 4; i++) {
+                __m512i v = _mm512_loadu_si512((const void *)(w0 + i * cols + c));
+                a[i] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), e, a[i]);
+                b[i] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hm)), o, b[i]);
+            }
         }
-        y[r] = _mm512_reduce_add_ps(a0);
-        y[r + 1] = _mm512_reduce_add_ps(a1);
-        y[r + 2] = _mm512_reduce_add_ps(a2);
-        y[r + 3] = _mm512_reduce_add_ps(a3);
+        for (int i = 0; i < 4; i++)
+            y[r + i] = _mm512_reduce_add_ps(_mm512_add_ps(a[i], b[i]));
     }
     return r;
 }
 
 T512 void fast_dense_f32_avx512(const struct kb_weight *w, int64_t r0, int64_t r1,
                                 const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
-                                float *y, int64_t y_stride)
+                                float *y, int64_t y_stride, float *xbuf)
 {
     const size_t esz = w->type == KB_WTYPE_F32 ? 4 : 2;
-    if (n == 1 && !tok && w->type == KB_WTYPE_BF16 && w->cols % 16 == 0)
-        r0 = dense_bf16_rows4(w, r0, r1, x, y);
+    if (n == 1 && !tok && xbuf && w->type == KB_WTYPE_BF16 && w->cols % 32 == 0)
+        r0 = dense_bf16_rows4(w, r0, r1, x, xbuf, y);
     for (int64_t r = r0; r < r1; r++) {
         const void *row = (const uint8_t *)w->data + (size_t)(r * w->cols) * esz;
         switch (w->type) {

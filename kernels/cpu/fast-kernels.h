@@ -74,10 +74,11 @@ void fast_q4_f32_avx512(const struct kb_weight *w, int64_t r0, int64_t r1,
                         const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
                         float *y, int64_t y_stride, float *rowbuf);
 
-/* Dense (f32 / f16 / bf16) weight x fp32 rows, fp32 FMA. */
+/* Dense (f32 / f16 / bf16) weight x fp32 rows, fp32 FMA. xbuf: w->cols
+ * floats of scratch for the one-token bf16 kernel (NULL: plain path). */
 void fast_dense_f32_avx512(const struct kb_weight *w, int64_t r0, int64_t r1,
                            const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
-                           float *y, int64_t y_stride);
+                           float *y, int64_t y_stride, float *xbuf);
 
 /* One Gated DeltaNet value head, one token (spec §2.4 step 7), state
  * S [dk][dv] updated in place: S = decay S; m = S^T k; delta = beta (v - m);
@@ -103,7 +104,7 @@ void fast_q4_f32_avx2(const struct kb_weight *w, int64_t r0, int64_t r1,
                       float *y, int64_t y_stride, float *rowbuf);
 void fast_dense_f32_avx2(const struct kb_weight *w, int64_t r0, int64_t r1,
                          const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
-                         float *y, int64_t y_stride);
+                         float *y, int64_t y_stride, float *xbuf);
 void fast_gdn_head_avx2(float *S, const float *q, const float *k, const float *v,
                         float beta, float decay, int32_t dk, int32_t dv, float *o);
 void fast_swiglu_avx2(float *y, const float *g, const float *u, int64_t count);
@@ -121,7 +122,7 @@ struct fast_kernels {
                    float *y, int64_t y_stride, float *rowbuf);
     void (*dense_f32)(const struct kb_weight *w, int64_t r0, int64_t r1,
                       const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
-                      float *y, int64_t y_stride);
+                      float *y, int64_t y_stride, float *xbuf);
     void (*gdn_head)(float *S, const float *q, const float *k, const float *v,
                      float beta, float decay, int32_t dk, int32_t dv, float *o);
     void (*swiglu)(float *y, const float *g, const float *u, int64_t count);

@@ -261,7 +261,7 @@ static void product_rows(const struct fast_kernels *kn, const struct kb_weight *
                            y, y_stride, rowbuf);
     } else {
         kn->dense_f32(w, r0, r1, act, (int64_t)(act_stride / sizeof(float)), tok, n,
-                              y, y_stride);
+                      y, y_stride, rowbuf);
     }
 }
 
@@ -302,7 +302,9 @@ static int fast_matmul_impl(struct kb_backend *be, const struct kb_weight *w,
             act_convert(f->kn, k, x + (int64_t)t * w->cols, w->cols, a + (size_t)t * stride);
         act = a;
     }
-    if (w->type == KB_WTYPE_Q4G32 && tscratch(f, (size_t)w->cols))
+    /* the row buffer: a dequantised W4 row, or the split x of the
+     * one-token bf16 kernel */
+    if (tscratch(f, (size_t)w->cols))
         return fast_fail(be, -ENOMEM, "matmul: out of memory");
     struct mm_ctx c = { f, w, k, act, stride, n, y };
     /* tiny products (norm-like vectors, the shared-expert gate) are not

@@ -9,7 +9,8 @@
  *     accumulation order only; the dequantised weights are bit-identical)
  *   fast mode, W4 x two-plane int8 activations:   <= 5e-5 (~15-bit
  *     activations per group of 32; measured 1.3e-5 .. 1.7e-5)
- *   dense f32 / f16 / bf16 weights (fp32 activations, both modes): <= 2e-6
+ *   dense f32 / f16 / bf16 weights (fp32 activations, both modes, and the
+ *     one-token bf16 kernel of the lm_head): <= 2e-6
  *   MoE (fast mode) whole block:                  <= 1e-4
  *   attention (both modes):                       <= 1e-5
  *   Gated DeltaNet output and state over 6 calls: <= 1e-5 (conv state exact)
@@ -198,6 +199,17 @@ static void test_dense_matmul(void **state)
         assert_true(check_matmul(ref, fa, &wh, ns[i], "f16") <= 2e-6);
         assert_true(check_matmul(ref, fa, &wf, ns[i], "f32") <= 2e-6);
     }
+    /* the one-token bf16 kernel (cols % 32 == 0, 4-row blocks, split x),
+     * with a row count that leaves a ragged tail for the plain path */
+    const int64_t cols2 = 2048, rows2 = 1021;
+    uint16_t *bf2 = malloc((size_t)(rows2 * cols2) * 2);
+    assert_non_null(bf2);
+    for (int64_t i = 0; i < rows2 * cols2; i++)
+        bf2[i] = kb_f32_to_bf16(rnd_f());
+    struct kb_weight wb2 = { .type = KB_WTYPE_BF16, .rows = rows2, .cols = cols2, .data = bf2 };
+    assert_true(check_matmul(ref, fa, &wb2, 1, "bf16 one-token kernel") <= 2e-6);
+    assert_true(check_matmul(ref, ex, &wb2, 1, "bf16 one-token kernel") <= 2e-6);
+    free(bf2);
     free(bf);
     free(hf);
     free(f32);
