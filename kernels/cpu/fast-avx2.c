@@ -142,6 +142,7 @@ T256_INLINE void q4q8_tile2(const uint8_t *wr, const uint16_t *sr, int64_t ng, i
     __m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                       _mm256_setzero_ps() };
     for (int64_t k = 0; k < nch; k++) {
+        _mm_prefetch((const char *)(wr + 64 * k + FAST_Q4_PREFETCH), _MM_HINT_T0);
         for (int h = 0; h < 2; h++) {
             const int64_t g0 = 4 * k + 2 * h, grem = ng - g0;
             if (grem <= 0)

@@ -109,69 +109,79 @@ T512_INLINE void q4q8_tile(const uint8_t *wr, const uint16_t *sr, int64_t ng, in
                            const uint8_t *const a[4], const int nt, float out[4])
 {
     const __m512i m4 = _mm512_set1_epi8(0x0f);
-    const __m512i sidx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    __m512 acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
+    /* word w of a zmm takes scale w / 8 (odd words; the even ones are
+     * zeroed): lane j = bf16 scale of group j / 4 as an fp32 bit pattern */
+    const __m512i sidx = _mm512_setr_epi32(0, 0, 0, 0, 0x00010001, 0x00010001, 0x00010001,
+                                           0x00010001, 0x00020002, 0x00020002, 0x00020002,
+                                           0x00020002, 0x00030003, 0x00030003, 0x00030003,
+                                           0x00030003);
+    const __m512 expmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7f800000));
+    __m512 acc[4], acce[4];
+    for (int i = 0; i < 4; i++)
+        acc[i] = acce[i] = _mm512_setzero_ps();
     for (int64_t k = 0; k < nch; k++) {
         int64_t grem = ng - 4 * k;
         __m512i wv;
         __m128i s4;
+        /* the bf16 rounding-correction rows (fast_q4_eps) of the 4 groups,
+         * indexed by the scales' 7 significand bits read straight from
+         * the scale array (no vector store and reload) */
+        const uint16_t *sk = sr + 4 * k;
+        int mi[4] = { 0, 0, 0, 0 };
+        _mm_prefetch((const char *)(wr + 64 * k + FAST_Q4_PREFETCH), _MM_HINT_T0);
         if (grem >= 4) {
             wv = _mm512_loadu_si512((const void *)(wr + 64 * k));
-            s4 = _mm_loadl_epi64((const __m128i *)(sr + 4 * k));
+            s4 = _mm_loadl_epi64((const __m128i *)sk);
+            for (int g = 0; g < 4; g++)
+                mi[g] = sk[g] & 0x7f;
         } else {
             __mmask64 mb = (__mmask64)((1ull << (16 * grem)) - 1);
             wv = _mm512_maskz_loadu_epi8(mb, wr + 64 * k);
-            s4 = _mm_maskz_loadu_epi16((__mmask8)((1u << grem) - 1), sr + 4 * k);
+            s4 = _mm_maskz_loadu_epi16((__mmask8)((1u << grem) - 1), sk);
+            for (int g = 0; g < grem; g++)
+                mi[g] = sk[g] & 0x7f;
         }
-        __m128i s32 = _mm_cvtepu16_epi32(s4);
-        __m128 sf = _mm_castsi128_ps(_mm_slli_epi32(s32, 16));
-        __m512 sw = _mm512_permutexvar_ps(sidx, _mm512_castps128_ps512(sf));
+        const __m512 sw = _mm512_castsi512_ps(
+            _mm512_maskz_permutexvar_epi16(0xaaaaaaaau, sidx, _mm512_castsi128_si512(s4)));
         /* 2^E * 256 per group (the exponent of s, significand 1, times
          * 2^-7 for the 8-bit m, times the 256 of the q plane) */
-        __m128 se = _mm_mul_ps(_mm_and_ps(sf, _mm_castsi128_ps(_mm_set1_epi32(0x7f800000))),
-                               _mm_set1_ps(2.0f));
-        __m512 swe = _mm512_permutexvar_ps(sidx, _mm512_castps128_ps512(se));
+        const __m512 swe = _mm512_mul_ps(_mm512_and_ps(sw, expmask), _mm512_set1_ps(2.0f));
         __m512i lo = _mm512_and_si512(wv, m4);
         __m512i hi = _mm512_and_si512(_mm512_srli_epi16(wv, 4), m4);
-        uint32_t sm[4];
-        _mm_storeu_si128((__m128i *)sm, _mm_and_si128(s32, _mm_set1_epi32(0x7f)));
-        __m512i et = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)fast_q4_eps[sm[0]]));
-        et = _mm512_inserti32x4(et, _mm_loadu_si128((const __m128i *)fast_q4_eps[sm[1]]), 1);
-        et = _mm512_inserti32x4(et, _mm_loadu_si128((const __m128i *)fast_q4_eps[sm[2]]), 2);
-        et = _mm512_inserti32x4(et, _mm_loadu_si128((const __m128i *)fast_q4_eps[sm[3]]), 3);
+        /* broadcast loads and blends keep the table rows off the shuffle port */
+        __m512i et = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)fast_q4_eps[mi[0]]));
+        et = _mm512_mask_blend_epi32(0x00f0, et,
+                 _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)fast_q4_eps[mi[1]])));
+        et = _mm512_mask_blend_epi32(0x0f00, et,
+                 _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)fast_q4_eps[mi[2]])));
+        et = _mm512_mask_blend_epi32(0xf000, et,
+                 _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)fast_q4_eps[mi[3]])));
         __m512i elo = _mm512_shuffle_epi8(et, lo), ehi = _mm512_shuffle_epi8(et, hi);
-#define Q4Q8_TOKEN(i, acc)                                                              \
-        {                                                                               \
-            const uint8_t *c = a[i] + (size_t)k * FAST_Q8_CHUNK_BYTES;                  \
-            __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo,                 \
-                                            _mm512_loadu_si512((const void *)c));       \
-            d = _mm512_dpbusd_epi32(d, hi, _mm512_loadu_si512((const void *)(c + 64))); \
-            __m512i e = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo,                 \
-                                            _mm512_loadu_si512((const void *)(c + 128)));\
-            e = _mm512_dpbusd_epi32(e, hi, _mm512_loadu_si512((const void *)(c + 192)));\
-            __m512i x = _mm512_dpbusd_epi32(_mm512_setzero_si512(), elo,                \
-                                            _mm512_loadu_si512((const void *)c));       \
-            x = _mm512_dpbusd_epi32(x, ehi, _mm512_loadu_si512((const void *)(c + 64)));\
-            d = _mm512_add_epi32(_mm512_slli_epi32(d, 8), e);                           \
-            __m512 dl = _mm512_loadu_ps((const float *)(c + 256));                      \
-            __m512 f = _mm512_fmsub_ps(_mm512_cvtepi32_ps(d), dl,                       \
-                                       _mm512_loadu_ps((const float *)(c + 320)));      \
-            __m512 fe = _mm512_sub_ps(_mm512_cvtepi32_ps(x),                            \
-                                      _mm512_loadu_ps((const float *)(c + 384)));       \
-            acc = _mm512_fmadd_ps(f, sw, acc);                                          \
-            acc = _mm512_fmadd_ps(_mm512_mul_ps(fe, dl), swe, acc);                     \
+        for (int i = 0; i < nt; i++) {
+            const uint8_t *c = a[i] + (size_t)k * FAST_Q8_CHUNK_BYTES;
+            const __m512i ql = _mm512_loadu_si512((const void *)c);
+            const __m512i qh = _mm512_loadu_si512((const void *)(c + 64));
+            __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, ql);
+            d = _mm512_dpbusd_epi32(d, hi, qh);
+            __m512i e = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo,
+                                            _mm512_loadu_si512((const void *)(c + 128)));
+            e = _mm512_dpbusd_epi32(e, hi, _mm512_loadu_si512((const void *)(c + 192)));
+            __m512i x = _mm512_dpbusd_epi32(_mm512_setzero_si512(), elo, ql);
+            x = _mm512_dpbusd_epi32(x, ehi, qh);
+            d = _mm512_add_epi32(_mm512_slli_epi32(d, 8), e);
+            const __m512 dl = _mm512_loadu_ps((const float *)(c + 256));
+            const __m512 f = _mm512_fmsub_ps(_mm512_cvtepi32_ps(d), dl,
+                                             _mm512_loadu_ps((const float *)(c + 320)));
+            const __m512 fe = _mm512_sub_ps(_mm512_cvtepi32_ps(x),
+                                            _mm512_loadu_ps((const float *)(c + 384)));
+            /* two accumulators: the main term and the correction do not
+             * wait on each other's FMA latency */
+            acc[i] = _mm512_fmadd_ps(f, sw, acc[i]);
+            acce[i] = _mm512_fmadd_ps(_mm512_mul_ps(fe, dl), swe, acce[i]);
         }
-        Q4Q8_TOKEN(0, acc0)
-        if (nt > 1) Q4Q8_TOKEN(1, acc1)
-        if (nt > 2) Q4Q8_TOKEN(2, acc2)
-        if (nt > 3) Q4Q8_TOKEN(3, acc3)
-#undef Q4Q8_TOKEN
     }
-    out[0] = _mm512_reduce_add_ps(acc0);
-    if (nt > 1) out[1] = _mm512_reduce_add_ps(acc1);
-    if (nt > 2) out[2] = _mm512_reduce_add_ps(acc2);
-    if (nt > 3) out[3] = _mm512_reduce_add_ps(acc3);
+    for (int i = 0; i < nt; i++)
+        out[i] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i], acce[i]));
 }
 
 T512 void fast_q4_q8_avx512(const struct kb_weight *w, int64_t r0, int64_t r1,

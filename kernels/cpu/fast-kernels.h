@@ -51,6 +51,13 @@
 #define FAST_Q8_CHUNK_COLS  128
 #define FAST_Q8_CHUNK_BYTES 448
 
+/* The W4 kernels prefetch the weight line this many bytes ahead of the
+ * one they read (rows are contiguous, so this runs into the next rows):
+ * one row at a time with only the hardware prefetcher read about half
+ * of one core's streaming bandwidth (docs/performance.md, CPU). A
+ * prefetch past the end of the mapping is harmless (it never faults). */
+#define FAST_Q4_PREFETCH 2048
+
 static inline size_t fast_q8_row_bytes(int64_t cols)
 {
     return (size_t)((cols + FAST_Q8_CHUNK_COLS - 1) / FAST_Q8_CHUNK_COLS) * FAST_Q8_CHUNK_BYTES;
