@@ -307,9 +307,11 @@ static int fast_matmul_impl(struct kb_backend *be, const struct kb_weight *w,
     if (tscratch(f, (size_t)w->cols))
         return fast_fail(be, -ENOMEM, "matmul: out of memory");
     struct mm_ctx c = { f, w, k, act, stride, n, y };
-    /* tiny products (norm-like vectors, the shared-expert gate) are not
-     * worth waking the pool */
-    if (w->rows * w->cols * (int64_t)n < (1 << 16))
+    /* tiny products (norm-like vectors, the shared-expert gate, the GDN
+     * beta / alpha projections of 32 x 2048 in decode: ~5 us of work) are
+     * not worth a hand-off to the pool, which costs as much and, on a
+     * loaded machine, waits for a descheduled worker */
+    if (w->rows * w->cols * (int64_t)n <= (1 << 17))
         mm_job(&c, 0, 1);
     else
         tp_pool_run(f->tp, mm_job, &c);
@@ -620,8 +622,14 @@ static int fast_moe(struct kb_backend *be, const struct kb_moe *m,
     }
     c.n_items = ni;
     atomic_init(&c.next, 0);
+    /* in decode (a token or two) SwiGLU and the combine are a few
+     * thousand floats: the calling thread does them without a hand-off */
+    const bool small = n <= 2;
     tp_pool_run(f->tp, moe_job_gate_up, &c);
-    tp_pool_run(f->tp, moe_job_act, &c);
+    if (small)
+        moe_job_act(&c, 0, 1);
+    else
+        tp_pool_run(f->tp, moe_job_act, &c);
     ni = 0;
     for (int32_t e = 0; e <= E; e++) {
         if (off[e + 1] == off[e])
@@ -632,7 +640,10 @@ static int fast_moe(struct kb_backend *be, const struct kb_moe *m,
     c.n_items = ni;
     atomic_store(&c.next, 0);
     tp_pool_run(f->tp, moe_job_down, &c);
-    tp_pool_run(f->tp, moe_job_combine, &c);
+    if (small)
+        moe_job_combine(&c, 0, 1);
+    else
+        tp_pool_run(f->tp, moe_job_combine, &c);
     return 0;
 }
 
