@@ -207,6 +207,26 @@ static void test_decode(void **state)
         check_decode(&fixtures[i]);
 }
 
+/* A bad RESIDENT_CPU_ISA is refused with an error that names it. */
+static void test_bad_isa_env(void **state)
+{
+    char path[1200];
+    snprintf(path, sizeof(path), "%s/models/%s", data_dir, fixtures[0].model);
+    struct model_params p = MODEL_PARAMS_DEFAULT;
+    p.backend = "cpu";
+    p.n_threads = 1;
+    p.max_context = 64;
+    struct model *m = NULL;
+    struct engine_error err = { 0 };
+    assert_int_equal(setenv("RESIDENT_CPU_ISA", "avx9000", 1), 0);
+    int rc = model_load(path, &p, &m, &err);
+    assert_int_equal(unsetenv("RESIDENT_CPU_ISA"), 0);
+    print_message("RESIDENT_CPU_ISA=avx9000: %s\n", err.msg);
+    assert_int_equal(rc, -EINVAL);
+    assert_null(m);
+    assert_non_null(strstr(err.msg, "RESIDENT_CPU_ISA=avx9000"));
+}
+
 int main(void)
 {
     const char *root = getenv("RESIDENT_SOURCE_ROOT");
@@ -241,5 +261,7 @@ int main(void)
         failed += _cmocka_run_group_tests(levels[i].env, tests, sizeof(tests) / sizeof(tests[0]),
                                           NULL, NULL);
     }
+    const struct CMUnitTest env_tests[] = { cmocka_unit_test(test_bad_isa_env) };
+    failed += cmocka_run_group_tests_name("isa-env", env_tests, NULL, NULL);
     return failed ? 1 : 0;
 }
