@@ -287,6 +287,22 @@ static void mm_job(void *arg, int32_t tid, int32_t nth)
                  c->f->ts[tid].buf);
 }
 
+/* The router's rows without the one-token bf16 kernel (no row buffer):
+ * that kernel sums in another order than the batched one, and a token's
+ * expert choice must not depend on whether it came in a decode step or in
+ * a prefill batch (the prefix cache compares a restored sequence, decoded
+ * token by token, with a batched recompute; near-ties in the router would
+ * flip experts). */
+static void router_job(void *arg, int32_t tid, int32_t nth)
+{
+    struct mm_ctx *c = arg;
+    int64_t r0, r1;
+    tp_split(c->w->rows, FAST_ROW_ALIGN, tid, nth, &r0, &r1);
+    float *buf = c->w->type == KB_WTYPE_Q4G32 ? c->f->ts[tid].buf : NULL;   /* W4 row */
+    product_rows(c->f->kn, c->w, c->k, c->act, c->act_stride, NULL, c->n, r0, r1, c->y,
+                 c->w->rows, buf);
+}
+
 static int fast_matmul_impl(struct kb_backend *be, const struct kb_weight *w,
                             const float *x, int32_t n, float *y, bool force_exact)
 {
@@ -531,7 +547,7 @@ static int fast_moe(struct kb_backend *be, const struct kb_moe *m,
 
     /* router (exact fp32: selection must not flip on rounding) */
     struct mm_ctx rc_ = { f, m->router, ACT_F32, x, (size_t)H * sizeof(float), n, logits };
-    tp_pool_run(f->tp, mm_job, &rc_);
+    tp_pool_run(f->tp, router_job, &rc_);
     for (int32_t t = 0; t < n; t++) {
         float *l = logits + (int64_t)t * E;
         float mx = -INFINITY;

@@ -220,10 +220,10 @@ static void test_dense_matmul(void **state)
 
 /* A small MoE block with the real structure (top-k of E, shared expert with
  * a sigmoid gate) and odd sizes. */
-static void run_moe(int32_t n, bool exact, double tol)
+static void run_moe(int32_t n, bool exact, double tol, int32_t H)
 {
     struct kb_backend *ref = ref_new(), *fa = fast_new(exact, 2);
-    enum { E = 12, K = 3, H = 224, I = 96, SI = 64 };
+    enum { E = 12, K = 3, I = 96, SI = 64 };
     struct q4w g[E], u[E], d[E], sg, su, sd;
     struct kb_weight gw[E], uw[E], dw[E];
     for (int e = 0; e < E; e++) {
@@ -237,7 +237,9 @@ static void run_moe(int32_t n, bool exact, double tol)
     sg = q4_new(SI, H, KB_WTYPE_BF16, false);
     su = q4_new(SI, H, KB_WTYPE_BF16, false);
     sd = q4_new(H, SI, KB_WTYPE_BF16, false);
-    uint16_t router[E * H], seg[H];
+    uint16_t *router = malloc((size_t)(E * H) * 2), *seg = malloc((size_t)H * 2);
+    assert_non_null(router);
+    assert_non_null(seg);
     for (int i = 0; i < E * H; i++)
         router[i] = kb_f32_to_bf16(rnd_f() * 0.2f);
     for (int i = 0; i < H; i++)
@@ -259,6 +261,15 @@ static void run_moe(int32_t n, bool exact, double tol)
     /* run again: reused scratch gives the same answer */
     assert_int_equal(fa->ops->moe(fa, &m, x, n, y0), 0);
     assert_true(memcmp(y0, y1, (size_t)n * H * sizeof(float)) == 0);
+    /* batch invariance: each token alone (a decode step) gives the bits it
+     * got in the batch (a prefill), so routing never depends on how the
+     * tokens were grouped (the prefix cache relies on it) */
+    for (int32_t t = 0; t < n; t++) {
+        assert_int_equal(fa->ops->moe(fa, &m, x + (size_t)t * H, 1, y0), 0);
+        assert_true(memcmp(y0, y1 + (size_t)t * H, (size_t)H * sizeof(float)) == 0);
+    }
+    free(router);
+    free(seg);
     for (int i = 0; i < E; i++) {
         q4_free(&g[i]);
         q4_free(&u[i]);
@@ -278,9 +289,13 @@ static void test_moe(void **state)
 {
     const int32_t ns[] = { 1, 2, 9, 64 };
     for (size_t i = 0; i < sizeof(ns) / sizeof(ns[0]); i++) {
-        run_moe(ns[i], true, 2e-6);
-        run_moe(ns[i], false, 1e-4);
+        run_moe(ns[i], true, 2e-6, 224);
+        run_moe(ns[i], false, 1e-4, 224);
     }
+    /* hidden % 32 == 0: the shape on which the one-token bf16 kernel could
+     * take the router (it must not: batch invariance above) */
+    run_moe(5, false, 1e-4, 256);
+    run_moe(5, true, 2e-6, 256);
 }
 
 static void test_attention(void **state)
