@@ -178,8 +178,11 @@ int model_load(const char *dir, const struct model_params *params,
         fp.exact = !strcmp(p.backend, "cpu-exact");
         rc = kb_cpu_fast_create(&fp, &m->be);
         if (rc) {
-            engine_error_set(err, rc, "cannot create the %s backend with %d threads (0..256)",
-                             p.backend, p.n_threads);
+            const char *isa = getenv("RESIDENT_CPU_ISA");
+            engine_error_set(err, rc, "cannot create the %s backend with %d threads (0..256) "
+                             "and RESIDENT_CPU_ISA=%s (avx512, avx2, scalar or auto; "
+                             "a level this CPU lacks is refused): %s", p.backend, p.n_threads,
+                             isa ? isa : "(unset)", strerror(-rc));
             goto fail;
         }
         m->be_owned = true;

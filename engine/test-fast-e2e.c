@@ -14,7 +14,10 @@
  *     alone bit-identical to the same sequence decoded inside batches of
  *     other sequences (residentd batches whoever is decoding, so a request's
  *     output must not depend on its neighbours or on the thread count).
- * Measured numbers are printed. Exits 77 when tests/data has no fixtures.
+ * The quality check runs once per kernel level this CPU has (AVX-512 VNNI,
+ * AVX2 + FMA, and the scalar fallback that delegates to cpu-ref), selected
+ * through RESIDENT_CPU_ISA as a user would. Measured numbers are printed.
+ * Exits 77 when tests/data has no fixtures.
  */
 #include <errno.h>
 #include <math.h>
@@ -307,6 +310,26 @@ static void test_decode(void **state)
         check_decode(&fixtures[i]);
 }
 
+/* A bad RESIDENT_CPU_ISA is refused with an error that names it. */
+static void test_bad_isa_env(void **state)
+{
+    char path[1200];
+    snprintf(path, sizeof(path), "%s/models/%s", data_dir, fixtures[0].model);
+    struct model_params p = MODEL_PARAMS_DEFAULT;
+    p.backend = "cpu";
+    p.n_threads = 1;
+    p.max_context = 64;
+    struct model *m = NULL;
+    struct engine_error err = { 0 };
+    assert_int_equal(setenv("RESIDENT_CPU_ISA", "avx9000", 1), 0);
+    int rc = model_load(path, &p, &m, &err);
+    assert_int_equal(unsetenv("RESIDENT_CPU_ISA"), 0);
+    print_message("RESIDENT_CPU_ISA=avx9000: %s\n", err.msg);
+    assert_int_equal(rc, -EINVAL);
+    assert_null(m);
+    assert_non_null(strstr(err.msg, "RESIDENT_CPU_ISA=avx9000"));
+}
+
 int main(void)
 {
     const char *root = getenv("RESIDENT_SOURCE_ROOT");
@@ -320,11 +343,29 @@ int main(void)
             return 77;
         }
     }
-    printf("fast CPU backend kernels: %s\n", kb_cpu_isa_name(kb_cpu_fast_best_isa()));
+    const int32_t best = kb_cpu_fast_best_isa();
+    printf("fast CPU backend kernels: best %s\n", kb_cpu_isa_name(best));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prefill),
         cmocka_unit_test(test_decode),
         cmocka_unit_test(test_deterministic),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    static const struct { int32_t isa; const char *env; } levels[] = {
+        { KB_CPU_ISA_AVX512, "avx512" }, { KB_CPU_ISA_AVX2, "avx2" }, { KB_CPU_ISA_SCALAR, "scalar" },
+    };
+    int failed = 0;
+    for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++) {
+        if (levels[i].isa > best) {
+            printf("level %s: not on this CPU, not tested here\n", kb_cpu_isa_name(levels[i].isa));
+            continue;
+        }
+        if (setenv("RESIDENT_CPU_ISA", levels[i].env, 1))
+            return 1;
+        printf("level %s (RESIDENT_CPU_ISA=%s):\n", kb_cpu_isa_name(levels[i].isa), levels[i].env);
+        failed += _cmocka_run_group_tests(levels[i].env, tests, sizeof(tests) / sizeof(tests[0]),
+                                          NULL, NULL);
+    }
+    const struct CMUnitTest env_tests[] = { cmocka_unit_test(test_bad_isa_env) };
+    failed += cmocka_run_group_tests_name("isa-env", env_tests, NULL, NULL);
+    return failed ? 1 : 0;
 }

@@ -210,7 +210,8 @@ static void test_stale_refused(void **state)
 
     /* a corrupted header length: parsed like a corrupted file */
     char path[1400];
-    snprintf(path, sizeof(path), "%s/%s", dir, im.name[k]);
+    int pn = snprintf(path, sizeof(path), "%s/%s", dir, im.name[k]);
+    assert_true(pn > 0 && (size_t)pn < sizeof(path));
     struct images bad = im;
     bad.img[k].data = image_of(path, &bad.img[k].size, 7, 1);
     expect_refused(dir, &bad, -EFBIG, "model-00002-of-00004.safetensors");

@@ -109,69 +109,79 @@ T512_INLINE void q4q8_tile(const uint8_t *wr, const uint16_t *sr, int64_t ng, in
                            const uint8_t *const a[4], const int nt, float out[4])
 {
     const __m512i m4 = _mm512_set1_epi8(0x0f);
-    const __m512i sidx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    __m512 acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
+    /* word w of a zmm takes scale w / 8 (odd words; the even ones are
+     * zeroed): lane j = bf16 scale of group j / 4 as an fp32 bit pattern */
+    const __m512i sidx = _mm512_setr_epi32(0, 0, 0, 0, 0x00010001, 0x00010001, 0x00010001,
+                                           0x00010001, 0x00020002, 0x00020002, 0x00020002,
+                                           0x00020002, 0x00030003, 0x00030003, 0x00030003,
+                                           0x00030003);
+    const __m512 expmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7f800000));
+    __m512 acc[4], acce[4];
+    for (int i = 0; i < 4; i++)
+        acc[i] = acce[i] = _mm512_setzero_ps();
     for (int64_t k = 0; k < nch; k++) {
         int64_t grem = ng - 4 * k;
         __m512i wv;
         __m128i s4;
+        /* the bf16 rounding-correction rows (fast_q4_eps) of the 4 groups,
+         * indexed by the scales' 7 significand bits read straight from
+         * the scale array (no vector store and reload) */
+        const uint16_t *sk = sr + 4 * k;
+        int mi[4] = { 0, 0, 0, 0 };
+        _mm_prefetch((const char *)(wr + 64 * k + FAST_Q4_PREFETCH), _MM_HINT_T0);
         if (grem >= 4) {
             wv = _mm512_loadu_si512((const void *)(wr + 64 * k));
-            s4 = _mm_loadl_epi64((const __m128i *)(sr + 4 * k));
+            s4 = _mm_loadl_epi64((const __m128i *)sk);
+            for (int g = 0; g < 4; g++)
+                mi[g] = sk[g] & 0x7f;
         } else {
             __mmask64 mb = (__mmask64)((1ull << (16 * grem)) - 1);
             wv = _mm512_maskz_loadu_epi8(mb, wr + 64 * k);
-            s4 = _mm_maskz_loadu_epi16((__mmask8)((1u << grem) - 1), sr + 4 * k);
+            s4 = _mm_maskz_loadu_epi16((__mmask8)((1u << grem) - 1), sk);
+            for (int g = 0; g < grem; g++)
+                mi[g] = sk[g] & 0x7f;
         }
-        __m128i s32 = _mm_cvtepu16_epi32(s4);
-        __m128 sf = _mm_castsi128_ps(_mm_slli_epi32(s32, 16));
-        __m512 sw = _mm512_permutexvar_ps(sidx, _mm512_castps128_ps512(sf));
+        const __m512 sw = _mm512_castsi512_ps(
+            _mm512_maskz_permutexvar_epi16(0xaaaaaaaau, sidx, _mm512_castsi128_si512(s4)));
         /* 2^E * 256 per group (the exponent of s, significand 1, times
          * 2^-7 for the 8-bit m, times the 256 of the q plane) */
-        __m128 se = _mm_mul_ps(_mm_and_ps(sf, _mm_castsi128_ps(_mm_set1_epi32(0x7f800000))),
-                               _mm_set1_ps(2.0f));
-        __m512 swe = _mm512_permutexvar_ps(sidx, _mm512_castps128_ps512(se));
+        const __m512 swe = _mm512_mul_ps(_mm512_and_ps(sw, expmask), _mm512_set1_ps(2.0f));
         __m512i lo = _mm512_and_si512(wv, m4);
         __m512i hi = _mm512_and_si512(_mm512_srli_epi16(wv, 4), m4);
-        uint32_t sm[4];
-        _mm_storeu_si128((__m128i *)sm, _mm_and_si128(s32, _mm_set1_epi32(0x7f)));
-        __m512i et = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)fast_q4_eps[sm[0]]));
-        et = _mm512_inserti32x4(et, _mm_loadu_si128((const __m128i *)fast_q4_eps[sm[1]]), 1);
-        et = _mm512_inserti32x4(et, _mm_loadu_si128((const __m128i *)fast_q4_eps[sm[2]]), 2);
-        et = _mm512_inserti32x4(et, _mm_loadu_si128((const __m128i *)fast_q4_eps[sm[3]]), 3);
+        /* broadcast loads and blends keep the table rows off the shuffle port */
+        __m512i et = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)fast_q4_eps[mi[0]]));
+        et = _mm512_mask_blend_epi32(0x00f0, et,
+                 _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)fast_q4_eps[mi[1]])));
+        et = _mm512_mask_blend_epi32(0x0f00, et,
+                 _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)fast_q4_eps[mi[2]])));
+        et = _mm512_mask_blend_epi32(0xf000, et,
+                 _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)fast_q4_eps[mi[3]])));
         __m512i elo = _mm512_shuffle_epi8(et, lo), ehi = _mm512_shuffle_epi8(et, hi);
-#define Q4Q8_TOKEN(i, acc)                                                              \
-        {                                                                               \
-            const uint8_t *c = a[i] + (size_t)k * FAST_Q8_CHUNK_BYTES;                  \
-            __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo,                 \
-                                            _mm512_loadu_si512((const void *)c));       \
-            d = _mm512_dpbusd_epi32(d, hi, _mm512_loadu_si512((const void *)(c + 64))); \
-            __m512i e = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo,                 \
-                                            _mm512_loadu_si512((const void *)(c + 128)));\
-            e = _mm512_dpbusd_epi32(e, hi, _mm512_loadu_si512((const void *)(c + 192)));\
-            __m512i x = _mm512_dpbusd_epi32(_mm512_setzero_si512(), elo,                \
-                                            _mm512_loadu_si512((const void *)c));       \
-            x = _mm512_dpbusd_epi32(x, ehi, _mm512_loadu_si512((const void *)(c + 64)));\
-            d = _mm512_add_epi32(_mm512_slli_epi32(d, 8), e);                           \
-            __m512 dl = _mm512_loadu_ps((const float *)(c + 256));                      \
-            __m512 f = _mm512_fmsub_ps(_mm512_cvtepi32_ps(d), dl,                       \
-                                       _mm512_loadu_ps((const float *)(c + 320)));      \
-            __m512 fe = _mm512_sub_ps(_mm512_cvtepi32_ps(x),                            \
-                                      _mm512_loadu_ps((const float *)(c + 384)));       \
-            acc = _mm512_fmadd_ps(f, sw, acc);                                          \
-            acc = _mm512_fmadd_ps(_mm512_mul_ps(fe, dl), swe, acc);                     \
+        for (int i = 0; i < nt; i++) {
+            const uint8_t *c = a[i] + (size_t)k * FAST_Q8_CHUNK_BYTES;
+            const __m512i ql = _mm512_loadu_si512((const void *)c);
+            const __m512i qh = _mm512_loadu_si512((const void *)(c + 64));
+            __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, ql);
+            d = _mm512_dpbusd_epi32(d, hi, qh);
+            __m512i e = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo,
+                                            _mm512_loadu_si512((const void *)(c + 128)));
+            e = _mm512_dpbusd_epi32(e, hi, _mm512_loadu_si512((const void *)(c + 192)));
+            __m512i x = _mm512_dpbusd_epi32(_mm512_setzero_si512(), elo, ql);
+            x = _mm512_dpbusd_epi32(x, ehi, qh);
+            d = _mm512_add_epi32(_mm512_slli_epi32(d, 8), e);
+            const __m512 dl = _mm512_loadu_ps((const float *)(c + 256));
+            const __m512 f = _mm512_fmsub_ps(_mm512_cvtepi32_ps(d), dl,
+                                             _mm512_loadu_ps((const float *)(c + 320)));
+            const __m512 fe = _mm512_sub_ps(_mm512_cvtepi32_ps(x),
+                                            _mm512_loadu_ps((const float *)(c + 384)));
+            /* two accumulators: the main term and the correction do not
+             * wait on each other's FMA latency */
+            acc[i] = _mm512_fmadd_ps(f, sw, acc[i]);
+            acce[i] = _mm512_fmadd_ps(_mm512_mul_ps(fe, dl), swe, acce[i]);
         }
-        Q4Q8_TOKEN(0, acc0)
-        if (nt > 1) Q4Q8_TOKEN(1, acc1)
-        if (nt > 2) Q4Q8_TOKEN(2, acc2)
-        if (nt > 3) Q4Q8_TOKEN(3, acc3)
-#undef Q4Q8_TOKEN
     }
-    out[0] = _mm512_reduce_add_ps(acc0);
-    if (nt > 1) out[1] = _mm512_reduce_add_ps(acc1);
-    if (nt > 2) out[2] = _mm512_reduce_add_ps(acc2);
-    if (nt > 3) out[3] = _mm512_reduce_add_ps(acc3);
+    for (int i = 0; i < nt; i++)
+        out[i] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i], acce[i]));
 }
 
 T512 void fast_q4_q8_avx512(const struct kb_weight *w, int64_t r0, int64_t r1,
@@ -314,46 +324,89 @@ T512 void fast_q4_f32_avx512(const struct kb_weight *w, int64_t r0, int64_t r1,
     }
 }
 
-/* Decode (one token) over bf16 rows, 4 rows at a time: four independent
- * streams keep more cache-line misses in flight than one row after the
- * other (this is the lm_head product, most of a decode step's bytes), and
- * each x load serves 4 rows. */
-T512 static int64_t dense_bf16_rows4(const struct kb_weight *w, int64_t r0, int64_t r1,
-                                     const float *x, float *y)
+/* bf16 rows against x split into even and odd columns: a bf16 pair read as
+ * one 32-bit lane is (odd << 16 | even), so `lane << 16` is the even value
+ * and `lane & 0xffff0000` the odd one as fp32, two FMAs after two plain
+ * integer ops, without the widening shuffle (vpmovzxwd per 16 values) that
+ * held the previous kernel to about a fifth of one core's read bandwidth
+ * (docs/performance.md, CPU). Needs cols % 32 == 0.
+ *
+ * Every (row, token) value is computed by the same arithmetic whatever the
+ * batch size, the thread split or the row's place in a 4-row block (two
+ * accumulators per row, columns in order, one final reduction): residentd
+ * batches whoever is decoding, and a sequence's logits must not depend on
+ * its neighbours (engine-fast-e2e checks alone == in a batch, bit for
+ * bit). Four rows share each x load and keep four streams of misses in
+ * flight; the tokens loop inside a 4-row block, so the block's weights are
+ * read from memory once for the whole batch. */
+T512_INLINE void dense_bf16_split(const float *x, int64_t cols, float *xs)
+{
+    const int64_t half = cols / 2;
+    for (int64_t c = 0; c < half; c++) {
+        xs[c] = x[2 * c];
+        xs[half + c] = x[2 * c + 1];
+    }
+}
+
+T512_INLINE void dense_bf16_block(const uint16_t *w0, int64_t cols, int nr, const float *xs, float *y)
+{
+    const int64_t half = cols / 2;
+    const float *xe = xs, *xo = xs + half;
+    const __m512i hm = _mm512_set1_epi32((int)0xffff0000u);
+    __m512 a[4], b[4];
+    for (int i = 0; i < 4; i++)
+        a[i] = b[i] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < cols; c += 32) {
+        const __m512 e = _mm512_loadu_ps(xe + c / 2), o = _mm512_loadu_ps(xo + c / 2);
+        for (int i = 0; i < nr; i++) {
+            __m512i v = _mm512_loadu_si512((const void *)(w0 + i * cols + c));
+            a[i] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), e, a[i]);
+            b[i] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hm)), o, b[i]);
+        }
+    }
+    for (int i = 0; i < nr; i++)
+        y[i] = _mm512_reduce_add_ps(_mm512_add_ps(a[i], b[i]));
+}
+
+/* xs: FAST_DENSE_XTOK * cols floats of scratch; tokens go FAST_DENSE_XTOK
+ * at a time (the block's weights are re-read once per group, from cache for
+ * small matrices). */
+T512 static void dense_bf16_rows(const struct kb_weight *w, int64_t r0, int64_t r1, const float *x,
+                                 int64_t x_stride, const int32_t *tok, int32_t n, float *xs, float *y,
+                                 int64_t y_stride)
 {
     const int64_t cols = w->cols;
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4) {
-        const uint16_t *w0 = (const uint16_t *)w->data + r * cols;
-        const uint16_t *w1 = w0 + cols, *w2 = w1 + cols, *w3 = w2 + cols;
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (int64_t c = 0; c < cols; c += 16) {
-            __m512 xv = _mm512_loadu_ps(x + c);
-#define BF16_ROW(wr, acc)                                                                     \
-            acc = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(                      \
-                      _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(wr + c))), 16)), \
-                  xv, acc);
-            BF16_ROW(w0, a0)
-            BF16_ROW(w1, a1)
-            BF16_ROW(w2, a2)
-            BF16_ROW(w3, a3)
-#undef BF16_ROW
+    for (int32_t t0 = 0; t0 < n; t0 += FAST_DENSE_XTOK) {
+        const int32_t nt = n - t0 < FAST_DENSE_XTOK ? n - t0 : FAST_DENSE_XTOK;
+        for (int32_t t = 0; t < nt; t++)
+            dense_bf16_split(x + (int64_t)(tok ? tok[t0 + t] : t0 + t) * x_stride, cols, xs + (int64_t)t * cols);
+        for (int64_t r = r0; r < r1; r += 4) {
+            const int nr = r1 - r >= 4 ? 4 : (int)(r1 - r);
+            const uint16_t *w0 = (const uint16_t *)w->data + r * cols;
+            for (int32_t t = 0; t < nt; t++) {
+                float o[4];
+                switch (nr) {       /* constant trip counts for the unrolled block */
+                case 1: dense_bf16_block(w0, cols, 1, xs + (int64_t)t * cols, o); break;
+                case 2: dense_bf16_block(w0, cols, 2, xs + (int64_t)t * cols, o); break;
+                case 3: dense_bf16_block(w0, cols, 3, xs + (int64_t)t * cols, o); break;
+                default: dense_bf16_block(w0, cols, 4, xs + (int64_t)t * cols, o); break;
+                }
+                for (int i = 0; i < nr; i++)
+                    y[(int64_t)(t0 + t) * y_stride + r + i] = o[i];
+            }
         }
-        y[r] = _mm512_reduce_add_ps(a0);
-        y[r + 1] = _mm512_reduce_add_ps(a1);
-        y[r + 2] = _mm512_reduce_add_ps(a2);
-        y[r + 3] = _mm512_reduce_add_ps(a3);
     }
-    return r;
 }
 
 T512 void fast_dense_f32_avx512(const struct kb_weight *w, int64_t r0, int64_t r1,
                                 const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
-                                float *y, int64_t y_stride)
+                                float *y, int64_t y_stride, float *xbuf)
 {
     const size_t esz = w->type == KB_WTYPE_F32 ? 4 : 2;
-    if (n == 1 && !tok && w->type == KB_WTYPE_BF16 && w->cols % 16 == 0)
-        r0 = dense_bf16_rows4(w, r0, r1, x, y);
+    if (xbuf && w->type == KB_WTYPE_BF16 && w->cols % 32 == 0) {
+        dense_bf16_rows(w, r0, r1, x, x_stride, tok, n, xbuf, y, y_stride);
+        return;
+    }
     for (int64_t r = r0; r < r1; r++) {
         const void *row = (const uint8_t *)w->data + (size_t)(r * w->cols) * esz;
         switch (w->type) {

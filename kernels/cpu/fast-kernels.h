@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * ISA-specific kernels of the fast CPU backend (fast-avx512.c). Every
+ * ISA-specific kernels of the fast CPU backend (fast-avx512.c,
+ * fast-avx2.c). Every
  * kernel computes output rows [r0, r1) of one weight for n token rows and
  * writes y[i * y_stride + r]; token i's input row is row tok[i] (or i when
  * tok is NULL) of the activation array, so MoE can run an expert over the
@@ -50,6 +51,13 @@
 #define FAST_Q8_CHUNK_COLS  128
 #define FAST_Q8_CHUNK_BYTES 448
 
+/* The W4 kernels prefetch the weight line this many bytes ahead of the
+ * one they read (rows are contiguous, so this runs into the next rows):
+ * one row at a time with only the hardware prefetcher read about half
+ * of one core's streaming bandwidth (docs/performance.md, CPU). A
+ * prefetch past the end of the mapping is harmless (it never faults). */
+#define FAST_Q4_PREFETCH 2048
+
 static inline size_t fast_q8_row_bytes(int64_t cols)
 {
     return (size_t)((cols + FAST_Q8_CHUNK_COLS - 1) / FAST_Q8_CHUNK_COLS) * FAST_Q8_CHUNK_BYTES;
@@ -73,10 +81,17 @@ void fast_q4_f32_avx512(const struct kb_weight *w, int64_t r0, int64_t r1,
                         const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
                         float *y, int64_t y_stride, float *rowbuf);
 
-/* Dense (f32 / f16 / bf16) weight x fp32 rows, fp32 FMA. */
+/* Tokens the bf16 kernel splits into xbuf at a time. */
+#define FAST_DENSE_XTOK 8
+
+/* Dense (f32 / f16 / bf16) weight x fp32 rows, fp32 FMA. xbuf:
+ * FAST_DENSE_XTOK * w->cols floats of scratch for the bf16 kernel (x split
+ * into even and odd columns), or NULL (plain path). A given weight must
+ * always be called with or always without xbuf: the two paths sum in
+ * different orders. */
 void fast_dense_f32_avx512(const struct kb_weight *w, int64_t r0, int64_t r1,
                            const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
-                           float *y, int64_t y_stride);
+                           float *y, int64_t y_stride, float *xbuf);
 
 /* One Gated DeltaNet value head, one token (spec §2.4 step 7), state
  * S [dk][dv] updated in place: S = decay S; m = S^T k; delta = beta (v - m);
@@ -90,5 +105,42 @@ void fast_swiglu_avx512(float *y, const float *g, const float *u, int64_t count)
 /* Causal attention for one query row block of one head group: see fast.c. */
 void fast_attn_row_avx512(const float *q, const float *kc, const float *vc, int64_t row_stride,
                           int64_t len, int32_t hd, float scale, float *scores, float *out);
+
+/* The AVX2 + FMA + F16C versions (fast-avx2.c): same contracts and the
+ * same q8 row format; the int8 products give bit-identical integer sums. */
+void fast_q8_quantize_avx2(const float *x, int64_t cols, uint8_t *out);
+void fast_q4_q8_avx2(const struct kb_weight *w, int64_t r0, int64_t r1,
+                     const uint8_t *act, size_t act_stride, const int32_t *tok, int32_t n,
+                     float *y, int64_t y_stride);
+void fast_q4_f32_avx2(const struct kb_weight *w, int64_t r0, int64_t r1,
+                      const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
+                      float *y, int64_t y_stride, float *rowbuf);
+void fast_dense_f32_avx2(const struct kb_weight *w, int64_t r0, int64_t r1,
+                         const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
+                         float *y, int64_t y_stride, float *xbuf);
+void fast_gdn_head_avx2(float *S, const float *q, const float *k, const float *v,
+                        float beta, float decay, int32_t dk, int32_t dv, float *o);
+void fast_swiglu_avx2(float *y, const float *g, const float *u, int64_t count);
+void fast_attn_row_avx2(const float *q, const float *kc, const float *vc, int64_t row_stride,
+                        int64_t len, int32_t hd, float scale, float *scores, float *out);
+
+/* One ISA's kernels; fast.c picks the table once at backend creation. */
+struct fast_kernels {
+    void (*q8_quantize)(const float *x, int64_t cols, uint8_t *out);
+    void (*q4_q8)(const struct kb_weight *w, int64_t r0, int64_t r1,
+                  const uint8_t *act, size_t act_stride, const int32_t *tok, int32_t n,
+                  float *y, int64_t y_stride);
+    void (*q4_f32)(const struct kb_weight *w, int64_t r0, int64_t r1,
+                   const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
+                   float *y, int64_t y_stride, float *rowbuf);
+    void (*dense_f32)(const struct kb_weight *w, int64_t r0, int64_t r1,
+                      const float *x, int64_t x_stride, const int32_t *tok, int32_t n,
+                      float *y, int64_t y_stride, float *xbuf);
+    void (*gdn_head)(float *S, const float *q, const float *k, const float *v,
+                     float beta, float decay, int32_t dk, int32_t dv, float *o);
+    void (*swiglu)(float *y, const float *g, const float *u, int64_t count);
+    void (*attn_row)(const float *q, const float *kc, const float *vc, int64_t row_stride,
+                     int64_t len, int32_t hd, float scale, float *scores, float *out);
+};
 
 #endif

@@ -5,8 +5,13 @@
  * speed:
  *
  * - ISA by CPUID at creation: AVX-512 (F/BW/VL/DQ + VNNI) kernels in
- *   fast-avx512.c; on any other CPU every op is delegated to the reference
- *   backend (correct, slow). One binary for all x86-64.
+ *   fast-avx512.c, else AVX2 + FMA + F16C kernels in fast-avx2.c (same
+ *   numerics; see there), else every op is delegated to the reference
+ *   backend (correct, slow). One binary for all x86-64: only those two
+ *   files' functions carry target attributes. A lower level can be forced
+ *   with kb_cpu_fast_params.isa or, when that is "auto", the environment
+ *   variable RESIDENT_CPU_ISA=avx512|avx2|scalar (tests run every level on
+ *   one machine this way).
  * - Two numeric modes. "cpu" (fast): activations entering a W4 product are
  *   quantised per group of 32 to two int8 planes (x = d (q + r/256), one
  *   fp32 scale each; see fast-kernels.h for why one plane is not enough)
@@ -69,6 +74,7 @@ struct cpu_fast {
     struct tp_pool      *tp;
     int32_t              n_threads;
     int32_t              isa;
+    const struct fast_kernels *kn;       /* the ISA's kernels (NULL: scalar) */
     bool                 exact;
     char                 err[256];
     uint8_t             *scr;            /* per-call scratch (calling thread) */
@@ -98,8 +104,12 @@ int32_t kb_cpu_fast_best_isa(void)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vnni"))
+        __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma"))
         return KB_CPU_ISA_AVX512;
+    /* F16C is not a __builtin_cpu_supports feature name: every CPU with
+     * AVX2 and FMA (Haswell, Zen 1 and later) has it */
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return KB_CPU_ISA_AVX2;
 #endif
     return KB_CPU_ISA_SCALAR;
 }
@@ -108,10 +118,46 @@ const char *kb_cpu_isa_name(int32_t isa)
 {
     switch (isa) {
     case KB_CPU_ISA_AVX512: return "avx512-vnni";
+    case KB_CPU_ISA_AVX2: return "avx2-fma";
     case KB_CPU_ISA_SCALAR: return "scalar (cpu-ref kernels)";
     default: return "auto";
     }
 }
+
+int kb_cpu_isa_parse(const char *s, int32_t *isa)
+{
+    if (!s || !*s || !strcmp(s, "auto"))
+        *isa = KB_CPU_ISA_AUTO;
+    else if (!strcmp(s, "avx512"))
+        *isa = KB_CPU_ISA_AVX512;
+    else if (!strcmp(s, "avx2"))
+        *isa = KB_CPU_ISA_AVX2;
+    else if (!strcmp(s, "scalar"))
+        *isa = KB_CPU_ISA_SCALAR;
+    else
+        return -EINVAL;
+    return 0;
+}
+
+static const struct fast_kernels fast_kernels_avx512 = {
+    .q8_quantize = fast_q8_quantize_avx512,
+    .q4_q8 = fast_q4_q8_avx512,
+    .q4_f32 = fast_q4_f32_avx512,
+    .dense_f32 = fast_dense_f32_avx512,
+    .gdn_head = fast_gdn_head_avx512,
+    .swiglu = fast_swiglu_avx512,
+    .attn_row = fast_attn_row_avx512,
+};
+
+static const struct fast_kernels fast_kernels_avx2 = {
+    .q8_quantize = fast_q8_quantize_avx2,
+    .q4_q8 = fast_q4_q8_avx2,
+    .q4_f32 = fast_q4_f32_avx2,
+    .dense_f32 = fast_dense_f32_avx2,
+    .gdn_head = fast_gdn_head_avx2,
+    .swiglu = fast_swiglu_avx2,
+    .attn_row = fast_attn_row_avx2,
+};
 
 /* ------------------------------------------------------------------ */
 /* Scratch                                                              */
@@ -190,30 +236,32 @@ static size_t act_row_bytes(enum act_kind k, int64_t cols)
     return k == ACT_Q8 ? fast_q8_row_bytes(cols) : (size_t)cols * sizeof(float);
 }
 
-static void act_convert(enum act_kind k, const float *x, int64_t cols, void *out)
+static void act_convert(const struct fast_kernels *kn, enum act_kind k, const float *x,
+                        int64_t cols, void *out)
 {
     if (k == ACT_Q8)
-        fast_q8_quantize_avx512(x, cols, out);
+        kn->q8_quantize(x, cols, out);
     else
         memcpy(out, x, (size_t)cols * sizeof(float));
 }
 
 /* Rows [r0, r1) of w for n tokens. act: activation rows of kind k with a
  * row stride of act_stride bytes (ACT_F32: the caller's fp32 rows). */
-static void product_rows(const struct kb_weight *w, enum act_kind k, const void *act,
+static void product_rows(const struct fast_kernels *kn, const struct kb_weight *w,
+                         enum act_kind k, const void *act,
                          size_t act_stride, const int32_t *tok, int32_t n,
                          int64_t r0, int64_t r1, float *y, int64_t y_stride, float *rowbuf)
 {
     if (r0 >= r1 || n <= 0)
         return;
     if (k == ACT_Q8) {
-        fast_q4_q8_avx512(w, r0, r1, act, act_stride, tok, n, y, y_stride);
+        kn->q4_q8(w, r0, r1, act, act_stride, tok, n, y, y_stride);
     } else if (w->type == KB_WTYPE_Q4G32) {
-        fast_q4_f32_avx512(w, r0, r1, act, (int64_t)(act_stride / sizeof(float)), tok, n,
+        kn->q4_f32(w, r0, r1, act, (int64_t)(act_stride / sizeof(float)), tok, n,
                            y, y_stride, rowbuf);
     } else {
-        fast_dense_f32_avx512(w, r0, r1, act, (int64_t)(act_stride / sizeof(float)), tok, n,
-                              y, y_stride);
+        kn->dense_f32(w, r0, r1, act, (int64_t)(act_stride / sizeof(float)), tok, n,
+                      y, y_stride, rowbuf);
     }
 }
 
@@ -235,7 +283,7 @@ static void mm_job(void *arg, int32_t tid, int32_t nth)
     struct mm_ctx *c = arg;
     int64_t r0, r1;
     tp_split(c->w->rows, FAST_ROW_ALIGN, tid, nth, &r0, &r1);
-    product_rows(c->w, c->k, c->act, c->act_stride, NULL, c->n, r0, r1, c->y, c->w->rows,
+    product_rows(c->f->kn, c->w, c->k, c->act, c->act_stride, NULL, c->n, r0, r1, c->y, c->w->rows,
                  c->f->ts[tid].buf);
 }
 
@@ -251,15 +299,19 @@ static int fast_matmul_impl(struct kb_backend *be, const struct kb_weight *w,
         if (!a)
             return fast_fail(be, -ENOMEM, "matmul: out of memory");
         for (int32_t t = 0; t < n; t++)
-            act_convert(k, x + (int64_t)t * w->cols, w->cols, a + (size_t)t * stride);
+            act_convert(f->kn, k, x + (int64_t)t * w->cols, w->cols, a + (size_t)t * stride);
         act = a;
     }
-    if (w->type == KB_WTYPE_Q4G32 && tscratch(f, (size_t)w->cols))
+    /* the row buffer: a dequantised W4 row, or FAST_DENSE_XTOK tokens of x
+     * split into even and odd columns for the bf16 kernel */
+    if (tscratch(f, (size_t)w->cols * FAST_DENSE_XTOK))
         return fast_fail(be, -ENOMEM, "matmul: out of memory");
     struct mm_ctx c = { f, w, k, act, stride, n, y };
-    /* tiny products (norm-like vectors, the shared-expert gate) are not
-     * worth waking the pool */
-    if (w->rows * w->cols * (int64_t)n < (1 << 16))
+    /* tiny products (norm-like vectors, the shared-expert gate, the GDN
+     * beta / alpha projections of 32 x 2048 in decode: ~5 us of work) are
+     * not worth a hand-off to the pool, which costs as much and, on a
+     * loaded machine, waits for a descheduled worker */
+    if (w->rows * w->cols * (int64_t)n <= (1 << 17))
         mm_job(&c, 0, 1);
     else
         tp_pool_run(f->tp, mm_job, &c);
@@ -324,9 +376,9 @@ static void moe_job_gate_up(void *arg, int32_t tid, int32_t nth)
         int64_t r0 = (int64_t)blk * FAST_MOE_BLOCK;
         int64_t r1 = r0 + FAST_MOE_BLOCK < g->rows ? r0 + FAST_MOE_BLOCK : g->rows;
         int32_t a0 = c->off[e], cnt = c->off[e + 1] - a0;
-        product_rows(g, c->k, c->actx, c->actx_stride, c->tok + a0, cnt, r0, r1,
+        product_rows(c->f->kn, g, c->k, c->actx, c->actx_stride, c->tok + a0, cnt, r0, r1,
                      c->hg + (int64_t)a0 * c->I, c->I, c->f->ts[tid].buf);
-        product_rows(u, c->k, c->actx, c->actx_stride, c->tok + a0, cnt, r0, r1,
+        product_rows(c->f->kn, u, c->k, c->actx, c->actx_stride, c->tok + a0, cnt, r0, r1,
                      c->hu + (int64_t)a0 * c->I, c->I, c->f->ts[tid].buf);
     }
 }
@@ -352,9 +404,9 @@ static void moe_job_act(void *arg, int32_t tid, int32_t nth)
         ex = lo;
         int64_t inter = moe_w(c->m, c->E, ex, 0)->rows;
         float *h = c->hg + a * c->I;
-        fast_swiglu_avx512(h, h, c->hu + a * c->I, inter);
+        c->f->kn->swiglu(h, h, c->hu + a * c->I, inter);
         if (c->k != ACT_F32)
-            act_convert(c->k, h, inter, (uint8_t *)c->acth + (size_t)a * c->acth_stride);
+            act_convert(c->f->kn, c->k, h, inter, (uint8_t *)c->acth + (size_t)a * c->acth_stride);
     }
 }
 
@@ -369,10 +421,10 @@ static void moe_job_down(void *arg, int32_t tid, int32_t nth)
         int64_t r1 = r0 + FAST_MOE_BLOCK < d->rows ? r0 + FAST_MOE_BLOCK : d->rows;
         int32_t a0 = c->off[e], cnt = c->off[e + 1] - a0;
         if (c->k == ACT_F32)
-            product_rows(d, ACT_F32, c->hg + (int64_t)a0 * c->I, (size_t)c->I * sizeof(float),
+            product_rows(c->f->kn, d, ACT_F32, c->hg + (int64_t)a0 * c->I, (size_t)c->I * sizeof(float),
                          NULL, cnt, r0, r1, c->ye + (int64_t)a0 * c->H, c->H, c->f->ts[tid].buf);
         else
-            product_rows(d, c->k, (const uint8_t *)c->acth + (size_t)a0 * c->acth_stride,
+            product_rows(c->f->kn, d, c->k, (const uint8_t *)c->acth + (size_t)a0 * c->acth_stride,
                          c->acth_stride, NULL, cnt, r0, r1, c->ye + (int64_t)a0 * c->H, c->H,
                          c->f->ts[tid].buf);
     }
@@ -469,7 +521,7 @@ static int fast_moe(struct kb_backend *be, const struct kb_moe *m,
     size_t o_ye = o_acth + align64(A * hs);
     size_t total = o_ye + align64(A * (size_t)H * sizeof(float));
     uint8_t *s = scratch(f, total);
-    if (!s || tscratch(f, (size_t)(I > H ? I : H)))
+    if (!s || tscratch(f, (size_t)(I > H ? I : H) * FAST_DENSE_XTOK))
         return fast_fail(be, -ENOMEM, "moe: out of memory");
     float *logits = (float *)(s + o_logits), *selw = (float *)(s + o_selw);
     float *sg = (float *)(s + o_sg), *wt = (float *)(s + o_wt);
@@ -514,7 +566,7 @@ static int fast_moe(struct kb_backend *be, const struct kb_moe *m,
                 sw[j] = (float)(sw[j] / wsum);
         sg[t] = 1.0f;
         if (shared && m->shared_expert_gate) {
-            product_rows(m->shared_expert_gate, ACT_F32, x + (int64_t)t * H, (size_t)H * sizeof(float),
+            product_rows(f->kn, m->shared_expert_gate, ACT_F32, x + (int64_t)t * H, (size_t)H * sizeof(float),
                          NULL, 1, 0, 1, sg + t, 1, NULL);
             sg[t] = sigmoidf_(sg[t]);
         }
@@ -554,7 +606,7 @@ static int fast_moe(struct kb_backend *be, const struct kb_moe *m,
     if (k == ACT_Q8) {
         uint8_t *ax = s + o_actx;
         for (int32_t t = 0; t < n; t++)
-            fast_q8_quantize_avx512(x + (int64_t)t * H, H, ax + (size_t)t * xs);
+            f->kn->q8_quantize(x + (int64_t)t * H, H, ax + (size_t)t * xs);
         c.actx = ax;
         c.actx_stride = xs;
     }
@@ -570,8 +622,14 @@ static int fast_moe(struct kb_backend *be, const struct kb_moe *m,
     }
     c.n_items = ni;
     atomic_init(&c.next, 0);
+    /* in decode (a token or two) SwiGLU and the combine are a few
+     * thousand floats: the calling thread does them without a hand-off */
+    const bool small = n <= 2;
     tp_pool_run(f->tp, moe_job_gate_up, &c);
-    tp_pool_run(f->tp, moe_job_act, &c);
+    if (small)
+        moe_job_act(&c, 0, 1);
+    else
+        tp_pool_run(f->tp, moe_job_act, &c);
     ni = 0;
     for (int32_t e = 0; e <= E; e++) {
         if (off[e + 1] == off[e])
@@ -582,7 +640,10 @@ static int fast_moe(struct kb_backend *be, const struct kb_moe *m,
     c.n_items = ni;
     atomic_store(&c.next, 0);
     tp_pool_run(f->tp, moe_job_down, &c);
-    tp_pool_run(f->tp, moe_job_combine, &c);
+    if (small)
+        moe_job_combine(&c, 0, 1);
+    else
+        tp_pool_run(f->tp, moe_job_combine, &c);
     return 0;
 }
 
@@ -613,7 +674,7 @@ static void attn_job(void *arg, int32_t tid, int32_t nth)
         int64_t idx = items - 1 - it;
         int32_t t = (int32_t)(idx / nh), h = (int32_t)(idx % nh);
         const int64_t kh = h / group;
-        fast_attn_row_avx512(c->q + ((int64_t)t * nh + h) * c->q_stride,
+        c->f->kn->attn_row(c->q + ((int64_t)t * nh + h) * c->q_stride,
                              c->kv->k + kh * hd, c->kv->v + kh * hd, row, c->past + t + 1, hd,
                              c->a->scale, scores, c->out + ((int64_t)t * nh + h) * hd);
     }
@@ -710,6 +771,7 @@ static const float *const_floats(struct cpu_fast *f, const struct kb_weight *w)
 }
 
 struct gdn_ctx {
+    const struct fast_kernels *kn;
     const struct kb_gdn *g;
     struct kb_gdn_state *st;
     const float *u;                      /* [n][conv_dim] after conv, SiLU, l2norm */
@@ -743,7 +805,7 @@ static void gdn_job(void *arg, int32_t tid, int32_t nth)
             float sp = at > 20.0f ? at : log1pf(expf(at));
             float decay = expf(-expf(c->A_log[j]) * sp);
             float *yo = c->y + (int64_t)t * val_dim + j * dv;
-            fast_gdn_head_avx512(c->st->ssm + j * dk * dv, qh, kh, vh, beta, decay, dk, dv, yo);
+            c->kn->gdn_head(c->st->ssm + j * dk * dv, qh, kh, vh, beta, decay, dk, dv, yo);
             /* gated RMSNorm: w * (o * rsqrt(mean(o^2) + eps)) * silu(z) */
             double ss = 0.0;
             for (int32_t i = 0; i < dv; i++)
@@ -823,7 +885,7 @@ static int fast_gdn(struct kb_backend *be, const struct kb_gdn *g,
             memcpy(st->conv + (int64_t)j * conv_dim, qkv + p * conv_dim,
                    (size_t)conv_dim * sizeof(float));
     }
-    struct gdn_ctx c = { g, st, u, z, b, a, A_log, dt_bias, norm, n, y };
+    struct gdn_ctx c = { f->kn, g, st, u, z, b, a, A_log, dt_bias, norm, n, y };
     tp_pool_run(f->tp, gdn_job, &c);
     return 0;
 }
@@ -935,10 +997,15 @@ int kb_cpu_fast_create(const struct kb_cpu_fast_params *params, struct kb_backen
     int32_t best = kb_cpu_fast_best_isa();
     static pthread_once_t eps_once = PTHREAD_ONCE_INIT;
     pthread_once(&eps_once, fast_q4_eps_init);
-    int32_t isa = p.isa == KB_CPU_ISA_AUTO ? best : p.isa;
-    if (isa != KB_CPU_ISA_SCALAR && isa != KB_CPU_ISA_AVX512)
+    int32_t isa = p.isa;
+    if (isa == KB_CPU_ISA_AUTO && kb_cpu_isa_parse(getenv("RESIDENT_CPU_ISA"), &isa))
         return -EINVAL;
-    if (isa == KB_CPU_ISA_AVX512 && best != KB_CPU_ISA_AVX512)
+    if (isa == KB_CPU_ISA_AUTO)
+        isa = best;
+    if (isa != KB_CPU_ISA_SCALAR && isa != KB_CPU_ISA_AVX2 && isa != KB_CPU_ISA_AVX512)
+        return -EINVAL;
+    /* the levels are ordered: a CPU with the AVX-512 set also runs AVX2 */
+    if (isa > best)
         return -ENOTSUP;
     int32_t nt = p.n_threads;
     if (nt == 0) {
@@ -955,6 +1022,8 @@ int kb_cpu_fast_create(const struct kb_cpu_fast_params *params, struct kb_backen
     be->impl = f;
     be->ops = p.exact ? &fast_exact_ops : &fast_ops;
     f->isa = isa;
+    f->kn = isa == KB_CPU_ISA_AVX512 ? &fast_kernels_avx512 :
+            isa == KB_CPU_ISA_AVX2 ? &fast_kernels_avx2 : NULL;
     f->exact = p.exact;
     f->n_threads = nt;
     struct kb_cpu_params rp = { .n_threads = nt > 64 ? 64 : nt };

@@ -9,11 +9,18 @@
  *     accumulation order only; the dequantised weights are bit-identical)
  *   fast mode, W4 x two-plane int8 activations:   <= 5e-5 (~15-bit
  *     activations per group of 32; measured 1.3e-5 .. 1.7e-5)
- *   dense f32 / f16 / bf16 weights (fp32 activations, both modes): <= 2e-6
+ *   dense f32 / f16 / bf16 weights (fp32 activations, both modes, and the
+ *     one-token bf16 kernel of the lm_head): <= 2e-6
  *   MoE (fast mode) whole block:                  <= 1e-4
  *   attention (both modes):                       <= 1e-5
  *   Gated DeltaNet output and state over 6 calls: <= 1e-5 (conv state exact)
- * Exits 77 (skipped) on a CPU without AVX-512 VNNI.
+ * Every test runs once per kernel level the CPU has (AVX-512 VNNI, then
+ * AVX2 + FMA), forced through kb_cpu_fast_params.isa; test_isa_agree
+ * checks that the two levels build the same int8 activation bytes and
+ * that their W4 x int8 products agree to fp32 reduction order (<= 1e-6;
+ * the integer sums are the same). RESIDENT_CPU_ISA is checked to select a
+ * level and to refuse a bad name. Exits 77 (skipped) on a CPU without
+ * AVX2 + FMA.
  */
 #include <errno.h>
 #include <math.h>
@@ -28,6 +35,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/cpu/fast.h"
+#include "kernels/cpu/fast-kernels.h"
 #include "kernels/cpu/ref.h"
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
@@ -62,11 +70,14 @@ static struct kb_backend *ref_new(void)
     return be;
 }
 
+static int32_t test_isa = KB_CPU_ISA_AVX512;   /* the level under test */
+
 static struct kb_backend *fast_new(bool exact, int32_t threads)
 {
-    struct kb_cpu_fast_params p = { .n_threads = threads, .exact = exact, .isa = KB_CPU_ISA_AVX512 };
+    struct kb_cpu_fast_params p = { .n_threads = threads, .exact = exact, .isa = test_isa };
     struct kb_backend *be = NULL;
     assert_int_equal(kb_cpu_fast_create(&p, &be), 0);
+    assert_int_equal(kb_cpu_fast_isa(be), test_isa);
     assert_string_equal(be->ops->name, exact ? "cpu-exact" : "cpu");
     return be;
 }
@@ -188,6 +199,17 @@ static void test_dense_matmul(void **state)
         assert_true(check_matmul(ref, fa, &wh, ns[i], "f16") <= 2e-6);
         assert_true(check_matmul(ref, fa, &wf, ns[i], "f32") <= 2e-6);
     }
+    /* the one-token bf16 kernel (cols % 32 == 0, 4-row blocks, split x),
+     * with a row count that leaves a ragged tail for the plain path */
+    const int64_t cols2 = 2048, rows2 = 1021;
+    uint16_t *bf2 = malloc((size_t)(rows2 * cols2) * 2);
+    assert_non_null(bf2);
+    for (int64_t i = 0; i < rows2 * cols2; i++)
+        bf2[i] = kb_f32_to_bf16(rnd_f());
+    struct kb_weight wb2 = { .type = KB_WTYPE_BF16, .rows = rows2, .cols = cols2, .data = bf2 };
+    assert_true(check_matmul(ref, fa, &wb2, 1, "bf16 one-token kernel") <= 2e-6);
+    assert_true(check_matmul(ref, ex, &wb2, 1, "bf16 one-token kernel") <= 2e-6);
+    free(bf2);
     free(bf);
     free(hf);
     free(f32);
@@ -198,10 +220,10 @@ static void test_dense_matmul(void **state)
 
 /* A small MoE block with the real structure (top-k of E, shared expert with
  * a sigmoid gate) and odd sizes. */
-static void run_moe(int32_t n, bool exact, double tol)
+static void run_moe(int32_t n, bool exact, double tol, int32_t H)
 {
     struct kb_backend *ref = ref_new(), *fa = fast_new(exact, 2);
-    enum { E = 12, K = 3, H = 224, I = 96, SI = 64 };
+    enum { E = 12, K = 3, I = 96, SI = 64 };
     struct q4w g[E], u[E], d[E], sg, su, sd;
     struct kb_weight gw[E], uw[E], dw[E];
     for (int e = 0; e < E; e++) {
@@ -215,7 +237,9 @@ static void run_moe(int32_t n, bool exact, double tol)
     sg = q4_new(SI, H, KB_WTYPE_BF16, false);
     su = q4_new(SI, H, KB_WTYPE_BF16, false);
     sd = q4_new(H, SI, KB_WTYPE_BF16, false);
-    uint16_t router[E * H], seg[H];
+    uint16_t *router = malloc((size_t)(E * H) * 2), *seg = malloc((size_t)H * 2);
+    assert_non_null(router);
+    assert_non_null(seg);
     for (int i = 0; i < E * H; i++)
         router[i] = kb_f32_to_bf16(rnd_f() * 0.2f);
     for (int i = 0; i < H; i++)
@@ -237,6 +261,15 @@ static void run_moe(int32_t n, bool exact, double tol)
     /* run again: reused scratch gives the same answer */
     assert_int_equal(fa->ops->moe(fa, &m, x, n, y0), 0);
     assert_true(memcmp(y0, y1, (size_t)n * H * sizeof(float)) == 0);
+    /* batch invariance: each token alone (a decode step) gives the bits it
+     * got in the batch (a prefill), so routing never depends on how the
+     * tokens were grouped (the prefix cache relies on it) */
+    for (int32_t t = 0; t < n; t++) {
+        assert_int_equal(fa->ops->moe(fa, &m, x + (size_t)t * H, 1, y0), 0);
+        assert_true(memcmp(y0, y1 + (size_t)t * H, (size_t)H * sizeof(float)) == 0);
+    }
+    free(router);
+    free(seg);
     for (int i = 0; i < E; i++) {
         q4_free(&g[i]);
         q4_free(&u[i]);
@@ -256,9 +289,13 @@ static void test_moe(void **state)
 {
     const int32_t ns[] = { 1, 2, 9, 64 };
     for (size_t i = 0; i < sizeof(ns) / sizeof(ns[0]); i++) {
-        run_moe(ns[i], true, 2e-6);
-        run_moe(ns[i], false, 1e-4);
+        run_moe(ns[i], true, 2e-6, 224);
+        run_moe(ns[i], false, 1e-4, 224);
     }
+    /* hidden % 32 == 0: the shape on which the one-token bf16 kernel could
+     * take the router (it must not: batch invariance above) */
+    run_moe(5, false, 1e-4, 256);
+    run_moe(5, true, 2e-6, 256);
 }
 
 static void test_attention(void **state)
@@ -364,13 +401,81 @@ static void test_bad_args(void **state)
     be->ops->destroy(be);
 }
 
+/* The two SIMD levels against each other: same q8 bytes, same integer
+ * sums, so the products differ only by fp32 reduction order. */
+static void test_isa_agree(void **state)
+{
+    if (kb_cpu_fast_best_isa() < KB_CPU_ISA_AVX512) {
+        print_message("  (only one SIMD level on this CPU: nothing to compare)\n");
+        return;
+    }
+    fast_q4_eps_init();
+    const int64_t colss[] = { 2048, 512, 96, 160, 32 };
+    double worst = 0.0;
+    for (size_t ci = 0; ci < sizeof(colss) / sizeof(colss[0]); ci++) {
+        const int64_t cols = colss[ci], rows = 37;
+        const int32_t n = 5;
+        const size_t rb = fast_q8_row_bytes(cols);
+        float *x = rnd_vec((size_t)n * (size_t)cols);
+        x[3] = 0.0f;                               /* a tie and an exact zero */
+        x[1] = 0.5f * x[0];
+        uint8_t *a512 = calloc((size_t)n, rb), *a2 = calloc((size_t)n, rb);
+        assert_non_null(a512);
+        assert_non_null(a2);
+        for (int32_t t = 0; t < n; t++) {
+            fast_q8_quantize_avx512(x + t * cols, cols, a512 + t * rb);
+            fast_q8_quantize_avx2(x + t * cols, cols, a2 + t * rb);
+        }
+        assert_memory_equal(a512, a2, (size_t)n * rb);
+        struct q4w q = q4_new(rows, cols, KB_WTYPE_BF16, false);
+        float *y0 = calloc((size_t)(n * rows), sizeof(float)), *y1 = calloc((size_t)(n * rows), sizeof(float));
+        fast_q4_q8_avx512(&q.w, 0, rows, a512, rb, NULL, n, y0, rows);
+        fast_q4_q8_avx2(&q.w, 0, rows, a2, rb, NULL, n, y1, rows);
+        double e = rel_l2(y1, y0, (size_t)(n * rows));
+        worst = e > worst ? e : worst;
+        q4_free(&q);
+        free(x); free(a512); free(a2); free(y0); free(y1);
+    }
+    print_message("  avx2 vs avx512 W4 x int8: same q8 bytes, max rel L2 %.3g (tolerance 1e-6)\n",
+                  worst);
+    assert_true(worst <= 1e-6);
+}
+
+/* RESIDENT_CPU_ISA picks the level when the params say "auto". */
+static void test_isa_env(void **state)
+{
+    struct kb_cpu_fast_params p = { .n_threads = 1, .isa = KB_CPU_ISA_AUTO };
+    struct kb_backend *be = NULL;
+    assert_int_equal(setenv("RESIDENT_CPU_ISA", "avx2", 1), 0);
+    assert_int_equal(kb_cpu_fast_create(&p, &be), 0);
+    assert_int_equal(kb_cpu_fast_isa(be), KB_CPU_ISA_AVX2);
+    be->ops->destroy(be);
+    assert_int_equal(setenv("RESIDENT_CPU_ISA", "scalar", 1), 0);
+    assert_int_equal(kb_cpu_fast_create(&p, &be), 0);
+    assert_int_equal(kb_cpu_fast_isa(be), KB_CPU_ISA_SCALAR);
+    be->ops->destroy(be);
+    assert_int_equal(setenv("RESIDENT_CPU_ISA", "sse9", 1), 0);
+    assert_int_equal(kb_cpu_fast_create(&p, &be), -EINVAL);
+    /* explicit params win over the environment */
+    p.isa = KB_CPU_ISA_AVX2;
+    assert_int_equal(kb_cpu_fast_create(&p, &be), 0);
+    assert_int_equal(kb_cpu_fast_isa(be), KB_CPU_ISA_AVX2);
+    be->ops->destroy(be);
+    assert_int_equal(unsetenv("RESIDENT_CPU_ISA"), 0);
+    p.isa = KB_CPU_ISA_AUTO;
+    assert_int_equal(kb_cpu_fast_create(&p, &be), 0);
+    assert_int_equal(kb_cpu_fast_isa(be), kb_cpu_fast_best_isa());
+    be->ops->destroy(be);
+}
+
 int main(void)
 {
-    if (kb_cpu_fast_best_isa() != KB_CPU_ISA_AVX512) {
-        printf("skip: this CPU lacks AVX-512 F/BW/VL/DQ + VNNI, which the fast kernels "
-               "under test need\n");
+    const int32_t best = kb_cpu_fast_best_isa();
+    if (best < KB_CPU_ISA_AVX2) {
+        printf("skip: this CPU lacks AVX2 + FMA, which the lowest fast kernel level needs\n");
         return 77;
     }
+    unsetenv("RESIDENT_CPU_ISA");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_q4_matmul),
         cmocka_unit_test(test_dense_matmul),
@@ -379,5 +484,22 @@ int main(void)
         cmocka_unit_test(test_gdn),
         cmocka_unit_test(test_bad_args),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    const struct CMUnitTest once[] = {
+        cmocka_unit_test(test_isa_agree),
+        cmocka_unit_test(test_isa_env),
+    };
+    int failed = 0;
+    const int32_t levels[] = { KB_CPU_ISA_AVX512, KB_CPU_ISA_AVX2 };
+    for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++) {
+        if (levels[i] > best) {
+            printf("level %s: not on this CPU, not tested here\n", kb_cpu_isa_name(levels[i]));
+            continue;
+        }
+        test_isa = levels[i];
+        printf("level %s:\n", kb_cpu_isa_name(test_isa));
+        failed += _cmocka_run_group_tests(kb_cpu_isa_name(test_isa), tests,
+                                          sizeof(tests) / sizeof(tests[0]), NULL, NULL);
+    }
+    failed += cmocka_run_group_tests_name("isa", once, NULL, NULL);
+    return failed ? 1 : 0;
 }

@@ -9,6 +9,7 @@ rounds. The last line printed is the JSON summary.
 """
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -43,7 +44,17 @@ def main():
     ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--tg", type=int, required=True)
     ap.add_argument("--rounds", type=int, default=3)
+    # median: the middle round; best: the fastest round of each engine and
+    # test (the repeated minimum of the time), for a machine that other
+    # jobs load unevenly between rounds
+    ap.add_argument("--stat", choices=("median", "best"), default="median")
+    # llama.cpp's worker threads busy-poll between graph nodes; on a loaded
+    # machine that starves them (docs/performance.md, CPU): --llama-poll 0
+    # passes --poll 0 to llama-bench, which is llama.cpp's better setting there
+    ap.add_argument("--llama-poll", type=int, default=None)
     a = ap.parse_args()
+    load0 = os.getloadavg()
+    poll = ["--poll", str(a.llama_poll)] if a.llama_poll is not None else []
     pp = [int(x) for x in a.pp.split(",")]
     depth = [int(x) for x in a.depth.split(",")]
     gguf = a.model + "/model-q4_0.gguf"
@@ -67,18 +78,23 @@ def main():
         res["bpt"] = r["bytes_per_token"]
         warm([gguf])
         lp = llama_json(run([a.llama_bench, "-m", gguf, "-t", str(a.threads), "-p", a.pp,
-                             "-n", "0", "-r", "1", "-o", "json"]))
+                             "-n", "0", "-r", "1", "-o", "json"] + poll))
         for e in lp:
             res["l_pp"][e["n_prompt"]].append(e["avg_ts"])
         lt = llama_json(run([a.llama_bench, "-m", gguf, "-t", str(a.threads), "-p", "0",
-                             "-n", str(a.tg), "-d", a.depth, "-r", "1", "-o", "json"]))
+                             "-n", str(a.tg), "-d", a.depth, "-r", "1", "-o", "json"] + poll))
         for e in lt:
             res["l_tg"][e.get("n_depth", 0)].append(e["avg_ts"])
         print(f"compare: round {rnd + 1}/{a.rounds} done", file=sys.stderr, flush=True)
 
-    med = statistics.median
+    med = statistics.median if a.stat == "median" else max
+    load1 = os.getloadavg()
+    print(f"load average (1/5/15 min) at start {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f}, "
+          f"at end {load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f} ({os.cpu_count()} CPUs); "
+          f"statistic over rounds: {a.stat}"
+          + (f"; llama-bench --poll {a.llama_poll}" if a.llama_poll is not None else ""))
     bw = med(res["bw"])
-    print(f"machine read bandwidth: {bw:.2f} GB/s ({a.threads} threads, median of {a.rounds})")
+    print(f"machine read bandwidth: {bw:.2f} GB/s ({a.threads} threads, {a.stat} of {a.rounds})")
     print(f"model: {a.model} ({a.layers} layers), weights read per decoded token "
           f"{res['bpt'] / 2**20:.1f} MiB")
     print(f"{'test':<22}{'resident tok/s':>16}{'llama.cpp tok/s':>17}{'ratio':>8}")
@@ -101,7 +117,8 @@ def main():
     frac = d0 * res["bpt"] / 1e9 / bw
     print(f"decode at depth {depth[0]}: {d0 * res['bpt'] / 1e9:.2f} GB/s of weights = "
           f"{100 * frac:.0f} % of the measured read bandwidth")
-    print(f"TTFT ({pp[-1]} tokens): {med(res['ttft']):.0f} ms; peak RSS {max(res['rss']):.0f} MiB")
+    ttft = statistics.median(res["ttft"]) if a.stat == "median" else min(res["ttft"])
+    print(f"TTFT ({pp[-1]} tokens): {ttft:.0f} ms; peak RSS {max(res['rss']):.0f} MiB")
     summary = {
         "decode_ratio_d0": round(dr[depth[0]][0] / dr[depth[0]][1], 3),
         "decode_ratio_d4096": round(dr[depth[-1]][0] / dr[depth[-1]][1], 3),
@@ -112,6 +129,8 @@ def main():
         "threads": a.threads,
         "pp": pp, "depth": depth, "tg": a.tg, "rounds": a.rounds,
         "read_gb_s": round(bw, 3),
+        "stat": a.stat, "llama_poll": a.llama_poll,
+        "loadavg": [round(load0[0], 1), round(load1[0], 1)],
     }
     print(json.dumps(summary))
     return 0
