@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "client/resident.h"
 #include "shm/proto.h"
 #include "shm/wire.h"
 #include "tests/integration/harness.h"
@@ -27,6 +28,29 @@ uint64_t th_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+struct resident *th_connect(const char *sock, const char *name, uint32_t evt_ring_bytes)
+{
+    struct resident_connect_params cp;
+    resident_connect_params_init(&cp);
+    cp.socket_path = sock;
+    cp.client_name = name;
+    cp.evt_ring_bytes = evt_ring_bytes;
+    struct resident *r = NULL;
+    if (resident_connect(&cp, &r) < 0) {
+        fprintf(stderr, "connect %s: %s\n", name, resident_last_error(NULL));
+        return NULL;
+    }
+    return r;
+}
+
+struct resident *th_connect_or_exit(const char *sock, const char *name)
+{
+    struct resident *r = th_connect(sock, name, 0);
+    if (!r)
+        exit(1);
+    return r;
 }
 
 void th_require_uring(void)

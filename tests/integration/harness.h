@@ -50,6 +50,17 @@ int th_wait_fds(pid_t pid, int want, int timeout_ms);
 
 uint64_t th_now_ms(void);
 
+struct resident;
+
+/* A libresident session on `sock` as client `name`, with an event ring of
+ * `evt_ring_bytes` (0 = the daemon's default). On failure prints
+ * "connect NAME: <libresident's error>" and returns NULL. */
+struct resident *th_connect(const char *sock, const char *name, uint32_t evt_ring_bytes);
+
+/* th_connect with the daemon's default rings; on failure the test ends
+ * (exit 1). */
+struct resident *th_connect_or_exit(const char *sock, const char *name);
+
 /* One uid's accounting as residentd logs it at SIGHUP (daemon/quota.c). */
 struct th_acct {
     unsigned           sessions, inflight, fds;

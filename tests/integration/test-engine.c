@@ -61,20 +61,6 @@ struct sampling {
 static const struct sampling GREEDY = { 0.0f, 1.0f, 0, 0 };
 static const struct sampling SEEDED = { 0.9f, 0.95f, 50, 1234 };
 
-static struct resident *connect_or_die(const char *name)
-{
-    struct resident_connect_params cp;
-    resident_connect_params_init(&cp);
-    cp.socket_path = D.sock;
-    cp.client_name = name;
-    struct resident *r = NULL;
-    if (resident_connect(&cp, &r) < 0) {
-        fprintf(stderr, "connect: %s\n", resident_last_error(NULL));
-        exit(1);
-    }
-    return r;
-}
-
 /* Feed one event into the result of its request; 1 when it was the DONE. */
 static int absorb(struct result *res, const struct resident_event *ev)
 {
@@ -195,7 +181,7 @@ static uint32_t n_ref_greedy[N_VAR], n_ref_seeded[N_VAR];
 
 static void test_offline_equal_alone(void)
 {
-    struct resident *r = connect_or_die("it-engine-alone");
+    struct resident *r = th_connect_or_exit(D.sock, "it-engine-alone");
     TH_CHECK(!resident_is_synthetic(r) && strcmp(resident_generator(r), "engine") == 0);
     for (int v = 0; v < N_VAR; v++) {
         for (int k = 0; k < 2; k++) {
@@ -221,7 +207,7 @@ static void test_offline_equal_alone(void)
  * sequences at different positions, and prefill chunks next to decodes. */
 static void test_batched(void)
 {
-    struct resident *r = connect_or_die("it-engine-batch");
+    struct resident *r = th_connect_or_exit(D.sock, "it-engine-batch");
     uint64_t ids[2 * N_VAR];
     struct result *res = calloc(2 * N_VAR, sizeof(*res));
     for (int i = 0; i < 2 * N_VAR; i++) {
@@ -248,7 +234,7 @@ static void test_concurrent_clients(void)
         kids[c] = fork();
         if (kids[c] == 0) {
             th_failures = 0;
-            struct resident *r = connect_or_die("it-engine-conc");
+            struct resident *r = th_connect_or_exit(D.sock, "it-engine-conc");
             uint64_t ids[N_VAR];
             struct result *res = calloc(N_VAR, sizeof(*res));
             for (int v = 0; v < N_VAR; v++) {
@@ -295,7 +281,7 @@ static void run_one(struct resident *r, int kind, const char *payload, struct re
  * with enable_thinking false is content, and a RAW prompt is unparsed. */
 static void test_text_prompt_channels(void)
 {
-    struct resident *r = connect_or_die("it-engine-text");
+    struct resident *r = th_connect_or_exit(D.sock, "it-engine-text");
     struct result *res = calloc(1, sizeof(*res));
     run_one(r, 0, "Hello", res);
     /* <|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n<think>\n */
@@ -371,7 +357,7 @@ static void cancel_once(struct resident *r, int mid_decode)
 
 static void test_cancel(void)
 {
-    struct resident *r = connect_or_die("it-engine-cancel");
+    struct resident *r = th_connect_or_exit(D.sock, "it-engine-cancel");
     for (int i = 0; i < 2; i++) {
         cancel_once(r, 0);
         cancel_once(r, 1);

@@ -66,20 +66,6 @@ static const char *CHAT_A2 =
     "{\"role\":\"assistant\",\"content\":\"A tree keyed by sequences, with shared prefixes stored once.\"},"
     "{\"role\":\"user\",\"content\":\"And why does it suit token ids?\"}]}";
 
-static struct resident *connect_to(const char *sock, const char *name)
-{
-    struct resident_connect_params cp;
-    resident_connect_params_init(&cp);
-    cp.socket_path = sock;
-    cp.client_name = name;
-    struct resident *r = NULL;
-    if (resident_connect(&cp, &r) < 0) {
-        fprintf(stderr, "connect: %s\n", resident_last_error(NULL));
-        return NULL;
-    }
-    return r;
-}
-
 /* One CHAT request to its DONE. */
 static int chat(struct resident *r, const char *json, const struct sampling *s, uint32_t flags,
                 struct result *res)
@@ -172,7 +158,7 @@ static int bench(const char *model_opt)
         const char *opts[] = { "generator=engine", model_opt, mode ? "prefix_cache=on" : "prefix_cache=off", NULL };
         if (th_daemon_start(&d, opts) < 0)
             return 1;
-        struct resident *r = connect_to(d.sock, "it-prefix-bench");
+        struct resident *r = th_connect(d.sock, "it-prefix-bench", 0);
         struct result *res = calloc(1, sizeof(*res));
         uint64_t sum = 0, cached = 0;
         uint32_t prompt = 0;
@@ -222,7 +208,7 @@ int main(int argc, char **argv)
     struct result *ref_b = calloc(1, sizeof(*ref_b)), *ref_bs = calloc(1, sizeof(*ref_bs));
     struct result *ref_a2 = calloc(1, sizeof(*ref_a2)), *res = calloc(1, sizeof(*res));
     struct result *tmp = calloc(1, sizeof(*tmp));
-    struct resident *r = connect_to(off.sock, "it-prefix-off");
+    struct resident *r = th_connect(off.sock, "it-prefix-off", 0);
     TH_CHECK(r != NULL);
     if (r) {
         TH_CHECK(chat(r, CHAT_A, &GREEDY, 0, tmp) == 0);
@@ -240,7 +226,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "cannot start residentd (prefix_cache=on)\n");
         return 1;
     }
-    r = connect_to(on.sock, "it-prefix-on");
+    r = th_connect(on.sock, "it-prefix-on", 0);
     TH_CHECK(r != NULL);
     uint32_t cached_b = 0, cached_a2 = 0;
     if (r) {
@@ -281,7 +267,7 @@ int main(int argc, char **argv)
                 perror("setuid 65534");
                 _exit(2);
             }
-            struct resident *u = connect_to(on.sock, "it-prefix-nobody");
+            struct resident *u = th_connect(on.sock, "it-prefix-nobody", 0);
             struct result *x = calloc(1, sizeof(*x));
             TH_CHECK(u != NULL && x != NULL);
             if (u && x) {

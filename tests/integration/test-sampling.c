@@ -337,13 +337,8 @@ int main(void)
         remove_model_copy();
         return 1;
     }
-    struct resident_connect_params cp;
-    resident_connect_params_init(&cp);
-    cp.socket_path = D.sock;
-    cp.client_name = "it-sampling";
-    struct resident *r = NULL;
-    if (resident_connect(&cp, &r) < 0) {
-        fprintf(stderr, "connect: %s\n", resident_last_error(NULL));
+    struct resident *r = th_connect(D.sock, "it-sampling", 0);
+    if (!r) {
         th_failures++;
     } else {
         uint32_t f = resident_features(r);

@@ -79,20 +79,6 @@ static void chat_json(char *buf, size_t cap, const char *choice, int thinking)
              choice, thinking ? "" : "," NO_THINK);
 }
 
-static struct resident *connect_to(const char *sock, const char *name)
-{
-    struct resident_connect_params cp;
-    resident_connect_params_init(&cp);
-    cp.socket_path = sock;
-    cp.client_name = name;
-    struct resident *r = NULL;
-    if (resident_connect(&cp, &r) < 0) {
-        fprintf(stderr, "connect: %s\n", resident_last_error(NULL));
-        exit(1);
-    }
-    return r;
-}
-
 static int absorb(struct result *res, const struct resident_event *ev)
 {
     if (ev->type == RESIDENT_EVENT_QUEUED)
@@ -378,7 +364,7 @@ static void test_null_generator(void)
         th_failures++;
         return;
     }
-    struct resident *r = connect_to(nd.sock, "it-toolchoice-null");
+    struct resident *r = th_connect_or_exit(nd.sock, "it-toolchoice-null");
     TH_CHECK(resident_is_synthetic(r) && (resident_features(r) & RESIDENT_FEATURE_TOOL_CHOICE) == 0);
     char json[4096];
     chat_json(json, sizeof(json), "\"required\"", 0);
@@ -458,7 +444,7 @@ static void test_tool_turn_snapshot(void)
 {
     char json[4096];
     chat_json(json, sizeof(json), "{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}", 0);
-    struct resident *r = connect_to(D.sock, "it-toolchoice-eos");
+    struct resident *r = th_connect_or_exit(D.sock, "it-toolchoice-eos");
     struct result first;
     run1(r, json, &GREEDY, 16, &first);
     resident_close(r);
@@ -485,7 +471,7 @@ static void test_tool_turn_snapshot(void)
         remove_fixture(dir);
         return;
     }
-    r = connect_to(cd.sock, "it-toolchoice-turns");
+    r = th_connect_or_exit(cd.sock, "it-toolchoice-turns");
     struct result t1, t2;
     run1(r, json, &GREEDY, 16, &t1);
     TH_CHECK(t1.error == 0 && t1.n == nw + 1 && t1.ids[nw] == (uint32_t)end_id);
@@ -528,7 +514,7 @@ int main(void)
         fprintf(stderr, "cannot start residentd with the engine generator\n");
         return 1;
     }
-    struct resident *r = connect_to(D.sock, "it-toolchoice");
+    struct resident *r = th_connect_or_exit(D.sock, "it-toolchoice");
     test_named_and_required(r);
     test_waits_for_reasoning(r);
     test_refusals(r);
