@@ -29,18 +29,14 @@
 #include <unistd.h>
 
 #include "client/resident.h"
-#include "engine/error.h"
-#include "engine/text/tokenizer.h"
+#include "tests/integration/harness-model.h"
 #include "tests/integration/harness.h"
 
 #define MAX_OUT 64
-#define IM_END  "<|im_end|>"
 
 static struct th_daemon D;
-static char model_dir[512], engine_exe[512];
+static struct th_model M;
 static const char *backend = "cpu-ref";
-static size_t real_vocab;
-static int32_t im_end_id;
 
 struct result {
     uint32_t ids[4096];
@@ -134,7 +130,7 @@ static int offline(const uint32_t *ids, size_t n, const struct sampling *s, uint
     if (!cmd)
         return -ENOMEM;
     int k = sprintf(cmd, "'%s' generate --model '%s' --backend %s --threads 1 --real-vocab %zu --stop %d -n %u --ids ",
-                    engine_exe, model_dir, backend, real_vocab, im_end_id, max_tokens);
+                    M.engine_exe, M.model_dir, backend, M.real_vocab, M.im_end_id, max_tokens);
     for (size_t i = 0; i < n; i++)
         k += sprintf(cmd + k, "%s%u", i ? "," : "", ids[i]);
     if (s->temperature > 0)
@@ -391,24 +387,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: test-it-engine [cpu-ref|cpu]\n");
         return 2;
     }
-    const char *src = getenv("RESIDENT_SOURCE_ROOT"), *build = getenv("RESIDENT_BUILD_ROOT");
-    snprintf(model_dir, sizeof(model_dir), "%s/tests/data/default-model", src ? src : ".");
-    snprintf(engine_exe, sizeof(engine_exe), "%s/engine/resident-engine", build ? build : ".");
-    if (access(engine_exe, X_OK) != 0) {
-        printf("SKIP: %s is not built (the offline reference)\n", engine_exe);
-        return 77;
-    }
-    th_require_uring();
-    struct tokenizer *tok = NULL;
-    struct engine_error e = { 0 };
-    if (tokenizer_load(model_dir, &tok, &e) < 0) {
-        printf("SKIP: no bundled model at %s: %s\n", model_dir, e.msg);
-        return 77;
-    }
-    real_vocab = tokenizer_token_count(tok);
-    im_end_id = tokenizer_token_to_id(tok, IM_END);
-    tokenizer_free(tok);
-    TH_CHECK(im_end_id > 0);
+    th_model_require(&M);
 
     for (int v = 0; v < N_VAR; v++) {
         make_prompt(var_ids[v], var_len[v], (uint32_t)v);
@@ -420,7 +399,7 @@ int main(int argc, char **argv)
     }
 
     char opt_model[600], opt_backend[64];
-    snprintf(opt_model, sizeof(opt_model), "model=%s", model_dir);
+    snprintf(opt_model, sizeof(opt_model), "model=%s", M.model_dir);
     snprintf(opt_backend, sizeof(opt_backend), "backend=%s", backend);
     const char *opts[] = { "generator=engine", opt_model, opt_backend, "threads=2", "prefill_chunk=8",
                            "max_inflight_per_uid=16", NULL };

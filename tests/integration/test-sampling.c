@@ -28,17 +28,15 @@
 #include <json-c/json.h>
 
 #include "client/resident.h"
-#include "engine/error.h"
-#include "engine/text/tokenizer.h"
+#include "tests/integration/harness-model.h"
 #include "tests/integration/harness.h"
 
 #define MAX_OUT 32
 #define N_NEW   24u
 
 static struct th_daemon D;
-static char model_dir[512], copy_dir[128], engine_exe[512];
-static size_t real_vocab;
-static int32_t im_end_id;
+static struct th_model M;
+static char copy_dir[128];
 
 /* The sampling values written into the copy's generation_config.json. */
 #define GC_TEMP   0.8f
@@ -66,7 +64,7 @@ static int make_model_copy(void)
     snprintf(copy_dir, sizeof(copy_dir), "/tmp/it-sampling-XXXXXX");
     if (!mkdtemp(copy_dir))
         return -errno;
-    DIR *dir = opendir(model_dir);
+    DIR *dir = opendir(M.model_dir);
     if (!dir)
         return -errno;
     struct dirent *de;
@@ -74,7 +72,7 @@ static int make_model_copy(void)
     while ((de = readdir(dir))) {
         if (de->d_name[0] == '.' || strcmp(de->d_name, "generation_config.json") == 0)
             continue;
-        snprintf(src, sizeof(src), "%s/%s", model_dir, de->d_name);
+        snprintf(src, sizeof(src), "%s/%s", M.model_dir, de->d_name);
         snprintf(dst, sizeof(dst), "%s/%s", copy_dir, de->d_name);
         if (symlink(src, dst) < 0) {
             closedir(dir);
@@ -83,7 +81,7 @@ static int make_model_copy(void)
     }
     closedir(dir);
     /* Keep the token ids of the original; replace its sampling fields. */
-    snprintf(src, sizeof(src), "%s/generation_config.json", model_dir);
+    snprintf(src, sizeof(src), "%s/generation_config.json", M.model_dir);
     struct json_object *gc = json_object_from_file(src);
     if (!gc)
         return -EIO;
@@ -125,7 +123,7 @@ static int offline(const uint32_t *ids, size_t n, const struct sampling *s, stru
                      "'%s' generate --model '%s' --real-vocab %zu --stop %d -n %u --temp %g --top-p %g "
                      "--top-k %u --min-p %g --repetition-penalty %g --presence-penalty %g "
                      "--frequency-penalty %g --seed %" PRIu64 " --ids ",
-                     engine_exe, model_dir, real_vocab, im_end_id, N_NEW, (double)s->temperature,
+                     M.engine_exe, M.model_dir, M.real_vocab, M.im_end_id, N_NEW, (double)s->temperature,
                      (double)s->top_p, s->top_k, (double)s->min_p, (double)s->rep, (double)s->presence,
                      (double)s->frequency, s->seed);
     for (size_t i = 0; i < n && k < (int)sizeof(cmd) - 16; i++)
@@ -305,24 +303,7 @@ static void test_old_struct(struct resident *r)
 
 int main(void)
 {
-    const char *src = getenv("RESIDENT_SOURCE_ROOT"), *build = getenv("RESIDENT_BUILD_ROOT");
-    snprintf(model_dir, sizeof(model_dir), "%s/tests/data/default-model", src ? src : ".");
-    snprintf(engine_exe, sizeof(engine_exe), "%s/engine/resident-engine", build ? build : ".");
-    if (access(engine_exe, X_OK) != 0) {
-        printf("SKIP: %s is not built (the offline reference)\n", engine_exe);
-        return 77;
-    }
-    th_require_uring();
-    struct tokenizer *tok = NULL;
-    struct engine_error e = { 0 };
-    if (tokenizer_load(model_dir, &tok, &e) < 0) {
-        printf("SKIP: no bundled model at %s: %s\n", model_dir, e.msg);
-        return 77;
-    }
-    real_vocab = tokenizer_token_count(tok);
-    im_end_id = tokenizer_token_to_id(tok, "<|im_end|>");
-    tokenizer_free(tok);
-    TH_CHECK(im_end_id > 0);
+    th_model_require(&M);
     int rc = make_model_copy();
     if (rc < 0) {
         fprintf(stderr, "cannot make the model copy in %s: %s\n", copy_dir, strerror(-rc));
