@@ -52,6 +52,16 @@ uint64_t th_now_ms(void);
 
 struct resident;
 
+/* The sampling values a test sets on its requests. */
+struct th_sampling {
+    float    temperature, top_p;
+    uint32_t top_k;
+    uint64_t seed;
+};
+
+/* Greedy decoding. */
+static const struct th_sampling TH_GREEDY = { 0.0f, 1.0f, 0, 0 };
+
 /* A libresident session on `sock` as client `name`, with an event ring of
  * `evt_ring_bytes` (0 = the daemon's default). On failure prints
  * "connect NAME: <libresident's error>" and returns NULL. */

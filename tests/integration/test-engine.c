@@ -48,14 +48,7 @@ struct result {
     char     msg[256];
 };
 
-struct sampling {
-    float    temperature, top_p;
-    uint32_t top_k;
-    uint64_t seed;
-};
-
-static const struct sampling GREEDY = { 0.0f, 1.0f, 0, 0 };
-static const struct sampling SEEDED = { 0.9f, 0.95f, 50, 1234 };
+static const struct th_sampling SEEDED = { 0.9f, 0.95f, 50, 1234 };
 
 /* Feed one event into the result of its request; 1 when it was the DONE. */
 static int absorb(struct result *res, const struct resident_event *ev)
@@ -102,7 +95,7 @@ static int collect_many(struct resident *r, const uint64_t *ids, struct result *
     return left ? -ETIMEDOUT : 0;
 }
 
-static void request_init(struct resident_request *q, const struct sampling *s, uint32_t max_tokens)
+static void request_init(struct resident_request *q, const struct th_sampling *s, uint32_t max_tokens)
 {
     resident_request_init(q);
     q->max_tokens = max_tokens;
@@ -123,7 +116,7 @@ static void make_prompt(uint32_t *ids, size_t n, uint32_t v)
 
 /* The offline reference: resident-engine generate, same ids and sampling,
  * stopping where the daemon's engine generator stops (eos + <|im_end|>). */
-static int offline(const uint32_t *ids, size_t n, const struct sampling *s, uint32_t max_tokens,
+static int offline(const uint32_t *ids, size_t n, const struct th_sampling *s, uint32_t max_tokens,
                    uint32_t *out, uint32_t *n_out)
 {
     char *cmd = malloc(16 * n + 1024);
@@ -181,7 +174,7 @@ static void test_offline_equal_alone(void)
     TH_CHECK(!resident_is_synthetic(r) && strcmp(resident_generator(r), "engine") == 0);
     for (int v = 0; v < N_VAR; v++) {
         for (int k = 0; k < 2; k++) {
-            const struct sampling *s = k ? &SEEDED : &GREEDY;
+            const struct th_sampling *s = k ? &SEEDED : &TH_GREEDY;
             struct resident_request q;
             request_init(&q, s, N_NEW);
             uint64_t id;
@@ -208,7 +201,7 @@ static void test_batched(void)
     struct result *res = calloc(2 * N_VAR, sizeof(*res));
     for (int i = 0; i < 2 * N_VAR; i++) {
         struct resident_request q;
-        request_init(&q, i % 2 ? &SEEDED : &GREEDY, N_NEW);
+        request_init(&q, i % 2 ? &SEEDED : &TH_GREEDY, N_NEW);
         TH_CHECK(resident_submit_ids(r, &q, var_ids[i / 2], var_len[i / 2], &ids[i]) == 0);
     }
     TH_CHECK(collect_many(r, ids, res, 2 * N_VAR) == 0);
@@ -235,7 +228,7 @@ static void test_concurrent_clients(void)
             struct result *res = calloc(N_VAR, sizeof(*res));
             for (int v = 0; v < N_VAR; v++) {
                 struct resident_request q;
-                request_init(&q, (v + c) % 2 ? &SEEDED : &GREEDY, N_NEW);
+                request_init(&q, (v + c) % 2 ? &SEEDED : &TH_GREEDY, N_NEW);
                 TH_CHECK(resident_submit_ids(r, &q, var_ids[v], var_len[v], &ids[v]) == 0);
             }
             TH_CHECK(collect_many(r, ids, res, N_VAR) == 0);
@@ -257,7 +250,7 @@ static void test_concurrent_clients(void)
 static void run_one(struct resident *r, int kind, const char *payload, struct result *res)
 {
     struct resident_request q;
-    request_init(&q, &GREEDY, 8);
+    request_init(&q, &TH_GREEDY, 8);
     q.flags = RESIDENT_REQ_IGNORE_EOS;
     uint64_t id;
     memset(res, 0, sizeof(*res));
@@ -324,7 +317,7 @@ static void cancel_once(struct resident *r, int mid_decode)
     uint32_t prompt[64];
     make_prompt(prompt, 64, 99);
     struct resident_request q;
-    request_init(&q, &GREEDY, mid_decode ? 3000 : 16);
+    request_init(&q, &TH_GREEDY, mid_decode ? 3000 : 16);
     q.flags = RESIDENT_REQ_IGNORE_EOS;
     uint64_t id;
     TH_CHECK(resident_submit_ids(r, &q, prompt, 64, &id) == 0);
@@ -369,7 +362,7 @@ static void test_cancel(void)
     TH_CHECK(rss1 - rss0 < 2048);
     /* max_inflight_per_uid=16: still accepted after 24 cancelled requests. */
     struct resident_request q;
-    request_init(&q, &GREEDY, N_NEW);
+    request_init(&q, &TH_GREEDY, N_NEW);
     uint64_t id;
     TH_CHECK(resident_submit_ids(r, &q, var_ids[0], var_len[0], &id) == 0);
     struct result *res = calloc(1, sizeof(*res));
@@ -391,7 +384,7 @@ int main(int argc, char **argv)
 
     for (int v = 0; v < N_VAR; v++) {
         make_prompt(var_ids[v], var_len[v], (uint32_t)v);
-        if (offline(var_ids[v], var_len[v], &GREEDY, N_NEW, ref_greedy[v], &n_ref_greedy[v]) < 0 ||
+        if (offline(var_ids[v], var_len[v], &TH_GREEDY, N_NEW, ref_greedy[v], &n_ref_greedy[v]) < 0 ||
             offline(var_ids[v], var_len[v], &SEEDED, N_NEW, ref_seeded[v], &n_ref_seeded[v]) < 0) {
             fprintf(stderr, "offline resident-engine generate failed\n");
             return 1;

@@ -39,14 +39,7 @@ struct result {
     char     msg[256];
 };
 
-struct sampling {
-    float    temperature, top_p;
-    uint32_t top_k;
-    uint64_t seed;
-};
-
-static const struct sampling GREEDY = { 0.0f, 1.0f, 0, 0 };
-static const struct sampling SEEDED = { 0.9f, 0.95f, 50, 77 };
+static const struct th_sampling SEEDED = { 0.9f, 0.95f, 50, 77 };
 
 /* A system message long enough to span several prefill chunks. */
 #define SYS "You are a careful assistant for the resident test suite. Answer briefly, cite the " \
@@ -67,7 +60,7 @@ static const char *CHAT_A2 =
     "{\"role\":\"user\",\"content\":\"And why does it suit token ids?\"}]}";
 
 /* One CHAT request to its DONE. */
-static int chat(struct resident *r, const char *json, const struct sampling *s, uint32_t flags,
+static int chat(struct resident *r, const char *json, const struct th_sampling *s, uint32_t flags,
                 struct result *res)
 {
     struct resident_request q;
@@ -165,7 +158,7 @@ static int bench(const char *model_opt)
         for (int q = 0; q < 8 && r && res; q++) {
             snprintf(json, cap + 512, "{\"messages\":[{\"role\":\"system\",\"content\":\"%s\"},"
                      "{\"role\":\"user\",\"content\":\"Question number %d: which rule applies?\"}]}", sys, q);
-            if (chat(r, json, &GREEDY, 0, res) < 0)
+            if (chat(r, json, &TH_GREEDY, 0, res) < 0)
                 return 1;
             if (q) {
                 sum += res->ttft_us;
@@ -211,12 +204,12 @@ int main(int argc, char **argv)
     struct resident *r = th_connect(off.sock, "it-prefix-off", 0);
     TH_CHECK(r != NULL);
     if (r) {
-        TH_CHECK(chat(r, CHAT_A, &GREEDY, 0, tmp) == 0);
-        TH_CHECK(chat(r, CHAT_B, &GREEDY, 0, ref_b) == 0 && ref_b->cached_tokens == 0);
+        TH_CHECK(chat(r, CHAT_A, &TH_GREEDY, 0, tmp) == 0);
+        TH_CHECK(chat(r, CHAT_B, &TH_GREEDY, 0, ref_b) == 0 && ref_b->cached_tokens == 0);
         TH_CHECK(chat(r, CHAT_B, &SEEDED, 0, ref_bs) == 0 && ref_bs->cached_tokens == 0);
-        TH_CHECK(chat(r, CHAT_A2, &GREEDY, 0, ref_a2) == 0 && ref_a2->cached_tokens == 0);
+        TH_CHECK(chat(r, CHAT_A2, &TH_GREEDY, 0, ref_a2) == 0 && ref_a2->cached_tokens == 0);
         /* off really is off: the same prompt again reuses nothing */
-        TH_CHECK(chat(r, CHAT_A2, &GREEDY, 0, tmp) == 0 && tmp->cached_tokens == 0);
+        TH_CHECK(chat(r, CHAT_A2, &TH_GREEDY, 0, tmp) == 0 && tmp->cached_tokens == 0);
         resident_close(r);
     }
     TH_CHECK(th_daemon_stop(&off, 10000) == 0);
@@ -231,10 +224,10 @@ int main(int argc, char **argv)
     uint32_t cached_b = 0, cached_a2 = 0;
     if (r) {
         /* First request: nothing to reuse. */
-        TH_CHECK(chat(r, CHAT_A, &GREEDY, 0, tmp) == 0);
+        TH_CHECK(chat(r, CHAT_A, &TH_GREEDY, 0, tmp) == 0);
         TH_CHECK(tmp->cached_tokens == 0);
         /* Same system message: resumes at the first message boundary. */
-        TH_CHECK(chat(r, CHAT_B, &GREEDY, 0, res) == 0);
+        TH_CHECK(chat(r, CHAT_B, &TH_GREEDY, 0, res) == 0);
         cached_b = res->cached_tokens;
         TH_CHECK(res->cached_tokens > 0 && res->cached_tokens < res->prompt_tokens);
         TH_CHECK(res->prompt_tokens == ref_b->prompt_tokens);
@@ -244,15 +237,15 @@ int main(int argc, char **argv)
         TH_CHECK(res->cached_tokens > 0);
         TH_CHECK(same(res, ref_bs, "seeded, cache on vs off"));
         /* The next turn of A: resumes where A's generation prompt began. */
-        TH_CHECK(chat(r, CHAT_A2, &GREEDY, 0, res) == 0);
+        TH_CHECK(chat(r, CHAT_A2, &TH_GREEDY, 0, res) == 0);
         cached_a2 = res->cached_tokens;
         TH_CHECK(res->cached_tokens > cached_b);
         TH_CHECK(same(res, ref_a2, "next turn, cache on vs off"));
         /* Opt-out: no reuse where a plain request hits, same output. */
-        TH_CHECK(chat(r, CHAT_A2, &GREEDY, RESIDENT_REQ_NO_CACHE, res) == 0);
+        TH_CHECK(chat(r, CHAT_A2, &TH_GREEDY, RESIDENT_REQ_NO_CACHE, res) == 0);
         TH_CHECK(res->cached_tokens == 0);
         TH_CHECK(same(res, ref_a2, "opt-out vs cache off"));
-        TH_CHECK(chat(r, CHAT_A2, &GREEDY, 0, res) == 0);
+        TH_CHECK(chat(r, CHAT_A2, &TH_GREEDY, 0, res) == 0);
         TH_CHECK(res->cached_tokens > 0);
         TH_CHECK(same(res, ref_a2, "repeat, cache on vs off"));
         resident_close(r);
@@ -271,11 +264,11 @@ int main(int argc, char **argv)
             struct result *x = calloc(1, sizeof(*x));
             TH_CHECK(u != NULL && x != NULL);
             if (u && x) {
-                TH_CHECK(chat(u, CHAT_B, &GREEDY, 0, x) == 0);
+                TH_CHECK(chat(u, CHAT_B, &TH_GREEDY, 0, x) == 0);
                 TH_CHECK(x->cached_tokens == 0);
                 TH_CHECK(same(x, ref_b, "other uid vs cache off"));
                 /* its own prefix is reused */
-                TH_CHECK(chat(u, CHAT_A, &GREEDY, 0, x) == 0);
+                TH_CHECK(chat(u, CHAT_A, &TH_GREEDY, 0, x) == 0);
                 TH_CHECK(x->cached_tokens > 0);
                 resident_close(u);
             }

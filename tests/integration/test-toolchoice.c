@@ -56,14 +56,7 @@ struct result {
     char     msg[256];
 };
 
-struct sampling {
-    float    temperature, top_p;
-    uint32_t top_k;
-    uint64_t seed;
-};
-
-static const struct sampling GREEDY = { 0.0f, 1.0f, 0, 0 };
-static const struct sampling SEEDED = { 1.0f, 0.95f, 0, 4242 };
+static const struct th_sampling SEEDED = { 1.0f, 0.95f, 0, 4242 };
 
 #define TOOLS "[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"description\":\"Current weather\"," \
               "\"parameters\":{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}}}}}," \
@@ -119,7 +112,7 @@ static int collect(struct resident *r, const uint64_t *ids, struct result *res, 
     return left ? -ETIMEDOUT : 0;
 }
 
-static int submit(struct resident *r, const char *json, const struct sampling *s, uint32_t max_tokens,
+static int submit(struct resident *r, const char *json, const struct th_sampling *s, uint32_t max_tokens,
                   uint64_t *id)
 {
     struct resident_request q;
@@ -137,7 +130,7 @@ static int submit(struct resident *r, const char *json, const struct sampling *s
 }
 
 /* One request to its DONE; res is zeroed first. */
-static void run1(struct resident *r, const char *json, const struct sampling *s, uint32_t max_tokens,
+static void run1(struct resident *r, const char *json, const struct th_sampling *s, uint32_t max_tokens,
                  struct result *res)
 {
     memset(res, 0, sizeof(*res));
@@ -215,7 +208,7 @@ static int same_ids(const struct result *a, const struct result *b, const char *
     return 0;
 }
 
-static void check_named(struct resident *r, const char *name, const struct sampling *s)
+static void check_named(struct resident *r, const char *name, const struct th_sampling *s)
 {
     char choice[128], json[4096], got[128];
     snprintf(choice, sizeof(choice), "{\"type\":\"function\",\"function\":{\"name\":\"%s\"}}", name);
@@ -236,8 +229,8 @@ static void check_named(struct resident *r, const char *name, const struct sampl
 static void test_named_and_required(struct resident *r)
 {
     TH_CHECK((resident_features(r) & RESIDENT_FEATURE_TOOL_CHOICE) != 0);
-    check_named(r, "get_weather", &GREEDY);
-    check_named(r, "search_web", &GREEDY);
+    check_named(r, "get_weather", &TH_GREEDY);
+    check_named(r, "search_web", &TH_GREEDY);
     check_named(r, "search_web", &SEEDED);
 
     /* "required": the sampler picks among the names where they diverge. */
@@ -250,7 +243,7 @@ static void test_named_and_required(struct resident *r)
     chat_json(json, sizeof(json), "\"required\"", 0);
     unsigned seen[2] = { 0, 0 };
     for (uint64_t seed = 1; seed <= 8; seed++) {
-        struct sampling s = { 1.0f, 1.0f, 0, seed };
+        struct th_sampling s = { 1.0f, 1.0f, 0, seed };
         struct result res;
         run1(r, json, &s, 12, &res);
         TH_CHECK(res.error == 0);
@@ -271,9 +264,9 @@ static void test_waits_for_reasoning(struct resident *r)
     char json[4096];
     struct result free_run, forced;
     chat_json(json, sizeof(json), "", 1);
-    run1(r, json, &GREEDY, 24, &free_run);
+    run1(r, json, &TH_GREEDY, 24, &free_run);
     chat_json(json, sizeof(json), "{\"type\":\"function\",\"function\":{\"name\":\"search_web\"}}", 1);
-    run1(r, json, &GREEDY, 24, &forced);
+    run1(r, json, &TH_GREEDY, 24, &forced);
     TH_CHECK(free_run.error == 0 && forced.error == 0);
     uint32_t k = 0;
     while (k < free_run.n && free_run.ids[k] != (uint32_t)think_end_id)
@@ -297,7 +290,7 @@ static void test_waits_for_reasoning(struct resident *r)
 static void expect_refused(struct resident *r, const char *json, const char *needle)
 {
     struct result res;
-    run1(r, json, &GREEDY, 8, &res);
+    run1(r, json, &TH_GREEDY, 8, &res);
     if (!(res.error == -EINVAL && res.finish == RESIDENT_FINISH_ERROR && strstr(res.msg, needle))) {
         fprintf(stderr, "expected a refusal naming \"%s\", got error %d finish %u: %s\n", needle, res.error,
                 res.finish, res.msg);
@@ -336,7 +329,7 @@ static void test_batch(struct resident *r)
     chat_json(json[2], sizeof(json[2]), "\"required\"", 0);
     snprintf(json[3], sizeof(json[3]), "{\"messages\":[{\"role\":\"user\",\"content\":\"Tell me a story about a "
              "lighthouse keeper.\"}]}");
-    const struct sampling *samp[N] = { &GREEDY, &SEEDED, &SEEDED, &SEEDED };
+    const struct th_sampling *samp[N] = { &TH_GREEDY, &SEEDED, &SEEDED, &SEEDED };
     static struct result alone[N], batch[N];
     for (int i = 0; i < N; i++)
         run1(r, json[i], samp[i], 12, &alone[i]);
@@ -371,7 +364,7 @@ static void test_null_generator(void)
     expect_refused(r, json, "SHM_WELCOME_F_TOOL_CHOICE");
     chat_json(json, sizeof(json), "\"auto\"", 0);
     struct result res;
-    run1(r, json, &GREEDY, 4, &res);
+    run1(r, json, &TH_GREEDY, 4, &res);
     TH_CHECK(res.error == 0 && res.n == 4);
     resident_close(r);
     TH_CHECK(th_daemon_stop(&nd, 10000) == 0);
@@ -446,7 +439,7 @@ static void test_tool_turn_snapshot(void)
     chat_json(json, sizeof(json), "{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}", 0);
     struct resident *r = th_connect_or_exit(D.sock, "it-toolchoice-eos");
     struct result first;
-    run1(r, json, &GREEDY, 16, &first);
+    run1(r, json, &TH_GREEDY, 16, &first);
     resident_close(r);
     int32_t want[64];
     size_t nw = opening("", "get_weather", want, 64);
@@ -473,7 +466,7 @@ static void test_tool_turn_snapshot(void)
     }
     r = th_connect_or_exit(cd.sock, "it-toolchoice-turns");
     struct result t1, t2;
-    run1(r, json, &GREEDY, 16, &t1);
+    run1(r, json, &TH_GREEDY, 16, &t1);
     TH_CHECK(t1.error == 0 && t1.n == nw + 1 && t1.ids[nw] == (uint32_t)end_id);
     TH_CHECK(t1.finish == RESIDENT_FINISH_TOOL_CALLS || t1.finish == RESIDENT_FINISH_STOP);
     char turn2[4096];
@@ -482,7 +475,7 @@ static void test_tool_turn_snapshot(void)
              "\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"{}\"}}]},"
              "{\"role\":\"tool\",\"tool_call_id\":\"call_1\",\"content\":\"{\\\"temp_c\\\": 18}\"}],"
              "\"tools\":" TOOLS "," NO_THINK "}");
-    run1(r, turn2, &GREEDY, 4, &t2);
+    run1(r, turn2, &TH_GREEDY, 4, &t2);
     uint32_t expect = t1.prompt_tokens + t1.n - 1;
     TH_CHECK(t2.error == 0);
     printf("tool-call turn: prompt %u + output %u (end id %d, finish %s); next turn: prompt %u, cached %u, "
