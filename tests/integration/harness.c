@@ -53,6 +53,23 @@ struct resident *th_connect_or_exit(const char *sock, const char *name)
     return r;
 }
 
+int th_collect(struct resident *r, const uint64_t *ids, size_t n, int timeout_ms,
+               int (*absorb)(void *ctx, size_t i, const struct resident_event *ev), void *ctx)
+{
+    size_t left = n;
+    struct resident_event ev;
+    uint64_t end = th_now_ms() + (uint64_t)timeout_ms;
+    while (left && th_now_ms() < end) {
+        int ret = resident_wait(r, &ev, 1000);
+        if (ret < 0)
+            return ret;
+        for (size_t i = 0; ret == 1 && i < n; i++)
+            if (ids[i] == ev.id && absorb(ctx, i, &ev))
+                left--;
+    }
+    return left ? -ETIMEDOUT : 0;
+}
+
 void th_require_uring(void)
 {
     struct io_uring ring;

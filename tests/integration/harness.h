@@ -67,6 +67,15 @@ static const struct th_sampling TH_GREEDY = { 0.0f, 1.0f, 0, 0 };
  * "connect NAME: <libresident's error>" and returns NULL. */
 struct resident *th_connect(const char *sock, const char *name, uint32_t evt_ring_bytes);
 
+struct resident_event;
+
+/* Wait for the events of requests ids[0..n), up to timeout_ms in all, and
+ * hand each to absorb(ctx, i, ev), i the index of its request; absorb
+ * returns 1 when the event completed request i (its DONE). Returns 0 once
+ * every request is complete, -ETIMEDOUT, or resident_wait's error. */
+int th_collect(struct resident *r, const uint64_t *ids, size_t n, int timeout_ms,
+               int (*absorb)(void *ctx, size_t i, const struct resident_event *ev), void *ctx);
+
 /* th_connect with the daemon's default rings; on failure the test ends
  * (exit 1). */
 struct resident *th_connect_or_exit(const char *sock, const char *name);

@@ -76,23 +76,15 @@ static int absorb(struct result *res, const struct resident_event *ev)
     return 1;
 }
 
+static int absorb_at(void *res, size_t i, const struct resident_event *ev)
+{
+    return absorb((struct result *)res + i, ev);
+}
+
 /* Collect events for requests ids[0..n) until every one has its DONE. */
 static int collect_many(struct resident *r, const uint64_t *ids, struct result *res, size_t n)
 {
-    size_t left = n;
-    struct resident_event ev;
-    uint64_t end = th_now_ms() + 60000;
-    while (left && th_now_ms() < end) {
-        int ret = resident_wait(r, &ev, 1000);
-        if (ret < 0)
-            return ret;
-        if (ret == 0)
-            continue;
-        for (size_t i = 0; i < n; i++)
-            if (ids[i] == ev.id && absorb(&res[i], &ev))
-                left--;
-    }
-    return left ? -ETIMEDOUT : 0;
+    return th_collect(r, ids, n, 60000, absorb_at, res);
 }
 
 static void request_init(struct resident_request *q, const struct th_sampling *s, uint32_t max_tokens)

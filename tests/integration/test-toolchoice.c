@@ -96,20 +96,16 @@ static int absorb(struct result *res, const struct resident_event *ev)
     return 1;
 }
 
+/* th_collect's absorb: events after a request's DONE are ignored. */
+static int absorb_at(void *res, size_t i, const struct resident_event *ev)
+{
+    struct result *x = (struct result *)res + i;
+    return !x->done && absorb(x, ev);
+}
+
 static int collect(struct resident *r, const uint64_t *ids, struct result *res, size_t n)
 {
-    size_t left = n;
-    struct resident_event ev;
-    uint64_t end = th_now_ms() + 90000;
-    while (left && th_now_ms() < end) {
-        int ret = resident_wait(r, &ev, 1000);
-        if (ret < 0)
-            return ret;
-        for (size_t i = 0; ret == 1 && i < n; i++)
-            if (ids[i] == ev.id && !res[i].done && absorb(&res[i], &ev))
-                left--;
-    }
-    return left ? -ETIMEDOUT : 0;
+    return th_collect(r, ids, n, 90000, absorb_at, res);
 }
 
 static int submit(struct resident *r, const char *json, const struct th_sampling *s, uint32_t max_tokens,
