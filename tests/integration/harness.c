@@ -30,6 +30,46 @@ uint64_t th_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+int th_model_copy(const char *model_dir, const char *prefix, char *dir, size_t cap)
+{
+    snprintf(dir, cap, "/tmp/%s-XXXXXX", prefix);
+    if (!mkdtemp(dir))
+        return -errno;
+    DIR *d = opendir(model_dir);
+    if (!d)
+        return -errno;
+    struct dirent *de;
+    char src[1280], dst[1280];
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.' || strcmp(de->d_name, "generation_config.json") == 0)
+            continue;
+        snprintf(src, sizeof(src), "%s/%s", model_dir, de->d_name);
+        snprintf(dst, sizeof(dst), "%s/%s", dir, de->d_name);
+        if (symlink(src, dst) < 0) {
+            closedir(d);
+            return -errno;
+        }
+    }
+    closedir(d);
+    return 0;
+}
+
+void th_model_copy_remove(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    char p[1280];
+    while (d && (de = readdir(d))) {
+        if (de->d_name[0] == '.')
+            continue;
+        snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
+        unlink(p);
+    }
+    if (d)
+        closedir(d);
+    rmdir(dir);
+}
+
 struct resident *th_connect(const char *sock, const char *name, uint32_t evt_ring_bytes)
 {
     struct resident_connect_params cp;

@@ -50,6 +50,15 @@ int th_wait_fds(pid_t pid, int want, int timeout_ms);
 
 uint64_t th_now_ms(void);
 
+/* A temporary copy of the model directory `model_dir` for a test's own
+ * generation_config.json: mkdtemp("/tmp/PREFIX-XXXXXX") into dir (cap
+ * bytes) holding a symlink to every file but generation_config.json, which
+ * the caller then writes. Returns 0 or -errno. */
+int th_model_copy(const char *model_dir, const char *prefix, char *dir, size_t cap);
+
+/* Remove such a copy: its entries, then the directory. */
+void th_model_copy_remove(const char *dir);
+
 struct resident;
 
 /* The sampling values a test sets on its requests. */

@@ -16,7 +16,6 @@
  *     with garbage where the new fields would be;
  *   - WELCOME advertises NO_PREFIX_CACHE and SUBMIT_EXT, not TOOL_CHOICE.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stddef.h>
@@ -61,25 +60,10 @@ struct out {
  * generation_config.json: symlinks to every other file. */
 static int make_model_copy(void)
 {
-    snprintf(copy_dir, sizeof(copy_dir), "/tmp/it-sampling-XXXXXX");
-    if (!mkdtemp(copy_dir))
-        return -errno;
-    DIR *dir = opendir(M.model_dir);
-    if (!dir)
-        return -errno;
-    struct dirent *de;
+    int rc = th_model_copy(M.model_dir, "it-sampling", copy_dir, sizeof(copy_dir));
+    if (rc < 0)
+        return rc;
     char src[1100], dst[400];
-    while ((de = readdir(dir))) {
-        if (de->d_name[0] == '.' || strcmp(de->d_name, "generation_config.json") == 0)
-            continue;
-        snprintf(src, sizeof(src), "%s/%s", M.model_dir, de->d_name);
-        snprintf(dst, sizeof(dst), "%s/%s", copy_dir, de->d_name);
-        if (symlink(src, dst) < 0) {
-            closedir(dir);
-            return -errno;
-        }
-    }
-    closedir(dir);
     /* Keep the token ids of the original; replace its sampling fields. */
     snprintf(src, sizeof(src), "%s/generation_config.json", M.model_dir);
     struct json_object *gc = json_object_from_file(src);
@@ -93,26 +77,9 @@ static int make_model_copy(void)
     json_object_object_add(gc, "repetition_penalty", json_object_new_double(GC_REP));
     json_object_object_add(gc, "presence_penalty", json_object_new_double(GC_PRES));
     snprintf(dst, sizeof(dst), "%s/generation_config.json", copy_dir);
-    int rc = json_object_to_file(dst, gc);
+    rc = json_object_to_file(dst, gc);
     json_object_put(gc);
     return rc < 0 ? -EIO : 0;
-}
-
-static void remove_model_copy(void)
-{
-    DIR *dir = opendir(copy_dir);
-    if (!dir)
-        return;
-    struct dirent *de;
-    char p[400];
-    while ((de = readdir(dir))) {
-        if (de->d_name[0] == '.')
-            continue;
-        snprintf(p, sizeof(p), "%s/%s", copy_dir, de->d_name);
-        unlink(p);
-    }
-    closedir(dir);
-    rmdir(copy_dir);
 }
 
 /* The offline reference with every value explicit. */
@@ -307,7 +274,7 @@ int main(void)
     int rc = make_model_copy();
     if (rc < 0) {
         fprintf(stderr, "cannot make the model copy in %s: %s\n", copy_dir, strerror(-rc));
-        remove_model_copy();
+        th_model_copy_remove(copy_dir);
         return 1;
     }
     char opt_model[600];
@@ -315,7 +282,7 @@ int main(void)
     const char *opts[] = { "generator=engine", opt_model, "prefix_cache=0", NULL };
     if (th_daemon_start(&D, opts) < 0) {
         fprintf(stderr, "cannot start residentd with the engine generator\n");
-        remove_model_copy();
+        th_model_copy_remove(copy_dir);
         return 1;
     }
     struct resident *r = th_connect(D.sock, "it-sampling", 0);
@@ -333,7 +300,7 @@ int main(void)
     }
     TH_CHECK(th_daemon_alive(&D));
     TH_CHECK(th_daemon_stop(&D, 10000) == 0);
-    remove_model_copy();
+    th_model_copy_remove(copy_dir);
     if (th_failures) {
         fprintf(stderr, "%d check(s) failed; daemon log: %s\n", th_failures, D.log);
         return 1;

@@ -25,7 +25,6 @@
  * the constraint guarantees, not about what the model chooses.
  */
 #include <errno.h>
-#include <dirent.h>
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <stdlib.h>
@@ -370,25 +369,10 @@ static void test_null_generator(void)
  * adds `extra` to the end-of-turn ids. */
 static int fixture_with_eos(char *dir, size_t cap, int32_t extra)
 {
-    snprintf(dir, cap, "/tmp/it-toolchoice-XXXXXX");
-    if (!mkdtemp(dir))
-        return -errno;
-    DIR *d = opendir(model_dir);
-    if (!d)
-        return -errno;
-    struct dirent *de;
-    char src[1024], dst[1024];
-    while ((de = readdir(d))) {
-        if (de->d_name[0] == '.' || strcmp(de->d_name, "generation_config.json") == 0)
-            continue;
-        snprintf(src, sizeof(src), "%s/%s", model_dir, de->d_name);
-        snprintf(dst, sizeof(dst), "%s/%s", dir, de->d_name);
-        if (symlink(src, dst) < 0) {
-            closedir(d);
-            return -errno;
-        }
-    }
-    closedir(d);
+    int rc = th_model_copy(model_dir, "it-toolchoice", dir, cap);
+    if (rc < 0)
+        return rc;
+    char dst[1024];
     snprintf(dst, sizeof(dst), "%s/generation_config.json", dir);
     FILE *f = fopen(dst, "w");
     if (!f)
@@ -396,22 +380,6 @@ static int fixture_with_eos(char *dir, size_t cap, int32_t extra)
     fprintf(f, "{\"bos_token_id\": 151643, \"eos_token_id\": [151645, 151643, %d], \"pad_token_id\": 151643}\n",
             extra);
     return fclose(f) == 0 ? 0 : -EIO;
-}
-
-static void remove_fixture(const char *dir)
-{
-    DIR *d = opendir(dir);
-    struct dirent *de;
-    char p[1024];
-    while (d && (de = readdir(d))) {
-        if (de->d_name[0] == '.')
-            continue;
-        snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
-        unlink(p);
-    }
-    if (d)
-        closedir(d);
-    rmdir(dir);
 }
 
 /*
@@ -457,7 +425,7 @@ static void test_tool_turn_snapshot(void)
     if (th_daemon_start(&cd, opts) < 0) {
         fprintf(stderr, "cannot start residentd on %s\n", dir);
         th_failures++;
-        remove_fixture(dir);
+        th_model_copy_remove(dir);
         return;
     }
     r = th_connect_or_exit(cd.sock, "it-toolchoice-turns");
@@ -480,7 +448,7 @@ static void test_tool_turn_snapshot(void)
     TH_CHECK(t2.cached_tokens == expect);
     resident_close(r);
     TH_CHECK(th_daemon_stop(&cd, 10000) == 0);
-    remove_fixture(dir);
+    th_model_copy_remove(dir);
 }
 
 int main(void)
