@@ -492,29 +492,45 @@ static int bench_cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* The widths both estimates below count: hidden size, the GDN key / value
+ * widths and value heads, the attention query and key/value widths, the
+ * routed and shared experts' intermediate sizes. */
+struct bench_dims {
+    uint64_t H, key, val, nv, q, kv, I, SI;
+};
+
+static struct bench_dims bench_dims_of(const struct model_config *c)
+{
+    return (struct bench_dims){
+        .H   = (uint64_t)c->hidden_size,
+        .key = (uint64_t)c->linear_num_key_heads * (uint64_t)c->linear_key_head_dim,
+        .val = (uint64_t)c->linear_num_value_heads * (uint64_t)c->linear_value_head_dim,
+        .nv  = (uint64_t)c->linear_num_value_heads,
+        .q   = (uint64_t)c->num_attention_heads * (uint64_t)c->head_dim,
+        .kv  = (uint64_t)c->num_key_value_heads * (uint64_t)c->head_dim,
+        .I   = (uint64_t)c->moe_intermediate_size,
+        .SI  = (uint64_t)c->shared_expert_intermediate_size,
+    };
+}
+
 /* Bytes of weights one decoded token reads: every dense / attention / GDN
  * projection, the router, the shared expert, top_k of num_experts routed
  * experts, the final norm and lm_head, one embedding row. W4 g32 matrices
  * cost rows*cols/2 + rows*cols/32*2 (bf16 scales); bf16 ones 2 bytes each. */
 static uint64_t bench_bytes_per_token(const struct model_config *c)
 {
-    const uint64_t H = (uint64_t)c->hidden_size, V = (uint64_t)c->vocab_size;
+    const struct bench_dims d = bench_dims_of(c);
+    const uint64_t H = d.H, V = (uint64_t)c->vocab_size;
 #define Q4(r, cc) ((uint64_t)(r) * (uint64_t)(cc) / 2 + (uint64_t)(r) * (uint64_t)(cc) / 32 * 2)
     uint64_t b = H * 2 + V * H * 2 + H * 2;                /* embed row, lm_head, norm */
-    const uint64_t key = (uint64_t)c->linear_num_key_heads * (uint64_t)c->linear_key_head_dim;
-    const uint64_t val = (uint64_t)c->linear_num_value_heads * (uint64_t)c->linear_value_head_dim;
-    const uint64_t nv = (uint64_t)c->linear_num_value_heads;
-    const uint64_t q = (uint64_t)c->num_attention_heads * (uint64_t)c->head_dim;
-    const uint64_t kv = (uint64_t)c->num_key_value_heads * (uint64_t)c->head_dim;
-    const uint64_t I = (uint64_t)c->moe_intermediate_size, SI = (uint64_t)c->shared_expert_intermediate_size;
     for (int i = 0; i < c->num_hidden_layers; i++) {
         b += 2 * H * 2;                                    /* two norms      */
         if (c->layer_types[i] == MODEL_LAYER_FULL_ATTENTION)
-            b += Q4(2 * q, H) + 2 * Q4(kv, H) + Q4(H, q);
+            b += Q4(2 * d.q, H) + 2 * Q4(d.kv, H) + Q4(H, d.q);
         else
-            b += Q4(2 * key + val, H) + Q4(val, H) + 2 * Q4(nv, H) + Q4(H, val);
+            b += Q4(2 * d.key + d.val, H) + Q4(d.val, H) + 2 * Q4(d.nv, H) + Q4(H, d.val);
         b += (uint64_t)c->num_experts * H * 2 + H * 2;     /* router, shared gate */
-        b += (uint64_t)c->num_experts_per_tok * 3 * Q4(I, H) + 3 * Q4(SI, H);
+        b += (uint64_t)c->num_experts_per_tok * 3 * Q4(d.I, H) + 3 * Q4(d.SI, H);
     }
 #undef Q4
     return b;
@@ -526,21 +542,16 @@ static uint64_t bench_bytes_per_token(const struct model_config *c)
  * prefill projection in tools/gpu/check (ops / s vs the int8 peak). */
 static uint64_t bench_ops_per_token(const struct model_config *c)
 {
-    const uint64_t H = (uint64_t)c->hidden_size;
-    const uint64_t key = (uint64_t)c->linear_num_key_heads * (uint64_t)c->linear_key_head_dim;
-    const uint64_t val = (uint64_t)c->linear_num_value_heads * (uint64_t)c->linear_value_head_dim;
-    const uint64_t nv = (uint64_t)c->linear_num_value_heads;
-    const uint64_t q = (uint64_t)c->num_attention_heads * (uint64_t)c->head_dim;
-    const uint64_t kv = (uint64_t)c->num_key_value_heads * (uint64_t)c->head_dim;
-    const uint64_t I = (uint64_t)c->moe_intermediate_size, SI = (uint64_t)c->shared_expert_intermediate_size;
+    const struct bench_dims d = bench_dims_of(c);
+    const uint64_t H = d.H;
     uint64_t p = 0;                                        /* weights used   */
     for (int i = 0; i < c->num_hidden_layers; i++) {
         if (c->layer_types[i] == MODEL_LAYER_FULL_ATTENTION)
-            p += 2 * q * H + 2 * kv * H + H * q;
+            p += 2 * d.q * H + 2 * d.kv * H + H * d.q;
         else
-            p += (2 * key + val) * H + val * H + 2 * nv * H + H * val;
+            p += (2 * d.key + d.val) * H + d.val * H + 2 * d.nv * H + H * d.val;
         p += (uint64_t)c->num_experts * H + H;
-        p += (uint64_t)c->num_experts_per_tok * 3 * I * H + 3 * SI * H;
+        p += (uint64_t)c->num_experts_per_tok * 3 * d.I * H + 3 * d.SI * H;
     }
     return 2 * p;
 }

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "client/resident.h"
 #include "shm/proto.h"
 #include "shm/wire.h"
 #include "tests/integration/harness.h"
@@ -27,6 +28,86 @@ uint64_t th_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+int th_model_copy(const char *model_dir, const char *prefix, char *dir, size_t cap)
+{
+    snprintf(dir, cap, "/tmp/%s-XXXXXX", prefix);
+    if (!mkdtemp(dir))
+        return -errno;
+    DIR *d = opendir(model_dir);
+    if (!d)
+        return -errno;
+    struct dirent *de;
+    char src[1280], dst[1280];
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.' || strcmp(de->d_name, "generation_config.json") == 0)
+            continue;
+        snprintf(src, sizeof(src), "%s/%s", model_dir, de->d_name);
+        snprintf(dst, sizeof(dst), "%s/%s", dir, de->d_name);
+        if (symlink(src, dst) < 0) {
+            closedir(d);
+            return -errno;
+        }
+    }
+    closedir(d);
+    return 0;
+}
+
+void th_model_copy_remove(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    char p[1280];
+    while (d && (de = readdir(d))) {
+        if (de->d_name[0] == '.')
+            continue;
+        snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
+        unlink(p);
+    }
+    if (d)
+        closedir(d);
+    rmdir(dir);
+}
+
+struct resident *th_connect(const char *sock, const char *name, uint32_t evt_ring_bytes)
+{
+    struct resident_connect_params cp;
+    resident_connect_params_init(&cp);
+    cp.socket_path = sock;
+    cp.client_name = name;
+    cp.evt_ring_bytes = evt_ring_bytes;
+    struct resident *r = NULL;
+    if (resident_connect(&cp, &r) < 0) {
+        fprintf(stderr, "connect %s: %s\n", name, resident_last_error(NULL));
+        return NULL;
+    }
+    return r;
+}
+
+struct resident *th_connect_or_exit(const char *sock, const char *name)
+{
+    struct resident *r = th_connect(sock, name, 0);
+    if (!r)
+        exit(1);
+    return r;
+}
+
+int th_collect(struct resident *r, const uint64_t *ids, size_t n, int timeout_ms,
+               int (*absorb)(void *ctx, size_t i, const struct resident_event *ev), void *ctx)
+{
+    size_t left = n;
+    struct resident_event ev;
+    uint64_t end = th_now_ms() + (uint64_t)timeout_ms;
+    while (left && th_now_ms() < end) {
+        int ret = resident_wait(r, &ev, 1000);
+        if (ret < 0)
+            return ret;
+        for (size_t i = 0; ret == 1 && i < n; i++)
+            if (ids[i] == ev.id && absorb(ctx, i, &ev))
+                left--;
+    }
+    return left ? -ETIMEDOUT : 0;
 }
 
 void th_require_uring(void)

@@ -50,6 +50,45 @@ int th_wait_fds(pid_t pid, int want, int timeout_ms);
 
 uint64_t th_now_ms(void);
 
+/* A temporary copy of the model directory `model_dir` for a test's own
+ * generation_config.json: mkdtemp("/tmp/PREFIX-XXXXXX") into dir (cap
+ * bytes) holding a symlink to every file but generation_config.json, which
+ * the caller then writes. Returns 0 or -errno. */
+int th_model_copy(const char *model_dir, const char *prefix, char *dir, size_t cap);
+
+/* Remove such a copy: its entries, then the directory. */
+void th_model_copy_remove(const char *dir);
+
+struct resident;
+
+/* The sampling values a test sets on its requests. */
+struct th_sampling {
+    float    temperature, top_p;
+    uint32_t top_k;
+    uint64_t seed;
+};
+
+/* Greedy decoding. */
+static const struct th_sampling TH_GREEDY = { 0.0f, 1.0f, 0, 0 };
+
+/* A libresident session on `sock` as client `name`, with an event ring of
+ * `evt_ring_bytes` (0 = the daemon's default). On failure prints
+ * "connect NAME: <libresident's error>" and returns NULL. */
+struct resident *th_connect(const char *sock, const char *name, uint32_t evt_ring_bytes);
+
+struct resident_event;
+
+/* Wait for the events of requests ids[0..n), up to timeout_ms in all, and
+ * hand each to absorb(ctx, i, ev), i the index of its request; absorb
+ * returns 1 when the event completed request i (its DONE). Returns 0 once
+ * every request is complete, -ETIMEDOUT, or resident_wait's error. */
+int th_collect(struct resident *r, const uint64_t *ids, size_t n, int timeout_ms,
+               int (*absorb)(void *ctx, size_t i, const struct resident_event *ev), void *ctx);
+
+/* th_connect with the daemon's default rings; on failure the test ends
+ * (exit 1). */
+struct resident *th_connect_or_exit(const char *sock, const char *name);
+
 /* One uid's accounting as residentd logs it at SIGHUP (daemon/quota.c). */
 struct th_acct {
     unsigned           sessions, inflight, fds;

@@ -35,15 +35,9 @@ int main(void)
         fprintf(stderr, "cannot start residentd\n");
         return 1;
     }
-    struct resident_connect_params cp;
-    resident_connect_params_init(&cp);
-    cp.socket_path = D.sock;
-    cp.client_name = "it-arm";
-    struct resident *r = NULL;
-    if (resident_connect(&cp, &r) < 0) {
-        fprintf(stderr, "connect: %s\n", resident_last_error(NULL));
+    struct resident *r = th_connect(D.sock, "it-arm", 0);
+    if (!r)
         return 1;
-    }
     int ep = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event add = { .events = EPOLLIN };
     TH_CHECK(ep >= 0 && epoll_ctl(ep, EPOLL_CTL_ADD, resident_fd(r), &add) == 0);

@@ -214,12 +214,8 @@ static int check_gpu(const char *name, const char *dir)
         th_daemon_stop(&d, 5000);
         return 1;
     }
-    struct resident_connect_params cp;
-    resident_connect_params_init(&cp);
-    cp.socket_path = d.sock;
-    cp.client_name = "it-backend-gpu";
-    struct resident *r = NULL;
-    TH_CHECK(resident_connect(&cp, &r) == 0);
+    struct resident *r = th_connect(d.sock, "it-backend-gpu", 0);
+    TH_CHECK(r != NULL);
     uint32_t got[N_NEW + 1], n_got = 0;
     int done = 0;
     if (r) {

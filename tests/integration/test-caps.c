@@ -95,14 +95,7 @@ static void fake_stop(struct fake *f)
 
 static struct resident *open_client(const struct fake *f)
 {
-    struct resident_connect_params cp;
-    resident_connect_params_init(&cp);
-    cp.socket_path = f->path;
-    cp.client_name = "it-caps";
-    struct resident *r = NULL;
-    if (resident_connect(&cp, &r) < 0)
-        fprintf(stderr, "connect: %s\n", resident_last_error(NULL));
-    return r;
+    return th_connect(f->path, "it-caps", 0);
 }
 
 /* Read the SUBMITs libresident published into @n views (copies in @bufs). */

@@ -32,21 +32,6 @@ struct result {
     int      queued, done;
 };
 
-static struct resident *connect_or_die(const char *name)
-{
-    struct resident_connect_params cp;
-    resident_connect_params_init(&cp);
-    cp.socket_path = D.sock;
-    cp.client_name = name;
-    struct resident *r = NULL;
-    int ret = resident_connect(&cp, &r);
-    if (ret < 0) {
-        fprintf(stderr, "connect: %s\n", resident_last_error(NULL));
-        exit(1);
-    }
-    return r;
-}
-
 /* Collect events of request `id` until its DONE. */
 static int collect(struct resident *r, uint64_t id, struct result *res)
 {
@@ -109,7 +94,7 @@ static int utf8_valid(const char *s, size_t n)
 
 static void test_basic(void)
 {
-    struct resident *r = connect_or_die("e2e-basic");
+    struct resident *r = th_connect_or_exit(D.sock, "e2e-basic");
     TH_CHECK(resident_is_synthetic(r) && strcmp(resident_generator(r), "null") == 0);
     struct resident_request q;
     resident_request_init(&q);
@@ -212,7 +197,7 @@ static void test_basic(void)
 
 static void test_many_requests(void)
 {
-    struct resident *r = connect_or_die("e2e-many");
+    struct resident *r = th_connect_or_exit(D.sock, "e2e-many");
     struct resident_request q;
     resident_request_init(&q);
     enum { N = 48 };
@@ -290,7 +275,7 @@ static void test_cancel(void)
  * of stream A between B's QUEUED and B's first token is exact: >= 58. */
 static void test_chunked_prefill(void)
 {
-    struct resident *r = connect_or_die("e2e-prefill");
+    struct resident *r = th_connect_or_exit(D.sock, "e2e-prefill");
     struct resident_request q;
     resident_request_init(&q);
     q.max_tokens = 4096;
@@ -331,7 +316,7 @@ static void test_chunked_prefill(void)
 
 static int child_client(int idx)
 {
-    struct resident *r = connect_or_die("e2e-child");
+    struct resident *r = th_connect_or_exit(D.sock, "e2e-child");
     struct resident_request q;
     resident_request_init(&q);
     struct result *res = calloc(1, sizeof(*res));
@@ -449,7 +434,7 @@ static void test_shutdown_cancels(void)
 
 static void test_reconnect_same_path(void)
 {
-    struct resident *r = connect_or_die("e2e-reconnect");
+    struct resident *r = th_connect_or_exit(D.sock, "e2e-reconnect");
     pid_t pid = D.pid;
     kill(pid, SIGKILL);       /* daemon crash */
     waitpid(pid, NULL, 0);

@@ -29,18 +29,14 @@
 #include <unistd.h>
 
 #include "client/resident.h"
-#include "engine/error.h"
-#include "engine/text/tokenizer.h"
+#include "tests/integration/harness-model.h"
 #include "tests/integration/harness.h"
 
 #define MAX_OUT 64
-#define IM_END  "<|im_end|>"
 
 static struct th_daemon D;
-static char model_dir[512], engine_exe[512];
+static struct th_model M;
 static const char *backend = "cpu-ref";
-static size_t real_vocab;
-static int32_t im_end_id;
 
 struct result {
     uint32_t ids[4096];
@@ -52,28 +48,7 @@ struct result {
     char     msg[256];
 };
 
-struct sampling {
-    float    temperature, top_p;
-    uint32_t top_k;
-    uint64_t seed;
-};
-
-static const struct sampling GREEDY = { 0.0f, 1.0f, 0, 0 };
-static const struct sampling SEEDED = { 0.9f, 0.95f, 50, 1234 };
-
-static struct resident *connect_or_die(const char *name)
-{
-    struct resident_connect_params cp;
-    resident_connect_params_init(&cp);
-    cp.socket_path = D.sock;
-    cp.client_name = name;
-    struct resident *r = NULL;
-    if (resident_connect(&cp, &r) < 0) {
-        fprintf(stderr, "connect: %s\n", resident_last_error(NULL));
-        exit(1);
-    }
-    return r;
-}
+static const struct th_sampling SEEDED = { 0.9f, 0.95f, 50, 1234 };
 
 /* Feed one event into the result of its request; 1 when it was the DONE. */
 static int absorb(struct result *res, const struct resident_event *ev)
@@ -101,26 +76,18 @@ static int absorb(struct result *res, const struct resident_event *ev)
     return 1;
 }
 
+static int absorb_at(void *res, size_t i, const struct resident_event *ev)
+{
+    return absorb((struct result *)res + i, ev);
+}
+
 /* Collect events for requests ids[0..n) until every one has its DONE. */
 static int collect_many(struct resident *r, const uint64_t *ids, struct result *res, size_t n)
 {
-    size_t left = n;
-    struct resident_event ev;
-    uint64_t end = th_now_ms() + 60000;
-    while (left && th_now_ms() < end) {
-        int ret = resident_wait(r, &ev, 1000);
-        if (ret < 0)
-            return ret;
-        if (ret == 0)
-            continue;
-        for (size_t i = 0; i < n; i++)
-            if (ids[i] == ev.id && absorb(&res[i], &ev))
-                left--;
-    }
-    return left ? -ETIMEDOUT : 0;
+    return th_collect(r, ids, n, 60000, absorb_at, res);
 }
 
-static void request_init(struct resident_request *q, const struct sampling *s, uint32_t max_tokens)
+static void request_init(struct resident_request *q, const struct th_sampling *s, uint32_t max_tokens)
 {
     resident_request_init(q);
     q->max_tokens = max_tokens;
@@ -141,14 +108,14 @@ static void make_prompt(uint32_t *ids, size_t n, uint32_t v)
 
 /* The offline reference: resident-engine generate, same ids and sampling,
  * stopping where the daemon's engine generator stops (eos + <|im_end|>). */
-static int offline(const uint32_t *ids, size_t n, const struct sampling *s, uint32_t max_tokens,
+static int offline(const uint32_t *ids, size_t n, const struct th_sampling *s, uint32_t max_tokens,
                    uint32_t *out, uint32_t *n_out)
 {
     char *cmd = malloc(16 * n + 1024);
     if (!cmd)
         return -ENOMEM;
     int k = sprintf(cmd, "'%s' generate --model '%s' --backend %s --threads 1 --real-vocab %zu --stop %d -n %u --ids ",
-                    engine_exe, model_dir, backend, real_vocab, im_end_id, max_tokens);
+                    M.engine_exe, M.model_dir, backend, M.real_vocab, M.im_end_id, max_tokens);
     for (size_t i = 0; i < n; i++)
         k += sprintf(cmd + k, "%s%u", i ? "," : "", ids[i]);
     if (s->temperature > 0)
@@ -195,11 +162,11 @@ static uint32_t n_ref_greedy[N_VAR], n_ref_seeded[N_VAR];
 
 static void test_offline_equal_alone(void)
 {
-    struct resident *r = connect_or_die("it-engine-alone");
+    struct resident *r = th_connect_or_exit(D.sock, "it-engine-alone");
     TH_CHECK(!resident_is_synthetic(r) && strcmp(resident_generator(r), "engine") == 0);
     for (int v = 0; v < N_VAR; v++) {
         for (int k = 0; k < 2; k++) {
-            const struct sampling *s = k ? &SEEDED : &GREEDY;
+            const struct th_sampling *s = k ? &SEEDED : &TH_GREEDY;
             struct resident_request q;
             request_init(&q, s, N_NEW);
             uint64_t id;
@@ -221,12 +188,12 @@ static void test_offline_equal_alone(void)
  * sequences at different positions, and prefill chunks next to decodes. */
 static void test_batched(void)
 {
-    struct resident *r = connect_or_die("it-engine-batch");
+    struct resident *r = th_connect_or_exit(D.sock, "it-engine-batch");
     uint64_t ids[2 * N_VAR];
     struct result *res = calloc(2 * N_VAR, sizeof(*res));
     for (int i = 0; i < 2 * N_VAR; i++) {
         struct resident_request q;
-        request_init(&q, i % 2 ? &SEEDED : &GREEDY, N_NEW);
+        request_init(&q, i % 2 ? &SEEDED : &TH_GREEDY, N_NEW);
         TH_CHECK(resident_submit_ids(r, &q, var_ids[i / 2], var_len[i / 2], &ids[i]) == 0);
     }
     TH_CHECK(collect_many(r, ids, res, 2 * N_VAR) == 0);
@@ -248,12 +215,12 @@ static void test_concurrent_clients(void)
         kids[c] = fork();
         if (kids[c] == 0) {
             th_failures = 0;
-            struct resident *r = connect_or_die("it-engine-conc");
+            struct resident *r = th_connect_or_exit(D.sock, "it-engine-conc");
             uint64_t ids[N_VAR];
             struct result *res = calloc(N_VAR, sizeof(*res));
             for (int v = 0; v < N_VAR; v++) {
                 struct resident_request q;
-                request_init(&q, (v + c) % 2 ? &SEEDED : &GREEDY, N_NEW);
+                request_init(&q, (v + c) % 2 ? &SEEDED : &TH_GREEDY, N_NEW);
                 TH_CHECK(resident_submit_ids(r, &q, var_ids[v], var_len[v], &ids[v]) == 0);
             }
             TH_CHECK(collect_many(r, ids, res, N_VAR) == 0);
@@ -275,7 +242,7 @@ static void test_concurrent_clients(void)
 static void run_one(struct resident *r, int kind, const char *payload, struct result *res)
 {
     struct resident_request q;
-    request_init(&q, &GREEDY, 8);
+    request_init(&q, &TH_GREEDY, 8);
     q.flags = RESIDENT_REQ_IGNORE_EOS;
     uint64_t id;
     memset(res, 0, sizeof(*res));
@@ -295,7 +262,7 @@ static void run_one(struct resident *r, int kind, const char *payload, struct re
  * with enable_thinking false is content, and a RAW prompt is unparsed. */
 static void test_text_prompt_channels(void)
 {
-    struct resident *r = connect_or_die("it-engine-text");
+    struct resident *r = th_connect_or_exit(D.sock, "it-engine-text");
     struct result *res = calloc(1, sizeof(*res));
     run_one(r, 0, "Hello", res);
     /* <|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n<think>\n */
@@ -342,7 +309,7 @@ static void cancel_once(struct resident *r, int mid_decode)
     uint32_t prompt[64];
     make_prompt(prompt, 64, 99);
     struct resident_request q;
-    request_init(&q, &GREEDY, mid_decode ? 3000 : 16);
+    request_init(&q, &TH_GREEDY, mid_decode ? 3000 : 16);
     q.flags = RESIDENT_REQ_IGNORE_EOS;
     uint64_t id;
     TH_CHECK(resident_submit_ids(r, &q, prompt, 64, &id) == 0);
@@ -371,7 +338,7 @@ static void cancel_once(struct resident *r, int mid_decode)
 
 static void test_cancel(void)
 {
-    struct resident *r = connect_or_die("it-engine-cancel");
+    struct resident *r = th_connect_or_exit(D.sock, "it-engine-cancel");
     for (int i = 0; i < 2; i++) {
         cancel_once(r, 0);
         cancel_once(r, 1);
@@ -387,7 +354,7 @@ static void test_cancel(void)
     TH_CHECK(rss1 - rss0 < 2048);
     /* max_inflight_per_uid=16: still accepted after 24 cancelled requests. */
     struct resident_request q;
-    request_init(&q, &GREEDY, N_NEW);
+    request_init(&q, &TH_GREEDY, N_NEW);
     uint64_t id;
     TH_CHECK(resident_submit_ids(r, &q, var_ids[0], var_len[0], &id) == 0);
     struct result *res = calloc(1, sizeof(*res));
@@ -405,28 +372,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: test-it-engine [cpu-ref|cpu]\n");
         return 2;
     }
-    const char *src = getenv("RESIDENT_SOURCE_ROOT"), *build = getenv("RESIDENT_BUILD_ROOT");
-    snprintf(model_dir, sizeof(model_dir), "%s/tests/data/default-model", src ? src : ".");
-    snprintf(engine_exe, sizeof(engine_exe), "%s/engine/resident-engine", build ? build : ".");
-    if (access(engine_exe, X_OK) != 0) {
-        printf("SKIP: %s is not built (the offline reference)\n", engine_exe);
-        return 77;
-    }
-    th_require_uring();
-    struct tokenizer *tok = NULL;
-    struct engine_error e = { 0 };
-    if (tokenizer_load(model_dir, &tok, &e) < 0) {
-        printf("SKIP: no bundled model at %s: %s\n", model_dir, e.msg);
-        return 77;
-    }
-    real_vocab = tokenizer_token_count(tok);
-    im_end_id = tokenizer_token_to_id(tok, IM_END);
-    tokenizer_free(tok);
-    TH_CHECK(im_end_id > 0);
+    th_model_require(&M);
 
     for (int v = 0; v < N_VAR; v++) {
         make_prompt(var_ids[v], var_len[v], (uint32_t)v);
-        if (offline(var_ids[v], var_len[v], &GREEDY, N_NEW, ref_greedy[v], &n_ref_greedy[v]) < 0 ||
+        if (offline(var_ids[v], var_len[v], &TH_GREEDY, N_NEW, ref_greedy[v], &n_ref_greedy[v]) < 0 ||
             offline(var_ids[v], var_len[v], &SEEDED, N_NEW, ref_seeded[v], &n_ref_seeded[v]) < 0) {
             fprintf(stderr, "offline resident-engine generate failed\n");
             return 1;
@@ -434,7 +384,7 @@ int main(int argc, char **argv)
     }
 
     char opt_model[600], opt_backend[64];
-    snprintf(opt_model, sizeof(opt_model), "model=%s", model_dir);
+    snprintf(opt_model, sizeof(opt_model), "model=%s", M.model_dir);
     snprintf(opt_backend, sizeof(opt_backend), "backend=%s", backend);
     const char *opts[] = { "generator=engine", opt_model, opt_backend, "threads=2", "prefill_chunk=8",
                            "max_inflight_per_uid=16", NULL };

@@ -30,15 +30,9 @@ static struct th_daemon D;
 /* A normal client must get a correct 20-token answer, fast. */
 static int good_client_ok(void)
 {
-    struct resident_connect_params cp;
-    resident_connect_params_init(&cp);
-    cp.socket_path = D.sock;
-    cp.client_name = "good";
-    struct resident *r;
-    if (resident_connect(&cp, &r) < 0) {
-        fprintf(stderr, "good client: %s\n", resident_last_error(NULL));
+    struct resident *r = th_connect(D.sock, "good", 0);
+    if (!r)
         return 0;
-    }
     struct resident_request q;
     resident_request_init(&q);
     q.max_tokens = 20;

@@ -39,14 +39,7 @@ struct result {
     char     msg[256];
 };
 
-struct sampling {
-    float    temperature, top_p;
-    uint32_t top_k;
-    uint64_t seed;
-};
-
-static const struct sampling GREEDY = { 0.0f, 1.0f, 0, 0 };
-static const struct sampling SEEDED = { 0.9f, 0.95f, 50, 77 };
+static const struct th_sampling SEEDED = { 0.9f, 0.95f, 50, 77 };
 
 /* A system message long enough to span several prefill chunks. */
 #define SYS "You are a careful assistant for the resident test suite. Answer briefly, cite the " \
@@ -66,22 +59,8 @@ static const char *CHAT_A2 =
     "{\"role\":\"assistant\",\"content\":\"A tree keyed by sequences, with shared prefixes stored once.\"},"
     "{\"role\":\"user\",\"content\":\"And why does it suit token ids?\"}]}";
 
-static struct resident *connect_to(const char *sock, const char *name)
-{
-    struct resident_connect_params cp;
-    resident_connect_params_init(&cp);
-    cp.socket_path = sock;
-    cp.client_name = name;
-    struct resident *r = NULL;
-    if (resident_connect(&cp, &r) < 0) {
-        fprintf(stderr, "connect: %s\n", resident_last_error(NULL));
-        return NULL;
-    }
-    return r;
-}
-
 /* One CHAT request to its DONE. */
-static int chat(struct resident *r, const char *json, const struct sampling *s, uint32_t flags,
+static int chat(struct resident *r, const char *json, const struct th_sampling *s, uint32_t flags,
                 struct result *res)
 {
     struct resident_request q;
@@ -172,14 +151,14 @@ static int bench(const char *model_opt)
         const char *opts[] = { "generator=engine", model_opt, mode ? "prefix_cache=on" : "prefix_cache=off", NULL };
         if (th_daemon_start(&d, opts) < 0)
             return 1;
-        struct resident *r = connect_to(d.sock, "it-prefix-bench");
+        struct resident *r = th_connect(d.sock, "it-prefix-bench", 0);
         struct result *res = calloc(1, sizeof(*res));
         uint64_t sum = 0, cached = 0;
         uint32_t prompt = 0;
         for (int q = 0; q < 8 && r && res; q++) {
             snprintf(json, cap + 512, "{\"messages\":[{\"role\":\"system\",\"content\":\"%s\"},"
                      "{\"role\":\"user\",\"content\":\"Question number %d: which rule applies?\"}]}", sys, q);
-            if (chat(r, json, &GREEDY, 0, res) < 0)
+            if (chat(r, json, &TH_GREEDY, 0, res) < 0)
                 return 1;
             if (q) {
                 sum += res->ttft_us;
@@ -222,15 +201,15 @@ int main(int argc, char **argv)
     struct result *ref_b = calloc(1, sizeof(*ref_b)), *ref_bs = calloc(1, sizeof(*ref_bs));
     struct result *ref_a2 = calloc(1, sizeof(*ref_a2)), *res = calloc(1, sizeof(*res));
     struct result *tmp = calloc(1, sizeof(*tmp));
-    struct resident *r = connect_to(off.sock, "it-prefix-off");
+    struct resident *r = th_connect(off.sock, "it-prefix-off", 0);
     TH_CHECK(r != NULL);
     if (r) {
-        TH_CHECK(chat(r, CHAT_A, &GREEDY, 0, tmp) == 0);
-        TH_CHECK(chat(r, CHAT_B, &GREEDY, 0, ref_b) == 0 && ref_b->cached_tokens == 0);
+        TH_CHECK(chat(r, CHAT_A, &TH_GREEDY, 0, tmp) == 0);
+        TH_CHECK(chat(r, CHAT_B, &TH_GREEDY, 0, ref_b) == 0 && ref_b->cached_tokens == 0);
         TH_CHECK(chat(r, CHAT_B, &SEEDED, 0, ref_bs) == 0 && ref_bs->cached_tokens == 0);
-        TH_CHECK(chat(r, CHAT_A2, &GREEDY, 0, ref_a2) == 0 && ref_a2->cached_tokens == 0);
+        TH_CHECK(chat(r, CHAT_A2, &TH_GREEDY, 0, ref_a2) == 0 && ref_a2->cached_tokens == 0);
         /* off really is off: the same prompt again reuses nothing */
-        TH_CHECK(chat(r, CHAT_A2, &GREEDY, 0, tmp) == 0 && tmp->cached_tokens == 0);
+        TH_CHECK(chat(r, CHAT_A2, &TH_GREEDY, 0, tmp) == 0 && tmp->cached_tokens == 0);
         resident_close(r);
     }
     TH_CHECK(th_daemon_stop(&off, 10000) == 0);
@@ -240,15 +219,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "cannot start residentd (prefix_cache=on)\n");
         return 1;
     }
-    r = connect_to(on.sock, "it-prefix-on");
+    r = th_connect(on.sock, "it-prefix-on", 0);
     TH_CHECK(r != NULL);
     uint32_t cached_b = 0, cached_a2 = 0;
     if (r) {
         /* First request: nothing to reuse. */
-        TH_CHECK(chat(r, CHAT_A, &GREEDY, 0, tmp) == 0);
+        TH_CHECK(chat(r, CHAT_A, &TH_GREEDY, 0, tmp) == 0);
         TH_CHECK(tmp->cached_tokens == 0);
         /* Same system message: resumes at the first message boundary. */
-        TH_CHECK(chat(r, CHAT_B, &GREEDY, 0, res) == 0);
+        TH_CHECK(chat(r, CHAT_B, &TH_GREEDY, 0, res) == 0);
         cached_b = res->cached_tokens;
         TH_CHECK(res->cached_tokens > 0 && res->cached_tokens < res->prompt_tokens);
         TH_CHECK(res->prompt_tokens == ref_b->prompt_tokens);
@@ -258,15 +237,15 @@ int main(int argc, char **argv)
         TH_CHECK(res->cached_tokens > 0);
         TH_CHECK(same(res, ref_bs, "seeded, cache on vs off"));
         /* The next turn of A: resumes where A's generation prompt began. */
-        TH_CHECK(chat(r, CHAT_A2, &GREEDY, 0, res) == 0);
+        TH_CHECK(chat(r, CHAT_A2, &TH_GREEDY, 0, res) == 0);
         cached_a2 = res->cached_tokens;
         TH_CHECK(res->cached_tokens > cached_b);
         TH_CHECK(same(res, ref_a2, "next turn, cache on vs off"));
         /* Opt-out: no reuse where a plain request hits, same output. */
-        TH_CHECK(chat(r, CHAT_A2, &GREEDY, RESIDENT_REQ_NO_CACHE, res) == 0);
+        TH_CHECK(chat(r, CHAT_A2, &TH_GREEDY, RESIDENT_REQ_NO_CACHE, res) == 0);
         TH_CHECK(res->cached_tokens == 0);
         TH_CHECK(same(res, ref_a2, "opt-out vs cache off"));
-        TH_CHECK(chat(r, CHAT_A2, &GREEDY, 0, res) == 0);
+        TH_CHECK(chat(r, CHAT_A2, &TH_GREEDY, 0, res) == 0);
         TH_CHECK(res->cached_tokens > 0);
         TH_CHECK(same(res, ref_a2, "repeat, cache on vs off"));
         resident_close(r);
@@ -281,15 +260,15 @@ int main(int argc, char **argv)
                 perror("setuid 65534");
                 _exit(2);
             }
-            struct resident *u = connect_to(on.sock, "it-prefix-nobody");
+            struct resident *u = th_connect(on.sock, "it-prefix-nobody", 0);
             struct result *x = calloc(1, sizeof(*x));
             TH_CHECK(u != NULL && x != NULL);
             if (u && x) {
-                TH_CHECK(chat(u, CHAT_B, &GREEDY, 0, x) == 0);
+                TH_CHECK(chat(u, CHAT_B, &TH_GREEDY, 0, x) == 0);
                 TH_CHECK(x->cached_tokens == 0);
                 TH_CHECK(same(x, ref_b, "other uid vs cache off"));
                 /* its own prefix is reused */
-                TH_CHECK(chat(u, CHAT_A, &GREEDY, 0, x) == 0);
+                TH_CHECK(chat(u, CHAT_A, &TH_GREEDY, 0, x) == 0);
                 TH_CHECK(x->cached_tokens > 0);
                 resident_close(u);
             }

@@ -31,16 +31,10 @@ static struct th_daemon D;
 
 static struct resident *open_session(const char *name)
 {
-    struct resident_connect_params cp;
-    resident_connect_params_init(&cp);
-    cp.socket_path = D.sock;
-    cp.client_name = name;
-    cp.evt_ring_bytes = 4096;   /* fills after ~100 tokens: requests stay in flight */
-    struct resident *r = NULL;
-    if (resident_connect(&cp, &r) < 0) {
-        fprintf(stderr, "connect %s: %s\n", name, resident_last_error(NULL));
+    /* an event ring of 4096 bytes fills after ~100 tokens: requests stay in flight */
+    struct resident *r = th_connect(D.sock, name, 4096);
+    if (!r)
         exit(1);
-    }
     return r;
 }
 
@@ -120,15 +114,9 @@ static int other_uid_client(void)
 {
     if (setgroups(0, NULL) < 0 || setgid(OTHER_UID) < 0 || setuid(OTHER_UID) < 0)
         return 77;
-    struct resident_connect_params cp;
-    resident_connect_params_init(&cp);
-    cp.socket_path = D.sock;
-    cp.client_name = "quota-other-uid";
-    struct resident *r = NULL;
-    if (resident_connect(&cp, &r) < 0) {
-        fprintf(stderr, "other uid: connect: %s\n", resident_last_error(NULL));
+    struct resident *r = th_connect(D.sock, "quota-other-uid", 0);
+    if (!r)
         return 1;
-    }
     uint64_t id = submit(r, 250, 2000);
     struct done d;
     int ret = wait_for(r, id, 1, &d);

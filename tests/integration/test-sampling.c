@@ -16,7 +16,6 @@
  *     with garbage where the new fields would be;
  *   - WELCOME advertises NO_PREFIX_CACHE and SUBMIT_EXT, not TOOL_CHOICE.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stddef.h>
@@ -28,17 +27,15 @@
 #include <json-c/json.h>
 
 #include "client/resident.h"
-#include "engine/error.h"
-#include "engine/text/tokenizer.h"
+#include "tests/integration/harness-model.h"
 #include "tests/integration/harness.h"
 
 #define MAX_OUT 32
 #define N_NEW   24u
 
 static struct th_daemon D;
-static char model_dir[512], copy_dir[128], engine_exe[512];
-static size_t real_vocab;
-static int32_t im_end_id;
+static struct th_model M;
+static char copy_dir[128];
 
 /* The sampling values written into the copy's generation_config.json. */
 #define GC_TEMP   0.8f
@@ -63,27 +60,12 @@ struct out {
  * generation_config.json: symlinks to every other file. */
 static int make_model_copy(void)
 {
-    snprintf(copy_dir, sizeof(copy_dir), "/tmp/it-sampling-XXXXXX");
-    if (!mkdtemp(copy_dir))
-        return -errno;
-    DIR *dir = opendir(model_dir);
-    if (!dir)
-        return -errno;
-    struct dirent *de;
+    int rc = th_model_copy(M.model_dir, "it-sampling", copy_dir, sizeof(copy_dir));
+    if (rc < 0)
+        return rc;
     char src[1100], dst[400];
-    while ((de = readdir(dir))) {
-        if (de->d_name[0] == '.' || strcmp(de->d_name, "generation_config.json") == 0)
-            continue;
-        snprintf(src, sizeof(src), "%s/%s", model_dir, de->d_name);
-        snprintf(dst, sizeof(dst), "%s/%s", copy_dir, de->d_name);
-        if (symlink(src, dst) < 0) {
-            closedir(dir);
-            return -errno;
-        }
-    }
-    closedir(dir);
     /* Keep the token ids of the original; replace its sampling fields. */
-    snprintf(src, sizeof(src), "%s/generation_config.json", model_dir);
+    snprintf(src, sizeof(src), "%s/generation_config.json", M.model_dir);
     struct json_object *gc = json_object_from_file(src);
     if (!gc)
         return -EIO;
@@ -95,26 +77,9 @@ static int make_model_copy(void)
     json_object_object_add(gc, "repetition_penalty", json_object_new_double(GC_REP));
     json_object_object_add(gc, "presence_penalty", json_object_new_double(GC_PRES));
     snprintf(dst, sizeof(dst), "%s/generation_config.json", copy_dir);
-    int rc = json_object_to_file(dst, gc);
+    rc = json_object_to_file(dst, gc);
     json_object_put(gc);
     return rc < 0 ? -EIO : 0;
-}
-
-static void remove_model_copy(void)
-{
-    DIR *dir = opendir(copy_dir);
-    if (!dir)
-        return;
-    struct dirent *de;
-    char p[400];
-    while ((de = readdir(dir))) {
-        if (de->d_name[0] == '.')
-            continue;
-        snprintf(p, sizeof(p), "%s/%s", copy_dir, de->d_name);
-        unlink(p);
-    }
-    closedir(dir);
-    rmdir(copy_dir);
 }
 
 /* The offline reference with every value explicit. */
@@ -125,7 +90,7 @@ static int offline(const uint32_t *ids, size_t n, const struct sampling *s, stru
                      "'%s' generate --model '%s' --real-vocab %zu --stop %d -n %u --temp %g --top-p %g "
                      "--top-k %u --min-p %g --repetition-penalty %g --presence-penalty %g "
                      "--frequency-penalty %g --seed %" PRIu64 " --ids ",
-                     engine_exe, model_dir, real_vocab, im_end_id, N_NEW, (double)s->temperature,
+                     M.engine_exe, M.model_dir, M.real_vocab, M.im_end_id, N_NEW, (double)s->temperature,
                      (double)s->top_p, s->top_k, (double)s->min_p, (double)s->rep, (double)s->presence,
                      (double)s->frequency, s->seed);
     for (size_t i = 0; i < n && k < (int)sizeof(cmd) - 16; i++)
@@ -305,28 +270,11 @@ static void test_old_struct(struct resident *r)
 
 int main(void)
 {
-    const char *src = getenv("RESIDENT_SOURCE_ROOT"), *build = getenv("RESIDENT_BUILD_ROOT");
-    snprintf(model_dir, sizeof(model_dir), "%s/tests/data/default-model", src ? src : ".");
-    snprintf(engine_exe, sizeof(engine_exe), "%s/engine/resident-engine", build ? build : ".");
-    if (access(engine_exe, X_OK) != 0) {
-        printf("SKIP: %s is not built (the offline reference)\n", engine_exe);
-        return 77;
-    }
-    th_require_uring();
-    struct tokenizer *tok = NULL;
-    struct engine_error e = { 0 };
-    if (tokenizer_load(model_dir, &tok, &e) < 0) {
-        printf("SKIP: no bundled model at %s: %s\n", model_dir, e.msg);
-        return 77;
-    }
-    real_vocab = tokenizer_token_count(tok);
-    im_end_id = tokenizer_token_to_id(tok, "<|im_end|>");
-    tokenizer_free(tok);
-    TH_CHECK(im_end_id > 0);
+    th_model_require(&M);
     int rc = make_model_copy();
     if (rc < 0) {
         fprintf(stderr, "cannot make the model copy in %s: %s\n", copy_dir, strerror(-rc));
-        remove_model_copy();
+        th_model_copy_remove(copy_dir);
         return 1;
     }
     char opt_model[600];
@@ -334,16 +282,11 @@ int main(void)
     const char *opts[] = { "generator=engine", opt_model, "prefix_cache=0", NULL };
     if (th_daemon_start(&D, opts) < 0) {
         fprintf(stderr, "cannot start residentd with the engine generator\n");
-        remove_model_copy();
+        th_model_copy_remove(copy_dir);
         return 1;
     }
-    struct resident_connect_params cp;
-    resident_connect_params_init(&cp);
-    cp.socket_path = D.sock;
-    cp.client_name = "it-sampling";
-    struct resident *r = NULL;
-    if (resident_connect(&cp, &r) < 0) {
-        fprintf(stderr, "connect: %s\n", resident_last_error(NULL));
+    struct resident *r = th_connect(D.sock, "it-sampling", 0);
+    if (!r) {
         th_failures++;
     } else {
         uint32_t f = resident_features(r);
@@ -357,7 +300,7 @@ int main(void)
     }
     TH_CHECK(th_daemon_alive(&D));
     TH_CHECK(th_daemon_stop(&D, 10000) == 0);
-    remove_model_copy();
+    th_model_copy_remove(copy_dir);
     if (th_failures) {
         fprintf(stderr, "%d check(s) failed; daemon log: %s\n", th_failures, D.log);
         return 1;

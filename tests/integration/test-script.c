@@ -193,16 +193,9 @@ int main(void)
         fprintf(stderr, "cannot start residentd-script (log %s)\n", log_path);
         return 1;
     }
-    struct resident_connect_params cp;
-    resident_connect_params_init(&cp);
-    cp.socket_path = sock;
-    cp.client_name = "it-script";
-    cp.evt_ring_bytes = 4096;
-    struct resident *r = NULL;
-    if (resident_connect(&cp, &r) < 0) {
-        fprintf(stderr, "connect: %s\n", resident_last_error(NULL));
+    struct resident *r = th_connect(sock, "it-script", 4096);
+    if (!r)
         return 1;
-    }
     TH_CHECK(resident_is_synthetic(r));
     const char *req =
         "{\"messages\":[{\"role\":\"user\",\"content\":\"write it\"}],"

@@ -25,7 +25,6 @@
  * the constraint guarantees, not about what the model chooses.
  */
 #include <errno.h>
-#include <dirent.h>
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <stdlib.h>
@@ -56,14 +55,7 @@ struct result {
     char     msg[256];
 };
 
-struct sampling {
-    float    temperature, top_p;
-    uint32_t top_k;
-    uint64_t seed;
-};
-
-static const struct sampling GREEDY = { 0.0f, 1.0f, 0, 0 };
-static const struct sampling SEEDED = { 1.0f, 0.95f, 0, 4242 };
+static const struct th_sampling SEEDED = { 1.0f, 0.95f, 0, 4242 };
 
 #define TOOLS "[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"description\":\"Current weather\"," \
               "\"parameters\":{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}}}}}," \
@@ -77,20 +69,6 @@ static void chat_json(char *buf, size_t cap, const char *choice, int thinking)
 {
     snprintf(buf, cap, "{\"messages\":[" USER "],\"tools\":" TOOLS "%s%s%s}", choice[0] ? ",\"tool_choice\":" : "",
              choice, thinking ? "" : "," NO_THINK);
-}
-
-static struct resident *connect_to(const char *sock, const char *name)
-{
-    struct resident_connect_params cp;
-    resident_connect_params_init(&cp);
-    cp.socket_path = sock;
-    cp.client_name = name;
-    struct resident *r = NULL;
-    if (resident_connect(&cp, &r) < 0) {
-        fprintf(stderr, "connect: %s\n", resident_last_error(NULL));
-        exit(1);
-    }
-    return r;
 }
 
 static int absorb(struct result *res, const struct resident_event *ev)
@@ -117,23 +95,19 @@ static int absorb(struct result *res, const struct resident_event *ev)
     return 1;
 }
 
-static int collect(struct resident *r, const uint64_t *ids, struct result *res, size_t n)
+/* th_collect's absorb: events after a request's DONE are ignored. */
+static int absorb_at(void *res, size_t i, const struct resident_event *ev)
 {
-    size_t left = n;
-    struct resident_event ev;
-    uint64_t end = th_now_ms() + 90000;
-    while (left && th_now_ms() < end) {
-        int ret = resident_wait(r, &ev, 1000);
-        if (ret < 0)
-            return ret;
-        for (size_t i = 0; ret == 1 && i < n; i++)
-            if (ids[i] == ev.id && !res[i].done && absorb(&res[i], &ev))
-                left--;
-    }
-    return left ? -ETIMEDOUT : 0;
+    struct result *x = (struct result *)res + i;
+    return !x->done && absorb(x, ev);
 }
 
-static int submit(struct resident *r, const char *json, const struct sampling *s, uint32_t max_tokens,
+static int collect(struct resident *r, const uint64_t *ids, struct result *res, size_t n)
+{
+    return th_collect(r, ids, n, 90000, absorb_at, res);
+}
+
+static int submit(struct resident *r, const char *json, const struct th_sampling *s, uint32_t max_tokens,
                   uint64_t *id)
 {
     struct resident_request q;
@@ -151,7 +125,7 @@ static int submit(struct resident *r, const char *json, const struct sampling *s
 }
 
 /* One request to its DONE; res is zeroed first. */
-static void run1(struct resident *r, const char *json, const struct sampling *s, uint32_t max_tokens,
+static void run1(struct resident *r, const char *json, const struct th_sampling *s, uint32_t max_tokens,
                  struct result *res)
 {
     memset(res, 0, sizeof(*res));
@@ -229,7 +203,7 @@ static int same_ids(const struct result *a, const struct result *b, const char *
     return 0;
 }
 
-static void check_named(struct resident *r, const char *name, const struct sampling *s)
+static void check_named(struct resident *r, const char *name, const struct th_sampling *s)
 {
     char choice[128], json[4096], got[128];
     snprintf(choice, sizeof(choice), "{\"type\":\"function\",\"function\":{\"name\":\"%s\"}}", name);
@@ -250,8 +224,8 @@ static void check_named(struct resident *r, const char *name, const struct sampl
 static void test_named_and_required(struct resident *r)
 {
     TH_CHECK((resident_features(r) & RESIDENT_FEATURE_TOOL_CHOICE) != 0);
-    check_named(r, "get_weather", &GREEDY);
-    check_named(r, "search_web", &GREEDY);
+    check_named(r, "get_weather", &TH_GREEDY);
+    check_named(r, "search_web", &TH_GREEDY);
     check_named(r, "search_web", &SEEDED);
 
     /* "required": the sampler picks among the names where they diverge. */
@@ -264,7 +238,7 @@ static void test_named_and_required(struct resident *r)
     chat_json(json, sizeof(json), "\"required\"", 0);
     unsigned seen[2] = { 0, 0 };
     for (uint64_t seed = 1; seed <= 8; seed++) {
-        struct sampling s = { 1.0f, 1.0f, 0, seed };
+        struct th_sampling s = { 1.0f, 1.0f, 0, seed };
         struct result res;
         run1(r, json, &s, 12, &res);
         TH_CHECK(res.error == 0);
@@ -285,9 +259,9 @@ static void test_waits_for_reasoning(struct resident *r)
     char json[4096];
     struct result free_run, forced;
     chat_json(json, sizeof(json), "", 1);
-    run1(r, json, &GREEDY, 24, &free_run);
+    run1(r, json, &TH_GREEDY, 24, &free_run);
     chat_json(json, sizeof(json), "{\"type\":\"function\",\"function\":{\"name\":\"search_web\"}}", 1);
-    run1(r, json, &GREEDY, 24, &forced);
+    run1(r, json, &TH_GREEDY, 24, &forced);
     TH_CHECK(free_run.error == 0 && forced.error == 0);
     uint32_t k = 0;
     while (k < free_run.n && free_run.ids[k] != (uint32_t)think_end_id)
@@ -311,7 +285,7 @@ static void test_waits_for_reasoning(struct resident *r)
 static void expect_refused(struct resident *r, const char *json, const char *needle)
 {
     struct result res;
-    run1(r, json, &GREEDY, 8, &res);
+    run1(r, json, &TH_GREEDY, 8, &res);
     if (!(res.error == -EINVAL && res.finish == RESIDENT_FINISH_ERROR && strstr(res.msg, needle))) {
         fprintf(stderr, "expected a refusal naming \"%s\", got error %d finish %u: %s\n", needle, res.error,
                 res.finish, res.msg);
@@ -350,7 +324,7 @@ static void test_batch(struct resident *r)
     chat_json(json[2], sizeof(json[2]), "\"required\"", 0);
     snprintf(json[3], sizeof(json[3]), "{\"messages\":[{\"role\":\"user\",\"content\":\"Tell me a story about a "
              "lighthouse keeper.\"}]}");
-    const struct sampling *samp[N] = { &GREEDY, &SEEDED, &SEEDED, &SEEDED };
+    const struct th_sampling *samp[N] = { &TH_GREEDY, &SEEDED, &SEEDED, &SEEDED };
     static struct result alone[N], batch[N];
     for (int i = 0; i < N; i++)
         run1(r, json[i], samp[i], 12, &alone[i]);
@@ -378,14 +352,14 @@ static void test_null_generator(void)
         th_failures++;
         return;
     }
-    struct resident *r = connect_to(nd.sock, "it-toolchoice-null");
+    struct resident *r = th_connect_or_exit(nd.sock, "it-toolchoice-null");
     TH_CHECK(resident_is_synthetic(r) && (resident_features(r) & RESIDENT_FEATURE_TOOL_CHOICE) == 0);
     char json[4096];
     chat_json(json, sizeof(json), "\"required\"", 0);
     expect_refused(r, json, "SHM_WELCOME_F_TOOL_CHOICE");
     chat_json(json, sizeof(json), "\"auto\"", 0);
     struct result res;
-    run1(r, json, &GREEDY, 4, &res);
+    run1(r, json, &TH_GREEDY, 4, &res);
     TH_CHECK(res.error == 0 && res.n == 4);
     resident_close(r);
     TH_CHECK(th_daemon_stop(&nd, 10000) == 0);
@@ -395,25 +369,10 @@ static void test_null_generator(void)
  * adds `extra` to the end-of-turn ids. */
 static int fixture_with_eos(char *dir, size_t cap, int32_t extra)
 {
-    snprintf(dir, cap, "/tmp/it-toolchoice-XXXXXX");
-    if (!mkdtemp(dir))
-        return -errno;
-    DIR *d = opendir(model_dir);
-    if (!d)
-        return -errno;
-    struct dirent *de;
-    char src[1024], dst[1024];
-    while ((de = readdir(d))) {
-        if (de->d_name[0] == '.' || strcmp(de->d_name, "generation_config.json") == 0)
-            continue;
-        snprintf(src, sizeof(src), "%s/%s", model_dir, de->d_name);
-        snprintf(dst, sizeof(dst), "%s/%s", dir, de->d_name);
-        if (symlink(src, dst) < 0) {
-            closedir(d);
-            return -errno;
-        }
-    }
-    closedir(d);
+    int rc = th_model_copy(model_dir, "it-toolchoice", dir, cap);
+    if (rc < 0)
+        return rc;
+    char dst[1024];
     snprintf(dst, sizeof(dst), "%s/generation_config.json", dir);
     FILE *f = fopen(dst, "w");
     if (!f)
@@ -421,22 +380,6 @@ static int fixture_with_eos(char *dir, size_t cap, int32_t extra)
     fprintf(f, "{\"bos_token_id\": 151643, \"eos_token_id\": [151645, 151643, %d], \"pad_token_id\": 151643}\n",
             extra);
     return fclose(f) == 0 ? 0 : -EIO;
-}
-
-static void remove_fixture(const char *dir)
-{
-    DIR *d = opendir(dir);
-    struct dirent *de;
-    char p[1024];
-    while (d && (de = readdir(d))) {
-        if (de->d_name[0] == '.')
-            continue;
-        snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
-        unlink(p);
-    }
-    if (d)
-        closedir(d);
-    rmdir(dir);
 }
 
 /*
@@ -458,9 +401,9 @@ static void test_tool_turn_snapshot(void)
 {
     char json[4096];
     chat_json(json, sizeof(json), "{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}", 0);
-    struct resident *r = connect_to(D.sock, "it-toolchoice-eos");
+    struct resident *r = th_connect_or_exit(D.sock, "it-toolchoice-eos");
     struct result first;
-    run1(r, json, &GREEDY, 16, &first);
+    run1(r, json, &TH_GREEDY, 16, &first);
     resident_close(r);
     int32_t want[64];
     size_t nw = opening("", "get_weather", want, 64);
@@ -482,12 +425,12 @@ static void test_tool_turn_snapshot(void)
     if (th_daemon_start(&cd, opts) < 0) {
         fprintf(stderr, "cannot start residentd on %s\n", dir);
         th_failures++;
-        remove_fixture(dir);
+        th_model_copy_remove(dir);
         return;
     }
-    r = connect_to(cd.sock, "it-toolchoice-turns");
+    r = th_connect_or_exit(cd.sock, "it-toolchoice-turns");
     struct result t1, t2;
-    run1(r, json, &GREEDY, 16, &t1);
+    run1(r, json, &TH_GREEDY, 16, &t1);
     TH_CHECK(t1.error == 0 && t1.n == nw + 1 && t1.ids[nw] == (uint32_t)end_id);
     TH_CHECK(t1.finish == RESIDENT_FINISH_TOOL_CALLS || t1.finish == RESIDENT_FINISH_STOP);
     char turn2[4096];
@@ -496,7 +439,7 @@ static void test_tool_turn_snapshot(void)
              "\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"{}\"}}]},"
              "{\"role\":\"tool\",\"tool_call_id\":\"call_1\",\"content\":\"{\\\"temp_c\\\": 18}\"}],"
              "\"tools\":" TOOLS "," NO_THINK "}");
-    run1(r, turn2, &GREEDY, 4, &t2);
+    run1(r, turn2, &TH_GREEDY, 4, &t2);
     uint32_t expect = t1.prompt_tokens + t1.n - 1;
     TH_CHECK(t2.error == 0);
     printf("tool-call turn: prompt %u + output %u (end id %d, finish %s); next turn: prompt %u, cached %u, "
@@ -505,7 +448,7 @@ static void test_tool_turn_snapshot(void)
     TH_CHECK(t2.cached_tokens == expect);
     resident_close(r);
     TH_CHECK(th_daemon_stop(&cd, 10000) == 0);
-    remove_fixture(dir);
+    th_model_copy_remove(dir);
 }
 
 int main(void)
@@ -528,7 +471,7 @@ int main(void)
         fprintf(stderr, "cannot start residentd with the engine generator\n");
         return 1;
     }
-    struct resident *r = connect_to(D.sock, "it-toolchoice");
+    struct resident *r = th_connect_or_exit(D.sock, "it-toolchoice");
     test_named_and_required(r);
     test_waits_for_reasoning(r);
     test_refusals(r);

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Fixtures: a residentd (null generator, temp socket) and resident-openai
-gateways on free loopback ports, started and stopped per test module."""
+gateways on free loopback ports, started and stopped per test module;
+model_daemon starts residentd with a generator that loads a model."""
 import http.client
 import json
 import os
@@ -16,10 +17,23 @@ import pytest
 BUILD = os.environ["RESIDENT_BUILD_ROOT"]
 RESIDENTD = os.path.join(BUILD, "daemon", "residentd")
 GATEWAY = os.path.join(BUILD, "client", "openai", "resident-openai")
+# The bundled model (real architecture and tokenizer, random weights).
+MODEL_DIR = os.path.join(os.environ["RESIDENT_SOURCE_ROOT"], "tests", "data", "default-model")
 MODEL = "Qwen/Qwen3.6-35B-A3B"
 # Limits the tests rely on (residentd -o ...).
 MAX_PROMPT_TOKENS = 2048
 MAX_NEW_TOKENS = 1_000_000
+
+
+def wait_for_socket(proc, sock, log, what, timeout, poll=0.02):
+    """Until the daemon `proc` creates `sock`; when it exits or `timeout`
+    seconds pass first, raise with its log (`log`, the file it writes)."""
+    deadline = time.time() + timeout
+    while not os.path.exists(sock):
+        if proc.poll() is not None or time.time() > deadline:
+            log.seek(0)
+            raise RuntimeError(f"{what} did not start:\n" + log.read())
+        time.sleep(poll)
 
 
 class Daemon:
@@ -37,12 +51,7 @@ class Daemon:
              "-o", "privileges=keep",
              "-o", f"allow_uids={os.getuid()}"],
             stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 10
-        while not os.path.exists(self.sock):
-            if self.proc.poll() is not None or time.time() > deadline:
-                self.log.seek(0)
-                raise RuntimeError("residentd did not start:\n" + self.log.read())
-            time.sleep(0.02)
+        wait_for_socket(self.proc, self.sock, self.log, "residentd", 10)
 
     def stop(self):
         if self.proc.poll() is None:
@@ -52,6 +61,34 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.log.close()
+
+
+class ModelDaemon:
+    """residentd (or the test daemon residentd-script) with a generator that
+    loads a model: --config /dev/null, socket tmp/GENERATOR.sock, log
+    tmp/residentd-GENERATOR.log, this uid allowed, `options` as further
+    "-o key=value" and `env` added to the environment. Always
+    `-o privileges=keep`: started by hand as root, the default (privileges =
+    auto) would drop to the `residentd` user, which a test host lacks."""
+
+    def __init__(self, tmp, exe, generator, model_dir, *options, env=None,
+                 start_timeout, stop_timeout):
+        self.sock = os.path.join(tmp, generator + ".sock")
+        self.stop_timeout = stop_timeout
+        self.log = open(os.path.join(tmp, f"residentd-{generator}.log"), "w+")
+        argv = [exe, "--config", "/dev/null", "--socket", self.sock, "--generator", generator,
+                "--model", model_dir, "-o", f"allow_uids={os.getuid()}", "-o", "privileges=keep"]
+        for o in options:
+            argv += ["-o", o]
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, **env) if env else None)
+        wait_for_socket(self.proc, self.sock, self.log,
+                        f"{os.path.basename(exe)} ({generator})", start_timeout)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(self.stop_timeout)
         self.log.close()
 
 
@@ -166,6 +203,23 @@ def daemon(tmp):
     d = Daemon(tmp)
     yield d
     d.stop()
+
+
+@pytest.fixture(scope="module")
+def model_daemon(tmp):
+    """start(exe, generator, model_dir, *options, env=..., start_timeout=...,
+    stop_timeout=...) -> a started ModelDaemon, stopped (SIGTERM,
+    then waiting stop_timeout s for its exit) at the end of the module, after
+    the fixtures that use it."""
+    started = []
+
+    def start(*args, **kw):
+        d = ModelDaemon(tmp, *args, **kw)
+        started.append(d)
+        return d
+    yield start
+    for d in reversed(started):
+        d.stop()
 
 
 @pytest.fixture(scope="module")

@@ -14,43 +14,19 @@ so unset fields mean greedy decoding).
 """
 import json
 import os
-import signal
-import subprocess
-import time
 
 import pytest
 
-from conftest import BUILD, MODEL, Gateway
+from conftest import MODEL, MODEL_DIR, RESIDENTD, Gateway
 
-SOURCE = os.environ["RESIDENT_SOURCE_ROOT"]
-RESIDENTD = os.path.join(BUILD, "daemon", "residentd")
-MODEL_DIR = os.path.join(SOURCE, "tests", "data", "default-model")
 NO_THINK = {"chat_template_kwargs": {"enable_thinking": False}}
 
 
 @pytest.fixture(scope="module")
-def engine_daemon(tmp):
+def engine_daemon(model_daemon):
     if not os.path.exists(os.path.join(MODEL_DIR, "model.safetensors")):
         pytest.skip(f"no bundled model at {MODEL_DIR}")
-    sock = os.path.join(tmp, "engine.sock")
-    log = open(os.path.join(tmp, "residentd-engine.log"), "w+")
-    proc = subprocess.Popen(
-        [RESIDENTD, "--config", "/dev/null", "--socket", sock, "--generator", "engine",
-         "--model", MODEL_DIR, "-o", f"allow_uids={os.getuid()}",
-         # by hand as root, the default (privileges = auto) would drop to
-         # the `residentd` user, which a test host lacks
-         "-o", "privileges=keep"],
-        stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 60
-    while not os.path.exists(sock):
-        if proc.poll() is not None or time.time() > deadline:
-            log.seek(0)
-            raise RuntimeError("residentd (engine) did not start:\n" + log.read())
-        time.sleep(0.05)
-    yield sock
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(20)
-    log.close()
+    return model_daemon(RESIDENTD, "engine", MODEL_DIR, start_timeout=60, stop_timeout=20).sock
 
 
 @pytest.fixture(scope="module")

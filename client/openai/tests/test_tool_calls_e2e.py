@@ -9,17 +9,12 @@ reasoning / content / tool-call events and the gateway into OpenAI chunks.
 """
 import json
 import os
-import signal
-import subprocess
-import time
 
 import pytest
 
-from conftest import BUILD, Gateway
+from conftest import BUILD, MODEL_DIR, Gateway
 
-SOURCE = os.environ["RESIDENT_SOURCE_ROOT"]
 RESIDENTD_SCRIPT = os.path.join(BUILD, "daemon", "residentd-script")
-MODEL_DIR = os.path.join(SOURCE, "tests", "data", "default-model")
 
 SCRIPT = ("Let me check the weather.\n</think>\n\nChecking now.\n"
           "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
@@ -34,30 +29,17 @@ MESSAGES = [{"role": "user", "content": "Weather in Paris for 3 days?"}]
 
 
 @pytest.fixture(scope="module")
-def script_gw(tmp):
+def script_gw(tmp, model_daemon):
     if not os.access(RESIDENTD_SCRIPT, os.X_OK):
         pytest.skip(f"{RESIDENTD_SCRIPT} is not built")
     path = os.path.join(tmp, "script.txt")
     with open(path, "w") as f:
         f.write(SCRIPT)
-    sock = os.path.join(tmp, "script.sock")
-    log = open(os.path.join(tmp, "residentd-script.log"), "w+")
-    proc = subprocess.Popen(
-        [RESIDENTD_SCRIPT, "--config", "/dev/null", "--socket", sock, "--generator", "script",
-         "--model", MODEL_DIR, "-o", f"allow_uids={os.getuid()}", "-o", "privileges=keep"],
-        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, RESIDENT_GEN_SCRIPT=path))
-    deadline = time.time() + 20
-    while not os.path.exists(sock):
-        if proc.poll() is not None or time.time() > deadline:
-            log.seek(0)
-            raise RuntimeError("residentd-script did not start:\n" + log.read())
-        time.sleep(0.02)
-    g = Gateway(tmp, sock, name="gw-script")
+    d = model_daemon(RESIDENTD_SCRIPT, "script", MODEL_DIR, env={"RESIDENT_GEN_SCRIPT": path},
+                     start_timeout=20, stop_timeout=10)
+    g = Gateway(tmp, d.sock, name="gw-script")
     yield g
     g.stop()
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(10)
-    log.close()
 
 
 def test_tool_call_nonstreaming(script_gw):

@@ -13,18 +13,11 @@ the stream and the non-streaming answer agree. The null generator's refusal
 (400 on tool_choice) is in test_openai.py.
 """
 import os
-import signal
-import subprocess
-import time
 
 import openai
 import pytest
 
-from conftest import BUILD, MODEL, Gateway
-
-SOURCE = os.environ["RESIDENT_SOURCE_ROOT"]
-RESIDENTD = os.path.join(BUILD, "daemon", "residentd")
-MODEL_DIR = os.path.join(SOURCE, "tests", "data", "default-model")
+from conftest import MODEL, MODEL_DIR, RESIDENTD, Gateway
 
 TOOLS = [
     {"type": "function", "function": {
@@ -46,28 +39,13 @@ def named(name):
 
 
 @pytest.fixture(scope="module")
-def engine_gw(tmp):
+def engine_gw(tmp, model_daemon):
     if not os.path.isdir(MODEL_DIR):
         pytest.skip(f"no bundled model at {MODEL_DIR}")
-    sock = os.path.join(tmp, "engine.sock")
-    log = open(os.path.join(tmp, "residentd-engine.log"), "w+")
-    proc = subprocess.Popen(
-        [RESIDENTD, "--config", "/dev/null", "--socket", sock, "--generator", "engine",
-         "--model", MODEL_DIR, "-o", f"allow_uids={os.getuid()}",
-         "-o", "privileges=keep"],   # root by hand would drop to `residentd`
-        stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 60
-    while not os.path.exists(sock):
-        if proc.poll() is not None or time.time() > deadline:
-            log.seek(0)
-            raise RuntimeError("residentd (engine) did not start:\n" + log.read())
-        time.sleep(0.05)
-    g = Gateway(tmp, sock, name="gw-engine")
+    d = model_daemon(RESIDENTD, "engine", MODEL_DIR, start_timeout=60, stop_timeout=20)
+    g = Gateway(tmp, d.sock, name="gw-engine")
     yield g
     g.stop()
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(20)
-    log.close()
 
 
 def create(gw, **kw):
