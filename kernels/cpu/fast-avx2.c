@@ -79,6 +79,17 @@ T256 void fast_q8_quantize_avx2(const float *x, int64_t cols, uint8_t *out)
                      : _mm256_maskload_ps(x + c0 + 8 * j, mask8(rj));
                 mx = _mm256_max_ps(mx, _mm256_and_ps(v[j], absmask));
             }
+            /* Inf or NaN: no int8 image, NaN scales (see fast-avx512.c) */
+            __m256 bad = _mm256_setzero_ps();
+            for (int j = 0; j < 4; j++)
+                bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_and_ps(v[j], absmask), _mm256_set1_ps(INFINITY),
+                                                      _CMP_NLT_UQ));
+            if (_mm256_movemask_ps(bad)) {
+                for (int pl = 0; pl < 4; pl++)
+                    memset(c + 64 * pl + 16 * g, 0, 16);
+                d[g] = cs[g] = es[g] = NAN;
+                continue;
+            }
             __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
             m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
             m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));

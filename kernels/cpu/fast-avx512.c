@@ -57,6 +57,17 @@ T512 void fast_q8_quantize_avx512(const float *x, int64_t cols, uint8_t *out)
             __mmask16 m1 = rem >= 32 ? 0xffff : rem <= 16 ? 0 : (__mmask16)((1u << (rem - 16)) - 1);
             __m512 a = _mm512_maskz_loadu_ps(m0, x + c0);
             __m512 b = _mm512_maskz_loadu_ps(m1, x + c0 + 16);
+            /* Inf or NaN (a corrupted model can produce them): no int8
+             * image, the block's NaN scales carry NaN into every product
+             * as the exact path would (and no INT_MIN lanes to sum). */
+            const __m512 inf = _mm512_set1_ps(INFINITY);
+            if (_mm512_cmp_ps_mask(_mm512_and_ps(a, absmask), inf, _CMP_NLT_UQ) |
+                _mm512_cmp_ps_mask(_mm512_and_ps(b, absmask), inf, _CMP_NLT_UQ)) {
+                for (int pl = 0; pl < 4; pl++)
+                    memset(c + 64 * pl + 16 * g, 0, 16);
+                d[g] = cs[g] = es[g] = NAN;
+                continue;
+            }
             float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(a, absmask),
                                                             _mm512_and_ps(b, absmask)));
             float dg = amax / 127.0f;

@@ -441,6 +441,45 @@ static void test_isa_agree(void **state)
     assert_true(worst <= 1e-6);
 }
 
+/* Non-finite activations (a corrupted model makes them): each level
+ * quantises a block holding Inf or NaN to zero bytes with NaN scales, so
+ * the product of that row is NaN like the exact path's, and no lane is
+ * converted to INT_MIN and summed (UBSan caught that overflow). Blocks
+ * without them are untouched. */
+static void test_q8_nonfinite(void **state)
+{
+    const int64_t cols = 128;
+    const size_t rb = fast_q8_row_bytes(cols);
+    const float bad[] = { INFINITY, -INFINITY, NAN };
+    for (size_t bi = 0; bi < sizeof(bad) / sizeof(bad[0]); bi++) {
+        float *x = rnd_vec((size_t)cols);
+        uint8_t *clean = calloc(1, rb), *q = calloc(1, rb);
+        assert_non_null(clean);
+        assert_non_null(q);
+        int32_t levels = kb_cpu_fast_best_isa() >= KB_CPU_ISA_AVX512 ? 2 : 1;
+        for (int32_t l = 0; l < levels; l++) {
+            void (*quant)(const float *, int64_t, uint8_t *) = l == 0 ? fast_q8_quantize_avx2
+                                                                      : fast_q8_quantize_avx512;
+            quant(x, cols, clean);
+            x[37] = bad[bi];                           /* block 1 of the chunk */
+            quant(x, cols, q);
+            x[37] = 0.5f;
+            const float *d = (const float *)(q + 256), *dc = (const float *)(clean + 256);
+            for (int j = 0; j < 16; j++) {
+                if (j / 4 == 1)
+                    assert_true(isnan(d[j]));
+                else
+                    assert_true(d[j] == dc[j]);
+            }
+            for (int pl = 0; pl < 4; pl++)
+                for (int k = 0; k < 16; k++)
+                    assert_int_equal(q[64 * pl + 16 + k], 0);
+        }
+        free(x); free(clean); free(q);
+    }
+    print_message("  Inf, -Inf and NaN activations: zero bytes and NaN scales in their block only\n");
+}
+
 /* RESIDENT_CPU_ISA picks the level when the params say "auto". */
 static void test_isa_env(void **state)
 {
@@ -486,6 +525,7 @@ int main(void)
     };
     const struct CMUnitTest once[] = {
         cmocka_unit_test(test_isa_agree),
+        cmocka_unit_test(test_q8_nonfinite),
         cmocka_unit_test(test_isa_env),
     };
     int failed = 0;
