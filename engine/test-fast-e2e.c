@@ -60,25 +60,6 @@ static struct model *open_model(const char *name, const char *backend)
     return open_model_threads(name, backend, 2);
 }
 
-static double rel_l2(const float *a, const float *b, int64_t n)
-{
-    double d = 0, r = 0;
-    for (int64_t i = 0; i < n; i++) {
-        d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-        r += (double)b[i] * b[i];
-    }
-    return sqrt(d / (r > 0 ? r : 1e-30));
-}
-
-static int32_t argmax(const float *x, int32_t n)
-{
-    int32_t b = 0;
-    for (int32_t i = 1; i < n; i++)
-        if (x[i] > x[b])
-            b = i;
-    return b;
-}
-
 /* KL(softmax(p) || softmax(q)) in double. */
 static double kl_logits(const float *p, const float *q, int32_t n)
 {

@@ -2,13 +2,16 @@
 /*
  * Shared by the cmocka tests that compare the engine with the transformers
  * goldens (test-forward.c: the reference backend; test-fast-e2e.c: the fast
- * CPU backend): the fixture list, and golden tensors read from
- * tests/data/goldens/ (layout: tests/data/README.md). Include after
+ * CPU backend): the fixture list, golden tensors read from
+ * tests/data/goldens/ (layout: tests/data/README.md), and the two measures
+ * both report (relative L2 error, argmax). Include after
  * <cmocka.h>; each test sets data_dir to RESIDENT_SOURCE_ROOT/tests/data.
  */
 #ifndef RESIDENT_ENGINE_TEST_GOLDENS_H
 #define RESIDENT_ENGINE_TEST_GOLDENS_H
 
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +57,27 @@ static inline struct st_set *open_golden(const char *gold, const char *file)
     if (st_set_open_file(path, &s, &err))
         fail_msg("cannot open %s: %s", path, err.msg);
     return s;
+}
+
+/* ||a - b|| / ||b|| over n values, in double. */
+static inline double rel_l2(const float *a, const float *b, int64_t n)
+{
+    double d = 0, r = 0;
+    for (int64_t i = 0; i < n; i++) {
+        d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        r += (double)b[i] * b[i];
+    }
+    return sqrt(d / (r > 0 ? r : 1e-30));
+}
+
+/* Index of the largest of n values (the first on a tie). */
+static inline int32_t argmax(const float *x, int32_t n)
+{
+    int32_t b = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (x[i] > x[b])
+            b = i;
+    return b;
 }
 
 #endif
