@@ -456,3 +456,19 @@ int th_raw_submit(struct th_raw *r, uint64_t id, const char *prompt, uint32_t ma
     th_raw_ring(r);
     return 0;
 }
+
+int th_utf8_valid(const char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = (unsigned char)s[i];
+        size_t l = c < 0x80 ? 1 : c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+        if (!l || i + l > n)
+            return 0;
+        for (size_t k = 1; k < l; k++)
+            if (((unsigned char)s[i + k] & 0xc0) != 0x80)
+                return 0;
+        i += l;
+    }
+    return 1;
+}

@@ -121,4 +121,10 @@ int th_wait_closed(int sock, int timeout_ms, int *err);
 /* Send one raw frame with optional fds. */
 int th_send_raw(int sock, const void *buf, size_t len, const int *fds, int n_fds);
 
+/* 1 when s[0..n) is a sequence of complete UTF-8 characters (lead bytes
+ * C2-F4 and their continuation bytes; 3- and 4-byte overlongs and
+ * surrogates are not checked), else 0: event text must never split a
+ * character. */
+int th_utf8_valid(const char *s, size_t n);
+
 #endif

@@ -76,22 +76,6 @@ static int ids_match(const struct result *res, uint32_t kind, const char *prompt
     return 1;
 }
 
-static int utf8_valid(const char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned char c = (unsigned char)s[i];
-        size_t l = c < 0x80 ? 1 : c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
-        if (!l || i + l > n)
-            return 0;
-        for (size_t k = 1; k < l; k++)
-            if (((unsigned char)s[i + k] & 0xc0) != 0x80)
-                return 0;
-        i += l;
-    }
-    return 1;
-}
-
 static void test_basic(void)
 {
     struct resident *r = th_connect_or_exit(D.sock, "e2e-basic");
@@ -108,7 +92,7 @@ static void test_basic(void)
     TH_CHECK(res->queued && res->done && res->finish == RESIDENT_FINISH_LENGTH && res->error == 0);
     TH_CHECK(res->n == 300 && res->completion_tokens == 300 && res->prompt_tokens == 5);
     TH_CHECK(ids_match(res, 2, prompt, strlen(prompt), 7));
-    TH_CHECK(utf8_valid(res->text, res->text_len));
+    TH_CHECK(th_utf8_valid(res->text, res->text_len));
 
     /* Stop id: the 10th token's id ends the request at its first occurrence. */
     uint32_t stop = res->ids[9];

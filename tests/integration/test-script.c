@@ -29,22 +29,6 @@
 static char dir[64], sock[128], script_path[128], log_path[128];
 static pid_t daemon_pid;
 
-static int utf8_valid(const char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned char c = (unsigned char)s[i];
-        size_t l = c < 0x80 ? 1 : c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
-        if (!l || i + l > n)
-            return 0;
-        for (size_t k = 1; k < l; k++)
-            if (((unsigned char)s[i + k] & 0xc0) != 0x80)
-                return 0;
-        i += l;
-    }
-    return 1;
-}
-
 static int start_daemon(const char *script)
 {
     const char *build = getenv("RESIDENT_BUILD_ROOT"), *src = getenv("RESIDENT_SOURCE_ROOT");
@@ -121,7 +105,7 @@ static int collect(struct resident *r, uint64_t id, struct collected *c, int can
         if (ev.type == RESIDENT_EVENT_TOKENS) {
             TH_CHECK(ev.channel <= RESIDENT_CHANNEL_TOOL_CALL);
             TH_CHECK(ev.n_tokens > 0 || ev.text_len > 0);
-            TH_CHECK(utf8_valid(ev.text, ev.text_len));
+            TH_CHECK(th_utf8_valid(ev.text, ev.text_len));
             c->records++;
             c->tokens += ev.n_tokens;
             if (ev.n_tokens == 0)
