@@ -13,7 +13,8 @@
  *     one-token bf16 kernel of the lm_head): <= 2e-6
  *   MoE (fast mode) whole block:                  <= 1e-4
  *   attention (both modes):                       <= 1e-5
- *   Gated DeltaNet output and state over 6 calls: <= 1e-5 (conv state exact)
+ *   Gated DeltaNet output and state over 6 calls: <= 1e-5 (conv state exact),
+ *     also from a state of denormals (which the fast path flushes)
  * Every test runs once per kernel level the CPU has (AVX-512 VNNI, then
  * AVX2 + FMA), forced through kb_cpu_fast_params.isa; test_isa_agree
  * checks that the two levels build the same int8 activation bytes and
@@ -379,6 +380,53 @@ static void test_gdn(void **state)
     fa->ops->destroy(fa);
 }
 
+/* A state full of denormals (a head with a small decay drives its state
+ * there): the fast recurrence flushes them to zero for speed (fast.c,
+ * gdn_job), which must not move the output beyond the GDN tolerance, and
+ * must leave the calling thread's floating-point mode as it found it. */
+static void test_gdn_denormal(void **state)
+{
+    struct kb_backend *ref = ref_new(), *fa = fast_new(false, 2);
+    enum { NK = 1, NV = 2, DK = 16, DV = 32, K = 2 };
+    const int64_t conv_dim = 2 * NK * DK + NV * DV, val = NV * DV;
+    uint16_t conv[(2 * NK * DK + NV * DV) * K], alog[NV], dtb[NV], nw[DV];
+    for (int64_t i = 0; i < conv_dim * K; i++)
+        conv[i] = kb_f32_to_bf16(rnd_f() * 0.5f);
+    for (int i = 0; i < NV; i++) {
+        alog[i] = kb_f32_to_bf16(4.0f);          /* decay ~ e^-38 per token */
+        dtb[i] = kb_f32_to_bf16(1.0f);
+    }
+    for (int i = 0; i < DV; i++)
+        nw[i] = kb_f32_to_bf16(1.0f);
+    struct kb_weight cw = { .type = KB_WTYPE_BF16, .rows = conv_dim, .cols = K, .data = conv };
+    struct kb_weight aw = { .type = KB_WTYPE_BF16, .rows = 1, .cols = NV, .data = alog };
+    struct kb_weight dw = { .type = KB_WTYPE_BF16, .rows = 1, .cols = NV, .data = dtb };
+    struct kb_weight nwt = { .type = KB_WTYPE_BF16, .rows = 1, .cols = DV, .data = nw };
+    struct kb_gdn g = { .n_k_heads = NK, .n_v_heads = NV, .d_k = DK, .d_v = DV, .conv_kernel = K,
+                        .norm_eps = 1e-6f, .conv1d = &cw, .A_log = &aw, .dt_bias = &dw, .norm = &nwt };
+    const size_t ns = (size_t)(NV * DK * DV);
+    struct kb_gdn_state s0 = { calloc((size_t)((K - 1) * conv_dim), 4), calloc(ns, 4) };
+    struct kb_gdn_state s1 = { calloc((size_t)((K - 1) * conv_dim), 4), calloc(ns, 4) };
+    for (size_t i = 0; i < ns; i++)
+        s0.ssm[i] = s1.ssm[i] = rnd_f() * 1e-39f;    /* denormal */
+    const int32_t n = 7;
+    float *qkv = rnd_vec((size_t)(n * conv_dim)), *z = rnd_vec((size_t)(n * val));
+    float *b = rnd_vec((size_t)(n * NV)), *a = rnd_vec((size_t)(n * NV));
+    float *y0 = calloc((size_t)(n * val), 4), *y1 = calloc((size_t)(n * val), 4);
+    volatile float tiny = 1e-38f, half = 0.5f;
+    assert_true(tiny * half > 0.0f);                 /* denormals live here */
+    assert_int_equal(ref->ops->gdn(ref, &g, &s0, qkv, z, b, a, n, y0), 0);
+    assert_int_equal(fa->ops->gdn(fa, &g, &s1, qkv, z, b, a, n, y1), 0);
+    assert_true(tiny * half > 0.0f);                 /* ... and still do */
+    double e = rel_l2(y1, y0, (size_t)(n * val));
+    printf("  cpu       gdn denormal state  out rel L2 %.3g (<= 1e-5)\n", e);
+    assert_true(e <= 1e-5);
+    free(qkv); free(z); free(b); free(a); free(y0); free(y1);
+    free(s0.conv); free(s0.ssm); free(s1.conv); free(s1.ssm);
+    ref->ops->destroy(ref);
+    fa->ops->destroy(fa);
+}
+
 static void test_bad_args(void **state)
 {
     struct kb_backend *fa = fast_new(false, 1);
@@ -521,6 +569,7 @@ int main(void)
         cmocka_unit_test(test_moe),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_gdn),
+        cmocka_unit_test(test_gdn_denormal),
         cmocka_unit_test(test_bad_args),
     };
     const struct CMUnitTest once[] = {
