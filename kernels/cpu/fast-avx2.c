@@ -212,13 +212,8 @@ T256 void fast_q4_q8_avx2(const struct kb_weight *w, int64_t r0, int64_t r1,
     const int64_t nch = (cols + FAST_Q8_CHUNK_COLS - 1) / FAST_Q8_CHUNK_COLS;
     const uint8_t *wd = (const uint8_t *)w->data;
     const uint16_t *sd = (const uint16_t *)w->scales;
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *wr = wd + r * (cols / 2);
-        const uint16_t *sr = sd + r * ng;
-        if (r + 1 < r1) {
-            _mm_prefetch((const char *)(wr + cols / 2), _MM_HINT_T0);
-            _mm_prefetch((const char *)(sr + ng), _MM_HINT_T0);
-        }
+    for (int64_t rb = r0; rb < r1; rb += FAST_Q4_ROW_BLOCK) {
+        const int64_t re = r1 - rb < FAST_Q4_ROW_BLOCK ? r1 : rb + FAST_Q4_ROW_BLOCK;
         for (int32_t t0 = 0; t0 < n; t0 += 4) {
             const int nt = n - t0 >= 4 ? 4 : n - t0;
             const uint8_t *a[4];
@@ -226,15 +221,23 @@ T256 void fast_q4_q8_avx2(const struct kb_weight *w, int64_t r0, int64_t r1,
                 int32_t ti = t0 + (i < nt ? i : 0);
                 a[i] = act + (size_t)(tok ? tok[ti] : ti) * act_stride;
             }
-            float o[4];
-            switch (nt) {
-            case 1: q4q8_tile2(wr, sr, ng, nch, a, 1, o); break;
-            case 2: q4q8_tile2(wr, sr, ng, nch, a, 2, o); break;
-            case 3: q4q8_tile2(wr, sr, ng, nch, a, 3, o); break;
-            default: q4q8_tile2(wr, sr, ng, nch, a, 4, o); break;
+            for (int64_t r = rb; r < re; r++) {
+                const uint8_t *wr = wd + r * (cols / 2);
+                const uint16_t *sr = sd + r * ng;
+                if (t0 == 0 && r + 1 < r1) {
+                    _mm_prefetch((const char *)(wr + cols / 2), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(sr + ng), _MM_HINT_T0);
+                }
+                float o[4];
+                switch (nt) {
+                case 1: q4q8_tile2(wr, sr, ng, nch, a, 1, o); break;
+                case 2: q4q8_tile2(wr, sr, ng, nch, a, 2, o); break;
+                case 3: q4q8_tile2(wr, sr, ng, nch, a, 3, o); break;
+                default: q4q8_tile2(wr, sr, ng, nch, a, 4, o); break;
+                }
+                for (int i = 0; i < nt; i++)
+                    y[(int64_t)(t0 + i) * y_stride + r] = o[i];
             }
-            for (int i = 0; i < nt; i++)
-                y[(int64_t)(t0 + i) * y_stride + r] = o[i];
         }
     }
 }

@@ -13,8 +13,10 @@
  * activation planes (value and residual), and each group's 4 lanes are
  * scaled in fp32 by weight scale
  * x activation scale with the -8 offset folded into the activation's
- * correction term. Up to 4 token rows share each weight load (prefill), so
- * the weights stream from memory once per row block whatever the batch.
+ * correction term. Up to 4 token rows share each weight load (prefill);
+ * a block of FAST_Q4_ROW_BLOCK rows runs against one such tile of tokens
+ * before the next tile, so the weights stream from memory once per call
+ * and the activations come from L1 (fast-kernels.h).
  *
  * The exact path (fast_q4_f32) dequantises a row with a 16-entry lookup
  * table per group (vpermps over bf16(q * s) for q = -8..7, the reference
@@ -203,15 +205,8 @@ T512 void fast_q4_q8_avx512(const struct kb_weight *w, int64_t r0, int64_t r1,
     const int64_t nch = (cols + FAST_Q8_CHUNK_COLS - 1) / FAST_Q8_CHUNK_COLS;
     const uint8_t *wd = (const uint8_t *)w->data;
     const uint16_t *sd = (const uint16_t *)w->scales;
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *wr = wd + r * (cols / 2);
-        const uint16_t *sr = sd + r * ng;
-        if (r + 1 < r1) {
-            /* the next row's first lines; the hardware prefetcher picks up
-             * the rest of a 1 KB row by itself */
-            _mm_prefetch((const char *)(wr + cols / 2), _MM_HINT_T0);
-            _mm_prefetch((const char *)(sr + ng), _MM_HINT_T0);
-        }
+    for (int64_t rb = r0; rb < r1; rb += FAST_Q4_ROW_BLOCK) {
+        const int64_t re = r1 - rb < FAST_Q4_ROW_BLOCK ? r1 : rb + FAST_Q4_ROW_BLOCK;
         for (int32_t t0 = 0; t0 < n; t0 += 4) {
             const int nt = n - t0 >= 4 ? 4 : n - t0;
             const uint8_t *a[4];
@@ -219,15 +214,26 @@ T512 void fast_q4_q8_avx512(const struct kb_weight *w, int64_t r0, int64_t r1,
                 int32_t ti = t0 + (i < nt ? i : 0);
                 a[i] = act + (size_t)(tok ? tok[ti] : ti) * act_stride;
             }
-            float o[4];
-            switch (nt) {
-            case 1: q4q8_tile(wr, sr, ng, nch, a, 1, o); break;
-            case 2: q4q8_tile(wr, sr, ng, nch, a, 2, o); break;
-            case 3: q4q8_tile(wr, sr, ng, nch, a, 3, o); break;
-            default: q4q8_tile(wr, sr, ng, nch, a, 4, o); break;
+            for (int64_t r = rb; r < re; r++) {
+                const uint8_t *wr = wd + r * (cols / 2);
+                const uint16_t *sr = sd + r * ng;
+                if (t0 == 0 && r + 1 < r1) {
+                    /* the next row's first lines on its way in from
+                     * memory; the hardware prefetcher picks up the rest
+                     * of a 1 KB row by itself */
+                    _mm_prefetch((const char *)(wr + cols / 2), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(sr + ng), _MM_HINT_T0);
+                }
+                float o[4];
+                switch (nt) {
+                case 1: q4q8_tile(wr, sr, ng, nch, a, 1, o); break;
+                case 2: q4q8_tile(wr, sr, ng, nch, a, 2, o); break;
+                case 3: q4q8_tile(wr, sr, ng, nch, a, 3, o); break;
+                default: q4q8_tile(wr, sr, ng, nch, a, 4, o); break;
+                }
+                for (int i = 0; i < nt; i++)
+                    y[(int64_t)(t0 + i) * y_stride + r] = o[i];
             }
-            for (int i = 0; i < nt; i++)
-                y[(int64_t)(t0 + i) * y_stride + r] = o[i];
         }
     }
 }

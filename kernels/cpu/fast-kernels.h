@@ -58,6 +58,16 @@
  * prefetch past the end of the mapping is harmless (it never faults). */
 #define FAST_Q4_PREFETCH 2048
 
+/* Rows the W4 kernels run against one tile of 4 token rows before moving
+ * to the next tile: the tile's q8 rows (4 x 7 KB at 2048 columns) and
+ * the block's weights (8 x 1.1 KB) stay in L1 together, so a batch of n
+ * tokens reads its activations from L2 n / 4 times per 8 rows instead of
+ * once per row. Measured on the 2048 x 2048 weight, 64 tokens, one core:
+ * 18.2 -> 27.0 GMAC/s (1 -> 8 rows; 4: 25.3, 16: 26.1, 32: 25.9). The
+ * order of the sums inside a (row, token) product does not change, so the
+ * results are bit-identical whatever the block. */
+#define FAST_Q4_ROW_BLOCK 8
+
 static inline size_t fast_q8_row_bytes(int64_t cols)
 {
     return (size_t)((cols + FAST_Q8_CHUNK_COLS - 1) / FAST_Q8_CHUNK_COLS) * FAST_Q8_CHUNK_BYTES;
