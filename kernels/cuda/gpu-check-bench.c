@@ -88,10 +88,10 @@ static void bench_gemv(struct check *c, const char *name, int n, int k, int expe
                     long long xs = experts ? (long long)nb * k : 0, ys = (long long)nb * n;
                     if (q8)
                         check_gemv_q8_launch(c, big, nb, wq[it % copies], ws[it % copies], xq, xd, y, n, k,
-                                       ids, slices, xs, ys);
+                                       ids, 0, 1, slices, xs, ys);
                     else
                         check_gemv_launch(c, big, nb, wq[it % copies], ws[it % copies], x, y, n, k, ids,
-                                    slices, xs, ys);
+                                    0, 1, slices, xs, ys);
                 }
                 CK(gcd_timer_stop(c->d, &ms));
                 if (round && ms / reps < best_t[q8][big])

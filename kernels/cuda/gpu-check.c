@@ -271,12 +271,12 @@ static int gemv_lpr(int k)
 }
 
 void check_gemv_launch(struct check *c, int big, int nb, gcd_ptr wq, gcd_ptr ws,
-                        gcd_ptr x, gcd_ptr y, int n, int k, gcd_ptr ids,
-                        int slices, long long x_slice, long long y_slice)
+                        gcd_ptr x, gcd_ptr y, int n, int k, gcd_ptr ids, gcd_ptr wtab,
+                        int x_group, int slices, long long x_slice, long long y_slice)
 {
     int lpr = gemv_lpr(k), r = big ? 4 : 1;
     int rows_per_block = 4 * (32 / lpr) * r;
-    void *args[] = { &wq, &ws, &x, &y, &n, &k, &lpr, &ids, &x_slice, &y_slice };
+    void *args[] = { &wq, &ws, &x, &y, &n, &k, &lpr, &ids, &wtab, &x_group, &x_slice, &y_slice };
     CK(gcd_launch(c->d, c->gemv[big][nb - 1], (unsigned)((n + rows_per_block - 1) / rows_per_block),
                        (unsigned)slices, 1, 128, 0, args));
 }
@@ -284,11 +284,13 @@ void check_gemv_launch(struct check *c, int big, int nb, gcd_ptr wq, gcd_ptr ws,
 /* x_slice in elements: xq moves by x_slice bytes, xd by x_slice/32. */
 void check_gemv_q8_launch(struct check *c, int big, int nb, gcd_ptr wq, gcd_ptr ws,
                            gcd_ptr xq, gcd_ptr xd, gcd_ptr y, int n, int k,
-                           gcd_ptr ids, int slices, long long x_slice, long long y_slice)
+                           gcd_ptr ids, gcd_ptr wtab, int x_group, int slices,
+                           long long x_slice, long long y_slice)
 {
     int lpr = gemv_lpr(k), r = big ? 4 : 1;
     int rows_per_block = 4 * (32 / lpr) * r;
-    void *args[] = { &wq, &ws, &xq, &xd, &y, &n, &k, &lpr, &ids, &x_slice, &y_slice };
+    void *args[] = { &wq, &ws, &xq, &xd, &y, &n, &k, &lpr, &ids, &wtab, &x_group, &x_slice,
+                     &y_slice };
     CK(gcd_launch(c->d, c->gemv_q8[big][nb - 1],
                        (unsigned)((n + rows_per_block - 1) / rows_per_block), (unsigned)slices, 1,
                        128, 0, args));
@@ -324,9 +326,9 @@ static void check_gemv_shape(struct check *c, int n, int k)
             for (int nb = 1; nb <= 8; nb++) {
                 dev_poison(c, dy, (size_t)8 * n);
                 if (q8)
-                    check_gemv_q8_launch(c, big, nb, dwq, dws, dxq, dxd, dy, n, k, 0, 1, 0, 0);
+                    check_gemv_q8_launch(c, big, nb, dwq, dws, dxq, dxd, dy, n, k, 0, 0, 1, 1, 0, 0);
                 else
-                    check_gemv_launch(c, big, nb, dwq, dws, dx, dy, n, k, 0, 1, 0, 0);
+                    check_gemv_launch(c, big, nb, dwq, dws, dx, dy, n, k, 0, 0, 1, 1, 0, 0);
                 float *got = dev_download_f(c, dy, (size_t)nb * n);
                 double worst = 0.0, se = 0.0, sr = 0.0;
                 long bad = 0;
@@ -383,7 +385,7 @@ static void check_gemv_experts(struct check *c)
     gcd_ptr dids = check_dev_upload(c, ids, sizeof(ids));
     gcd_ptr dy = check_dev_alloc(c, (size_t)top * n * sizeof(float));
     dev_poison(c, dy, (size_t)top * n);
-    check_gemv_launch(c, 0, 1, dwq, dws, dx, dy, n, k, dids, top, k, n);
+    check_gemv_launch(c, 0, 1, dwq, dws, dx, dy, n, k, dids, 0, 1, top, k, n);
     float *got = dev_download_f(c, dy, (size_t)top * n);
     double worst = 0.0;
     long bad = 0;
@@ -405,7 +407,7 @@ static void check_gemv_experts(struct check *c)
         gcd_ptr dxq = check_dev_alloc(c, (size_t)top * k), dxd = check_dev_alloc(c, (size_t)top * (k / 32) * 4);
         quant_launch(c, dx, k, 0, top, k, dxq, dxd);
         dev_poison(c, dy, (size_t)top * n);
-        check_gemv_q8_launch(c, 1, 1, dwq, dws, dxq, dxd, dy, n, k, dids, top, k, n);
+        check_gemv_q8_launch(c, 1, 1, dwq, dws, dxq, dxd, dy, n, k, dids, 0, 1, top, k, n);
         got = dev_download_f(c, dy, (size_t)top * n);
         worst = 0.0;
         bad = 0;
@@ -432,6 +434,69 @@ static void check_gemv_experts(struct check *c)
     free(ref);
     free(swx);
     w4_free(&w);
+}
+
+/* MoE decode as the backend runs it: every expert its own allocation,
+ * found through a table of device addresses; 3 tokens x top 4 slices, the
+ * 4 slices of a token sharing its activation row (x_group). */
+static void check_gemv_expert_table(struct check *c)
+{
+    enum { E = 8, TOK = 3, TOP = 4, S = TOK * TOP };
+    const int n = 384, k = 2048;
+    struct w4 w[E];
+    gcd_ptr dq[E], ds[E];
+    unsigned long long tab[2 * E];
+    for (int e = 0; e < E; e++) {
+        w4_init(c, &w[e], n, k);
+        dq[e] = check_dev_upload(c, w[e].packed, (size_t)n * k / 2);
+        ds[e] = check_dev_upload(c, w[e].scales, (size_t)n * k / 16);
+        tab[2 * e] = (unsigned long long)dq[e];
+        tab[2 * e + 1] = (unsigned long long)ds[e];
+    }
+    const int ids[S] = { 5, 1, 7, 2, 0, 5, 3, 6, 4, 2, 1, 7 };
+    float *x = check_xmalloc((size_t)TOK * k * sizeof(float));
+    rand_x(c, x, (long)TOK * k);
+    float *ref = check_xmalloc((size_t)S * n * sizeof(float));
+    double *swx = check_xmalloc((size_t)S * n * sizeof(double));
+    for (int z = 0; z < S; z++) {
+        struct kb_weight kw = w4_view(&w[ids[z]], 0, n);
+        const float *xr = x + (int64_t)(z / TOP) * k;
+        CK(c->ref->ops->matmul(c->ref, &kw, xr, 1, ref + (int64_t)z * n));
+        abs_sums(&w[ids[z]], 0, n, xr, 1, NULL, swx + (int64_t)z * n, NULL);
+    }
+    gcd_ptr dtab = check_dev_upload(c, tab, sizeof(tab));
+    gcd_ptr dids = check_dev_upload(c, ids, sizeof(ids));
+    gcd_ptr dx = check_dev_upload(c, x, (size_t)TOK * k * sizeof(float));
+    gcd_ptr dy = check_dev_alloc(c, (size_t)S * n * sizeof(float));
+    for (int big = 0; big < 2; big++) {
+        dev_poison(c, dy, (size_t)S * n);
+        check_gemv_launch(c, big, 1, 0, 0, dx, dy, n, k, dids, dtab, TOP, S, k, n);
+        float *got = dev_download_f(c, dy, (size_t)S * n);
+        double worst = 0.0;
+        long bad = 0;
+        for (long i = 0; i < (long)S * n; i++) {
+            double d = fabs((double)got[i] - ref[i]), bound = ldexp(swx[i], -8) + 1e-6;
+            if (!(d <= bound))
+                bad++;
+            worst = isnan(d) ? INFINITY : fmax(worst, d / bound);
+        }
+        report(c, big ? "gemv experts by address table, r4 (3 tokens x top 4, 384x2048)"
+                      : "gemv experts by address table, r1 (3 tokens x top 4, 384x2048)",
+               worst, bad, (long)S * n, NULL);
+        free(got);
+    }
+    for (int e = 0; e < E; e++) {
+        gcd_mem_free(c->d, dq[e]);
+        gcd_mem_free(c->d, ds[e]);
+        w4_free(&w[e]);
+    }
+    gcd_mem_free(c->d, dtab);
+    gcd_mem_free(c->d, dids);
+    gcd_mem_free(c->d, dx);
+    gcd_mem_free(c->d, dy);
+    free(x);
+    free(ref);
+    free(swx);
 }
 
 /* ------------------------------------------------------------------ */
@@ -462,7 +527,8 @@ void check_mmq_launch(struct check *c, int cfg, gcd_ptr xq, gcd_ptr xd, gcd_ptr 
                        int experts, int max_rows)
 {
     const struct mmq_cfg *t = &check_mmq_cfgs[cfg];
-    void *args[] = { &xq, &xd, &wq, &ws, &y, &m, &n, &k, &seg };
+    gcd_ptr wtab = 0;                    /* stacked experts here */
+    void *args[] = { &xq, &xd, &wq, &ws, &y, &m, &n, &k, &seg, &wtab };
     int rows = seg ? max_rows : m;
     CK(gcd_launch(c->d, c->mmq[cfg], (unsigned)((n + t->bn - 1) / t->bn),
                        (unsigned)((rows + t->bm - 1) / t->bm), (unsigned)(seg ? experts : 1),
@@ -1056,6 +1122,7 @@ int main(int argc, char **argv)
     check_gemv_shape(c, 130, 96);              /* tiny models: K = 96 (lanes per row 2), 64 */
     check_gemv_shape(c, 1024, 64);
     check_gemv_experts(c);
+    check_gemv_expert_table(c);
     check_mmq_shape(c, 1, 512, 2048, false);
     check_mmq_shape(c, 37, 300, 512, false);
     check_mmq_shape(c, 200, 1024, 2048, false);

@@ -106,12 +106,14 @@ double check_rnd_u(struct check *c);
 void *check_xmalloc(size_t n);
 gcd_ptr check_dev_alloc(struct check *c, size_t bytes);
 gcd_ptr check_dev_upload(struct check *c, const void *src, size_t bytes);
+/* ids: expert per slice (0: slice = expert); wtab: the experts' device
+ * addresses (0: a stacked tensor); x_group: slices sharing one x row. */
 void check_gemv_launch(struct check *c, int big, int nb, gcd_ptr wq, gcd_ptr ws, gcd_ptr x,
-                       gcd_ptr y, int n, int k, gcd_ptr ids, int slices, long long x_slice,
-                       long long y_slice);
+                       gcd_ptr y, int n, int k, gcd_ptr ids, gcd_ptr wtab, int x_group,
+                       int slices, long long x_slice, long long y_slice);
 void check_gemv_q8_launch(struct check *c, int big, int nb, gcd_ptr wq, gcd_ptr ws, gcd_ptr xq,
-                          gcd_ptr xd, gcd_ptr y, int n, int k, gcd_ptr ids, int slices,
-                          long long x_slice, long long y_slice);
+                          gcd_ptr xd, gcd_ptr y, int n, int k, gcd_ptr ids, gcd_ptr wtab,
+                          int x_group, int slices, long long x_slice, long long y_slice);
 void check_mmq_launch(struct check *c, int cfg, gcd_ptr xq, gcd_ptr xd, gcd_ptr wq, gcd_ptr ws,
                       gcd_ptr y, int m, int n, int k, gcd_ptr seg, int experts, int max_rows);
 

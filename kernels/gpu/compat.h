@@ -24,6 +24,9 @@
  * Both vendors run 32-wide waves/warps here (gfx1151 is compiled wave32,
  * the RDNA default), so "warp" below means 32 lanes everywhere.
  *
+ * A third branch, GPU_EMU, runs the kernels on the CPU for tests
+ * (kernels/gpu/emu.h).
+ *
  * Kernel entry points are extern "C" so the host (C, module APIs) finds them
  * by plain name with cuModuleGetFunction / hipModuleGetFunction.
  */
@@ -230,6 +233,10 @@ static __device__ __forceinline__ float gpu_i2f_small(int v)
 }
 static __device__ __forceinline__ int gpu_acc_row(int i) { return (gpu_lane() >> 2) + 8 * ((i & 3) >> 1); }
 static __device__ __forceinline__ int gpu_acc_col(int i) { return 8 * (i >> 2) + 2 * (gpu_lane() & 3) + (i & 1); }
+
+#elif defined(GPU_EMU)
+/* ------------------------------------------------- CPU emulation (tests) */
+#include "kernels/gpu/emu.h"
 
 #else
 #error "kernels/gpu/compat.h: compile with clang -x hip (gfx1151) or nvcc (sm_90)"

@@ -42,9 +42,14 @@
  *                        kernel's (activation rounding, ~1 % relative RMS on
  *                        random data, small next to the int4 weight error).
  *
- * Expert slices: grid.y selects a slice; with `ids` the slice's weights are
- * expert ids[y] of a stacked [E][rows][K/8] tensor (MoE decode, one launch
- * for all top-k experts); x and y move by x_slice / y_slice floats per slice.
+ * Expert slices: grid.y selects a slice z; with `ids` the slice's weights
+ * are expert e = ids[z], found either in a stacked [E][rows][K/8] tensor
+ * (wtab NULL) or through a table of device addresses, wtab[2e] = the
+ * expert's packed words and wtab[2e + 1] = its scales (experts loaded as
+ * separate tensors: MoE decode reads the routing from device memory, one
+ * launch for all top-k experts of all tokens and no host round trip). x
+ * moves by x_slice floats per x_group slices (x_group = top-k: the k slices
+ * of one token share its activation row), y by y_slice per slice.
  */
 #include "kernels/gpu/compat.h"
 
@@ -54,7 +59,8 @@ template <int B, int R>
 static __device__ __forceinline__ void
 gemv_w4g32(const unsigned int *GPU_RESTRICT wq, const unsigned short *GPU_RESTRICT ws,
            const float *GPU_RESTRICT x, float *GPU_RESTRICT y, int n_rows, int k, int lpr,
-           const int *GPU_RESTRICT ids, long long x_slice, long long y_slice)
+           const int *GPU_RESTRICT ids, const unsigned long long *GPU_RESTRICT wtab,
+           int x_group, long long x_slice, long long y_slice)
 {
     const int groups = k >> 5;
     const int lane = gpu_lane(), warp = gpu_tid_x() / GPU_WARP;
@@ -63,9 +69,14 @@ gemv_w4g32(const unsigned int *GPU_RESTRICT wq, const unsigned short *GPU_RESTRI
     const int z = gpu_bid_y();
     const long long e = ids ? (long long)ids[z] : (long long)z;
 
-    wq += e * (long long)n_rows * (k >> 3);
-    ws += e * (long long)n_rows * groups;
-    x += z * x_slice;
+    if (wtab) {
+        wq = (const unsigned int *)wtab[2 * e];
+        ws = (const unsigned short *)wtab[2 * e + 1];
+    } else {
+        wq += e * (long long)n_rows * (k >> 3);
+        ws += e * (long long)n_rows * groups;
+    }
+    x += (long long)(z / x_group) * x_slice;
     y += z * y_slice;
 
     float acc[R][B];
@@ -137,9 +148,11 @@ gemv_w4g32(const unsigned int *GPU_RESTRICT wq, const unsigned short *GPU_RESTRI
 #define GEMV_INST(B, R)                                                                   \
     GPU_KERNEL(gemv_w4g32_b##B##_r##R, GEMV_WARPS * GPU_WARP)                             \
     (const unsigned int *wq, const unsigned short *ws, const float *x, float *y,          \
-     int n_rows, int k, int lpr, const int *ids, long long x_slice, long long y_slice)    \
+     int n_rows, int k, int lpr, const int *ids, const unsigned long long *wtab,          \
+     int x_group, long long x_slice, long long y_slice)                                   \
     {                                                                                     \
-        gemv_w4g32<B, R>(wq, ws, x, y, n_rows, k, lpr, ids, x_slice, y_slice);            \
+        gemv_w4g32<B, R>(wq, ws, x, y, n_rows, k, lpr, ids, wtab, x_group, x_slice,       \
+                         y_slice);                                                        \
     }
 
 GEMV_INST(1, 1) GEMV_INST(2, 1) GEMV_INST(3, 1) GEMV_INST(4, 1)
@@ -157,7 +170,8 @@ static __device__ __forceinline__ void
 gemv_w4g32_q8(const unsigned int *GPU_RESTRICT wq, const unsigned short *GPU_RESTRICT ws,
               const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
               float *GPU_RESTRICT y, int n_rows, int k, int lpr, const int *GPU_RESTRICT ids,
-              long long x_slice, long long y_slice)
+              const unsigned long long *GPU_RESTRICT wtab, int x_group, long long x_slice,
+              long long y_slice)
 {
     const int groups = k >> 5;
     const int lane = gpu_lane(), warp = gpu_tid_x() / GPU_WARP;
@@ -166,10 +180,15 @@ gemv_w4g32_q8(const unsigned int *GPU_RESTRICT wq, const unsigned short *GPU_RES
     const int z = gpu_bid_y();
     const long long e = ids ? (long long)ids[z] : (long long)z;
 
-    wq += e * (long long)n_rows * (k >> 3);
-    ws += e * (long long)n_rows * groups;
-    xq += z * x_slice;
-    xd += z * (x_slice >> 5);
+    if (wtab) {
+        wq = (const unsigned int *)wtab[2 * e];
+        ws = (const unsigned short *)wtab[2 * e + 1];
+    } else {
+        wq += e * (long long)n_rows * (k >> 3);
+        ws += e * (long long)n_rows * groups;
+    }
+    xq += (long long)(z / x_group) * x_slice;
+    xd += (long long)(z / x_group) * (x_slice >> 5);
     y += z * y_slice;
 
     float acc[R][B];
@@ -235,9 +254,10 @@ gemv_w4g32_q8(const unsigned int *GPU_RESTRICT wq, const unsigned short *GPU_RES
     GPU_KERNEL(gemv_w4g32_q8_b##B##_r##R, GEMV_WARPS * GPU_WARP)                          \
     (const unsigned int *wq, const unsigned short *ws, const signed char *xq,             \
      const float *xd, float *y, int n_rows, int k, int lpr, const int *ids,               \
-     long long x_slice, long long y_slice)                                                \
+     const unsigned long long *wtab, int x_group, long long x_slice, long long y_slice)   \
     {                                                                                     \
-        gemv_w4g32_q8<B, R>(wq, ws, xq, xd, y, n_rows, k, lpr, ids, x_slice, y_slice);    \
+        gemv_w4g32_q8<B, R>(wq, ws, xq, xd, y, n_rows, k, lpr, ids, wtab, x_group,        \
+                            x_slice, y_slice);                                            \
     }
 
 GEMV_Q8_INST(1, 1) GEMV_Q8_INST(2, 1) GEMV_Q8_INST(3, 1) GEMV_Q8_INST(4, 1)

@@ -38,8 +38,12 @@
  *
  * MoE: with `seg` (E+1 row offsets of expert-sorted rows) grid.z is the
  * expert, its rows are seg[z] .. seg[z+1]-1 and its weights the z-th slice
- * of a stacked [E][N][K/8] tensor; every expert's weights are then read
- * once per BM rows instead of once per token.
+ * of a stacked [E][N][K/8] tensor, or with `wtab` the expert's own tensor
+ * at device addresses wtab[2z] (packed words) and wtab[2z + 1] (scales);
+ * every expert's weights are then read once per BM rows instead of once
+ * per token. grid.y must cover the largest expert's rows; the host, which
+ * does not know the routing, launches ceil(tokens / BM) and the blocks past
+ * an expert's rows return at once.
  */
 #include "kernels/gpu/compat.h"
 
@@ -103,7 +107,8 @@ template <int BM, int BN, int WM, int WN, int KG, bool PF, bool TAIL>
 static __device__ __forceinline__ void
 mmq_w4g32(const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
           const unsigned int *GPU_RESTRICT wq, const unsigned short *GPU_RESTRICT ws,
-          float *GPU_RESTRICT y, int m_rows, int n, int k, const int *GPU_RESTRICT seg)
+          float *GPU_RESTRICT y, int m_rows, int n, int k, const int *GPU_RESTRICT seg,
+          const unsigned long long *GPU_RESTRICT wtab)
 {
     constexpr int NT = WM * WN * GPU_WARP;
     constexpr int KT = 32 * KG;           /* columns per stage          */
@@ -125,8 +130,13 @@ mmq_w4g32(const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
     if (seg) {
         row_begin = seg[z];
         row_end = seg[z + 1];
-        wq += (long long)z * n * (k >> 3);
-        ws += (long long)z * n * groups;
+        if (wtab) {
+            wq = (const unsigned int *)wtab[2 * z];
+            ws = (const unsigned short *)wtab[2 * z + 1];
+        } else {
+            wq += (long long)z * n * (k >> 3);
+            ws += (long long)z * n * groups;
+        }
     }
     const int m0 = row_begin + gpu_bid_y() * BM;
     const int n0 = gpu_bid_x() * BN;
@@ -312,9 +322,9 @@ mmq_w4g32(const signed char *GPU_RESTRICT xq, const float *GPU_RESTRICT xd,
 #define MMQ_INST(BM, BN, WM, WN, KG, PF, TAIL, SUFFIX)                                        \
     GPU_KERNEL(mmq_w4g32_##BM##x##BN##_w##WM##x##WN##SUFFIX, WM * WN * GPU_WARP)              \
     (const signed char *xq, const float *xd, const unsigned int *wq, const unsigned short *ws, \
-     float *y, int m_rows, int n, int k, const int *seg)                                      \
+     float *y, int m_rows, int n, int k, const int *seg, const unsigned long long *wtab)      \
     {                                                                                         \
-        mmq_w4g32<BM, BN, WM, WN, KG, PF, TAIL>(xq, xd, wq, ws, y, m_rows, n, k, seg);       \
+        mmq_w4g32<BM, BN, WM, WN, KG, PF, TAIL>(xq, xd, wq, ws, y, m_rows, n, k, seg, wtab); \
     }
 
 /* name: block tile BM x BN, warps WM x WN, "_pf": next stage prefetched

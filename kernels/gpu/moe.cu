@@ -12,7 +12,8 @@
  *                 order (LDS atomics); results do not depend on it because
  *                 no reduction crosses rows.
  *   moe_combine   out[t] (+)= sum_j w[t][j] * ys[pos[t][j]]   (fixed order j,
- *                 so the sum is deterministic).
+ *                 so the sum is deterministic); pos NULL: ys is in
+ *                 assignment order already (the decode path's slices).
  *   swiglu        out[r][i] = silu(gu[r][i]) * gu[r][inter + i] for the fused
  *                 gate|up projection output.
  */
@@ -137,7 +138,7 @@ GPU_KERNEL(moe_combine, 256)
         float s = accumulate ? out[(long long)t * hidden + h] : 0.0f;
         for (int j = 0; j < topk; j++) {
             long long a = (long long)t * topk + j;
-            s += wts[a] * ys[(long long)pos[a] * hidden + h];
+            s += wts[a] * ys[(pos ? (long long)pos[a] : a) * hidden + h];
         }
         out[(long long)t * hidden + h] = s;
     }

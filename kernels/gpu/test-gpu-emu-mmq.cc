@@ -2,9 +2,10 @@
 /*
  * quantize_q8g32 and the MMQ GEMM of mmq-w4.cu EXECUTED on the CPU, without
  * a GPU, for the K-tail ("_kt") tiles and a plain tile: the kernel source is
- * compiled as C++ against an emulation of compat.h (a pthread per GPU
- * thread, blocks one after another, __shared__ as static storage, a
- * block barrier for gpu_sync) and compared with the scalar CPU reference.
+ * compiled as C++ against the CPU emulation of compat.h (kernels/gpu/emu.h:
+ * a pthread per GPU thread, blocks one after another, __shared__ as static
+ * storage, a block barrier for gpu_sync) and compared with the scalar CPU
+ * reference.
  *
  * The int8 matrix tile is emulated by its contract, not by a vendor's
  * register layout: a fragment remembers where its 16 x 32 tile lives in
@@ -29,103 +30,11 @@ extern "C" {
 #include "kernels/backend.h"
 }
 
-/* ---- the compat.h emulation (the real header is then a no-op) ---- */
-#define RESIDENT_KERNELS_GPU_COMPAT_H 1
-#define GPU_WARP 32
-#define GPU_RESTRICT
-#define __device__
-#define __forceinline__ inline
-#define __shared__ static
-#define GPU_KERNEL(name, threads) static __attribute__((unused)) void name
-
-struct gpu_u32x4 { unsigned int x, y, z, w; };
-struct gpu_f32x4 { float x, y, z, w; };
-
-#define EMU_MAX_THREADS 256
-static thread_local int emu_tid;
-static int emu_bid[3];
-static pthread_barrier_t emu_bar;
-
-static int gpu_tid_x() { return emu_tid; }
-static int gpu_bid_x() { return emu_bid[0]; }
-static int gpu_bid_y() { return emu_bid[1]; }
-static int gpu_bid_z() { return emu_bid[2]; }
-static int gpu_lane() { return emu_tid & 31; }
-static void gpu_sync() { pthread_barrier_wait(&emu_bar); }
-static float gpu_fabs(float x) { return fabsf(x); }
-static float gpu_bf16_to_f32(unsigned short h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-static float gpu_i2f_small(int v) { return (float)v; }
-
-struct gpu_frag_a { const signed char *p; int stride; };
-struct gpu_frag_b { const signed char *p; int stride; };
-struct gpu_acc { int v[8]; };
-static int gpu_acc_row(int i) { (void)i; return gpu_lane() >> 1; }
-static int gpu_acc_col(int i) { return 8 * (gpu_lane() & 1) + i; }
-static void gpu_frag_a_load(gpu_frag_a *f, const signed char *p, int stride) { *f = { p, stride }; }
-static void gpu_frag_b_load(gpu_frag_b *f, const signed char *p, int stride) { *f = { p, stride }; }
-static void gpu_acc_zero(gpu_acc *a) { memset(a, 0, sizeof(*a)); }
-/* A rows = output rows (activations), B rows = output columns (weights),
- * both 32 int8 along K; the tile's shared memory is stable until the
- * kernel's next gpu_sync, after the products */
-static void gpu_mma_i8(gpu_acc *c, const gpu_frag_a *a, const gpu_frag_b *b)
-{
-    for (int e = 0; e < 8; e++) {
-        const signed char *ar = a->p + gpu_acc_row(e) * a->stride, *br = b->p + gpu_acc_col(e) * b->stride;
-        int s = 0;
-        for (int k = 0; k < 32; k++)
-            s += ar[k] * br[k];
-        c->v[e] += s;
-    }
-}
-static int gpu_acc_get(const gpu_acc *a, int i) { return a->v[i]; }
+/* ---- compat.h's CPU emulation (emu.h, the int8 tile by its contract) ---- */
+#define GPU_EMU 1
+#include "kernels/gpu/compat.h"
 
 #include "kernels/gpu/mmq-w4.cu"
-
-/* ---- launching ---- */
-
-typedef void (*emu_body)(const void *args);
-struct emu_thread { emu_body body; const void *args; int tid; };
-
-static void *emu_trampoline(void *p)
-{
-    const emu_thread *t = (const emu_thread *)p;
-    emu_tid = t->tid;
-    t->body(t->args);
-    return nullptr;
-}
-
-static void emu_run(unsigned gx, unsigned gy, int threads, emu_body body, const void *args)
-{
-    emu_thread th[EMU_MAX_THREADS];
-    pthread_t pt[EMU_MAX_THREADS];
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setstacksize(&attr, 1 << 20);
-    for (unsigned y = 0; y < gy; y++)
-        for (unsigned x = 0; x < gx; x++) {
-            emu_bid[0] = (int)x;
-            emu_bid[1] = (int)y;
-            emu_bid[2] = 0;
-            pthread_barrier_init(&emu_bar, nullptr, (unsigned)threads);
-            for (int i = 0; i < threads; i++) {
-                th[i] = { body, args, i };
-                if (pthread_create(&pt[i], &attr, emu_trampoline, &th[i])) {
-                    fprintf(stderr, "test-gpu-emu-mmq: pthread_create failed\n");
-                    exit(2);
-                }
-            }
-            for (int i = 0; i < threads; i++)
-                pthread_join(pt[i], nullptr);
-            pthread_barrier_destroy(&emu_bar);
-        }
-    pthread_attr_destroy(&attr);
-}
 
 struct mm_args {
     const float *x;
@@ -146,7 +55,7 @@ static void body_quant(const void *p)
     static void body_##NAME(const void *p)                                            \
     {                                                                                 \
         const mm_args *a = (const mm_args *)p;                                        \
-        NAME(a->xq, a->xd, a->wq, a->ws, a->y, a->m, a->n, a->k, nullptr);           \
+        NAME(a->xq, a->xd, a->wq, a->ws, a->y, a->m, a->n, a->k, nullptr, nullptr);  \
     }
 MM_BODY(mmq_w4g32_32x64_w2x2_kt)
 MM_BODY(mmq_w4g32_128x64_w4x2_kt)
@@ -259,6 +168,7 @@ int main()
     check(ref, tiles[1], 129, 64, 160);
     check(ref, tiles[2], 37, 130, 256);      /* a plain tile, K % 128 == 0 */
     ref->ops->destroy(ref);
+    emu_pool_stop();
     printf("RESULT: %d/%d checks passed\n", checks - failures, checks);
     return failures ? 1 : 0;
 }
