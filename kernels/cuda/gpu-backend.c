@@ -14,14 +14,19 @@
  *   matmul, dense    dense_matmul (f32/f16/bf16 weights, fp32 math).
  *   attention        k, v copied into the cache, then split-KV decode
  *                    attention once per new token (causal by construction).
- *   moe              router logits -> moe_route on the device -> ids and
+ *   moe              router logits -> moe_route on the device, then
+ *                    decode (n <= GB_MOE_DEVICE_MAX tokens): no host round
+ *                    trip at all. The GEMV reads each (token, slot)'s
+ *                    expert id from the routing output and the expert's
+ *                    addresses from a per-block table on the device
+ *                    (gb_moe_table), so gate, up, SwiGLU, down and the
+ *                    weighted combine are 5 launches for all n * top-k
+ *                    slices, whatever the routing. Prefill: ids and
  *                    weights to the host -> per active expert: gather its
- *                    tokens, gate/up/down through matmul (GEMV or MMQ by
- *                    count), weighted scatter-add; shared expert with its
- *                    sigmoid gate. Host routing costs one sync per MoE
- *                    block; the expert-sorted grouped MMQ (one launch for
- *                    all experts) needs stacked expert weights and is the
- *                    planned prefill path.
+ *                    tokens, gate/up/down through matmul (MMQ), weighted
+ *                    scatter-add (one sync per expert; the expert-sorted
+ *                    grouped MMQ in one launch is the planned prefill
+ *                    path). Then the shared expert with its sigmoid gate.
  *
  * Scratch memory grows on demand in a few named slots; nothing is freed
  * between ops. All launches go to one stream, so ops are ordered; download
@@ -97,15 +102,29 @@ enum gb_fn {
     GB_MMQ_SMALL, GB_MMQ_WIDE, GB_MMQ_BIG, GB_MMQ_SMALL_KT, GB_MMQ_WIDE_KT,
     GB_ROUTE, GB_RMSNORM, GB_RMSNORM_GATED, GB_ROPE, GB_MUL_SIGMOID,
     GB_GDN_CONV, GB_GDN_REC, GB_GDN_REC_ANY, GB_ATTN_SPLIT, GB_ATTN_MERGE,
-    GB_EMBED, GB_DENSE, GB_ADD, GB_GATHER, GB_SWIGLU2, GB_SCATTER, GB_ADD_SIGMOID,
+    GB_EMBED, GB_DENSE, GB_ADD, GB_SWIGLU2, GB_ADD_SIGMOID, GB_SORT, GB_COMBINE,
     GB_N_FN
 };
 
 /* Scratch slots: one buffer each, grown on demand. */
 enum gb_slot {
     GB_S_XQ, GB_S_XD, GB_S_X, GB_S_POS, GB_S_FREQ, GB_S_U, GB_S_O, GB_S_PART, GB_S_MS,
-    GB_S_LOGITS, GB_S_IDS, GB_S_W, GB_S_MAP, GB_S_MAPW, GB_S_XG, GB_S_G, GB_S_UP, GB_S_A,
+    GB_S_LOGITS, GB_S_IDS, GB_S_W, GB_S_SEG, GB_S_ROWTOK, GB_S_SORTPOS, GB_S_G, GB_S_UP, GB_S_A,
     GB_S_YD, GB_S_SH, GB_S_SG, GB_N_SLOT
+};
+
+/* Up to this many tokens per MoE call take the GEMV path (decode). */
+#define GB_MOE_DEVICE_MAX 8
+
+/* One MoE block's expert addresses on the device: [3][E][2] of u64
+ * (gate, up, down; packed words, scales), and the host copy they were
+ * built from, compared on every call so that re-prepared weights (a new
+ * model at the same addresses) rebuild the table instead of using it. */
+struct gb_moe_tab {
+    const struct kb_weight *key;         /* kb_moe.gate                       */
+    int32_t                 n_experts;
+    gbd_ptr                 dev;
+    unsigned long long     *host;
 };
 
 struct gb {
@@ -113,6 +132,8 @@ struct gb {
     gbd_function fn[GB_N_FN];
     gbd_ptr slot[GB_N_SLOT];
     size_t slot_size[GB_N_SLOT];
+    struct gb_moe_tab *moe_tab;          /* one per MoE block seen (grows)    */
+    int n_moe_tab, cap_moe_tab;
     char err[384];
 };
 
@@ -353,6 +374,53 @@ static int gb_aligned_x(struct kb_backend *be, const float *x, size_t floats, gb
     return rc;
 }
 
+/* The W4 GEMV (gemv-w4.cu) over `slices` grid rows: nb batch columns per
+ * slice; ids / wtab / x_group select each slice's expert and x row. */
+static int gb_gemv(struct kb_backend *be, gbd_ptr wq, gbd_ptr ws, gbd_ptr x, gbd_ptr y, int rows,
+                   int k, int nb, gbd_ptr ids, gbd_ptr wtab, int x_group, int slices,
+                   long long x_slice, long long y_slice)
+{
+    int lpr = 32, big = rows >= 4096;
+    while (lpr > k / 32 && lpr > 1)
+        lpr >>= 1;
+    int rows_per_block = 4 * (32 / lpr) * (big ? 4 : 1);
+    void *a[] = { &wq, &ws, &x, &y, &rows, &k, &lpr, &ids, &wtab, &x_group, &x_slice, &y_slice };
+    return gb_launch(be, (enum gb_fn)((big ? GB_GEMV4 : GB_GEMV1) + nb - 1),
+                     gb_blocks(rows, rows_per_block), (unsigned)slices, 1, 128, a);
+}
+
+/* MMQ over m quantised rows (xq, xd) -> y [m][rows]. Tile: 32x64 for <= 64
+ * rows and for grouped experts (a routed expert gets ~n * top / E rows:
+ * 16 of a 512-token chunk on the real model), else 128x128 (128x64 for
+ * narrow outputs), the "_kt" twin when k % 128 != 0. Grouped (seg): grid.z
+ * = experts, grid.y covers max_rows rows of one expert. */
+static int gb_mmq(struct kb_backend *be, gbd_ptr xq, gbd_ptr xd, gbd_ptr wq, gbd_ptr ws, gbd_ptr y,
+                  int m, int rows, int k, gbd_ptr seg, gbd_ptr wtab, int experts, int max_rows)
+{
+    enum gb_fn f = max_rows <= 64 || seg ? GB_MMQ_SMALL
+                 : rows < 128 || k % 128 ? GB_MMQ_WIDE : GB_MMQ_BIG;
+    int bm = f == GB_MMQ_SMALL ? 32 : 128, bn = f == GB_MMQ_SMALL ? 64 : f == GB_MMQ_WIDE ? 64 : 128;
+    unsigned threads = f == GB_MMQ_SMALL ? 128 : 256;
+    if (k % 128)                         /* the "_kt" (K tail) twin of the tile */
+        f = f == GB_MMQ_SMALL ? GB_MMQ_SMALL_KT : GB_MMQ_WIDE_KT;
+    void *ma[] = { &xq, &xd, &wq, &ws, &y, &m, &rows, &k, &seg, &wtab };
+    return gb_launch(be, f, gb_blocks(rows, bn), gb_blocks(max_rows, bm), (unsigned)experts,
+                     threads, ma);
+}
+
+/* activations x [m][k] (row stride ld; with map, row i reads x[map[i]])
+ * -> int8 per 32-group in the GB_S_XQ / GB_S_XD slots */
+static int gb_quantize(struct kb_backend *be, gbd_ptr x, long long ld, gbd_ptr map, int m, int k,
+                       gbd_ptr *xq, gbd_ptr *xd)
+{
+    int rc;
+    if ((rc = gb_scratch(be, GB_S_XQ, (size_t)m * k, xq)) ||
+        (rc = gb_scratch(be, GB_S_XD, (size_t)m * (k / 32) * 4, xd)))
+        return rc;
+    void *qa[] = { &x, &ld, &map, &m, &k, xq, xd };
+    return gb_launch(be, GB_QUANT, gb_blocks((long long)m * (k / 32), 256), 1, 1, 256, qa);
+}
+
 static int gb_matmul(struct kb_backend *be, const struct kb_weight *w, const float *x, int32_t n,
                      float *y)
 {
@@ -372,31 +440,12 @@ static int gb_matmul(struct kb_backend *be, const struct kb_weight *w, const flo
     gbd_ptr dwq = gw->data, dws = gw->scales, dx, ids = 0;
     if ((rc = gb_aligned_x(be, x, (size_t)n * k, &dx)))
         return rc;
-    if (n <= 8) {
-        int lpr = 32, big = rows >= 4096;
-        while (lpr > k / 32 && lpr > 1)
-            lpr >>= 1;
-        long long zero = 0;
-        int rows_per_block = 4 * (32 / lpr) * (big ? 4 : 1);
-        void *a[] = { &dwq, &dws, &dx, &dy, &rows, &k, &lpr, &ids, &zero, &zero };
-        return gb_launch(be, (enum gb_fn)((big ? GB_GEMV4 : GB_GEMV1) + n - 1),
-                         gb_blocks(rows, rows_per_block), 1, 1, 128, a);
-    }
-    gbd_ptr xq, xd, map = 0, seg = 0;
-    if ((rc = gb_scratch(be, GB_S_XQ, (size_t)n * k, &xq)) ||
-        (rc = gb_scratch(be, GB_S_XD, (size_t)n * (k / 32) * 4, &xd)))
+    if (n <= 8)
+        return gb_gemv(be, dwq, dws, dx, dy, rows, k, n, ids, 0, 1, 1, 0, 0);
+    gbd_ptr xq, xd, seg = 0;
+    if ((rc = gb_quantize(be, dx, k, 0, n, k, &xq, &xd)))
         return rc;
-    long long ld = k;
-    void *qa[] = { &dx, &ld, &map, &n, &k, &xq, &xd };
-    if ((rc = gb_launch(be, GB_QUANT, gb_blocks((long long)n * (k / 32), 256), 1, 1, 256, qa)))
-        return rc;
-    enum gb_fn f = n <= 64 ? GB_MMQ_SMALL : rows < 128 || k % 128 ? GB_MMQ_WIDE : GB_MMQ_BIG;
-    int bm = f == GB_MMQ_SMALL ? 32 : 128, bn = f == GB_MMQ_SMALL ? 64 : f == GB_MMQ_WIDE ? 64 : 128;
-    unsigned threads = f == GB_MMQ_SMALL ? 128 : 256;
-    if (k % 128)                         /* the "_kt" (K tail) twin of the tile */
-        f = f == GB_MMQ_SMALL ? GB_MMQ_SMALL_KT : GB_MMQ_WIDE_KT;
-    void *ma[] = { &xq, &xd, &dwq, &dws, &dy, &n, &rows, &k, &seg };
-    return gb_launch(be, f, gb_blocks(rows, bn), gb_blocks(n, bm), 1, threads, ma);
+    return gb_mmq(be, xq, xd, dwq, dws, dy, n, rows, k, seg, 0, 1, n);
 }
 
 static int gb_embed(struct kb_backend *be, const struct kb_weight *table, const int32_t *ids,
@@ -612,9 +661,161 @@ static int gb_mlp(struct kb_backend *be, const struct kb_weight *gw, const struc
     return gb_matmul(be, dw, (const float *)(uintptr_t)da, rows, (float *)(uintptr_t)dy);
 }
 
-static int gb_moe(struct kb_backend *be, const struct kb_moe *m, const float *x, int32_t n, float *y)
+/* The expert address table of MoE block m (see struct gb_moe_tab), built
+ * on first use and rebuilt when the experts' device addresses changed. */
+static int gb_moe_table(struct kb_backend *be, const struct kb_moe *m, gbd_ptr *tab)
 {
     struct gb *g = gb_of(be);
+    const int E = m->n_experts;
+    const size_t words = (size_t)6 * E;
+    struct gb_moe_tab *t = NULL;
+    *tab = 0;
+    for (int i = 0; i < g->n_moe_tab && !t; i++)
+        if (g->moe_tab[i].key == m->gate && g->moe_tab[i].n_experts == E)
+            t = &g->moe_tab[i];
+    unsigned long long cur[6 * 256];
+    for (int e = 0; e < E; e++) {
+        const struct kb_weight *w[3] = { &m->gate[e], &m->up[e], &m->down[e] };
+        for (int j = 0; j < 3; j++) {
+            const struct gb_weight *gw = gb_w(w[j]);
+            if (!gw || w[j]->type != KB_WTYPE_Q4G32)
+                return gb_fail(be, -EINVAL, GBD_NAME ": moe: expert %d is not a prepared W4 "
+                               "weight", e);
+            cur[(size_t)(j * E + e) * 2] = (unsigned long long)gw->data;
+            cur[(size_t)(j * E + e) * 2 + 1] = (unsigned long long)gw->scales;
+        }
+    }
+    if (t && !memcmp(t->host, cur, words * sizeof(cur[0]))) {
+        *tab = t->dev;
+        return 0;
+    }
+    if (!t) {
+        if (g->n_moe_tab == g->cap_moe_tab) {
+            int cap = g->cap_moe_tab ? 2 * g->cap_moe_tab : 64;
+            struct gb_moe_tab *nt = realloc(g->moe_tab, (size_t)cap * sizeof(*nt));
+            if (!nt)
+                return gb_fail(be, -ENOMEM, GBD_NAME ": moe: out of host memory");
+            g->moe_tab = nt;
+            g->cap_moe_tab = cap;
+        }
+        t = &g->moe_tab[g->n_moe_tab];
+        t->host = malloc(words * sizeof(cur[0]));
+        if (!t->host)
+            return gb_fail(be, -ENOMEM, GBD_NAME ": moe: out of host memory");
+        int rc = gbd_mem_alloc(g->d, words * sizeof(cur[0]), &t->dev);
+        if (rc) {
+            free(t->host);
+            t->host = NULL;
+            return gb_dev(be, rc, "moe table allocation");
+        }
+        t->key = m->gate;
+        t->n_experts = E;
+        g->n_moe_tab++;
+    }
+    memcpy(t->host, cur, words * sizeof(cur[0]));
+    int rc = gb_dev(be, gbd_mem_upload(g->d, t->dev, cur, words * sizeof(cur[0])), "upload");
+    if (!rc)
+        *tab = t->dev;
+    return rc;
+}
+
+/* Routed experts of n <= GB_MOE_DEVICE_MAX tokens, all on the device:
+ * slice z = t * top + j is token t's j-th expert ids[z]; gate and up read
+ * x row t (x_group = top), down reads slice z's SwiGLU row; dy[t] = the
+ * weighted sum over j in a fixed order (deterministic). */
+static int gb_moe_device(struct kb_backend *be, const struct kb_moe *m, gbd_ptr tab, gbd_ptr dx,
+                         int n, gbd_ptr dids, gbd_ptr dwts, gbd_ptr dy)
+{
+    const int E = m->n_experts, top = m->top_k, H = m->hidden, I = m->inter, S = n * top;
+    const gbd_ptr tg = tab, tu = tab + (gbd_ptr)((size_t)E * 16), td = tab + (gbd_ptr)((size_t)E * 32);
+    gbd_ptr dg, du, da, dyd;
+    int rc;
+    if ((rc = gb_scratch(be, GB_S_G, (size_t)S * I * 4, &dg)) ||
+        (rc = gb_scratch(be, GB_S_UP, (size_t)S * I * 4, &du)) ||
+        (rc = gb_scratch(be, GB_S_A, (size_t)S * I * 4, &da)) ||
+        (rc = gb_scratch(be, GB_S_YD, (size_t)S * H * 4, &dyd)) ||
+        (rc = gb_gemv(be, 0, 0, dx, dg, I, H, 1, dids, tg, top, S, H, I)) ||
+        (rc = gb_gemv(be, 0, 0, dx, du, I, H, 1, dids, tu, top, S, H, I)))
+        return rc;
+    long long cnt = (long long)S * I;
+    void *sa[] = { &dg, &du, &cnt, &da };
+    if ((rc = gb_elementwise(be, GB_SWIGLU2, cnt, sa)) ||
+        (rc = gb_gemv(be, 0, 0, da, dyd, H, I, 1, dids, td, 1, S, I, H)))
+        return rc;
+    gbd_ptr nopos = 0;
+    int top_ = top, H_ = H, acc = 0;
+    void *ca[] = { &dyd, &nopos, &dwts, &top_, &H_, &dy, &acc };
+    return gb_launch(be, GB_COMBINE, (unsigned)n, 1, 1, 256, ca);
+}
+
+/* Routed experts of n > GB_MOE_DEVICE_MAX tokens (prefill), all on the
+ * device as well: moe_sort orders the n * top assignments by expert (seg,
+ * the source token of every sorted row, and each assignment's sorted row),
+ * the sorted rows are quantised once, and each projection is ONE grouped
+ * MMQ launch over all experts (grid.z = expert, weights through the table)
+ * that reads every routed expert's weights once per 32 of its rows; then
+ * SwiGLU, quantise, grouped down, and the weighted combine in assignment
+ * order (deterministic: no sum crosses rows, whatever order the sort's
+ * atomics put one expert's rows in). */
+static int gb_moe_grouped(struct kb_backend *be, const struct kb_moe *m, gbd_ptr tab, gbd_ptr dx,
+                          int n, gbd_ptr dids, gbd_ptr dwts, gbd_ptr dy)
+{
+    const int E = m->n_experts, top = m->top_k, H = m->hidden, I = m->inter, S = n * top;
+    const gbd_ptr tg = tab, tu = tab + (gbd_ptr)((size_t)E * 16), td = tab + (gbd_ptr)((size_t)E * 32);
+    gbd_ptr seg, rowtok, pos, dg, du, da, dyd, xq, xd;
+    int rc;
+    if ((rc = gb_scratch(be, GB_S_SEG, (size_t)(E + 1) * 4, &seg)) ||
+        (rc = gb_scratch(be, GB_S_ROWTOK, (size_t)S * 4, &rowtok)) ||
+        (rc = gb_scratch(be, GB_S_SORTPOS, (size_t)S * 4, &pos)) ||
+        (rc = gb_scratch(be, GB_S_G, (size_t)S * I * 4, &dg)) ||
+        (rc = gb_scratch(be, GB_S_UP, (size_t)S * I * 4, &du)) ||
+        (rc = gb_scratch(be, GB_S_A, (size_t)S * I * 4, &da)) ||
+        (rc = gb_scratch(be, GB_S_YD, (size_t)S * H * 4, &dyd)))
+        return rc;
+    int S_ = S, top_ = top, E_ = E;
+    void *sa[] = { &dids, &S_, &top_, &E_, &seg, &rowtok, &pos };
+    if ((rc = gb_launch(be, GB_SORT, 1, 1, 1, 1024, sa)) ||
+        (rc = gb_quantize(be, dx, H, rowtok, S, H, &xq, &xd)) ||
+        (rc = gb_mmq(be, xq, xd, 0, 0, dg, S, I, H, seg, tg, E, n)) ||
+        (rc = gb_mmq(be, xq, xd, 0, 0, du, S, I, H, seg, tu, E, n)))
+        return rc;
+    long long cnt = (long long)S * I;
+    void *wa[] = { &dg, &du, &cnt, &da };
+    if ((rc = gb_elementwise(be, GB_SWIGLU2, cnt, wa)) ||
+        (rc = gb_quantize(be, da, I, 0, S, I, &xq, &xd)) ||
+        (rc = gb_mmq(be, xq, xd, 0, 0, dyd, S, H, I, seg, td, E, n)))
+        return rc;
+    int H_ = H, acc = 0;
+    void *ca[] = { &dyd, &pos, &dwts, &top_, &H_, &dy, &acc };
+    return gb_launch(be, GB_COMBINE, (unsigned)n, 1, 1, 256, ca);
+}
+
+/* dy += the shared expert (times its sigmoid gate when there is one). */
+static int gb_moe_shared(struct kb_backend *be, const struct kb_moe *m, const float *x, gbd_ptr dxa,
+                         int32_t n, gbd_ptr dy)
+{
+    const int H = m->hidden;
+    int rc;
+    if (m->shared_inter <= 0)
+        return 0;
+    gbd_ptr dsh, dsg;
+    if ((rc = gb_scratch(be, GB_S_SH, (size_t)n * H * 4, &dsh)) ||
+        (rc = gb_mlp(be, m->shared_gate, m->shared_up, m->shared_down, dxa, n, m->shared_inter, dsh)))
+        return rc;
+    long long cnt = (long long)n * H;
+    if (m->shared_expert_gate) {
+        if ((rc = gb_scratch(be, GB_S_SG, (size_t)n * 4, &dsg)) ||
+            (rc = gb_matmul(be, m->shared_expert_gate, x, n, (float *)(uintptr_t)dsg)))
+            return rc;
+        void *aa[] = { &dy, &dsh, &dsg, &n, (void *)&H };
+        return gb_elementwise(be, GB_ADD_SIGMOID, cnt, aa);
+    }
+    void *aa[] = { &dy, &dy, &dsh, &cnt };
+    return gb_elementwise(be, GB_ADD, cnt, aa);
+}
+
+static int gb_moe(struct kb_backend *be, const struct kb_moe *m, const float *x, int32_t n, float *y)
+{
     const int E = m->n_experts, top = m->top_k, H = m->hidden, I = m->inter;
     if (E <= 0 || E > 256 || top <= 0 || top > 16 || top > E || H <= 0 || I <= 0 || n < 0 ||
         !gb_w(m->router))
@@ -633,80 +834,13 @@ static int gb_moe(struct kb_backend *be, const struct kb_moe *m, const float *x,
     void *ra[] = { &dlog, &n, (void *)&E, (void *)&top, &renorm, &dids, &dwts };
     if ((rc = gb_launch(be, GB_ROUTE, gb_blocks(n, 4), 1, 1, 128, ra)))
         return rc;
-    int32_t *ids = malloc((size_t)n * top * sizeof(int32_t));
-    float *wts = malloc((size_t)n * top * sizeof(float));
-    int32_t *map = malloc((size_t)n * sizeof(int32_t));
-    float *mapw = malloc((size_t)n * sizeof(float));
-    if (!ids || !wts || !map || !mapw) {
-        rc = gb_fail(be, -ENOMEM, GBD_NAME ": moe: out of host memory");
-        goto out;
-    }
-    if ((rc = gb_download(be, ids, (void *)(uintptr_t)dids, (size_t)n * top * 4)) ||
-        (rc = gb_download(be, wts, (void *)(uintptr_t)dwts, (size_t)n * top * 4)) ||
-        (rc = gb_zero(be, y, (size_t)n * H * 4)))
-        goto out;
-    gbd_ptr dmap, dmapw, dxg, dyd, dxa;
-    if ((rc = gb_scratch(be, GB_S_MAP, (size_t)n * 4, &dmap)) ||
-        (rc = gb_scratch(be, GB_S_MAPW, (size_t)n * 4, &dmapw)) ||
-        (rc = gb_scratch(be, GB_S_XG, (size_t)n * H * 4, &dxg)) ||
-        (rc = gb_scratch(be, GB_S_YD, (size_t)n * H * 4, &dyd)) ||
+    gbd_ptr tab, dxa;
+    if ((rc = gb_moe_table(be, m, &tab)) ||
         (rc = gb_aligned_x(be, x, (size_t)n * H, &dxa)))
-        goto out;
-    for (int e = 0; e < E; e++) {
-        int cnt = 0;
-        for (int t = 0; t < n; t++)
-            for (int s = 0; s < top; s++)
-                if (ids[t * top + s] == e) {
-                    map[cnt] = t;
-                    mapw[cnt++] = wts[t * top + s];
-                }
-        if (!cnt)
-            continue;
-        if (!gb_w(&m->gate[e]) || !gb_w(&m->up[e]) || !gb_w(&m->down[e])) {
-            rc = gb_fail(be, -EINVAL, GBD_NAME ": moe: expert %d not prepared", e);
-            goto out;
-        }
-        /* the uploads are synchronous for the host buffers, so map/mapw can
-         * be refilled for the next expert */
-        if ((rc = gb_dev(be, gbd_mem_upload(g->d, dmap, map, (size_t)cnt * 4), "upload")) ||
-            (rc = gb_dev(be, gbd_mem_upload(g->d, dmapw, mapw, (size_t)cnt * 4), "upload")))
-            goto out;
-        long long ld = H;
-        void *ga[] = { &dxa, &ld, &dmap, &cnt, (void *)&H, &dxg };
-        if ((rc = gb_elementwise(be, GB_GATHER, (long long)cnt * H, ga)) ||
-            (rc = gb_mlp(be, &m->gate[e], &m->up[e], &m->down[e], dxg, cnt, I, dyd)))
-            goto out;
-        void *sa[] = { &dyd, &dmap, &dmapw, &cnt, (void *)&H, &dy };
-        if ((rc = gb_elementwise(be, GB_SCATTER, (long long)cnt * H, sa)))
-            goto out;
-        /* the next expert rewrites dmap/dmapw from the host: wait for this
-         * expert's launches to have read them */
-        if ((rc = gb_sync(be)))
-            goto out;
-    }
-    if (m->shared_inter > 0) {
-        gbd_ptr dsh, dsg;
-        if ((rc = gb_scratch(be, GB_S_SH, (size_t)n * H * 4, &dsh)) ||
-            (rc = gb_mlp(be, m->shared_gate, m->shared_up, m->shared_down, dxa, n, m->shared_inter, dsh)))
-            goto out;
-        long long cnt = (long long)n * H;
-        if (m->shared_expert_gate) {
-            if ((rc = gb_scratch(be, GB_S_SG, (size_t)n * 4, &dsg)) ||
-                (rc = gb_matmul(be, m->shared_expert_gate, x, n, (float *)(uintptr_t)dsg)))
-                goto out;
-            void *aa[] = { &dy, &dsh, &dsg, &n, (void *)&H };
-            rc = gb_elementwise(be, GB_ADD_SIGMOID, cnt, aa);
-        } else {
-            void *aa[] = { &dy, &dy, &dsh, &cnt };
-            rc = gb_elementwise(be, GB_ADD, cnt, aa);
-        }
-    }
-out:
-    free(ids);
-    free(wts);
-    free(map);
-    free(mapw);
-    return rc;
+        return rc;
+    rc = n <= GB_MOE_DEVICE_MAX ? gb_moe_device(be, m, tab, dxa, n, dids, dwts, dy)
+                                : gb_moe_grouped(be, m, tab, dxa, n, dids, dwts, dy);
+    return rc ? rc : gb_moe_shared(be, m, x, dxa, n, dy);
 }
 
 /* ------------------------------------------------------------------ */
@@ -720,6 +854,11 @@ static void gb_destroy(struct kb_backend *be)
     if (g) {
         for (int i = 0; i < GB_N_SLOT; i++)
             gbd_mem_free(g->d, g->slot[i]);
+        for (int i = 0; i < g->n_moe_tab; i++) {
+            gbd_mem_free(g->d, g->moe_tab[i].dev);
+            free(g->moe_tab[i].host);
+        }
+        free(g->moe_tab);
         gbd_close(g->d);
         free(g);
     }
@@ -775,10 +914,10 @@ static const struct {
     { GB_EMBED, "misc", "embed_rows" },
     { GB_DENSE, "misc", "dense_matmul" },
     { GB_ADD, "misc", "add" },
-    { GB_GATHER, "misc", "gather_rows" },
     { GB_SWIGLU2, "misc", "swiglu2" },
-    { GB_SCATTER, "misc", "scatter_add_rows" },
     { GB_ADD_SIGMOID, "misc", "add_sigmoid_rows" },
+    { GB_SORT, "moe", "moe_sort" },
+    { GB_COMBINE, "moe", "moe_combine" },
 };
 
 static int gb_load(struct gb *g, const char *dir)
