@@ -202,14 +202,7 @@ static size_t align64(size_t x)
 /* ------------------------------------------------------------------ */
 /* Weight checks and kinds                                              */
 
-static bool weight_ok(const struct kb_weight *w)
-{
-    if (!w || !w->data || w->rows <= 0 || w->cols <= 0)
-        return false;
-    if (w->type == KB_WTYPE_Q4G32)
-        return w->scales && w->cols % KB_Q4_GROUP == 0 && w->scale_type != KB_WTYPE_Q4G32;
-    return w->type == KB_WTYPE_F32 || w->type == KB_WTYPE_F16 || w->type == KB_WTYPE_BF16;
-}
+#define weight_ok kb_ref_weight_ok
 
 /* W4 that the int8 kernel takes as stored. */
 static bool q4_simple(const struct kb_weight *w)
@@ -843,13 +836,7 @@ static int fast_gdn(struct kb_backend *be, const struct kb_gdn *g,
         return f->ref->ops->gdn(f->ref, g, st, qkv, z, b, a, n, y);
     const int64_t key_dim = (int64_t)nk * dk, val_dim = (int64_t)nv * dv;
     const int64_t conv_dim = 2 * key_dim + val_dim;
-    if (!weight_ok(g->conv1d) || g->conv1d->type == KB_WTYPE_Q4G32 ||
-        g->conv1d->rows * g->conv1d->cols != conv_dim * K ||
-        !weight_ok(g->A_log) || g->A_log->rows * g->A_log->cols != nv ||
-        !weight_ok(g->dt_bias) || g->dt_bias->rows * g->dt_bias->cols != nv ||
-        !weight_ok(g->norm) || g->norm->rows * g->norm->cols != dv ||
-        g->A_log->type == KB_WTYPE_Q4G32 || g->dt_bias->type == KB_WTYPE_Q4G32 ||
-        g->norm->type == KB_WTYPE_Q4G32)
+    if (!kb_ref_gdn_consts_ok(g))
         return fast_fail(be, -EINVAL, "gdn: constant tensors do not match the head configuration");
     const float *w = const_floats(f, g->conv1d), *A_log = const_floats(f, g->A_log);
     const float *dt_bias = const_floats(f, g->dt_bias), *norm = const_floats(f, g->norm);

@@ -130,9 +130,7 @@ static inline float scale_at(const struct kb_weight *w, int64_t i)
     return NAN;
 }
 
-/* Cheap sanity checks on a weight descriptor; shapes were validated by the
- * engine at bind time. */
-static bool weight_ok(const struct kb_weight *w)
+bool kb_ref_weight_ok(const struct kb_weight *w)
 {
     if (!w || !w->data || w->rows <= 0 || w->cols <= 0)
         return false;
@@ -142,6 +140,22 @@ static bool weight_ok(const struct kb_weight *w)
     return w->type == KB_WTYPE_F32 || w->type == KB_WTYPE_F16 ||
            w->type == KB_WTYPE_BF16;
 }
+
+bool kb_ref_gdn_consts_ok(const struct kb_gdn *g)
+{
+    const int64_t nv = g->n_v_heads, dv = g->d_v, K = g->conv_kernel;
+    const int64_t conv_dim = 2 * (int64_t)g->n_k_heads * g->d_k + nv * dv;
+    const struct kb_weight *c[4] = { g->conv1d, g->A_log, g->dt_bias, g->norm };
+    const int64_t want[4] = { conv_dim * K, nv, nv, dv };
+    for (int i = 0; i < 4; i++)
+        if (!kb_ref_weight_ok(c[i]) || c[i]->type == KB_WTYPE_Q4G32 ||
+            c[i]->rows * c[i]->cols != want[i])
+            return false;
+    return true;
+}
+
+/* the short name the ops below use */
+#define weight_ok kb_ref_weight_ok
 
 /* Dequantise row r of any weight into out[cols]. W4 (§4.4): the lowest
  * nibble is the lowest column, value - 8, times the group's scale, rounded
@@ -395,13 +409,7 @@ static int ref_gdn(struct kb_backend *be, const struct kb_gdn *g,
         return ref_fail(be, -EINVAL, "gdn: bad head configuration");
     const int64_t key_dim = (int64_t)nk * dk, val_dim = (int64_t)nv * dv;
     const int64_t conv_dim = 2 * key_dim + val_dim;
-    if (!weight_ok(g->conv1d) || g->conv1d->type == KB_WTYPE_Q4G32 ||
-        g->conv1d->rows * g->conv1d->cols != conv_dim * K ||
-        !weight_ok(g->A_log) || g->A_log->rows * g->A_log->cols != nv ||
-        !weight_ok(g->dt_bias) || g->dt_bias->rows * g->dt_bias->cols != nv ||
-        !weight_ok(g->norm) || g->norm->rows * g->norm->cols != dv ||
-        g->A_log->type == KB_WTYPE_Q4G32 || g->dt_bias->type == KB_WTYPE_Q4G32 ||
-        g->norm->type == KB_WTYPE_Q4G32)
+    if (!kb_ref_gdn_consts_ok(g))
         return ref_fail(be, -EINVAL, "gdn: constant tensors do not match the head configuration");
 
     const int32_t r = nv / nk;                     /* v heads per k head     */

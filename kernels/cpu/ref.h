@@ -7,9 +7,20 @@
 #ifndef RESIDENT_KERNELS_CPU_REF_H
 #define RESIDENT_KERNELS_CPU_REF_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "kernels/backend.h"
+
+/* Cheap sanity checks on a weight descriptor (shapes were validated by
+ * the engine at bind time): data present, positive shape, a known type,
+ * W4 with scales and in_features a multiple of the group. */
+bool kb_ref_weight_ok(const struct kb_weight *w);
+
+/* The Gated DeltaNet block's constant tensors (conv taps, A_log, dt_bias,
+ * norm weight) are dense and sized for g's head configuration, which the
+ * caller has checked (heads > 0, n_v_heads % n_k_heads == 0). */
+bool kb_ref_gdn_consts_ok(const struct kb_gdn *g);
 
 /* Dequantise row r of any weight (dense or W4 g32) into out[w->cols]
  * exactly as the reference matmul sees it. The caller guarantees
