@@ -563,3 +563,129 @@ T512 void fast_attn_row_avx512(const float *q, const float *kc, const float *vc,
             _mm512_mask_storeu_ps(out + i + 16 * j, mk[j], _mm512_mul_ps(o[j], _mm512_set1_ps(inv)));
     }
 }
+
+/* ------------------------------------------------------------------ */
+/* Attention over a block of query rows sharing one KV head             */
+
+/* lane k = the sum of a[k]'s 16 lanes (a transpose-and-add tree: 45
+ * shuffles and adds for 16 sums instead of 16 horizontal reductions). */
+T512_INLINE __m512 sum16x16(const __m512 a[16])
+{
+    __m512 x[8], y[4];
+    for (int i = 0; i < 8; i++)
+        x[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]),
+                             _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 4; i++)
+        y[i] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * i], x[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(x[2 * i], x[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    __m512 v0 = _mm512_add_ps(_mm512_shuffle_f32x4(y[0], y[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_f32x4(y[0], y[1], _MM_SHUFFLE(3, 2, 3, 2)));
+    __m512 v1 = _mm512_add_ps(_mm512_shuffle_f32x4(y[2], y[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_f32x4(y[2], y[3], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(v0, v1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* out[r] += sum_s p[r][s] v[s] for s in [s0, s1), nr <= 8 rows, 32
+ * dims at d: 16 accumulators, each V load used by every row. */
+T512_INLINE void attn_pv_tile(float *const *p, int nr, const float *vc, int64_t row_stride,
+                              int64_t s0, int64_t s1, int32_t d, __m512 acc[8][2])
+{
+    for (int64_t s = s0; s < s1; s++) {
+        const float *v = vc + s * row_stride + d;
+        const __m512 v0 = _mm512_loadu_ps(v), v1 = _mm512_loadu_ps(v + 16);
+        for (int r = 0; r < nr; r++) {
+            const __m512 pr = _mm512_set1_ps(p[r][s]);
+            acc[r][0] = _mm512_fmadd_ps(pr, v0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(pr, v1, acc[r][1]);
+        }
+    }
+}
+
+T512 void fast_attn_rows_avx512(const float *const *q, const int64_t *len, int32_t nr,
+                                const float *kc, const float *vc, int64_t row_stride, int32_t hd,
+                                float scale, float *scores, int64_t scores_ld, float *const *out)
+{
+    int64_t maxlen = 0;
+    for (int32_t r = 0; r < nr; r++)
+        maxlen = len[r] > maxlen ? len[r] : maxlen;
+    /* scores: 16 keys at a time; the block's K rows (16 x hd floats) stay
+     * in L1 while every row of the block meets them */
+    for (int64_t s0 = 0; s0 < maxlen; s0 += 16) {
+        const float *kp[16];
+        for (int k = 0; k < 16; k++)
+            kp[k] = kc + (s0 + k < maxlen ? s0 + k : maxlen - 1) * row_stride;
+        for (int32_t r = 0; r < nr; r++) {
+            if (s0 >= len[r])
+                continue;
+            __m512 acc[16];
+            for (int k = 0; k < 16; k++)
+                acc[k] = _mm512_setzero_ps();
+            for (int32_t d = 0; d < hd; d += 16) {
+                const __m512 qv = _mm512_loadu_ps(q[r] + d);
+                for (int k = 0; k < 16; k++)
+                    acc[k] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(kp[k] + d), acc[k]);
+            }
+            const int64_t valid = len[r] - s0 >= 16 ? 16 : len[r] - s0;
+            const __mmask16 m = (__mmask16)((1u << valid) - 1);
+            _mm512_storeu_ps(scores + r * scores_ld + s0,
+                             _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), m,
+                                                _mm512_mul_ps(sum16x16(acc), _mm512_set1_ps(scale))));
+        }
+    }
+    /* softmax per row over its own keys: exp in place, 1 / sum kept */
+    float inv[FAST_ATTN_MAX_ROWS];
+    float *prow[FAST_ATTN_MAX_ROWS];
+    for (int32_t r = 0; r < nr; r++) {
+        float *sc = scores + r * scores_ld;
+        prow[r] = sc;
+        __m512 vmx = _mm512_set1_ps(-INFINITY);
+        for (int64_t s = 0; s < len[r]; s += 16) {
+            __mmask16 m = len[r] - s >= 16 ? 0xffff : (__mmask16)((1u << (len[r] - s)) - 1);
+            vmx = _mm512_max_ps(vmx, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), m, sc + s));
+        }
+        vmx = _mm512_set1_ps(_mm512_reduce_max_ps(vmx));
+        __m512 vsum = _mm512_setzero_ps();
+        for (int64_t s = 0; s < len[r]; s += 16) {
+            __mmask16 m = len[r] - s >= 16 ? 0xffff : (__mmask16)((1u << (len[r] - s)) - 1);
+            __m512 e = _mm512_maskz_mov_ps(m, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sc + s), vmx)));
+            _mm512_mask_storeu_ps(sc + s, m, e);
+            vsum = _mm512_add_ps(vsum, e);
+        }
+        inv[r] = 1.0f / _mm512_reduce_add_ps(vsum);
+    }
+    /* P V: groups of 8 rows x 32 dims; the keys all rows of a group have
+     * go through the shared tile, each row's remaining keys through its
+     * own pass, in ascending order either way (a row's result does not
+     * depend on the rows grouped with it) */
+    for (int32_t r0 = 0; r0 < nr; r0 += 8) {
+        const int g = nr - r0 >= 8 ? 8 : nr - r0;
+        int64_t common = INT64_MAX;
+        for (int r = 0; r < g; r++)
+            common = len[r0 + r] < common ? len[r0 + r] : common;
+        for (int32_t d = 0; d < hd; d += 32) {
+            __m512 acc[8][2];
+            for (int r = 0; r < 8; r++)
+                acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+            switch (g) {
+            case 1: attn_pv_tile(prow + r0, 1, vc, row_stride, 0, common, d, acc); break;
+            case 2: attn_pv_tile(prow + r0, 2, vc, row_stride, 0, common, d, acc); break;
+            case 3: attn_pv_tile(prow + r0, 3, vc, row_stride, 0, common, d, acc); break;
+            case 4: attn_pv_tile(prow + r0, 4, vc, row_stride, 0, common, d, acc); break;
+            case 5: attn_pv_tile(prow + r0, 5, vc, row_stride, 0, common, d, acc); break;
+            case 6: attn_pv_tile(prow + r0, 6, vc, row_stride, 0, common, d, acc); break;
+            case 7: attn_pv_tile(prow + r0, 7, vc, row_stride, 0, common, d, acc); break;
+            default: attn_pv_tile(prow + r0, 8, vc, row_stride, 0, common, d, acc); break;
+            }
+            for (int r = 0; r < g; r++) {
+                __m512 one[8][2];
+                one[0][0] = acc[r][0];
+                one[0][1] = acc[r][1];
+                attn_pv_tile(prow + r0 + r, 1, vc, row_stride, common, len[r0 + r], d, one);
+                const __m512 sc = _mm512_set1_ps(inv[r0 + r]);
+                _mm512_storeu_ps(out[r0 + r] + d, _mm512_mul_ps(one[0][0], sc));
+                _mm512_storeu_ps(out[r0 + r] + d + 16, _mm512_mul_ps(one[0][1], sc));
+            }
+        }
+    }
+}

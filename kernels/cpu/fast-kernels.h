@@ -116,6 +116,21 @@ void fast_swiglu_avx512(float *y, const float *g, const float *u, int64_t count)
 void fast_attn_row_avx512(const float *q, const float *kc, const float *vc, int64_t row_stride,
                           int64_t len, int32_t hd, float scale, float *scores, float *out);
 
+/* Causal attention for nr <= FAST_ATTN_MAX_ROWS query rows that share one
+ * KV head (a block of tokens x the query heads of a GQA group): row r is
+ * q[r] against keys 0 .. len[r]-1 of kc / vc (row_stride floats apart),
+ * written to out[r]; hd % 32 == 0. scores: nr rows of scores_ld floats
+ * (>= max len rounded up to 16). Keys are scored 16 at a time against every
+ * row while their K rows sit in L1, and P V shares each V load among up to
+ * 8 rows, so a prefill reads the KV cache once per block of rows instead of
+ * once per (token, head). A row's result does not depend on the other rows
+ * of the call (same operations, same order), so grouping never changes a
+ * token's output. */
+#define FAST_ATTN_MAX_ROWS 64
+void fast_attn_rows_avx512(const float *const *q, const int64_t *len, int32_t nr,
+                           const float *kc, const float *vc, int64_t row_stride, int32_t hd,
+                           float scale, float *scores, int64_t scores_ld, float *const *out);
+
 /* The AVX2 + FMA + F16C versions (fast-avx2.c): same contracts and the
  * same q8 row format; the int8 products give bit-identical integer sums. */
 void fast_q8_quantize_avx2(const float *x, int64_t cols, uint8_t *out);
@@ -151,6 +166,10 @@ struct fast_kernels {
     void (*swiglu)(float *y, const float *g, const float *u, int64_t count);
     void (*attn_row)(const float *q, const float *kc, const float *vc, int64_t row_stride,
                      int64_t len, int32_t hd, float scale, float *scores, float *out);
+    /* NULL: attention runs row by row through attn_row */
+    void (*attn_rows)(const float *const *q, const int64_t *len, int32_t nr, const float *kc,
+                      const float *vc, int64_t row_stride, int32_t hd, float scale,
+                      float *scores, int64_t scores_ld, float *const *out);
 };
 
 #endif

@@ -38,7 +38,12 @@
  * - No allocation on the per-token path: scratch (quantised activations,
  *   routing lists, expert outputs, attention scores) grows to the largest
  *   size seen and is then reused.
- * - Other ops: attention, SwiGLU and the Gated DeltaNet recurrence (value
+ * - Attention: items of 4 query tokens x the query heads of one GQA group
+ *   (one head per item when there are too few items for the threads, as in
+ *   decode), so a prefill reads each KV head's cache once per 4 tokens
+ *   instead of once per (token, head); a token's output does not depend on
+ *   the grouping (fast-kernels.h). The AVX2 level runs row by row.
+ * - Other ops: SwiGLU and the Gated DeltaNet recurrence (value
  *   heads split across threads, each running its heads through all tokens
  *   of the call) are vectorised here; embed, norms, RoPE, add and
  *   mul_sigmoid are delegated to the reference backend (a few percent of
@@ -148,6 +153,7 @@ static const struct fast_kernels fast_kernels_avx512 = {
     .gdn_head = fast_gdn_head_avx512,
     .swiglu = fast_swiglu_avx512,
     .attn_row = fast_attn_row_avx512,
+    .attn_rows = fast_attn_rows_avx512,
 };
 
 static const struct fast_kernels fast_kernels_avx2 = {
@@ -644,6 +650,10 @@ static int fast_moe(struct kb_backend *be, const struct kb_moe *m,
 /* ------------------------------------------------------------------ */
 /* Attention                                                            */
 
+/* Query tokens per block of attention rows (with the query heads of one
+ * GQA group: 4 x 8 = 32 rows of the real model per KV-cache pass). */
+#define FAST_ATTN_TOKENS 4
+
 struct attn_ctx {
     struct cpu_fast      *f;
     const struct kb_attn *a;
@@ -653,12 +663,15 @@ struct attn_ctx {
     int64_t               q_stride;
     int32_t               n;
     float                *out;
+    int32_t               sg;            /* query heads per item (blocks)    */
+    int64_t               scores_ld;
     atomic_int            next;
 };
 
-static void attn_job(void *arg, int32_t tid, int32_t nth)
+/* One row per (token, head): the kernels without attn_rows, and head
+ * sizes that are not a multiple of 32. */
+static void attn_job_rows(struct attn_ctx *c, int32_t tid)
 {
-    struct attn_ctx *c = arg;
     const int32_t nh = c->a->n_heads, hd = c->a->head_dim, group = nh / c->a->n_kv_heads;
     const int64_t row = (int64_t)c->a->n_kv_heads * hd, items = (int64_t)c->n * nh;
     float *scores = c->f->ts[tid].buf;
@@ -671,6 +684,45 @@ static void attn_job(void *arg, int32_t tid, int32_t nth)
         c->f->kn->attn_row(c->q + ((int64_t)t * nh + h) * c->q_stride,
                              c->kv->k + kh * hd, c->kv->v + kh * hd, row, c->past + t + 1, hd,
                              c->a->scale, scores, c->out + ((int64_t)t * nh + h) * hd);
+    }
+}
+
+/* Items = (block of FAST_ATTN_TOKENS tokens, KV head, sg of its query
+ * heads): every row of an item shares the KV head, so the kernel reads
+ * that head's cache once per item. */
+static void attn_job(void *arg, int32_t tid, int32_t nth)
+{
+    struct attn_ctx *c = arg;
+    (void)nth;
+    if (!c->sg) {
+        attn_job_rows(c, tid);
+        return;
+    }
+    const int32_t nh = c->a->n_heads, nkv = c->a->n_kv_heads, hd = c->a->head_dim;
+    const int32_t group = nh / nkv, nsub = group / c->sg;
+    const int64_t row = (int64_t)nkv * hd;
+    const int64_t ntb = (c->n + FAST_ATTN_TOKENS - 1) / FAST_ATTN_TOKENS;
+    const int64_t items = ntb * nkv * nsub;
+    float *scores = c->f->ts[tid].buf;
+    const float *qs[FAST_ATTN_MAX_ROWS];
+    float *outs[FAST_ATTN_MAX_ROWS];
+    int64_t lens[FAST_ATTN_MAX_ROWS];
+    int32_t it;
+    while ((it = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed)) < items) {
+        const int64_t idx = items - 1 - it;      /* later tokens first */
+        const int64_t tb = idx / (nkv * nsub), rest = idx % (nkv * nsub);
+        const int32_t kh = (int32_t)(rest / nsub), h0 = kh * group + (int32_t)(rest % nsub) * c->sg;
+        const int32_t t0 = (int32_t)(tb * FAST_ATTN_TOKENS);
+        const int32_t t1 = c->n - t0 < FAST_ATTN_TOKENS ? c->n : t0 + FAST_ATTN_TOKENS;
+        int32_t nr = 0;
+        for (int32_t t = t0; t < t1; t++)
+            for (int32_t h = h0; h < h0 + c->sg; h++) {
+                qs[nr] = c->q + ((int64_t)t * nh + h) * c->q_stride;
+                outs[nr] = c->out + ((int64_t)t * nh + h) * hd;
+                lens[nr++] = c->past + t + 1;
+            }
+        c->f->kn->attn_rows(qs, lens, nr, c->kv->k + (int64_t)kh * hd, c->kv->v + (int64_t)kh * hd,
+                            row, hd, c->a->scale, scores, c->scores_ld, outs);
     }
 }
 
@@ -690,10 +742,20 @@ static int fast_attention(struct kb_backend *be, const struct kb_attn *at,
     const int64_t row = (int64_t)nkv * hd;
     memcpy(kv->k + past * row, k, (size_t)n * (size_t)row * sizeof(float));
     memcpy(kv->v + past * row, v, (size_t)n * (size_t)row * sizeof(float));
-    if (tscratch(f, (size_t)(past + n + 16)))
+    /* blocks of rows where the kernel has them; the whole GQA group per
+     * item when there are enough items to keep the threads busy, else one
+     * head per item (decode: n = 1) */
+    const int32_t group = nh / nkv;
+    int32_t sg = 0;
+    if (f->kn->attn_rows && hd % 32 == 0)
+        sg = group * FAST_ATTN_TOKENS <= FAST_ATTN_MAX_ROWS &&
+             (int64_t)n * nkv >= 2 * (int64_t)f->n_threads ? group : 1;
+    const int64_t ld = (past + n + 15) / 16 * 16;
+    const size_t need = sg ? (size_t)(sg * FAST_ATTN_TOKENS) * (size_t)ld : (size_t)(past + n + 16);
+    if (tscratch(f, need))
         return fast_fail(be, -ENOMEM, "attention: out of memory");
     struct attn_ctx c = { .f = f, .a = at, .kv = kv, .past = past, .q = q,
-                          .q_stride = q_stride, .n = n, .out = out };
+                          .q_stride = q_stride, .n = n, .out = out, .sg = sg, .scores_ld = ld };
     atomic_init(&c.next, 0);
     tp_pool_run(f->tp, attn_job, &c);
     return 0;

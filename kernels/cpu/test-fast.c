@@ -12,7 +12,9 @@
  *   dense f32 / f16 / bf16 weights (fp32 activations, both modes, and the
  *     one-token bf16 kernel of the lm_head): <= 2e-6
  *   MoE (fast mode) whole block:                  <= 1e-4
- *   attention (both modes):                       <= 1e-5
+ *   attention (both modes):                       <= 1e-5 (row by row and
+ *     in blocks of rows sharing a KV head; a token's output is bit-identical
+ *     however its rows were grouped)
  *   Gated DeltaNet output and state over 6 calls: <= 1e-5 (conv state exact),
  *     also from a state of denormals (which the fast path flushes)
  * Every test runs once per kernel level the CPU has (AVX-512 VNNI, then
@@ -299,27 +301,28 @@ static void test_moe(void **state)
     run_moe(5, true, 2e-6, 256);
 }
 
-static void test_attention(void **state)
+static void attention_case(int32_t nh, int32_t hd)
 {
     struct kb_backend *ref = ref_new(), *fa = fast_new(false, 2);
-    struct kb_attn a = { .n_heads = 6, .n_kv_heads = 2, .head_dim = 80, .scale = 0.11f };
-    const int64_t cap = 300, row = 2 * 80;
+    struct kb_attn a = { .n_heads = nh, .n_kv_heads = 2, .head_dim = hd, .scale = 0.11f };
+    const int64_t cap = 300, row = 2 * (int64_t)hd;
     struct kb_kv kv0 = { calloc((size_t)(cap * row), 4), calloc((size_t)(cap * row), 4), cap };
     struct kb_kv kv1 = { calloc((size_t)(cap * row), 4), calloc((size_t)(cap * row), 4), cap };
     int64_t past = 0;
     const int32_t steps[] = { 37, 1, 1, 200, 1 };
     for (size_t s = 0; s < sizeof(steps) / sizeof(steps[0]); s++) {
         int32_t n = steps[s];
-        int64_t qs = 2 * 80;                                       /* q with a gate half */
-        float *q = rnd_vec((size_t)n * 6 * (size_t)qs), *k = rnd_vec((size_t)(n * row));
+        int64_t qs = 2 * (int64_t)hd;                              /* q with a gate half */
+        float *q = rnd_vec((size_t)n * nh * (size_t)qs), *k = rnd_vec((size_t)(n * row));
         float *v = rnd_vec((size_t)(n * row));
-        for (int64_t i = 0; i < n * 6 * qs; i++)
+        for (int64_t i = 0; i < n * nh * qs; i++)
             q[i] *= 3.0f;
-        float *o0 = calloc((size_t)n * 6 * 80, 4), *o1 = calloc((size_t)n * 6 * 80, 4);
+        float *o0 = calloc((size_t)n * nh * hd, 4), *o1 = calloc((size_t)n * nh * hd, 4);
         assert_int_equal(ref->ops->attention(ref, &a, &kv0, past, q, qs, k, v, n, o0), 0);
         assert_int_equal(fa->ops->attention(fa, &a, &kv1, past, q, qs, k, v, n, o1), 0);
-        double e = rel_l2(o1, o0, (size_t)n * 6 * 80);
-        printf("  cpu       attention past %4lld n %3d  rel L2 %.3g\n", (long long)past, n, e);
+        double e = rel_l2(o1, o0, (size_t)n * nh * hd);
+        printf("  cpu       attention heads %2d/2 d %3d past %4lld n %3d  rel L2 %.3g\n", nh, hd,
+               (long long)past, n, e);
         assert_true(e <= 1e-5);
         past += n;
         free(q);
@@ -328,11 +331,49 @@ static void test_attention(void **state)
         free(o0);
         free(o1);
     }
-    float dummy[160] = { 0 };
-    assert_int_equal(fa->ops->attention(fa, &a, &kv1, past, dummy, 80, dummy, dummy, 1000, dummy),
+    float dummy[4096] = { 0 };
+    assert_int_equal(fa->ops->attention(fa, &a, &kv1, past, dummy, hd, dummy, dummy, 1000, dummy),
                      -EINVAL);
     free(kv0.k); free(kv0.v); free(kv1.k); free(kv1.v);
     ref->ops->destroy(ref);
+    fa->ops->destroy(fa);
+}
+
+/* head dim 80: row by row; 64 and 96 (multiples of 32): blocks of rows
+ * sharing a KV head (GQA groups of 4 and 8) */
+static void test_attention(void **state)
+{
+    attention_case(6, 80);
+    attention_case(8, 64);
+    attention_case(16, 96);
+}
+
+/* A token's attention output does not depend on how its rows were grouped:
+ * one 45-token prefill gives, bit for bit, what 45 single-token calls give
+ * (rows grouped 4 tokens x 8 heads vs one head per item). */
+static void test_attention_grouping(void **state)
+{
+    struct kb_backend *fa = fast_new(false, 2);
+    enum { NH = 16, HD = 64, N = 45 };
+    struct kb_attn a = { .n_heads = NH, .n_kv_heads = 2, .head_dim = HD, .scale = 0.125f };
+    const int64_t row = 2 * HD;
+    struct kb_kv kv0 = { calloc((size_t)(N * row), 4), calloc((size_t)(N * row), 4), N };
+    struct kb_kv kv1 = { calloc((size_t)(N * row), 4), calloc((size_t)(N * row), 4), N };
+    float *q = rnd_vec((size_t)N * NH * HD), *k = rnd_vec((size_t)(N * row)), *v = rnd_vec((size_t)(N * row));
+    float *o0 = calloc((size_t)N * NH * HD, 4), *o1 = calloc((size_t)N * NH * HD, 4);
+    assert_int_equal(fa->ops->attention(fa, &a, &kv0, 0, q, HD, k, v, N, o0), 0);
+    for (int32_t t = 0; t < N; t++)
+        assert_int_equal(fa->ops->attention(fa, &a, &kv1, t, q + (int64_t)t * NH * HD, HD,
+                                            k + t * row, v + t * row, 1,
+                                            o1 + (int64_t)t * NH * HD), 0);
+    size_t diff = 0;
+    for (size_t i = 0; i < (size_t)N * NH * HD; i++)
+        diff += memcmp(&o0[i], &o1[i], 4) != 0;
+    printf("  cpu       attention prefill of %d vs %d single tokens: %zu of %d values differ\n",
+           N, N, diff, N * NH * HD);
+    assert_true(diff == 0);
+    free(q); free(k); free(v); free(o0); free(o1);
+    free(kv0.k); free(kv0.v); free(kv1.k); free(kv1.v);
     fa->ops->destroy(fa);
 }
 
@@ -568,6 +609,7 @@ int main(void)
         cmocka_unit_test(test_dense_matmul),
         cmocka_unit_test(test_moe),
         cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_attention_grouping),
         cmocka_unit_test(test_gdn),
         cmocka_unit_test(test_gdn_denormal),
         cmocka_unit_test(test_bad_args),
