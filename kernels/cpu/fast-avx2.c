@@ -556,3 +556,115 @@ T256 void fast_attn_row_avx2(const float *q, const float *kc, const float *vc, i
         }
     }
 }
+
+/* ------------------------------------------------------------------ */
+/* Attention over a block of query rows sharing one KV head             */
+
+/* lane k = the sum of a[k]'s 8 lanes */
+T256_INLINE __m256 sum8x8(const __m256 a[8])
+{
+    const __m256 x0 = _mm256_hadd_ps(a[0], a[1]), x1 = _mm256_hadd_ps(a[2], a[3]);
+    const __m256 x2 = _mm256_hadd_ps(a[4], a[5]), x3 = _mm256_hadd_ps(a[6], a[7]);
+    const __m256 y0 = _mm256_hadd_ps(x0, x1), y1 = _mm256_hadd_ps(x2, x3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(y0, y1, 0x20), _mm256_permute2f128_ps(y0, y1, 0x31));
+}
+
+/* out[r] += sum_s p[r][s] v[s] for s in [s0, s1), nr <= 4 rows, 16 dims */
+T256_INLINE void attn_pv_tile2(float *const *p, int nr, const float *vc, int64_t row_stride,
+                               int64_t s0, int64_t s1, int32_t d, __m256 acc[4][2])
+{
+    for (int64_t s = s0; s < s1; s++) {
+        const float *v = vc + s * row_stride + d;
+        const __m256 v0 = _mm256_loadu_ps(v), v1 = _mm256_loadu_ps(v + 8);
+        for (int r = 0; r < nr; r++) {
+            const __m256 pr = _mm256_broadcast_ss(&p[r][s]);
+            acc[r][0] = _mm256_fmadd_ps(pr, v0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(pr, v1, acc[r][1]);
+        }
+    }
+}
+
+T256 void fast_attn_rows_avx2(const float *const *q, const int64_t *len, int32_t nr,
+                              const float *kc, const float *vc, int64_t row_stride, int32_t hd,
+                              float scale, float *scores, int64_t scores_ld, float *const *out)
+{
+    int64_t maxlen = 0;
+    for (int32_t r = 0; r < nr; r++)
+        maxlen = len[r] > maxlen ? len[r] : maxlen;
+    /* scores, 8 keys at a time (see fast_attn_rows_avx512) */
+    for (int64_t s0 = 0; s0 < maxlen; s0 += 8) {
+        const float *kp[8];
+        for (int k = 0; k < 8; k++)
+            kp[k] = kc + (s0 + k < maxlen ? s0 + k : maxlen - 1) * row_stride;
+        for (int32_t r = 0; r < nr; r++) {
+            if (s0 >= len[r])
+                continue;
+            __m256 acc[8];
+            for (int k = 0; k < 8; k++)
+                acc[k] = _mm256_setzero_ps();
+            for (int32_t d = 0; d < hd; d += 8) {
+                const __m256 qv = _mm256_loadu_ps(q[r] + d);
+                for (int k = 0; k < 8; k++)
+                    acc[k] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp[k] + d), acc[k]);
+            }
+            const int64_t valid = len[r] - s0 >= 8 ? 8 : len[r] - s0;
+            const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                _mm256_set1_epi32((int)valid), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+            _mm256_storeu_ps(scores + r * scores_ld + s0,
+                             _mm256_blendv_ps(_mm256_set1_ps(-INFINITY),
+                                              _mm256_mul_ps(sum8x8(acc), _mm256_set1_ps(scale)), keep));
+        }
+    }
+    /* softmax per row over its own keys */
+    float inv[FAST_ATTN_MAX_ROWS];
+    float *prow[FAST_ATTN_MAX_ROWS];
+    for (int32_t r = 0; r < nr; r++) {
+        float *sc = scores + r * scores_ld;
+        prow[r] = sc;
+        float mx = -INFINITY;
+        for (int64_t s = 0; s < len[r]; s++)
+            mx = sc[s] > mx ? sc[s] : mx;
+        const __m256 vmx = _mm256_set1_ps(mx);
+        __m256 vsum = _mm256_setzero_ps();
+        int64_t s = 0;
+        for (; s + 8 <= len[r]; s += 8) {
+            __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(sc + s), vmx));
+            _mm256_storeu_ps(sc + s, e);
+            vsum = _mm256_add_ps(vsum, e);
+        }
+        float sum = hsum256(vsum);
+        for (; s < len[r]; s++) {
+            sc[s] = expf(sc[s] - mx);
+            sum += sc[s];
+        }
+        inv[r] = 1.0f / sum;
+    }
+    /* P V: groups of 4 rows x 16 dims, shared keys first, then each row's
+     * own, ascending either way */
+    for (int32_t r0 = 0; r0 < nr; r0 += 4) {
+        const int g = nr - r0 >= 4 ? 4 : nr - r0;
+        int64_t common = INT64_MAX;
+        for (int r = 0; r < g; r++)
+            common = len[r0 + r] < common ? len[r0 + r] : common;
+        for (int32_t d = 0; d < hd; d += 16) {
+            __m256 acc[4][2];
+            for (int r = 0; r < 4; r++)
+                acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+            switch (g) {
+            case 1: attn_pv_tile2(prow + r0, 1, vc, row_stride, 0, common, d, acc); break;
+            case 2: attn_pv_tile2(prow + r0, 2, vc, row_stride, 0, common, d, acc); break;
+            case 3: attn_pv_tile2(prow + r0, 3, vc, row_stride, 0, common, d, acc); break;
+            default: attn_pv_tile2(prow + r0, 4, vc, row_stride, 0, common, d, acc); break;
+            }
+            for (int r = 0; r < g; r++) {
+                __m256 one[4][2];
+                one[0][0] = acc[r][0];
+                one[0][1] = acc[r][1];
+                attn_pv_tile2(prow + r0 + r, 1, vc, row_stride, common, len[r0 + r], d, one);
+                const __m256 sc = _mm256_set1_ps(inv[r0 + r]);
+                _mm256_storeu_ps(out[r0 + r] + d, _mm256_mul_ps(one[0][0], sc));
+                _mm256_storeu_ps(out[r0 + r] + d + 8, _mm256_mul_ps(one[0][1], sc));
+            }
+        }
+    }
+}

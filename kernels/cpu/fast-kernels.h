@@ -148,6 +148,9 @@ void fast_gdn_head_avx2(float *S, const float *q, const float *k, const float *v
 void fast_swiglu_avx2(float *y, const float *g, const float *u, int64_t count);
 void fast_attn_row_avx2(const float *q, const float *kc, const float *vc, int64_t row_stride,
                         int64_t len, int32_t hd, float scale, float *scores, float *out);
+void fast_attn_rows_avx2(const float *const *q, const int64_t *len, int32_t nr,
+                         const float *kc, const float *vc, int64_t row_stride, int32_t hd,
+                         float scale, float *scores, int64_t scores_ld, float *const *out);
 
 /* One ISA's kernels; fast.c picks the table once at backend creation. */
 struct fast_kernels {

@@ -42,7 +42,7 @@
  *   (one head per item when there are too few items for the threads, as in
  *   decode), so a prefill reads each KV head's cache once per 4 tokens
  *   instead of once per (token, head); a token's output does not depend on
- *   the grouping (fast-kernels.h). The AVX2 level runs row by row.
+ *   the grouping (fast-kernels.h).
  * - Other ops: SwiGLU and the Gated DeltaNet recurrence (value
  *   heads split across threads, each running its heads through all tokens
  *   of the call) are vectorised here; embed, norms, RoPE, add and
@@ -164,6 +164,7 @@ static const struct fast_kernels fast_kernels_avx2 = {
     .gdn_head = fast_gdn_head_avx2,
     .swiglu = fast_swiglu_avx2,
     .attn_row = fast_attn_row_avx2,
+    .attn_rows = fast_attn_rows_avx2,
 };
 
 /* ------------------------------------------------------------------ */
