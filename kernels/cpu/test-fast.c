@@ -377,28 +377,59 @@ static void test_attention_grouping(void **state)
     fa->ops->destroy(fa);
 }
 
+/* A Gated DeltaNet block's constant tensors (bf16, random unless alog is
+ * given: A_log = alog and dt_bias = 1 for every head, norm weight 1). */
+struct gdn_fix {
+    uint16_t *conv, *alog, *dtb, *nw;
+    struct kb_weight cw, aw, dw, nwt;
+    struct kb_gdn g;
+    int64_t conv_dim;
+};
+
+static void gdn_fix_init(struct gdn_fix *f, int32_t nk, int32_t nv, int32_t dk, int32_t dv,
+                         int32_t K, const float *alog)
+{
+    f->conv_dim = 2 * (int64_t)nk * dk + (int64_t)nv * dv;
+    f->conv = malloc((size_t)(f->conv_dim * K) * 2);
+    f->alog = malloc((size_t)nv * 2);
+    f->dtb = malloc((size_t)nv * 2);
+    f->nw = malloc((size_t)dv * 2);
+    assert_true(f->conv && f->alog && f->dtb && f->nw);
+    for (int64_t i = 0; i < f->conv_dim * K; i++)
+        f->conv[i] = kb_f32_to_bf16(rnd_f() * 0.5f);
+    for (int i = 0; i < nv; i++) {
+        f->alog[i] = kb_f32_to_bf16(alog ? *alog : logf(1.0f + 4.0f * fabsf(rnd_f())));
+        f->dtb[i] = kb_f32_to_bf16(alog ? 1.0f : rnd_f());
+    }
+    for (int i = 0; i < dv; i++)
+        f->nw[i] = kb_f32_to_bf16(alog ? 1.0f : 1.0f + 0.3f * rnd_f());
+    f->cw = (struct kb_weight){ .type = KB_WTYPE_BF16, .rows = f->conv_dim, .cols = K, .data = f->conv };
+    f->aw = (struct kb_weight){ .type = KB_WTYPE_BF16, .rows = 1, .cols = nv, .data = f->alog };
+    f->dw = (struct kb_weight){ .type = KB_WTYPE_BF16, .rows = 1, .cols = nv, .data = f->dtb };
+    f->nwt = (struct kb_weight){ .type = KB_WTYPE_BF16, .rows = 1, .cols = dv, .data = f->nw };
+    f->g = (struct kb_gdn){ .n_k_heads = nk, .n_v_heads = nv, .d_k = dk, .d_v = dv,
+                            .conv_kernel = K, .norm_eps = 1e-6f, .conv1d = &f->cw,
+                            .A_log = &f->aw, .dt_bias = &f->dw, .norm = &f->nwt };
+}
+
+static void gdn_fix_free(struct gdn_fix *f)
+{
+    free(f->conv);
+    free(f->alog);
+    free(f->dtb);
+    free(f->nw);
+}
+
 /* Gated DeltaNet: conv + recurrence + gated norm with the state carried
  * over calls of different lengths (shorter than the conv window too). */
 static void test_gdn(void **state)
 {
     struct kb_backend *ref = ref_new(), *fa = fast_new(false, 2);
     enum { NK = 2, NV = 4, DK = 32, DV = 48, K = 4 };
-    const int64_t conv_dim = 2 * NK * DK + NV * DV, val = NV * DV;
-    uint16_t conv[(2 * NK * DK + NV * DV) * K], alog[NV], dtb[NV], nw[DV];
-    for (int64_t i = 0; i < conv_dim * K; i++)
-        conv[i] = kb_f32_to_bf16(rnd_f() * 0.5f);
-    for (int i = 0; i < NV; i++) {
-        alog[i] = kb_f32_to_bf16(logf(1.0f + 4.0f * fabsf(rnd_f())));
-        dtb[i] = kb_f32_to_bf16(rnd_f());
-    }
-    for (int i = 0; i < DV; i++)
-        nw[i] = kb_f32_to_bf16(1.0f + 0.3f * rnd_f());
-    struct kb_weight cw = { .type = KB_WTYPE_BF16, .rows = conv_dim, .cols = K, .data = conv };
-    struct kb_weight aw = { .type = KB_WTYPE_BF16, .rows = 1, .cols = NV, .data = alog };
-    struct kb_weight dw = { .type = KB_WTYPE_BF16, .rows = 1, .cols = NV, .data = dtb };
-    struct kb_weight nwt = { .type = KB_WTYPE_BF16, .rows = 1, .cols = DV, .data = nw };
-    struct kb_gdn g = { .n_k_heads = NK, .n_v_heads = NV, .d_k = DK, .d_v = DV, .conv_kernel = K,
-                        .norm_eps = 1e-6f, .conv1d = &cw, .A_log = &aw, .dt_bias = &dw, .norm = &nwt };
+    struct gdn_fix fx;
+    gdn_fix_init(&fx, NK, NV, DK, DV, K, NULL);
+    const struct kb_gdn g = fx.g;
+    const int64_t conv_dim = fx.conv_dim, val = NV * DV;
     struct kb_gdn_state s0 = { calloc((size_t)((K - 1) * conv_dim), 4), calloc((size_t)(NV * DK * DV), 4) };
     struct kb_gdn_state s1 = { calloc((size_t)((K - 1) * conv_dim), 4), calloc((size_t)(NV * DK * DV), 4) };
     const int32_t steps[] = { 5, 1, 2, 1, 64, 1 };
@@ -417,6 +448,7 @@ static void test_gdn(void **state)
         free(qkv); free(z); free(b); free(a); free(y0); free(y1);
     }
     free(s0.conv); free(s0.ssm); free(s1.conv); free(s1.ssm);
+    gdn_fix_free(&fx);
     ref->ops->destroy(ref);
     fa->ops->destroy(fa);
 }
@@ -429,22 +461,11 @@ static void test_gdn_denormal(void **state)
 {
     struct kb_backend *ref = ref_new(), *fa = fast_new(false, 2);
     enum { NK = 1, NV = 2, DK = 16, DV = 32, K = 2 };
-    const int64_t conv_dim = 2 * NK * DK + NV * DV, val = NV * DV;
-    uint16_t conv[(2 * NK * DK + NV * DV) * K], alog[NV], dtb[NV], nw[DV];
-    for (int64_t i = 0; i < conv_dim * K; i++)
-        conv[i] = kb_f32_to_bf16(rnd_f() * 0.5f);
-    for (int i = 0; i < NV; i++) {
-        alog[i] = kb_f32_to_bf16(4.0f);          /* decay ~ e^-38 per token */
-        dtb[i] = kb_f32_to_bf16(1.0f);
-    }
-    for (int i = 0; i < DV; i++)
-        nw[i] = kb_f32_to_bf16(1.0f);
-    struct kb_weight cw = { .type = KB_WTYPE_BF16, .rows = conv_dim, .cols = K, .data = conv };
-    struct kb_weight aw = { .type = KB_WTYPE_BF16, .rows = 1, .cols = NV, .data = alog };
-    struct kb_weight dw = { .type = KB_WTYPE_BF16, .rows = 1, .cols = NV, .data = dtb };
-    struct kb_weight nwt = { .type = KB_WTYPE_BF16, .rows = 1, .cols = DV, .data = nw };
-    struct kb_gdn g = { .n_k_heads = NK, .n_v_heads = NV, .d_k = DK, .d_v = DV, .conv_kernel = K,
-                        .norm_eps = 1e-6f, .conv1d = &cw, .A_log = &aw, .dt_bias = &dw, .norm = &nwt };
+    const float alog = 4.0f;                     /* decay ~ e^-38 per token */
+    struct gdn_fix fx;
+    gdn_fix_init(&fx, NK, NV, DK, DV, K, &alog);
+    const struct kb_gdn g = fx.g;
+    const int64_t conv_dim = fx.conv_dim, val = NV * DV;
     const size_t ns = (size_t)(NV * DK * DV);
     struct kb_gdn_state s0 = { calloc((size_t)((K - 1) * conv_dim), 4), calloc(ns, 4) };
     struct kb_gdn_state s1 = { calloc((size_t)((K - 1) * conv_dim), 4), calloc(ns, 4) };
@@ -464,6 +485,7 @@ static void test_gdn_denormal(void **state)
     assert_true(e <= 1e-5);
     free(qkv); free(z); free(b); free(a); free(y0); free(y1);
     free(s0.conv); free(s0.ssm); free(s1.conv); free(s1.ssm);
+    gdn_fix_free(&fx);
     ref->ops->destroy(ref);
     fa->ops->destroy(fa);
 }

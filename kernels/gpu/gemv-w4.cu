@@ -55,6 +55,20 @@
 
 #define GEMV_WARPS 4
 
+/* Slice z's weights: expert ids[z] (or z) of a stacked tensor at wq / ws,
+ * or through the address table wtab (see above). */
+struct gemv_w { const unsigned int *q; const unsigned short *s; };
+
+static __device__ __forceinline__ gemv_w
+gemv_expert(const unsigned int *wq, const unsigned short *ws, const int *GPU_RESTRICT ids,
+            const unsigned long long *GPU_RESTRICT wtab, int z, int n_rows, int k)
+{
+    const long long e = ids ? (long long)ids[z] : (long long)z;
+    if (wtab)
+        return gemv_w{ (const unsigned int *)wtab[2 * e], (const unsigned short *)wtab[2 * e + 1] };
+    return gemv_w{ wq + e * (long long)n_rows * (k >> 3), ws + e * (long long)n_rows * (k >> 5) };
+}
+
 template <int B, int R>
 static __device__ __forceinline__ void
 gemv_w4g32(const unsigned int *GPU_RESTRICT wq, const unsigned short *GPU_RESTRICT ws,
@@ -67,15 +81,9 @@ gemv_w4g32(const unsigned int *GPU_RESTRICT wq, const unsigned short *GPU_RESTRI
     const int sub = lane & (lpr - 1), slot = lane / lpr, slots = GPU_WARP / lpr;
     const int row0 = ((gpu_bid_x() * GEMV_WARPS + warp) * slots + slot) * R;
     const int z = gpu_bid_y();
-    const long long e = ids ? (long long)ids[z] : (long long)z;
-
-    if (wtab) {
-        wq = (const unsigned int *)wtab[2 * e];
-        ws = (const unsigned short *)wtab[2 * e + 1];
-    } else {
-        wq += e * (long long)n_rows * (k >> 3);
-        ws += e * (long long)n_rows * groups;
-    }
+    const gemv_w ew = gemv_expert(wq, ws, ids, wtab, z, n_rows, k);
+    wq = ew.q;
+    ws = ew.s;
     x += (long long)(z / x_group) * x_slice;
     y += z * y_slice;
 
@@ -178,15 +186,9 @@ gemv_w4g32_q8(const unsigned int *GPU_RESTRICT wq, const unsigned short *GPU_RES
     const int sub = lane & (lpr - 1), slot = lane / lpr, slots = GPU_WARP / lpr;
     const int row0 = ((gpu_bid_x() * GEMV_WARPS + warp) * slots + slot) * R;
     const int z = gpu_bid_y();
-    const long long e = ids ? (long long)ids[z] : (long long)z;
-
-    if (wtab) {
-        wq = (const unsigned int *)wtab[2 * e];
-        ws = (const unsigned short *)wtab[2 * e + 1];
-    } else {
-        wq += e * (long long)n_rows * (k >> 3);
-        ws += e * (long long)n_rows * groups;
-    }
+    const gemv_w ew = gemv_expert(wq, ws, ids, wtab, z, n_rows, k);
+    wq = ew.q;
+    ws = ew.s;
     xq += (long long)(z / x_group) * x_slice;
     xd += (long long)(z / x_group) * (x_slice >> 5);
     y += z * y_slice;
