@@ -51,11 +51,20 @@ static inline int gpu_bid_x() { return emu_bid[0]; }
 static inline int gpu_bid_y() { return emu_bid[1]; }
 static inline int gpu_bid_z() { return emu_bid[2]; }
 static inline int gpu_lane() { return emu_tid & (GPU_WARP - 1); }
-static inline void gpu_sync() { pthread_barrier_wait(&emu_bar); }
+static bool emu_seq;                     /* threads run in turn (no barriers) */
+static inline void emu_need_sync()
+{
+    if (emu_seq) {
+        fprintf(stderr, "emu: a kernel launched without sync reached a barrier or shuffle\n");
+        abort();
+    }
+}
+static inline void gpu_sync() { emu_need_sync(); pthread_barrier_wait(&emu_bar); }
 static inline float gpu_as_float(unsigned int u) { float f; memcpy(&f, &u, 4); return f; }
 static inline unsigned int gpu_as_uint(float f) { unsigned int u; memcpy(&u, &f, 4); return u; }
 static inline float gpu_shfl_xor_f(float v, int m)
 {
+    emu_need_sync();
     emu_xchg[emu_tid].f = v;
     pthread_barrier_wait(&emu_warp_bar[emu_tid / GPU_WARP]);
     float r = emu_xchg[emu_tid ^ m].f;
@@ -64,6 +73,7 @@ static inline float gpu_shfl_xor_f(float v, int m)
 }
 static inline int gpu_shfl_xor_i(int v, int m)
 {
+    emu_need_sync();
     emu_xchg[emu_tid].i = v;
     pthread_barrier_wait(&emu_warp_bar[emu_tid / GPU_WARP]);
     int r = emu_xchg[emu_tid ^ m].i;
@@ -206,10 +216,12 @@ static void emu_run(unsigned gx, unsigned gy, int threads, emu_body body, const 
         emu_bid[1] = (int)(b / gx % gy);
         emu_bid[2] = (int)(b / gx / gy);
         if (!sync) {
+            emu_seq = true;
             for (int i = 0; i < threads; i++) {
                 emu_tid = i;
                 body(args);
             }
+            emu_seq = false;
             continue;
         }
         pthread_barrier_wait(&emu_p.start);
