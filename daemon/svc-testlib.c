@@ -32,6 +32,9 @@ int svc_testlib_notify_listen(const char *dir)
     /* systemd's own notify socket has SO_PASSCRED; sd_notify does not
      * depend on it, but behave like the real thing. */
     setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof(one));
+    /* the kernel's arrival time of each datagram: timing checks must not
+     * depend on when this (possibly descheduled) listener gets to read */
+    setsockopt(fd, SOL_SOCKET, SO_TIMESTAMP, &one, sizeof(one));
     unlink(sa.sun_path);
     if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
         int e = errno;
@@ -42,12 +45,20 @@ int svc_testlib_notify_listen(const char *dir)
     return fd;
 }
 
+static uint64_t last_arrival_ms;
+
+uint64_t svc_testlib_notify_arrival_ms(void)
+{
+    return last_arrival_ms;
+}
+
 int svc_testlib_notify_recv(int fd, char *buf, size_t len, int timeout_ms, int *fds, size_t *n_fds)
 {
     struct pollfd pfd = { .fd = fd, .events = POLLIN };
     union {
         struct cmsghdr align;
-        char buf[CMSG_SPACE(sizeof(int) * 16) + CMSG_SPACE(sizeof(struct ucred))];
+        char buf[CMSG_SPACE(sizeof(int) * 16) + CMSG_SPACE(sizeof(struct ucred)) +
+                 CMSG_SPACE(sizeof(struct timeval))];
     } control;
     struct iovec iov = { .iov_base = buf, .iov_len = len - 1 };
     struct msghdr mh = {
@@ -67,7 +78,15 @@ int svc_testlib_notify_recv(int fd, char *buf, size_t len, int timeout_ms, int *
     if (n < 0)
         return -errno;
     buf[n] = '\0';
+    last_arrival_ms = 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMP) {
+            struct timeval tv;
+
+            memcpy(&tv, CMSG_DATA(c), sizeof(tv));
+            last_arrival_ms = (uint64_t)tv.tv_sec * 1000u + (uint64_t)tv.tv_usec / 1000u;
+            continue;
+        }
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
             continue;
         size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);

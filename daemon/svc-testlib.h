@@ -53,6 +53,10 @@ int svc_testlib_notify_listen(const char *dir);
  * fds.  timeout_ms < 0 waits forever.  Returns bytes, 0 on timeout, -errno. */
 int svc_testlib_notify_recv(int fd, char *buf, size_t len, int timeout_ms, int *fds, size_t *n_fds);
 
+/* When the last datagram svc_testlib_notify_recv returned reached the
+ * socket (kernel timestamp, CLOCK_REALTIME ms; 0 if none came with it). */
+uint64_t svc_testlib_notify_arrival_ms(void);
+
 /* The value of "Key:" in /proc/PID/status (leading blanks stripped). */
 int svc_testlib_proc_status(pid_t pid, const char *key, char *out, size_t len);
 
