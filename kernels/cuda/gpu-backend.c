@@ -719,6 +719,13 @@ static int gb_moe_table(struct kb_backend *be, const struct kb_moe *m, gbd_ptr *
     return rc;
 }
 
+/* Projection proj's part (0 gate, 1 up, 2 down) of an expert table: E
+ * pairs of u64 addresses. */
+static gbd_ptr gb_moe_tab_at(gbd_ptr tab, int E, int proj)
+{
+    return tab + (gbd_ptr)((size_t)proj * (size_t)E * 16);
+}
+
 /* Routed experts of n <= GB_MOE_DEVICE_MAX tokens, all on the device:
  * slice z = t * top + j is token t's j-th expert ids[z]; gate and up read
  * x row t (x_group = top), down reads slice z's SwiGLU row; dy[t] = the
@@ -727,7 +734,7 @@ static int gb_moe_device(struct kb_backend *be, const struct kb_moe *m, gbd_ptr 
                          int n, gbd_ptr dids, gbd_ptr dwts, gbd_ptr dy)
 {
     const int E = m->n_experts, top = m->top_k, H = m->hidden, I = m->inter, S = n * top;
-    const gbd_ptr tg = tab, tu = tab + (gbd_ptr)((size_t)E * 16), td = tab + (gbd_ptr)((size_t)E * 32);
+    const gbd_ptr tg = gb_moe_tab_at(tab, E, 0), tu = gb_moe_tab_at(tab, E, 1), td = gb_moe_tab_at(tab, E, 2);
     gbd_ptr dg, du, da, dyd;
     int rc;
     if ((rc = gb_scratch(be, GB_S_G, (size_t)S * I * 4, &dg)) ||
@@ -761,7 +768,7 @@ static int gb_moe_grouped(struct kb_backend *be, const struct kb_moe *m, gbd_ptr
                           int n, gbd_ptr dids, gbd_ptr dwts, gbd_ptr dy)
 {
     const int E = m->n_experts, top = m->top_k, H = m->hidden, I = m->inter, S = n * top;
-    const gbd_ptr tg = tab, tu = tab + (gbd_ptr)((size_t)E * 16), td = tab + (gbd_ptr)((size_t)E * 32);
+    const gbd_ptr tg = gb_moe_tab_at(tab, E, 0), tu = gb_moe_tab_at(tab, E, 1), td = gb_moe_tab_at(tab, E, 2);
     gbd_ptr seg, rowtok, pos, dg, du, da, dyd, xq, xd;
     int rc;
     if ((rc = gb_scratch(be, GB_S_SEG, (size_t)(E + 1) * 4, &seg)) ||

@@ -44,7 +44,7 @@ static thread_local int emu_tid;
 static int emu_bid[3];
 static pthread_barrier_t emu_bar;
 static pthread_barrier_t emu_warp_bar[EMU_MAX_THREADS / GPU_WARP];
-static union { float f; int i; } emu_xchg[EMU_MAX_THREADS];
+static uint32_t emu_xchg[EMU_MAX_THREADS];   /* one 4-byte shuffle slot per thread */
 
 static inline int gpu_tid_x() { return emu_tid; }
 static inline int gpu_bid_x() { return emu_bid[0]; }
@@ -62,24 +62,20 @@ static inline void emu_need_sync()
 static inline void gpu_sync() { emu_need_sync(); pthread_barrier_wait(&emu_bar); }
 static inline float gpu_as_float(unsigned int u) { float f; memcpy(&f, &u, 4); return f; }
 static inline unsigned int gpu_as_uint(float f) { unsigned int u; memcpy(&u, &f, 4); return u; }
-static inline float gpu_shfl_xor_f(float v, int m)
+/* lane ^ m's value of v, through the exchange slots and the warp barrier */
+template <typename T> static inline T emu_shfl_xor(T v, int m)
 {
+    static_assert(sizeof(T) == 4, "4-byte shuffles only");
     emu_need_sync();
-    emu_xchg[emu_tid].f = v;
+    memcpy(&emu_xchg[emu_tid], &v, 4);
     pthread_barrier_wait(&emu_warp_bar[emu_tid / GPU_WARP]);
-    float r = emu_xchg[emu_tid ^ m].f;
+    T r;
+    memcpy(&r, &emu_xchg[emu_tid ^ m], 4);
     pthread_barrier_wait(&emu_warp_bar[emu_tid / GPU_WARP]);
     return r;
 }
-static inline int gpu_shfl_xor_i(int v, int m)
-{
-    emu_need_sync();
-    emu_xchg[emu_tid].i = v;
-    pthread_barrier_wait(&emu_warp_bar[emu_tid / GPU_WARP]);
-    int r = emu_xchg[emu_tid ^ m].i;
-    pthread_barrier_wait(&emu_warp_bar[emu_tid / GPU_WARP]);
-    return r;
-}
+static inline float gpu_shfl_xor_f(float v, int m) { return emu_shfl_xor(v, m); }
+static inline int gpu_shfl_xor_i(int v, int m) { return emu_shfl_xor(v, m); }
 static inline float gpu_exp(float x) { return expf(x); }
 static inline float gpu_log(float x) { return logf(x); }
 static inline float gpu_rsqrt(float x) { return 1.0f / sqrtf(x); }

@@ -7,11 +7,7 @@
  *                     (router, shared-expert gate, unquantised projections):
  *                     one warp per output row, lanes over the columns
  *   add               y = a + b
- *   gather_rows       out[i] = x[map[i]]
  *   swiglu2           out = silu(g) * u (separate gate and up buffers)
- *   scatter_add_rows  out[map[i]] += w[i] * src[i]; rows of map distinct
- *                     within a launch (one expert's tokens), so no atomics
- *                     and the sum order is the launch order: deterministic
  *   add_sigmoid_rows  out[t] += sigmoid(gate[t]) * src[t] (shared expert)
  *
  * Weight type codes follow enum kb_wtype: 0 f32, 1 f16, 2 bf16.
@@ -64,34 +60,12 @@ GPU_KERNEL(add, 256)
         y[i] = a[i] + b[i];
 }
 
-GPU_KERNEL(gather_rows, 256)
-(const float *GPU_RESTRICT x, long long x_ld, const int *GPU_RESTRICT map, int n, int cols,
- float *GPU_RESTRICT out)
-{
-    const long long id = (long long)gpu_bid_x() * 256 + gpu_tid_x();
-    if (id >= (long long)n * cols)
-        return;
-    const long long i = id / cols, c = id % cols;
-    out[id] = x[map[i] * x_ld + c];
-}
-
 GPU_KERNEL(swiglu2, 256)
 (const float *GPU_RESTRICT g, const float *GPU_RESTRICT u, long long count, float *GPU_RESTRICT out)
 {
     const long long i = (long long)gpu_bid_x() * 256 + gpu_tid_x();
     if (i < count)
         out[i] = gpu_silu(g[i]) * u[i];
-}
-
-GPU_KERNEL(scatter_add_rows, 256)
-(const float *GPU_RESTRICT src, const int *GPU_RESTRICT map, const float *GPU_RESTRICT w, int n,
- int cols, float *GPU_RESTRICT out)
-{
-    const long long id = (long long)gpu_bid_x() * 256 + gpu_tid_x();
-    if (id >= (long long)n * cols)
-        return;
-    const long long i = id / cols, c = id % cols;
-    out[(long long)map[i] * cols + c] += (w ? w[i] : 1.0f) * src[id];
 }
 
 GPU_KERNEL(add_sigmoid_rows, 256)
