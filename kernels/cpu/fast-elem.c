@@ -5,13 +5,16 @@
  * row kernels (fast-elem-avx512.c / fast-elem-avx2.c), and the rows split
  * across the thread pool when there are enough of them.
  *
- * When to use the pool: these ops stream their rows once (a few cycles
- * per element), so a hand-off to the pool pays only for large calls.
- * Below FAST_ELEM_POOL_MIN elements the calling thread runs the op alone:
- * every decode call (one token: 2048 floats for the residual ops, 16 x 256
- * for the q norm) and the small prefill ones (the k norm of 64 tokens x 2
- * heads). See docs/performance.md, CPU, "Norms, RoPE and elementwise ops"
- * for the measurements.
+ * When to use the pool: these ops stream their rows once, in ~0.1-0.2 ns
+ * per element on one core (the sigmoid gate ~1 ns), so a hand-off to the
+ * pool (a few microseconds, more when a worker has been descheduled) pays
+ * only for large calls. Each call's work is counted in "norm elements"
+ * (RMSNorm, embed and add elements count 1, RoPE pairs 1, gate elements 5,
+ * from the one-core timings in docs/performance.md, CPU, "Norms, RoPE and
+ * elementwise ops"); below FAST_ELEM_POOL_MIN (~6 us of work) the calling
+ * thread runs the op alone. That covers every decode call (one token:
+ * 2048 floats for the residual ops, 16 x 256 for the q norm and the gate)
+ * and small prefills; a 64-token prefill chunk splits its rows.
  *
  * RoPE: the reference computes, per (token, pair i), inv_freq =
  * 1 / powf(theta, 2i / rot_dim) and the angle pos * inv_freq in float, then
@@ -24,6 +27,16 @@
  * leave one cosf and one sinf per (token, i) per call, which is most of the
  * op's time at rot_dim 64; a vector sin / cos polynomial would be faster to
  * build but would no longer give the reference's bits.
+ *
+ * Not fused: the residual add and the RMSNorm of its sum (twice per
+ * layer) could run row by row so that the sum is normed while still in L1
+ * instead of being read back from L2. Measured on one core (thread CPU
+ * time, AVX-512 kernels, hidden 2048, load average ~50 so +-10 %): 1 row
+ * 0.37 vs 0.36 us, 64 rows (the engine's chunk: 512 KB per array, which
+ * L2 holds) 36 vs 41 us, 512 rows (4 MB, past L2) 681 vs 586 us. Only the
+ * 512-row case gains, and the forward pass never norms more than 64 rows
+ * per call, so there is no fused op in the backend interface (the whole
+ * add + norm pair is ~0.05 % of a 64-token chunk's time anyway).
  */
 #include "kernels/cpu/fast-elem.h"
 
@@ -34,9 +47,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Elements (floats read per input row x rows) from which a call is split
- * across the pool; see the top of the file. */
-#define FAST_ELEM_POOL_MIN (1 << 16)
+/* Work ("norm elements", see the top of the file) from which a call is
+ * split across the pool. */
+#define FAST_ELEM_POOL_MIN (1 << 15)
+#define FAST_ELEM_GATE_COST 5
 
 /* add is split in pieces of whole cache lines */
 #define FAST_ELEM_ADD_ALIGN 16
@@ -236,7 +250,7 @@ int fast_elem_rope(struct fast_elem *e, float *x, int32_t n, int32_t rows_per_to
         return -ENOMEM;
     }
     struct rope_ctx c = { e->kn, x, n, rows_per_token, rot_dim / 2, stride, cs };
-    elem_run(e, (int64_t)n * rows_per_token * rot_dim, rope_job, &c);
+    elem_run(e, (int64_t)n * rows_per_token * (rot_dim / 2), rope_job, &c);
     return 0;
 }
 
@@ -266,8 +280,7 @@ int fast_elem_add(struct fast_elem *e, float *y, const float *a, const float *b,
     if (count <= 0)
         return 0;
     struct add_ctx c = { e->kn, y, a, b, count };
-    /* two inputs per element */
-    elem_run(e, 2 * count, add_job, &c);
+    elem_run(e, count, add_job, &c);
     return 0;
 }
 
@@ -296,7 +309,6 @@ int fast_elem_mul_sigmoid(struct fast_elem *e, float *y, int64_t y_stride, const
     if (rows <= 0 || dim <= 0)
         return 0;
     struct gate_ctx c = { e->kn, y, x, gate, y_stride, x_stride, gate_stride, rows, dim };
-    /* the exp makes an element cost about as much as 4 of a norm's */
-    elem_run(e, 4 * rows * dim, gate_job, &c);
+    elem_run(e, FAST_ELEM_GATE_COST * rows * dim, gate_job, &c);
     return 0;
 }

@@ -45,9 +45,14 @@
  *   the grouping (fast-kernels.h).
  * - Other ops: SwiGLU and the Gated DeltaNet recurrence (value
  *   heads split across threads, each running its heads through all tokens
- *   of the call) are vectorised here; embed, norms, RoPE, add and
- *   mul_sigmoid are delegated to the reference backend (a few percent of
- *   the time; see docs/performance.md, CPU).
+ *   of the call) are vectorised here; embed, RMSNorm, RoPE, add and the
+ *   sigmoid gate are in fast-elem.c (row kernels in fast-elem-avx512.c /
+ *   fast-elem-avx2.c): the reference's numerics (bit-identical but for
+ *   the gate's rare 1-ulp expf differences), rows split across the pool
+ *   only for prefill-sized calls, RoPE's cos / sin built once per forward
+ *   chunk. Residual add + RMSNorm are not fused: measured, the fusion
+ *   saves nothing at the engine's 64-row chunks (docs/performance.md,
+ *   CPU, "Norms, RoPE and elementwise ops").
  */
 #include "kernels/cpu/fast.h"
 
