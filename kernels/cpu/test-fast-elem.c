@@ -255,8 +255,9 @@ static void test_rope(void **state)
 {
     (void)state;
     struct kb_backend *ref = ref_new(), *fast = fast_new(test_isa, 2);
-    struct { int32_t rot, heads; int64_t stride; double theta; } shapes[5] = {
+    struct { int32_t rot, heads; int64_t stride; double theta; } shapes[6] = {
         { 64, 16, 256, 1e7 },                    /* the model's q (partial rotary) */
+        { 64, 40, 64, 1e7 },                     /* 64 tokens: split across the pool */
         { 64, 2, 256, 1e7 },                     /* its k                          */
         { 18, 3, 37, 1e4 },                      /* half 9: masked tails           */
         { 2, 1, 2, 1e4 },
@@ -266,7 +267,7 @@ static void test_rope(void **state)
     double max_err = 0.0;
     int64_t max_ulp = 0;
     int32_t pos[64];
-    for (int si = 0; si < 5; si++)
+    for (int si = 0; si < 6; si++)
         for (int ni = 0; ni < 3; ni++)
             for (int rep = 0; rep < 3; rep++) {
                 const int32_t n = n_list[ni], nh = shapes[si].heads, rot = shapes[si].rot;
