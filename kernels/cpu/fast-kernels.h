@@ -152,6 +152,23 @@ void fast_attn_rows_avx2(const float *const *q, const int64_t *len, int32_t nr,
                          const float *kc, const float *vc, int64_t row_stride, int32_t hd,
                          float scale, float *scores, int64_t scores_ld, float *const *out);
 
+/* Norms, RoPE and elementwise rows (fast-elem-avx512.c, fast-elem-avx2.c;
+ * fast-elem.c splits rows and threads). cvt_row: a dense f32 / f16 / bf16
+ * row to floats, exactly. rmsnorm_row: y = (x * rsqrt(mean(x^2) + eps)) * w
+ * (sum in double; y may equal x). rope_head: pairs (i, i + half) of one
+ * head rotated by cs[i] / sn[i]. add: y = a + b. mul_sigmoid: y = x *
+ * sigmoid(g) (y may equal x or g). */
+void fast_cvt_row_avx512(float *out, const void *src, enum kb_wtype type, int64_t count);
+void fast_rmsnorm_row_avx512(float *y, const float *x, const float *w, int32_t dim, float eps);
+void fast_rope_head_avx512(float *x, const float *cs, const float *sn, int32_t half);
+void fast_add_avx512(float *y, const float *a, const float *b, int64_t count);
+void fast_mul_sigmoid_avx512(float *y, const float *x, const float *g, int64_t count);
+void fast_cvt_row_avx2(float *out, const void *src, enum kb_wtype type, int64_t count);
+void fast_rmsnorm_row_avx2(float *y, const float *x, const float *w, int32_t dim, float eps);
+void fast_rope_head_avx2(float *x, const float *cs, const float *sn, int32_t half);
+void fast_add_avx2(float *y, const float *a, const float *b, int64_t count);
+void fast_mul_sigmoid_avx2(float *y, const float *x, const float *g, int64_t count);
+
 /* One ISA's kernels; fast.c picks the table once at backend creation. */
 struct fast_kernels {
     void (*q8_quantize)(const float *x, int64_t cols, uint8_t *out);
@@ -173,6 +190,12 @@ struct fast_kernels {
     void (*attn_rows)(const float *const *q, const int64_t *len, int32_t nr, const float *kc,
                       const float *vc, int64_t row_stride, int32_t hd, float scale,
                       float *scores, int64_t scores_ld, float *const *out);
+    /* norms, RoPE, elementwise (fast-elem.c) */
+    void (*cvt_row)(float *out, const void *src, enum kb_wtype type, int64_t count);
+    void (*rmsnorm_row)(float *y, const float *x, const float *w, int32_t dim, float eps);
+    void (*rope_head)(float *x, const float *cs, const float *sn, int32_t half);
+    void (*add)(float *y, const float *a, const float *b, int64_t count);
+    void (*mul_sigmoid)(float *y, const float *x, const float *g, int64_t count);
 };
 
 #endif

@@ -45,12 +45,18 @@
  *   the grouping (fast-kernels.h).
  * - Other ops: SwiGLU and the Gated DeltaNet recurrence (value
  *   heads split across threads, each running its heads through all tokens
- *   of the call) are vectorised here; embed, norms, RoPE, add and
- *   mul_sigmoid are delegated to the reference backend (a few percent of
- *   the time; see docs/performance.md, CPU).
+ *   of the call) are vectorised here; embed, RMSNorm, RoPE, add and the
+ *   sigmoid gate are in fast-elem.c (row kernels in fast-elem-avx512.c /
+ *   fast-elem-avx2.c): the reference's numerics (bit-identical but for
+ *   the gate's rare 1-ulp expf differences), rows split across the pool
+ *   only for prefill-sized calls, RoPE's cos / sin built once per forward
+ *   chunk. Residual add + RMSNorm are not fused: measured, the fusion
+ *   saves nothing at the engine's 64-row chunks (docs/performance.md,
+ *   CPU, "Norms, RoPE and elementwise ops").
  */
 #include "kernels/cpu/fast.h"
 
+#include "kernels/cpu/fast-elem.h"
 #include "kernels/cpu/fast-kernels.h"
 #include "kernels/cpu/ref.h"
 #include "kernels/cpu/threadpool.h"
@@ -88,6 +94,7 @@ struct cpu_fast {
     struct fast_tscratch ts[FAST_MAX_THREADS];
     struct { const void *key; float *vals; } consts[FAST_MAX_CONSTS];
     int32_t              n_consts;
+    struct fast_elem     el;             /* norms, RoPE, elementwise state   */
 };
 
 static struct cpu_fast *fast_of(struct kb_backend *be)
@@ -154,6 +161,11 @@ static const struct fast_kernels fast_kernels_avx512 = {
     .swiglu = fast_swiglu_avx512,
     .attn_row = fast_attn_row_avx512,
     .attn_rows = fast_attn_rows_avx512,
+    .cvt_row = fast_cvt_row_avx512,
+    .rmsnorm_row = fast_rmsnorm_row_avx512,
+    .rope_head = fast_rope_head_avx512,
+    .add = fast_add_avx512,
+    .mul_sigmoid = fast_mul_sigmoid_avx512,
 };
 
 static const struct fast_kernels fast_kernels_avx2 = {
@@ -165,6 +177,11 @@ static const struct fast_kernels fast_kernels_avx2 = {
     .swiglu = fast_swiglu_avx2,
     .attn_row = fast_attn_row_avx2,
     .attn_rows = fast_attn_rows_avx2,
+    .cvt_row = fast_cvt_row_avx2,
+    .rmsnorm_row = fast_rmsnorm_row_avx2,
+    .rope_head = fast_rope_head_avx2,
+    .add = fast_add_avx2,
+    .mul_sigmoid = fast_mul_sigmoid_avx2,
 };
 
 /* ------------------------------------------------------------------ */
@@ -763,36 +780,52 @@ static int fast_attention(struct kb_backend *be, const struct kb_attn *at,
 }
 
 /* ------------------------------------------------------------------ */
-/* Delegated ops                                                        */
+/* Embed, norms, RoPE, elementwise (fast-elem.c; scalar level: cpu-ref)  */
 
 static int fast_embed(struct kb_backend *be, const struct kb_weight *table,
                       const int32_t *ids, int32_t n, float *out)
 {
-    struct kb_backend *r = fast_of(be)->ref;
-    return r->ops->embed(r, table, ids, n, out);
+    struct cpu_fast *f = fast_of(be);
+    const char *what = "";
+    if (f->isa == KB_CPU_ISA_SCALAR)
+        return f->ref->ops->embed(f->ref, table, ids, n, out);
+    int rc = fast_elem_embed(&f->el, table, ids, n, out, &what);
+    return rc ? fast_fail(be, rc, what) : 0;
 }
 
 static int fast_rmsnorm(struct kb_backend *be, float *y, int64_t y_stride,
                         const float *x, int64_t x_stride, int64_t rows, int32_t dim,
                         const struct kb_weight *w, float eps, bool plus_one)
 {
-    struct kb_backend *r = fast_of(be)->ref;
-    return r->ops->rmsnorm(r, y, y_stride, x, x_stride, rows, dim, w, eps, plus_one);
+    struct cpu_fast *f = fast_of(be);
+    const char *what = "";
+    if (f->isa == KB_CPU_ISA_SCALAR)
+        return f->ref->ops->rmsnorm(f->ref, y, y_stride, x, x_stride, rows, dim, w, eps, plus_one);
+    int rc = fast_elem_rmsnorm(&f->el, y, y_stride, x, x_stride, rows, dim, w, eps, plus_one,
+                               &what);
+    return rc ? fast_fail(be, rc, what) : 0;
 }
 
 static int fast_rope(struct kb_backend *be, float *x, int32_t n, int32_t rows_per_token,
                      int64_t stride, int32_t rot_dim, const int32_t *pos, double theta)
 {
-    struct kb_backend *r = fast_of(be)->ref;
-    return r->ops->rope(r, x, n, rows_per_token, stride, rot_dim, pos, theta);
+    struct cpu_fast *f = fast_of(be);
+    const char *what = "";
+    if (f->isa == KB_CPU_ISA_SCALAR)
+        return f->ref->ops->rope(f->ref, x, n, rows_per_token, stride, rot_dim, pos, theta);
+    int rc = fast_elem_rope(&f->el, x, n, rows_per_token, stride, rot_dim, pos, theta, &what);
+    return rc ? fast_fail(be, rc, what) : 0;
 }
 
 static int fast_add(struct kb_backend *be, float *y, const float *a, const float *b,
                     int64_t count)
 {
-    for (int64_t i = 0; i < count; i++)
-        y[i] = a[i] + b[i];
-    return 0;
+    struct cpu_fast *f = fast_of(be);
+    const char *what = "";
+    if (f->isa == KB_CPU_ISA_SCALAR)
+        return f->ref->ops->add(f->ref, y, a, b, count);
+    int rc = fast_elem_add(&f->el, y, a, b, count, &what);
+    return rc ? fast_fail(be, rc, what) : 0;
 }
 
 static int fast_mul_sigmoid(struct kb_backend *be, float *y, int64_t y_stride,
@@ -800,8 +833,14 @@ static int fast_mul_sigmoid(struct kb_backend *be, float *y, int64_t y_stride,
                             const float *gate, int64_t gate_stride,
                             int64_t rows, int32_t dim)
 {
-    struct kb_backend *r = fast_of(be)->ref;
-    return r->ops->mul_sigmoid(r, y, y_stride, x, x_stride, gate, gate_stride, rows, dim);
+    struct cpu_fast *f = fast_of(be);
+    const char *what = "";
+    if (f->isa == KB_CPU_ISA_SCALAR)
+        return f->ref->ops->mul_sigmoid(f->ref, y, y_stride, x, x_stride, gate, gate_stride,
+                                        rows, dim);
+    int rc = fast_elem_mul_sigmoid(&f->el, y, y_stride, x, x_stride, gate, gate_stride, rows,
+                                   dim, &what);
+    return rc ? fast_fail(be, rc, what) : 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -989,6 +1028,7 @@ static void fast_destroy(struct kb_backend *be)
         for (int32_t i = 0; i < f->n_consts; i++)
             free(f->consts[i].vals);
         free(f->scr);
+        fast_elem_release(&f->el);
         free(f);
     }
     free(be);
@@ -1098,6 +1138,8 @@ int kb_cpu_fast_create(const struct kb_cpu_fast_params *params, struct kb_backen
         return rc;
     }
     f->n_threads = tp_pool_size(f->tp);
+    f->el.tp = f->tp;
+    f->el.kn = f->kn;
     *out = be;
     return 0;
 }
