@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Gated DeltaNet token mixing (spec model.md §2.4 steps 2-7) for n
- * consecutive tokens of one sequence, in the recurrent form (exact math; the
- * chunked form only reorders it):
+ * consecutive tokens of one sequence, in the recurrent form, and for
+ * prefills of d_k = d_v = 128 in the chunked form (gdn_chunk_*, the same
+ * math reordered; derived below):
  *
  *   gdn_conv       causal depthwise conv (kernel K) + SiLU, one thread per
  *                  channel walking the n tokens in order; the conv state
@@ -21,6 +22,29 @@
  *                  global memory (read twice, written once per token). Slower,
  *                  only for shapes the register-resident kernel cannot take.
  * The gated RMSNorm of o is `rmsnorm_gated` (norm.cu).
+ *
+ * The chunked form (gdn_chunk_prep / scan / out, C = GDN_C = 64 tokens).
+ * The recurrence of one value head, token t (S [d_k][d_v] fp32, g_t <= 0):
+ *   S_t = e^{g_t} S_{t-1} + k_t d_t^T,  d_t = beta_t (v_t - e^{g_t} S_{t-1}^T k_t),
+ *   o_t = S_t^T q_t.
+ * Inside a chunk of GDN_C tokens starting from state S0, let G_t = g_0 +
+ * ... + g_t (within-chunk cumulative log decay, t = 0 .. C-1). Unrolling,
+ *   S_t = e^{G_t} S0 + sum_{s<=t} e^{G_t - G_s} k_s d_s^T          (1)
+ * (induction: e^{g_t} S_{t-1} gives every term of S_{t-1} the factor e^{g_t}
+ * and G_t - G_s = g_t + (G_{t-1} - G_s); the new term has e^0). Putting (1)
+ * for S_{t-1} into d_t:
+ *   d_t + beta_t sum_{s<t} e^{G_t - G_s} (k_t . k_s) d_s = beta_t v_t - beta_t e^{G_t} S0^T k_t,
+ * i.e. with A = strictly-lower(diag(beta) (e^{G_i - G_j}) . K K^T) and
+ * T = (I + A)^-1 (unit lower triangular, forward substitution):
+ *   D = U - W S0,  U = T diag(beta) V,  W = T diag(beta e^G) K.          (2)
+ * The outputs from (1), and the state after the chunk (t = last):
+ *   O  = diag(e^G) Q S0 + (lower-incl-diagonal . e^{G_i - G_j} . Q K^T) D   (3)
+ *   S1 = e^{G_last} S0 + (diag(e^{G_last - G}) K)^T D.                     (4)
+ * G is non-increasing (a sum of non-positive terms, also in rounded
+ * arithmetic), so every exponent taken above, G_t, G_i - G_j (j <= i) and
+ * G_last - G_t, is <= 0: nothing overflows, and a long chunk of strong decay
+ * only underflows to the exact limit 0. q, k are normalised as in the
+ * recurrent kernel (l2, eps 1e-6 inside the sqrt, q also by d_k^-1/2).
  */
 #include "kernels/gpu/compat.h"
 
@@ -191,28 +215,7 @@ GPU_KERNEL(gdn_recurrent_any, GDN_ANY_THREADS)
 /* ------------------------------------------------------------------ */
 /* Chunked prefill (d_k = d_v = 128, n >= the host's threshold)        */
 /*
- * The recurrence of one value head, token t (S [d_k][d_v] fp32, g_t <= 0):
- *   S_t = e^{g_t} S_{t-1} + k_t d_t^T,  d_t = beta_t (v_t - e^{g_t} S_{t-1}^T k_t),
- *   o_t = S_t^T q_t.
- * Inside a chunk of GDN_C tokens starting from state S0, let G_t = g_0 +
- * ... + g_t (within-chunk cumulative log decay, t = 0 .. C-1). Unrolling,
- *   S_t = e^{G_t} S0 + sum_{s<=t} e^{G_t - G_s} k_s d_s^T          (1)
- * (induction: e^{g_t} S_{t-1} gives every term of S_{t-1} the factor e^{g_t}
- * and G_t - G_s = g_t + (G_{t-1} - G_s); the new term has e^0). Putting (1)
- * for S_{t-1} into d_t:
- *   d_t + beta_t sum_{s<t} e^{G_t - G_s} (k_t . k_s) d_s = beta_t v_t - beta_t e^{G_t} S0^T k_t,
- * i.e. with A = strictly-lower(diag(beta) (e^{G_i - G_j}) . K K^T) and
- * T = (I + A)^-1 (unit lower triangular, forward substitution):
- *   D = U - W S0,  U = T diag(beta) V,  W = T diag(beta e^G) K.          (2)
- * The outputs from (1), and the state after the chunk (t = last):
- *   O  = diag(e^G) Q S0 + (lower-incl-diagonal . e^{G_i - G_j} . Q K^T) D   (3)
- *   S1 = e^{G_last} S0 + (diag(e^{G_last - G}) K)^T D.                     (4)
- * G is non-increasing (a sum of non-positive terms, also in rounded
- * arithmetic), so every exponent taken above, G_t, G_i - G_j (j <= i) and
- * G_last - G_t, is <= 0: nothing overflows, and a long chunk of strong decay
- * only underflows to the exact limit 0. q, k are normalised as in the
- * recurrent kernel (l2, eps 1e-6 inside the sqrt, q also by d_k^-1/2).
- *
+ * The math is derived in the comment at the top of this file.
  * Three kernels, all chunk-major scratch [nv][nc][...] (nc = ceil(n / C);
  * the rows of a last partial chunk past n are zero in every array, so they
  * add nothing):
