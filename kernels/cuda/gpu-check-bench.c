@@ -241,7 +241,8 @@ static void bench_mmq_moe(struct check *c, const char *name, int t, int n, int k
 
 /* The GDN state update of one layer (16 k / 32 v heads of 128) over an
  * n-token prefill: gdn_recurrent (one block per head walks the n tokens)
- * against the chunked form (gdn_chunk_prep / scan / out). Inputs are
+ * against the chunked form (gdn_chunk_prep / scan / out); 64 tokens is where
+ * gpu-backend.c switches to the chunked form (GB_GDN_CHUNK_MIN). Inputs are
  * constants: neither kernel's work depends on the values. */
 static void bench_gdn(struct check *c, int n)
 {
@@ -299,6 +300,7 @@ void check_bench_run(struct check *c)
     bench_mmq_moe(c, "experts gate|up", 512, 1024, 2048, peak);
     bench_mmq_moe(c, "experts gate|up", 2048, 1024, 2048, peak);
     bench_mmq_moe(c, "experts down", 2048, 2048, 512, peak);
+    bench_gdn(c, 64);                      /* the chunked threshold (gpu-backend.c) */
     bench_gdn(c, 512);
     bench_gdn(c, 4096);
 }
