@@ -101,7 +101,7 @@ enum gb_fn {
     GB_GEMV1, GB_GEMV4 = GB_GEMV1 + 8, GB_QUANT = GB_GEMV4 + 8,
     GB_MMQ_SMALL, GB_MMQ_WIDE, GB_MMQ_BIG, GB_MMQ_SMALL_KT, GB_MMQ_WIDE_KT,
     GB_ROUTE, GB_RMSNORM, GB_RMSNORM_GATED, GB_ROPE, GB_MUL_SIGMOID,
-    GB_GDN_CONV, GB_GDN_REC, GB_GDN_REC_ANY, GB_ATTN_SPLIT, GB_ATTN_MERGE,
+    GB_GDN_CONV, GB_GDN_REC, GB_GDN_REC_ANY, GB_GDN_PREP, GB_GDN_SCAN, GB_GDN_OUT, GB_ATTN_SPLIT, GB_ATTN_MERGE,
     GB_EMBED, GB_DENSE, GB_ADD, GB_SWIGLU2, GB_ADD_SIGMOID, GB_SORT, GB_COMBINE,
     GB_N_FN
 };
@@ -110,7 +110,7 @@ enum gb_fn {
 enum gb_slot {
     GB_S_XQ, GB_S_XD, GB_S_X, GB_S_POS, GB_S_FREQ, GB_S_U, GB_S_O, GB_S_PART, GB_S_MS,
     GB_S_LOGITS, GB_S_IDS, GB_S_W, GB_S_SEG, GB_S_ROWTOK, GB_S_SORTPOS, GB_S_G, GB_S_UP, GB_S_A,
-    GB_S_YD, GB_S_SH, GB_S_SG, GB_N_SLOT
+    GB_S_YD, GB_S_SH, GB_S_SG, GB_S_GDNC, GB_N_SLOT
 };
 
 /* Up to this many tokens per MoE call take the GEMV path (decode). */
@@ -540,6 +540,39 @@ static int gb_mul_sigmoid(struct kb_backend *be, float *y, int64_t y_stride, con
 /* ------------------------------------------------------------------ */
 /* Gated DeltaNet, attention                                            */
 
+/* From this many tokens on, d_k = d_v = 128 takes the chunked form
+ * (gdn.cu: gdn_chunk_prep / scan / out) instead of gdn_recurrent, whose
+ * one block per value head walks every token in sequence; the chunked
+ * form walks n / 64 chunks and does the rest in parallel over chunks. */
+#define GB_GDN_CHUNK_MIN 64
+#define GB_GDN_C 64                       /* tokens per chunk (GDN_C)          */
+
+/* The chunked form on the conv output du, state dss in place, outputs
+ * to dyo. Scratch (one slot), per value head and chunk: W, U (then D), Qd,
+ * Kd [64][128], P [64][64], S0 [128][128]; e^{G_last} per head and chunk. */
+static int gb_gdn_chunked(struct kb_backend *be, gbd_ptr du, int n, int nk, int nv, gbd_ptr db,
+                          gbd_ptr da, gbd_ptr dal, gbd_ptr ddt, gbd_ptr dss, gbd_ptr dyo)
+{
+    const int nc = (n + GB_GDN_C - 1) / GB_GDN_C;
+    const size_t hc = (size_t)nv * nc, rows = hc * GB_GDN_C * 128 * 4;
+    const size_t pbytes = hc * GB_GDN_C * GB_GDN_C * 4, sbytes = hc * 128 * 128 * 4;
+    gbd_ptr base;
+    int rc = gb_scratch(be, GB_S_GDNC, 4 * rows + pbytes + sbytes + hc * 4, &base);
+    if (rc)
+        return rc;
+    gbd_ptr dw = base, dU = dw + rows, dq = dU + rows, dkd = dq + rows, dp = dkd + rows;
+    gbd_ptr ds0 = dp + pbytes, deg = ds0 + sbytes;
+    int n_ = n, nk_ = nk, nv_ = nv;
+    void *pa[] = { &du, &n_, &nk_, &nv_, &db, &da, &dal, &ddt, &dw, &dU, &dq, &dkd, &dp, &deg };
+    if ((rc = gb_launch(be, GB_GDN_PREP, (unsigned)nc, (unsigned)nv, 1, 256, pa)))
+        return rc;
+    void *sa[] = { &n_, &dw, &dU, &dkd, &deg, &dss, &ds0 };
+    if ((rc = gb_launch(be, GB_GDN_SCAN, (unsigned)nv, 2, 1, 256, sa)))
+        return rc;
+    void *oa[] = { &n_, &nv_, &dq, &dp, &dU, &ds0, &dyo };
+    return gb_launch(be, GB_GDN_OUT, (unsigned)nc, (unsigned)nv, 1, 256, oa);
+}
+
 static int gb_gdn(struct kb_backend *be, const struct kb_gdn *g, struct kb_gdn_state *st,
                   const float *qkv, const float *z, const float *b, const float *a, int32_t n,
                   float *y)
@@ -547,8 +580,9 @@ static int gb_gdn(struct kb_backend *be, const struct kb_gdn *g, struct kb_gdn_s
     const int32_t nk = g->n_k_heads, nv = g->n_v_heads, K = g->conv_kernel, dk = g->d_k, dv = g->d_v;
     const struct gb_weight *cw = gb_w(g->conv1d), *al = gb_w(g->A_log), *dt = gb_w(g->dt_bias),
                            *nw = gb_w(g->norm);
-    /* d_k = d_v = 128 (the real model) takes the register-resident kernel;
-     * other head sizes the general one (gdn_recurrent_any: d_k <= 256) */
+    /* d_k = d_v = 128 (the real model) takes the register-resident kernel,
+     * or the chunked form from GB_GDN_CHUNK_MIN tokens on; other head
+     * sizes the general one (gdn_recurrent_any: d_k <= 256) */
     if (nk <= 0 || nv <= 0 || nv % nk || dk <= 0 || dk > 256 || dv <= 0 || dv > 4096 || K < 1 ||
         K > 8 || n < 0)
         return gb_fail(be, -EINVAL, GBD_NAME ": gdn: the kernels need d_k <= 256, d_v <= 4096, "
@@ -576,7 +610,9 @@ static int gb_gdn(struct kb_backend *be, const struct kb_gdn *g, struct kb_gdn_s
         return rc;
     gbd_ptr db = gb_p(b), da = gb_p(a), dal = al->f32, ddt = dt->f32, dss = gb_p(st->ssm);
     int nk_ = nk, nv_ = nv, dk_ = dk, dv_ = dv;
-    if (dk == 128 && dv == 128) {
+    if (dk == 128 && dv == 128 && n >= GB_GDN_CHUNK_MIN) {
+        rc = gb_gdn_chunked(be, du, n, nk, nv, db, da, dal, ddt, dss, dyo);
+    } else if (dk == 128 && dv == 128) {
         void *ra[] = { &du, &n, &nk_, &nv_, &db, &da, &dal, &ddt, &dss, &dyo };
         rc = gb_launch(be, GB_GDN_REC, (unsigned)nv, 1, 1, 256, ra);
     } else {
@@ -916,6 +952,9 @@ static const struct {
     { GB_GDN_CONV, "gdn", "gdn_conv" },
     { GB_GDN_REC, "gdn", "gdn_recurrent" },
     { GB_GDN_REC_ANY, "gdn", "gdn_recurrent_any" },
+    { GB_GDN_PREP, "gdn", "gdn_chunk_prep" },
+    { GB_GDN_SCAN, "gdn", "gdn_chunk_scan" },
+    { GB_GDN_OUT, "gdn", "gdn_chunk_out" },
     { GB_ATTN_SPLIT, "attn", "attn_decode_split" },
     { GB_ATTN_MERGE, "attn", "attn_decode_merge" },
     { GB_EMBED, "misc", "embed_rows" },

@@ -2,8 +2,9 @@
 /*
  * gpu-check --bench: yardsticks measured in the same run (copy and read
  * bandwidth, an int8 matrix peak loop), then the decode GEMV (both
- * activation formats) and the MMQ GEMM (every tile configuration, plain and
- * expert-grouped) on the shapes of Qwen3.6-35B-A3B. Timed with device
+ * activation formats), the MMQ GEMM (every tile configuration, plain and
+ * expert-grouped) and the GDN state update (recurrent vs chunked) on the
+ * shapes of Qwen3.6-35B-A3B. Timed with device
  * events after a warm-up; GEMV weights cycle through enough copies to
  * defeat the 50 MB L2 of an H100/H200.
  */
@@ -238,6 +239,42 @@ static void bench_mmq_moe(struct check *c, const char *name, int t, int n, int k
     free(cnt);
 }
 
+/* The GDN state update of one layer (16 k / 32 v heads of 128) over an
+ * n-token prefill: gdn_recurrent (one block per head walks the n tokens)
+ * against the chunked form (gdn_chunk_prep / scan / out); 64 tokens is where
+ * gpu-backend.c switches to the chunked form (GB_GDN_CHUNK_MIN). Inputs are
+ * constants: neither kernel's work depends on the values. */
+static void bench_gdn(struct check *c, int n)
+{
+    const int nk = 16, nv = 32, cd = 2 * nk * 128 + nv * 128;
+    gcd_ptr du = check_dev_alloc(c, (size_t)n * cd * 4), db = check_dev_alloc(c, (size_t)n * nv * 4);
+    gcd_ptr da = check_dev_alloc(c, (size_t)n * nv * 4), dal = check_dev_alloc(c, (size_t)nv * 4);
+    gcd_ptr ddt = check_dev_alloc(c, (size_t)nv * 4), dss = check_dev_alloc(c, (size_t)nv * 128 * 128 * 4);
+    gcd_ptr dyo = check_dev_alloc(c, (size_t)n * nv * 128 * 4);
+    gcd_ptr scr = check_dev_alloc(c, check_gdn_scratch_bytes(n, nv));
+    CK(gcd_mem_fill32(c->d, du, 0x3c23d70au, (size_t)n * cd));          /* 0.01 */
+    CK(gcd_mem_fill32(c->d, db, 0u, (size_t)n * nv));
+    CK(gcd_mem_fill32(c->d, da, 0u, (size_t)n * nv));
+    CK(gcd_mem_fill32(c->d, dal, 0u, (size_t)nv));
+    CK(gcd_mem_fill32(c->d, ddt, 0u, (size_t)nv));
+    CK(gcd_mem_fill32(c->d, dss, 0u, (size_t)nv * 128 * 128));
+    float best[2] = { 1e30f, 1e30f };
+    for (int it = 0; it < 4; it++)
+        for (int chunked = 0; chunked < 2; chunked++) {
+            float ms;
+            CK(gcd_timer_start(c->d));
+            check_gdn_launch(c, chunked, du, n, nk, nv, db, da, dal, ddt, dss, dyo, scr);
+            CK(gcd_timer_stop(c->d, &ms));
+            if (it && ms < best[chunked])
+                best[chunked] = ms;
+        }
+    printf("BENCH gdn state update, %d tokens, 32 heads of 128: gdn_recurrent %8.1f us, chunked "
+           "(prep+scan+out) %8.1f us\n", n, best[0] * 1e3, best[1] * 1e3);
+    gcd_ptr frees[] = { du, db, da, dal, ddt, dss, dyo, scr };
+    for (size_t i = 0; i < sizeof(frees) / sizeof(frees[0]); i++)
+        gcd_mem_free(c->d, frees[i]);
+}
+
 void check_bench_run(struct check *c)
 {
     double read_gbs;
@@ -263,5 +300,8 @@ void check_bench_run(struct check *c)
     bench_mmq_moe(c, "experts gate|up", 512, 1024, 2048, peak);
     bench_mmq_moe(c, "experts gate|up", 2048, 1024, 2048, peak);
     bench_mmq_moe(c, "experts down", 2048, 2048, 512, peak);
+    bench_gdn(c, 64);                      /* the chunked threshold (gpu-backend.c) */
+    bench_gdn(c, 512);
+    bench_gdn(c, 4096);
 }
 

@@ -142,6 +142,9 @@ static void check_setup(struct check *c, const char *dir)
     c->gdn_conv = fn(c, 4, "gdn_conv");
     c->gdn_rec = fn(c, 4, "gdn_recurrent");
     c->gdn_rec_any = fn(c, 4, "gdn_recurrent_any");
+    c->gdn_prep = fn(c, 4, "gdn_chunk_prep");
+    c->gdn_scan = fn(c, 4, "gdn_chunk_scan");
+    c->gdn_out = fn(c, 4, "gdn_chunk_out");
     c->attn_split = fn(c, 5, "attn_decode_split");
     c->attn_merge = fn(c, 5, "attn_decode_merge");
     c->bcopy = fn(c, 6, "bench_copy");
@@ -945,12 +948,43 @@ static void check_small_ops(struct check *c)
 /* ------------------------------------------------------------------ */
 /* Gated DeltaNet and decode attention                                  */
 
-/* d_k = d_v = 128 runs gdn_recurrent (the real model), any other head size
- * gdn_recurrent_any (the tiny test models: 32) */
+#define CHECK_GDN_C 64                    /* tokens per chunk (gdn.cu GDN_C) */
+
+size_t check_gdn_scratch_bytes(int n, int nv)
+{
+    const size_t hc = (size_t)nv * ((n + CHECK_GDN_C - 1) / CHECK_GDN_C);
+    return hc * (4 * CHECK_GDN_C * 128 + CHECK_GDN_C * CHECK_GDN_C + 128 * 128 + 1) * 4;
+}
+
+void check_gdn_launch(struct check *c, bool chunked, gcd_ptr du, int n, int nk, int nv, gcd_ptr db,
+                      gcd_ptr da, gcd_ptr dal, gcd_ptr ddt, gcd_ptr dss, gcd_ptr dyo, gcd_ptr scratch)
+{
+    int n_ = n, nk_ = nk, nv_ = nv;
+    if (!chunked) {
+        void *ra[] = { &du, &n_, &nk_, &nv_, &db, &da, &dal, &ddt, &dss, &dyo };
+        CK(gcd_launch(c->d, c->gdn_rec, (unsigned)nv, 1, 1, 256, 0, ra));
+        return;
+    }
+    const int nc = (n + CHECK_GDN_C - 1) / CHECK_GDN_C;
+    const size_t hc = (size_t)nv * nc, rows = hc * CHECK_GDN_C * 128 * 4;
+    gcd_ptr dw = scratch, dU = dw + rows, dq = dU + rows, dkd = dq + rows, dp = dkd + rows;
+    gcd_ptr ds0 = dp + hc * CHECK_GDN_C * CHECK_GDN_C * 4, deg = ds0 + hc * 128 * 128 * 4;
+    void *pa[] = { &du, &n_, &nk_, &nv_, &db, &da, &dal, &ddt, &dw, &dU, &dq, &dkd, &dp, &deg };
+    CK(gcd_launch(c->d, c->gdn_prep, (unsigned)nc, (unsigned)nv, 1, 256, 0, pa));
+    void *sa[] = { &n_, &dw, &dU, &dkd, &deg, &dss, &ds0 };
+    CK(gcd_launch(c->d, c->gdn_scan, (unsigned)nv, 2, 1, 256, 0, sa));
+    void *oa[] = { &n_, &nv_, &dq, &dp, &dU, &ds0, &dyo };
+    CK(gcd_launch(c->d, c->gdn_out, (unsigned)nc, (unsigned)nv, 1, 256, 0, oa));
+}
+
+/* d_k = d_v = 128 runs gdn_recurrent (the real model's decode) below 64
+ * tokens and the chunked form (prefill) from 64 on, as gpu-backend.c; any
+ * other head size gdn_recurrent_any (the tiny test models: 32). The
+ * chunked form's scratch is poisoned with NaN too. */
 static void check_gdn(struct check *c, int n, int nk, int nv, int dk, int d, int K)
 {
     const int conv_dim = 2 * nk * dk + nv * d, vd = nv * d;
-    const bool fast = dk == 128 && d == 128;
+    const bool fast = dk == 128 && d == 128, chunked = fast && n >= CHECK_GDN_C;
     float *qkv = check_xmalloc((size_t)n * conv_dim * 4), *z = check_xmalloc((size_t)n * vd * 4);
     float *b = check_xmalloc((size_t)n * nv * 4), *a = check_xmalloc((size_t)n * nv * 4);
     float *convw = check_xmalloc((size_t)conv_dim * K * 4), *alog = check_xmalloc((size_t)nv * 4);
@@ -996,9 +1030,13 @@ static void check_gdn(struct check *c, int n, int nk, int nv, int dk, int d, int
     int n_ = n, cd = conv_dim, k_ = K, nk_ = nk, nv_ = nv, dk_ = dk, dv_ = d;
     void *ca[] = { &dqkv, &n_, &cd, &k_, &dcs, &dcw, &du };
     CK(gcd_launch(c->d, c->gdn_conv, (unsigned)((conv_dim + 255) / 256), 1, 1, 256, 0, ca));
+    gcd_ptr dscr = 0;
+    if (chunked) {
+        dscr = check_dev_alloc(c, check_gdn_scratch_bytes(n, nv));
+        dev_poison(c, dscr, check_gdn_scratch_bytes(n, nv) / 4);
+    }
     if (fast) {
-        void *ra[] = { &du, &n_, &nk_, &nv_, &db, &da, &dal, &ddt, &dss, &dyo };
-        CK(gcd_launch(c->d, c->gdn_rec, (unsigned)nv, 1, 1, 256, 0, ra));
+        check_gdn_launch(c, chunked, du, n, nk, nv, db, da, dal, ddt, dss, dyo, dscr);
     } else {
         void *ra[] = { &du, &n_, &nk_, &nv_, &dk_, &dv_, &db, &da, &dal, &ddt, &dss, &dyo };
         CK(gcd_launch(c->d, c->gdn_rec_any, (unsigned)nv, 1, 1, 128, 0, ra));
@@ -1011,7 +1049,7 @@ static void check_gdn(struct check *c, int n, int nk, int nv, int dk, int d, int
     char what[96];
     char shape[64];
     snprintf(shape, sizeof(shape), "%d token%s, d_k %d d_v %d, heads %d/%d, kernel %d%s", n,
-             n > 1 ? "s" : "", dk, d, nk, nv, K, fast ? "" : " (general)");
+             n > 1 ? "s" : "", dk, d, nk, nv, K, chunked ? " (chunked)" : fast ? "" : " (general)");
     snprintf(what, sizeof(what), "gdn conv+recurrent+gated norm, %s", shape);
     compare_simple(c, what, got, ref, (long)n * vd, 1e-4, 1e-3);
     float *gs = dev_download_f(c, dss, (size_t)nv * dk * d);
@@ -1020,6 +1058,8 @@ static void check_gdn(struct check *c, int n, int nk, int nv, int dk, int d, int
     float *gc = dev_download_f(c, dcs, (size_t)(K - 1) * conv_dim);
     snprintf(what, sizeof(what), "gdn conv state, %s", shape);
     compare_simple(c, what, gc, st.conv, (long)(K - 1) * conv_dim, 0.0, 0.0);
+    if (dscr)
+        gcd_mem_free(c->d, dscr);
     gcd_ptr frees[] = { dqkv, dz, db, da, dcw, dal, ddt, dnw, dcs, dss, du, dyo, dy };
     for (size_t i = 0; i < sizeof(frees) / sizeof(frees[0]); i++)
         gcd_mem_free(c->d, frees[i]);
@@ -1135,6 +1175,9 @@ int main(int argc, char **argv)
     check_small_ops(c);
     check_gdn(c, 1, 16, 32, 128, 128, 4);
     check_gdn(c, 7, 16, 32, 128, 128, 4);
+    check_gdn(c, 64, 16, 32, 128, 128, 4);     /* chunked: one chunk */
+    check_gdn(c, 100, 16, 32, 128, 128, 4);    /* chunked: a partial last chunk */
+    check_gdn(c, 300, 16, 32, 128, 128, 4);
     check_gdn(c, 1, 2, 4, 32, 32, 4);          /* the tiny models' GDN */
     check_gdn(c, 9, 2, 4, 32, 32, 4);
     check_gdn(c, 5, 1, 3, 200, 40, 2);         /* d_k != d_v, d_k > the block */

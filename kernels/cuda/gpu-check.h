@@ -88,7 +88,7 @@ struct check {
     gcd_function mmq[N_MMQ_ALL];
     gcd_function quant, route, sort, combine, swiglu;
     gcd_function rmsnorm, rmsnorm_gated, rope, mul_sigmoid;
-    gcd_function gdn_conv, gdn_rec, gdn_rec_any, attn_split, attn_merge;
+    gcd_function gdn_conv, gdn_rec, gdn_rec_any, gdn_prep, gdn_scan, gdn_out, attn_split, attn_merge;
     gcd_function bcopy, bread, bmma;
 };
 
@@ -116,6 +116,13 @@ void check_gemv_q8_launch(struct check *c, int big, int nb, gcd_ptr wq, gcd_ptr 
                           int x_group, int slices, long long x_slice, long long y_slice);
 void check_mmq_launch(struct check *c, int cfg, gcd_ptr xq, gcd_ptr xd, gcd_ptr wq, gcd_ptr ws,
                       gcd_ptr y, int m, int n, int k, gcd_ptr seg, int experts, int max_rows);
+/* The GDN state update of d_k = d_v = 128 on the conv output du (state
+ * dss in place, output dyo): gdn_recurrent, or with `chunked` the chunked
+ * form gdn_chunk_prep / scan / out with its scratch at `scratch` (of
+ * check_gdn_scratch_bytes(n, nv) bytes), launched as gpu-backend.c does. */
+size_t check_gdn_scratch_bytes(int n, int nv);
+void check_gdn_launch(struct check *c, bool chunked, gcd_ptr du, int n, int nk, int nv, gcd_ptr db,
+                      gcd_ptr da, gcd_ptr dal, gcd_ptr ddt, gcd_ptr dss, gcd_ptr dyo, gcd_ptr scratch);
 
 /* Benchmarks (gpu-check-bench.c): bandwidth and int8 yardsticks, then the
  * GEMV and MMQ kernels on the model's shapes; prints BENCH lines. */

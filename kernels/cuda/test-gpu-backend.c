@@ -8,7 +8,8 @@
  *                                                    reference's weights)
  *   W4 matmul, n > 8 (int8 activations, MMQ)  3e-2
  *   MoE block                                  as its matmuls (n <= 8 / n > 8)
- *   dense matmul, norms, RoPE, GDN, attention  1e-4  (fp32, other order)
+ *   dense matmul, norms, RoPE, GDN, attention  1e-4  (fp32, other order; GDN
+ *                                                    also in the chunked form)
  *   embed, add, copy                           exact
  *
  *   test-gpu-backend KERNEL_DIR       exit 0 pass, 1 fail, 77 no device
@@ -238,8 +239,11 @@ static void test_small_ops(void)
     weight_free(&nw);
 }
 
-/* d = 128: the register-resident kernel; other sizes the general one */
-static void test_gdn(int n, int d)
+/* d = 128: the register-resident kernel below 64 tokens, the chunked
+ * form (gdn_chunk_*) from 64 on; other sizes the general one. split > 0:
+ * the GPU gets the n tokens as two calls (split, then n - split; the conv
+ * and recurrent state carried on the device) against one reference call. */
+static void test_gdn(int n, int d, int split)
 {
     const int nk = 2, nv = 4, K = 4, cd = 2 * nk * d + nv * d, vd = nv * d;
     struct kb_weight cw = f32_weight(cd, K, 0.5f, 0.0f), al = f32_weight(1, nv, 1.0f, 0.5f),
@@ -259,18 +263,31 @@ static void test_gdn(int n, int d)
     struct kb_gdn_state hs = { conv, ssm }, ds = { dconv, dssm };
     float *want = xmalloc((size_t)n * vd * 4);
     OK(ref->ops->gdn(ref, &g, &hs, qkv, z, b, a, n, want));
-    OK(gpu->ops->gdn(gpu, &g, &ds, dqkv, dz, db, da, n, dy));
+    if (split > 0) {
+        const int m = n - split;
+        OK(gpu->ops->gdn(gpu, &g, &ds, dqkv, dz, db, da, split, dy));
+        OK(gpu->ops->gdn(gpu, &g, &ds, (float *)dqkv + (size_t)split * cd, (float *)dz + (size_t)split * vd,
+                         (float *)db + (size_t)split * nv, (float *)da + (size_t)split * nv, m,
+                         (float *)dy + (size_t)split * vd));
+    } else {
+        OK(gpu->ops->gdn(gpu, &g, &ds, dqkv, dz, db, da, n, dy));
+    }
     float *got = host_of(dy, (size_t)n * vd), *gs = host_of(dssm, (size_t)nv * d * d);
-    char name[64];
-    snprintf(name, sizeof(name), "gdn d %d, %d tokens (output)", d, n);
+    float *gc = host_of(dconv, (size_t)(K - 1) * cd);
+    char name[80], calls[24] = "";
+    if (split > 0)
+        snprintf(calls, sizeof(calls), " as %d+%d", split, n - split);
+    snprintf(name, sizeof(name), "gdn d %d, %d tokens%s (output)", d, n, calls);
     compare(name, got, want, (size_t)n * vd, 1e-4);
-    snprintf(name, sizeof(name), "gdn d %d, %d tokens (recurrent state)", d, n);
+    snprintf(name, sizeof(name), "gdn d %d, %d tokens%s (recurrent state)", d, n, calls);
     compare(name, gs, ssm, (size_t)nv * d * d, 1e-4);
+    snprintf(name, sizeof(name), "gdn d %d, %d tokens%s (conv state)", d, n, calls);
+    compare(name, gc, conv, (size_t)(K - 1) * cd, 0.0);
     void *ptrs[] = { dconv, dssm, dqkv, dz, db, da, dy };
     for (int i = 0; i < 7; i++)
         gpu->ops->free(gpu, ptrs[i]);
-    void *hp[] = { qkv, z, b, a, conv, ssm, want, got, gs };
-    for (int i = 0; i < 9; i++)
+    void *hp[] = { qkv, z, b, a, conv, ssm, want, got, gs, gc };
+    for (int i = 0; i < 10; i++)
         free(hp[i]);
     for (int i = 0; i < 4; i++)
         weight_free(ws[i]);
@@ -399,10 +416,15 @@ int main(int argc, char **argv)
     weight_free(&wbig);
     weight_free(&wd);
     test_small_ops();
-    test_gdn(1, 128);
-    test_gdn(5, 128);
-    test_gdn(1, 32);
-    test_gdn(9, 32);
+    test_gdn(1, 128, 0);
+    test_gdn(5, 128, 0);
+    test_gdn(64, 128, 0);                   /* the chunked form: one chunk */
+    test_gdn(100, 128, 0);                  /* a partial last chunk */
+    test_gdn(300, 128, 0);
+    test_gdn(300, 128, 100);                /* chunked twice, state carried */
+    test_gdn(71, 128, 7);                   /* recurrent (7), then chunked (64) */
+    test_gdn(1, 32, 0);
+    test_gdn(9, 32, 0);
     test_attention(0, 1);
     test_attention(300, 3);
     test_moe(3, 4e-3, 128);

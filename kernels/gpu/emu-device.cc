@@ -79,6 +79,7 @@ static const emu_entry emu_table[] = {
     K(moe_route, true), K(moe_sort, true), K(moe_combine, false),
     K(rmsnorm, true), K(rmsnorm_gated, true), K(rope_neox, false), K(mul_sigmoid, false),
     K(gdn_conv, false), K(gdn_recurrent, true), K(gdn_recurrent_any, true),
+    K(gdn_chunk_prep, true), K(gdn_chunk_scan, true), K(gdn_chunk_out, true),
     K(attn_decode_split, true), K(attn_decode_merge, true),
     K(embed_rows, false), K(dense_matmul, true), K(add, false), K(swiglu2, false),
     K(add_sigmoid_rows, false),

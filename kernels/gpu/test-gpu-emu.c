@@ -9,7 +9,9 @@
  * scalar CPU reference backend (kernels/cpu/ref.c) through kb_backend_ops.
  *
  * What this proves: the index arithmetic, the per-token order, state
- * layout and barriers of gdn_conv, gdn_recurrent (d_k = d_v = 128) and
+ * layout and barriers of gdn_conv, gdn_recurrent (d_k = d_v = 128), the
+ * chunked form gdn_chunk_prep / scan / out (d = 128, n >= 64: one chunk, a
+ * partial last chunk, several chunks; its scratch poisoned with NaN) and
  * gdn_recurrent_any (the tiny models' 32, and d_k != d_v, d_k or d_v larger
  * than the block) as written. What it cannot: the vendor intrinsics of
  * compat.h (exp / rsqrt / shuffles are libm and plain memory here), code
@@ -44,7 +46,9 @@ static pthread_barrier_t emu_bar;
 static float emu_slot[EMU_MAX_THREADS];
 
 static int gpu_tid_x(void) { return emu_tid; }
+static int emu_bid_y;
 static int gpu_bid_x(void) { return emu_bid; }
+static int gpu_bid_y(void) { return emu_bid_y; }
 static void gpu_sync(void) { pthread_barrier_wait(&emu_bar); }
 static float gpu_exp(float x) { return expf(x); }
 static float gpu_log(float x) { return logf(x); }
@@ -129,9 +133,20 @@ static void emu_run(unsigned grid, int threads, void (*body)(const void *), cons
     pthread_attr_destroy(&attr);
 }
 
+/* a gx x gy grid: the rows of blocks one after another */
+static void emu_run_2d(unsigned gx, unsigned gy, int threads, void (*body)(const void *), const void *args)
+{
+    for (unsigned y = 0; y < gy; y++) {
+        emu_bid_y = (int)y;
+        emu_run(gx, threads, body, args);
+    }
+    emu_bid_y = 0;
+}
+
 struct gdn_args {
     const float *qkv, *b, *a, *A_log, *dt_bias, *convw, *normw, *z;
     float *conv_state, *ssm, *u, *o, *y;
+    float *W, *U, *Qd, *Kd, *P, *S0, *eGl;   /* the chunked form's scratch */
     int n, nk, nv, dk, dv, K, conv_dim;
 };
 
@@ -152,6 +167,25 @@ static void body_rec_any(const void *p)
     const struct gdn_args *g = p;
     gdn_recurrent_any(g->u, g->n, g->nk, g->nv, g->dk, g->dv, g->b, g->a, g->A_log, g->dt_bias, g->ssm,
                       g->o);
+}
+
+static void body_prep(const void *p)
+{
+    const struct gdn_args *g = p;
+    gdn_chunk_prep(g->u, g->n, g->nk, g->nv, g->b, g->a, g->A_log, g->dt_bias, g->W, g->U, g->Qd, g->Kd,
+                   g->P, g->eGl);
+}
+
+static void body_scan(const void *p)
+{
+    const struct gdn_args *g = p;
+    gdn_chunk_scan(g->n, g->W, g->U, g->Kd, g->eGl, g->ssm, g->S0);
+}
+
+static void body_out(const void *p)
+{
+    const struct gdn_args *g = p;
+    gdn_chunk_out(g->n, g->nv, g->Qd, g->P, g->U, g->S0, g->o);
 }
 
 static void body_norm(const void *p)
@@ -202,14 +236,17 @@ static void compare(const char *what, const float *got, const float *ref, size_t
            bad, n);
 }
 
-static void check_gdn(struct kb_backend *ref, int n, int nk, int nv, int dk, int dv, int K)
+/* A_log = alog_off + [-1, 1), a + dt_bias in [-3, 3): 1.2 gives per-token
+ * decays e^g from about 0 to 0.94, -5 from 0.945 to 0.9999 (a long memory:
+ * the state carried over many chunks matters, T is far from I) */
+static void check_gdn(struct kb_backend *ref, int n, int nk, int nv, int dk, int dv, int K, float alog_off)
 {
     const int cd = 2 * nk * dk + nv * dv, vd = nv * dv;
-    const bool fast = dk == 128 && dv == 128;
+    const bool fast = dk == 128 && dv == 128, chunked = fast && n >= GDN_C;
     struct gdn_args g = { .n = n, .nk = nk, .nv = nv, .dk = dk, .dv = dv, .K = K, .conv_dim = cd };
     float *qkv = rnd_vec((size_t)n * cd, 1.0f, 0), *z = rnd_vec((size_t)n * vd, 1.0f, 0);
     float *b = rnd_vec((size_t)n * nv, 2.0f, 0), *a = rnd_vec((size_t)n * nv, 2.0f, 0);
-    float *convw = rnd_vec((size_t)cd * K, 0.5f, 0), *alog = rnd_vec((size_t)nv, 1.0f, 1.2f);
+    float *convw = rnd_vec((size_t)cd * K, 0.5f, 0), *alog = rnd_vec((size_t)nv, 1.0f, alog_off);
     float *dtb = rnd_vec((size_t)nv, 1.0f, 0), *nw = rnd_vec((size_t)dv, 0.2f, 1.0f);
     float *cst = rnd_vec((size_t)(K - 1) * cd + 1, 1.0f, 0), *ssm = rnd_vec((size_t)nv * dk * dv, 0.05f, 0);
     float *cst_ref = malloc(((size_t)(K - 1) * cd + 1) * 4), *ssm_ref = malloc((size_t)nv * dk * dv * 4);
@@ -239,21 +276,41 @@ static void check_gdn(struct kb_backend *ref, int n, int nk, int nv, int dk, int
     g.qkv = qkv, g.b = b, g.a = a, g.A_log = alog, g.dt_bias = dtb, g.convw = convw, g.normw = nw;
     g.z = z, g.conv_state = cst, g.ssm = ssm, g.u = u, g.o = o, g.y = y;
     emu_run((unsigned)((cd + 255) / 256), 256, body_conv, &g);
-    if (fast)
+    /* the chunked form's scratch starts as NaN: an element the kernels
+     * read before writing shows */
+    const size_t nc = (size_t)(n + GDN_C - 1) / GDN_C, hc = (size_t)nv * nc;
+    float *scr = NULL;
+    if (chunked) {
+        const size_t floats = hc * (4 * GDN_C * GDN_D + GDN_C * GDN_C + GDN_D * GDN_D + 1);
+        scr = malloc(floats * 4);
+        if (!scr) {
+            fprintf(stderr, "test-gpu-emu: out of memory\n");
+            exit(2);
+        }
+        for (size_t i = 0; i < floats; i++)
+            scr[i] = NAN;
+        g.W = scr, g.U = g.W + hc * GDN_C * GDN_D, g.Qd = g.U + hc * GDN_C * GDN_D;
+        g.Kd = g.Qd + hc * GDN_C * GDN_D, g.P = g.Kd + hc * GDN_C * GDN_D;
+        g.S0 = g.P + hc * GDN_C * GDN_C, g.eGl = g.S0 + hc * GDN_D * GDN_D;
+        emu_run_2d((unsigned)nc, (unsigned)nv, 256, body_prep, &g);
+        emu_run_2d((unsigned)nv, 2, 256, body_scan, &g);
+        emu_run_2d((unsigned)nc, (unsigned)nv, 256, body_out, &g);
+    } else if (fast)
         emu_run((unsigned)nv, 256, body_rec, &g);
     else
         emu_run((unsigned)nv, 128, body_rec_any, &g);
     emu_run((unsigned)(n * nv), 128, body_norm, &g);
 
     char what[160];
-    snprintf(what, sizeof(what), "%s, %d token%s, d_k %d d_v %d, heads %d/%d, kernel %d: output",
-             fast ? "gdn_recurrent" : "gdn_recurrent_any", n, n > 1 ? "s" : "", dk, dv, nk, nv, K);
+    snprintf(what, sizeof(what), "%s, %d token%s, d_k %d d_v %d, heads %d/%d, kernel %d%s: output",
+             chunked ? "gdn_chunk_*" : fast ? "gdn_recurrent" : "gdn_recurrent_any", n, n > 1 ? "s" : "", dk, dv,
+             nk, nv, K, alog_off < 0 ? ", slow decay" : "");
     compare(what, y, want, (size_t)n * vd, 1e-4, 1e-3);
     snprintf(what, sizeof(what), "  the same: recurrent state");
     compare(what, ssm, ssm_ref, (size_t)nv * dk * dv, 1e-5, 1e-4);
     snprintf(what, sizeof(what), "  the same: conv state");
     compare(what, cst, cst_ref, (size_t)(K - 1) * cd, 0, 0);
-    void *all[] = { qkv, z, b, a, convw, alog, dtb, nw, cst, ssm, cst_ref, ssm_ref, want, u, o, y };
+    void *all[] = { qkv, z, b, a, convw, alog, dtb, nw, cst, ssm, cst_ref, ssm_ref, want, u, o, y, scr };
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
         free(all[i]);
 }
@@ -266,11 +323,16 @@ int main(void)
         fprintf(stderr, "test-gpu-emu: cannot create the CPU reference backend\n");
         return 2;
     }
-    check_gdn(ref, 1, 2, 4, 32, 32, 4);       /* the tiny models' GDN */
-    check_gdn(ref, 9, 2, 4, 32, 32, 4);
-    check_gdn(ref, 5, 1, 3, 200, 40, 2);      /* d_k != d_v, d_k > the block */
-    check_gdn(ref, 3, 2, 2, 64, 160, 3);      /* d_v > the block */
-    check_gdn(ref, 4, 1, 2, 128, 128, 4);     /* the fast kernel (real model shape) */
+    check_gdn(ref, 1, 2, 4, 32, 32, 4, 1.2f);       /* the tiny models' GDN */
+    check_gdn(ref, 9, 2, 4, 32, 32, 4, 1.2f);
+    check_gdn(ref, 5, 1, 3, 200, 40, 2, 1.2f);      /* d_k != d_v, d_k > the block */
+    check_gdn(ref, 3, 2, 2, 64, 160, 3, 1.2f);      /* d_v > the block */
+    check_gdn(ref, 4, 1, 2, 128, 128, 4, 1.2f);     /* the fast kernel (real model shape) */
+    check_gdn(ref, 64, 1, 2, 128, 128, 4, 1.2f);    /* the chunked form: one chunk */
+    check_gdn(ref, 100, 2, 4, 128, 128, 4, 1.2f);   /* a partial last chunk, 2 v heads per k head */
+    check_gdn(ref, 300, 1, 2, 128, 128, 4, 1.2f);
+    check_gdn(ref, 300, 1, 2, 128, 128, 4, -5.0f);
+    check_gdn(ref, 4, 1, 2, 128, 128, 4, -5.0f);
     ref->ops->destroy(ref);
     printf("RESULT: %d/%d checks passed\n", checks - failures, checks);
     return failures ? 1 : 0;
