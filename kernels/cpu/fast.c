@@ -51,6 +51,7 @@
  */
 #include "kernels/cpu/fast.h"
 
+#include "kernels/cpu/fast-gdn.h"
 #include "kernels/cpu/fast-kernels.h"
 #include "kernels/cpu/ref.h"
 #include "kernels/cpu/threadpool.h"
@@ -151,6 +152,8 @@ static const struct fast_kernels fast_kernels_avx512 = {
     .q4_f32 = fast_q4_f32_avx512,
     .dense_f32 = fast_dense_f32_avx512,
     .gdn_head = fast_gdn_head_avx512,
+    .gdn_gemm = fast_gdn_gemm_avx512,
+    .gdn_solve = fast_gdn_solve_avx512,
     .swiglu = fast_swiglu_avx512,
     .attn_row = fast_attn_row_avx512,
     .attn_rows = fast_attn_rows_avx512,
@@ -162,6 +165,8 @@ static const struct fast_kernels fast_kernels_avx2 = {
     .q4_f32 = fast_q4_f32_avx2,
     .dense_f32 = fast_dense_f32_avx2,
     .gdn_head = fast_gdn_head_avx2,
+    .gdn_gemm = fast_gdn_gemm_avx2,
+    .gdn_solve = fast_gdn_solve_avx2,
     .swiglu = fast_swiglu_avx2,
     .attn_row = fast_attn_row_avx2,
     .attn_rows = fast_attn_rows_avx2,
@@ -829,6 +834,7 @@ static const float *const_floats(struct cpu_fast *f, const struct kb_weight *w)
 
 struct gdn_ctx {
     const struct fast_kernels *kn;
+    const struct fast_tscratch *ts;      /* per-thread scratch (chunked form) */
     const struct kb_gdn *g;
     struct kb_gdn_state *st;
     const float *u;                      /* [n][conv_dim] after conv, SiLU, l2norm */
@@ -842,7 +848,25 @@ static float silu_f(float x)
     return x / (1.0f + expf(-x));
 }
 
-/* Threads own value heads; each runs its heads through all n tokens. */
+/* Gated RMSNorm of token t, value head j, in place:
+ * w * (o * rsqrt(mean(o^2) + eps)) * silu(z) */
+static void gdn_out_norm(const struct gdn_ctx *c, int32_t t, int64_t j)
+{
+    const int32_t dv = c->g->d_v;
+    const int64_t val_dim = (int64_t)c->g->n_v_heads * dv;
+    float *yo = c->y + (int64_t)t * val_dim + j * dv;
+    double ss = 0.0;
+    for (int32_t i = 0; i < dv; i++)
+        ss += (double)yo[i] * yo[i];
+    float inv = (float)(1.0 / sqrt(ss / dv + (double)c->g->norm_eps));
+    const float *zj = c->z + (int64_t)t * val_dim + j * dv;
+    for (int32_t i = 0; i < dv; i++)
+        yo[i] = c->norm[i] * (yo[i] * inv) * silu_f(zj[i]);
+}
+
+/* Threads own value heads; each runs its heads through all n tokens:
+ * token by token (the recurrence) for decode and short calls, in chunks
+ * of 64 (fast-gdn.c) from FAST_GDN_CHUNK_MIN tokens on. */
 static void gdn_job(void *arg, int32_t tid, int32_t nth)
 {
     struct gdn_ctx *c = arg;
@@ -860,9 +884,27 @@ static void gdn_job(void *arg, int32_t tid, int32_t nth)
      * (docs/performance.md, CPU). Values that small carry nothing into
      * the output (the state meets q and k of norm 1). The previous mode
      * is restored, so no other op and no other user of this thread sees
-     * the change, and the result does not depend on the thread count. */
+     * the change, and the result does not depend on the thread count.
+     * The chunked form meets the same state (and decay ratios that
+     * underflow), so it runs under the same mode. */
     const unsigned csr = _mm_getcsr();
     _mm_setcsr(csr | 0x8040);
+    if (c->n >= FAST_GDN_CHUNK_MIN) {
+        for (int64_t j = j0; j < j1; j++) {
+            const struct fast_gdn_seq seq = {
+                .q = c->u + (j / r) * dk, .k = c->u + key_dim + (j / r) * dk,
+                .v = c->u + 2 * key_dim + j * dv, .in_stride = conv_dim,
+                .b = c->b + j, .a = c->a + j, .gate_stride = nv,
+                .A = expf(c->A_log[j]), .dt_bias = c->dt_bias[j],
+                .o = c->y + j * dv, .o_stride = val_dim, .n = c->n, .dk = dk, .dv = dv,
+            };
+            fast_gdn_chunked(c->kn, c->st->ssm + j * dk * dv, &seq, c->ts[tid].buf);
+            for (int32_t t = 0; t < c->n; t++)
+                gdn_out_norm(c, t, j);
+        }
+        _mm_setcsr(csr);
+        return;
+    }
     for (int32_t t = 0; t < c->n; t++) {
         const float *u = c->u + (int64_t)t * conv_dim;
         for (int64_t j = j0; j < j1; j++) {
@@ -874,14 +916,7 @@ static void gdn_job(void *arg, int32_t tid, int32_t nth)
             float decay = expf(-expf(c->A_log[j]) * sp);
             float *yo = c->y + (int64_t)t * val_dim + j * dv;
             c->kn->gdn_head(c->st->ssm + j * dk * dv, qh, kh, vh, beta, decay, dk, dv, yo);
-            /* gated RMSNorm: w * (o * rsqrt(mean(o^2) + eps)) * silu(z) */
-            double ss = 0.0;
-            for (int32_t i = 0; i < dv; i++)
-                ss += (double)yo[i] * yo[i];
-            float inv = (float)(1.0 / sqrt(ss / dv + (double)g->norm_eps));
-            const float *zj = c->z + (int64_t)t * val_dim + j * dv;
-            for (int32_t i = 0; i < dv; i++)
-                yo[i] = c->norm[i] * (yo[i] * inv) * silu_f(zj[i]);
+            gdn_out_norm(c, t, j);
         }
     }
     _mm_setcsr(csr);
@@ -948,7 +983,9 @@ static int fast_gdn(struct kb_backend *be, const struct kb_gdn *g,
             memcpy(st->conv + (int64_t)j * conv_dim, qkv + p * conv_dim,
                    (size_t)conv_dim * sizeof(float));
     }
-    struct gdn_ctx c = { f->kn, g, st, u, z, b, a, A_log, dt_bias, norm, n, y };
+    if (n >= FAST_GDN_CHUNK_MIN && tscratch(f, fast_gdn_chunked_scratch(dk, dv)))
+        return fast_fail(be, -ENOMEM, "gdn: out of memory");
+    struct gdn_ctx c = { f->kn, f->ts, g, st, u, z, b, a, A_log, dt_bias, norm, n, y };
     tp_pool_run(f->tp, gdn_job, &c);
     return 0;
 }

@@ -1,0 +1,116 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * AVX2 + FMA versions of fast-gdn-avx512.c (same contracts, same order of
+ * the sums per element, so the same results up to FMA contraction, which
+ * both use everywhere). 16 ymm registers: the GEMM tile is 4 rows x 24
+ * columns (12 accumulators, 3 Y vectors, 1 broadcast). Only called after
+ * fast.c's CPUID check.
+ */
+#include "kernels/cpu/fast-gdn.h"
+
+#include <immintrin.h>
+
+#define T256 __attribute__((target("avx2,fma")))
+#define T256_INLINE T256 __attribute__((always_inline)) static inline
+
+/* MT rows x NR vectors of 8 columns; MT and NR are constants at every
+ * call site, so the accumulators live in registers. */
+T256_INLINE void gemm_tile(const int MT, const int NR, const float *X, int64_t ldx,
+                           const float *Y, int64_t ldy, float *Z, int64_t ldz, int32_t kd,
+                           bool acc_in)
+{
+    __m256 acc[4][3];
+    for (int r = 0; r < MT; r++)
+        for (int j = 0; j < NR; j++)
+            acc[r][j] = acc_in ? _mm256_loadu_ps(Z + r * ldz + 8 * j) : _mm256_setzero_ps();
+    for (int32_t i = 0; i < kd; i++) {
+        __m256 y[3];
+        for (int j = 0; j < NR; j++)
+            y[j] = _mm256_loadu_ps(Y + i * ldy + 8 * j);
+        for (int r = 0; r < MT; r++) {
+            const __m256 x = _mm256_set1_ps(X[r * ldx + i]);
+            for (int j = 0; j < NR; j++)
+                acc[r][j] = _mm256_fmadd_ps(x, y[j], acc[r][j]);
+        }
+    }
+    for (int r = 0; r < MT; r++)
+        for (int j = 0; j < NR; j++)
+            _mm256_storeu_ps(Z + r * ldz + 8 * j, acc[r][j]);
+}
+
+#define GEMM_NR(MT)                                                                      \
+    switch (nr) {                                                                        \
+    case 3: gemm_tile(MT, 3, x, ldx, y, ldy, z, ldz, klim, acc); break;                  \
+    case 2: gemm_tile(MT, 2, x, ldx, y, ldy, z, ldz, klim, acc); break;                  \
+    default: gemm_tile(MT, 1, x, ldx, y, ldy, z, ldz, klim, acc); break;                 \
+    }
+
+T256 void fast_gdn_gemm_avx2(const float *X, int64_t ldx, const float *Y, int64_t ldy, float *Z,
+                             int64_t ldz, int32_t m, int32_t n, int32_t kd, int flags)
+{
+    const bool acc = flags & FAST_GDN_ACC;
+    for (int32_t n0 = 0; n0 < n; n0 += 24) {
+        for (int32_t m0 = 0; m0 < m; m0 += 4) {
+            const int mt = m - m0 >= 4 ? 4 : m - m0;
+            int32_t nlim = n;
+            if (flags & FAST_GDN_TRI_N) {
+                nlim = (m0 + mt + 7) & ~7;
+                if (nlim > n)
+                    nlim = n;
+            }
+            if (n0 >= nlim)
+                continue;
+            const int nr = nlim - n0 >= 24 ? 3 : (nlim - n0) / 8;
+            const int32_t klim = (flags & FAST_GDN_TRI_K) && m0 + mt < kd ? m0 + mt : kd;
+            const float *x = X + m0 * ldx, *y = Y + n0;
+            float *z = Z + m0 * ldz + n0;
+            switch (mt) {
+            case 4: GEMM_NR(4); break;
+            case 3: GEMM_NR(3); break;
+            case 2: GEMM_NR(2); break;
+            default: GEMM_NR(1); break;
+            }
+        }
+    }
+}
+
+/* Rows in order; NR vectors of 8 columns of R stay in registers while
+ * the earlier rows' columns stream past from L1 (one broadcast of L[s][i]
+ * per NR FMAs). */
+T256_INLINE void solve_panel(const int NR, const float *L, int64_t ldl, float *R, int64_t ldr,
+                             int32_t m)
+{
+    for (int32_t s = 0; s < m; s++) {
+        __m256 acc[8];
+        for (int j = 0; j < NR; j++)
+            acc[j] = _mm256_loadu_ps(R + s * ldr + 8 * j);
+        for (int32_t i = 0; i < s; i++) {
+            const __m256 l = _mm256_set1_ps(L[s * ldl + i]);
+            for (int j = 0; j < NR; j++)
+                acc[j] = _mm256_fnmadd_ps(l, _mm256_loadu_ps(R + i * ldr + 8 * j), acc[j]);
+        }
+        for (int j = 0; j < NR; j++)
+            _mm256_storeu_ps(R + s * ldr + 8 * j, acc[j]);
+    }
+}
+
+T256 void fast_gdn_solve_avx2(const float *L, int64_t ldl, float *R, int64_t ldr, int32_t m,
+                              int32_t n)
+{
+    for (int32_t c0 = 0; c0 < n;) {
+        const int32_t left = n - c0;
+        if (left >= 64) {
+            solve_panel(8, L, ldl, R + c0, ldr, m);
+            c0 += 64;
+        } else if (left >= 32) {
+            solve_panel(4, L, ldl, R + c0, ldr, m);
+            c0 += 32;
+        } else if (left >= 16) {
+            solve_panel(2, L, ldl, R + c0, ldr, m);
+            c0 += 16;
+        } else {
+            solve_panel(1, L, ldl, R + c0, ldr, m);
+            c0 += 8;
+        }
+    }
+}
