@@ -83,6 +83,7 @@ struct cpu_fast {
     int32_t              isa;
     const struct fast_kernels *kn;       /* the ISA's kernels (NULL: scalar) */
     bool                 exact;
+    int32_t              gdn_chunk_min;  /* tokens per call for chunked GDN  */
     char                 err[256];
     uint8_t             *scr;            /* per-call scratch (calling thread) */
     size_t               scr_cap;
@@ -841,6 +842,7 @@ struct gdn_ctx {
     const float *z, *b, *a, *A_log, *dt_bias, *norm;
     int32_t n;
     float *y;
+    bool chunked;
 };
 
 static float silu_f(float x)
@@ -866,7 +868,7 @@ static void gdn_out_norm(const struct gdn_ctx *c, int32_t t, int64_t j)
 
 /* Threads own value heads; each runs its heads through all n tokens:
  * token by token (the recurrence) for decode and short calls, in chunks
- * of 64 (fast-gdn.c) from FAST_GDN_CHUNK_MIN tokens on. */
+ * of 64 (fast-gdn.c) from gdn_chunk_min tokens on (FAST_GDN_CHUNK_MIN). */
 static void gdn_job(void *arg, int32_t tid, int32_t nth)
 {
     struct gdn_ctx *c = arg;
@@ -889,7 +891,7 @@ static void gdn_job(void *arg, int32_t tid, int32_t nth)
      * underflow), so it runs under the same mode. */
     const unsigned csr = _mm_getcsr();
     _mm_setcsr(csr | 0x8040);
-    if (c->n >= FAST_GDN_CHUNK_MIN) {
+    if (c->chunked) {
         for (int64_t j = j0; j < j1; j++) {
             const struct fast_gdn_seq seq = {
                 .q = c->u + (j / r) * dk, .k = c->u + key_dim + (j / r) * dk,
@@ -983,9 +985,10 @@ static int fast_gdn(struct kb_backend *be, const struct kb_gdn *g,
             memcpy(st->conv + (int64_t)j * conv_dim, qkv + p * conv_dim,
                    (size_t)conv_dim * sizeof(float));
     }
-    if (n >= FAST_GDN_CHUNK_MIN && tscratch(f, fast_gdn_chunked_scratch(dk, dv)))
+    const bool chunked = n >= f->gdn_chunk_min;
+    if (chunked && tscratch(f, fast_gdn_chunked_scratch(dk, dv)))
         return fast_fail(be, -ENOMEM, "gdn: out of memory");
-    struct gdn_ctx c = { f->kn, f->ts, g, st, u, z, b, a, A_log, dt_bias, norm, n, y };
+    struct gdn_ctx c = { f->kn, f->ts, g, st, u, z, b, a, A_log, dt_bias, norm, n, y, chunked };
     tp_pool_run(f->tp, gdn_job, &c);
     return 0;
 }
@@ -1107,6 +1110,17 @@ int kb_cpu_fast_create(const struct kb_cpu_fast_params *params, struct kb_backen
     /* the levels are ordered: a CPU with the AVX-512 set also runs AVX2 */
     if (isa > best)
         return -ENOTSUP;
+    int32_t chunk_min = p.gdn_chunk_min < 0 ? INT32_MAX : p.gdn_chunk_min;
+    const char *cm = getenv("RESIDENT_GDN_CHUNK_MIN");
+    if (chunk_min == 0 && cm && *cm) {
+        char *end;
+        long v = strtol(cm, &end, 10);
+        if (*end || v < 0 || v > INT32_MAX)
+            return -EINVAL;
+        chunk_min = v == 0 ? INT32_MAX : (int32_t)v;
+    }
+    if (chunk_min == 0)
+        chunk_min = FAST_GDN_CHUNK_MIN;
     int32_t nt = p.n_threads;
     if (nt == 0) {
         long c = sysconf(_SC_NPROCESSORS_ONLN);
@@ -1125,6 +1139,7 @@ int kb_cpu_fast_create(const struct kb_cpu_fast_params *params, struct kb_backen
     f->kn = isa == KB_CPU_ISA_AVX512 ? &fast_kernels_avx512 :
             isa == KB_CPU_ISA_AVX2 ? &fast_kernels_avx2 : NULL;
     f->exact = p.exact;
+    f->gdn_chunk_min = chunk_min;
     f->n_threads = nt;
     struct kb_cpu_params rp = { .n_threads = nt > 64 ? 64 : nt };
     int rc = kb_cpu_ref_create(&rp, &f->ref);
