@@ -12,12 +12,17 @@
 
 #include "kernels/cpu/fast-kernels.h"
 
-#define FAST_GDN_CHUNK 64                /* tokens per chunk                 */
+/* Tokens per chunk. 16, 32 and 64 were measured (bench-kernels-gdn, real
+ * head shape, AVX-512): 0.92-0.99, 1.0-1.1 and 1.28-1.31 us per (head,
+ * token). The per-token work is 3 dk dv + C (dk + dv) multiply-adds plus
+ * C / 2 exponentials, so a smaller chunk does less; below 16 the tiles
+ * would be padded (docs/performance.md, CPU, "Chunked GDN prefill"). */
+#define FAST_GDN_CHUNK 16
 
 /* Calls with at least this many tokens take the chunked form; fewer run
- * the recurrence token by token (decode). Chosen by measurement
- * (docs/performance.md, CPU, "Chunked GDN prefill"). */
-#define FAST_GDN_CHUNK_MIN 16
+ * the recurrence token by token (decode). Measured crossover: 4-6 tokens
+ * at AVX-512, 8 at AVX2 (a call of fewer than 16 is padded to 16). */
+#define FAST_GDN_CHUNK_MIN 8
 
 /* fast_gdn_gemm flags */
 #define FAST_GDN_ACC   1   /* Z += X Y instead of Z = X Y                    */
@@ -25,14 +30,22 @@
                               columns of such a row tile are not written     */
 #define FAST_GDN_TRI_K 4   /* X[r][i] == 0 for i > r: a row tile m0..m0+3
                               sums i < m0+4 only                             */
+#define FAST_GDN_XT    8   /* X is stored transposed: X[r][i] at X[i * ldx + r] */
 
-/* Z[r][c] (+)= sum_{i < kd} X[r][i] Y[i][c] for r < m, c < n; row-major
+/* Z[r][c] = sum_{i < kd} X[r][i] Y[i][c] for r < m, c < n, or with
+ * FAST_GDN_ACC Z[r][c] = zs[r] Z[r][c] + sum ... (zs NULL: 1); row-major
  * with leading dimensions ldx, ldy, ldz (floats). n % 16 == 0 (AVX-512) or
  * n % 8 == 0 (AVX2). Plain fp32 FMA, each Z element summed in order of i. */
 void fast_gdn_gemm_avx512(const float *X, int64_t ldx, const float *Y, int64_t ldy, float *Z,
-                          int64_t ldz, int32_t m, int32_t n, int32_t kd, int flags);
+                          int64_t ldz, int32_t m, int32_t n, int32_t kd, int flags,
+                          const float *zs);
 void fast_gdn_gemm_avx2(const float *X, int64_t ldx, const float *Y, int64_t ldy, float *Z,
-                        int64_t ldz, int32_t m, int32_t n, int32_t kd, int flags);
+                        int64_t ldz, int32_t m, int32_t n, int32_t kd, int flags,
+                        const float *zs);
+
+/* d[i] = a x[i] + b y[i] for i < n (n as in fast_gdn_gemm). */
+void fast_gdn_axpby_avx512(float *d, float a, const float *x, float b, const float *y, int32_t n);
+void fast_gdn_axpby_avx2(float *d, float a, const float *x, float b, const float *y, int32_t n);
 
 /* Forward substitution with a unit lower-triangular matrix, in place:
  * R[s] <- R[s] - sum_{i < s} L[s][i] R[i] for s = 0 .. m-1 in order (R [m][n],

@@ -45,9 +45,10 @@
  *   the grouping (fast-kernels.h).
  * - Other ops: SwiGLU and the Gated DeltaNet recurrence (value
  *   heads split across threads, each running its heads through all tokens
- *   of the call) are vectorised here; embed, norms, RoPE, add and
- *   mul_sigmoid are delegated to the reference backend (a few percent of
- *   the time; see docs/performance.md, CPU).
+ *   of the call; token by token for decode, in chunks of 16 tokens as
+ *   matrix products for prefill, fast-gdn.c) are vectorised here; embed,
+ *   norms, RoPE, add and mul_sigmoid are delegated to the reference
+ *   backend (a few percent of the time; see docs/performance.md, CPU).
  */
 #include "kernels/cpu/fast.h"
 
@@ -155,6 +156,7 @@ static const struct fast_kernels fast_kernels_avx512 = {
     .gdn_head = fast_gdn_head_avx512,
     .gdn_gemm = fast_gdn_gemm_avx512,
     .gdn_solve = fast_gdn_solve_avx512,
+    .gdn_axpby = fast_gdn_axpby_avx512,
     .swiglu = fast_swiglu_avx512,
     .attn_row = fast_attn_row_avx512,
     .attn_rows = fast_attn_rows_avx512,
@@ -168,6 +170,7 @@ static const struct fast_kernels fast_kernels_avx2 = {
     .gdn_head = fast_gdn_head_avx2,
     .gdn_gemm = fast_gdn_gemm_avx2,
     .gdn_solve = fast_gdn_solve_avx2,
+    .gdn_axpby = fast_gdn_axpby_avx2,
     .swiglu = fast_swiglu_avx2,
     .attn_row = fast_attn_row_avx2,
     .attn_rows = fast_attn_rows_avx2,
@@ -868,7 +871,7 @@ static void gdn_out_norm(const struct gdn_ctx *c, int32_t t, int64_t j)
 
 /* Threads own value heads; each runs its heads through all n tokens:
  * token by token (the recurrence) for decode and short calls, in chunks
- * of 64 (fast-gdn.c) from gdn_chunk_min tokens on (FAST_GDN_CHUNK_MIN). */
+ * (fast-gdn.c) from gdn_chunk_min tokens on (FAST_GDN_CHUNK_MIN). */
 static void gdn_job(void *arg, int32_t tid, int32_t nth)
 {
     struct gdn_ctx *c = arg;
