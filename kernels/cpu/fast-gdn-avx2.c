@@ -20,38 +20,45 @@ T256_INLINE void gemm_tile(const int MT, const int NR, const float *X, int64_t x
                            bool acc_in, const float *zs)
 {
     __m256 acc[4][3];
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int r = 0; r < MT; r++)
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int j = 0; j < NR; j++)
-            acc[r][j] = !acc_in ? _mm256_setzero_ps() :
-                        zs ? _mm256_mul_ps(_mm256_set1_ps(zs[r]), _mm256_loadu_ps(Z + r * ldz + 8 * j)) :
-                             _mm256_loadu_ps(Z + r * ldz + 8 * j);
+            acc[r][j] = !acc_in ? _mm256_setzero_ps() : _mm256_loadu_ps(Z + r * ldz + 8 * j);
+    if (acc_in && zs) {
+#pragma GCC unroll 8
+        for (int r = 0; r < MT; r++) {
+            const __m256 sc = _mm256_set1_ps(zs[r]);
+#pragma GCC unroll 8
+            for (int j = 0; j < NR; j++)
+                acc[r][j] = _mm256_mul_ps(sc, acc[r][j]);
+        }
+    }
     for (int32_t i = 0; i < kd; i++) {
         __m256 y[3];
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int j = 0; j < NR; j++)
             y[j] = _mm256_loadu_ps(Y + i * ldy + 8 * j);
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int r = 0; r < MT; r++) {
             const __m256 x = _mm256_set1_ps(X[r * xr + i * xi]);
-            #pragma GCC unroll 8
+#pragma GCC unroll 8
             for (int j = 0; j < NR; j++)
                 acc[r][j] = _mm256_fmadd_ps(x, y[j], acc[r][j]);
         }
     }
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int r = 0; r < MT; r++)
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int j = 0; j < NR; j++)
             _mm256_storeu_ps(Z + r * ldz + 8 * j, acc[r][j]);
 }
 
-#define GEMM_NR(MT)                                                                      \
-    switch (nr) {                                                                        \
-    case 3: gemm_tile(MT, 3, x, xr, xi, y, ldy, z, ldz, klim, acc, zr); break;                  \
-    case 2: gemm_tile(MT, 2, x, xr, xi, y, ldy, z, ldz, klim, acc, zr); break;                  \
-    default: gemm_tile(MT, 1, x, xr, xi, y, ldy, z, ldz, klim, acc, zr); break;                 \
+#define GEMM_NR(MT)                                                                    \
+    switch (nr) {                                                                      \
+    case 3: gemm_tile(MT, 3, x, xr, xi, y, ldy, z, ldz, klim, acc, zr); break;         \
+    case 2: gemm_tile(MT, 2, x, xr, xi, y, ldy, z, ldz, klim, acc, zr); break;         \
+    default: gemm_tile(MT, 1, x, xr, xi, y, ldy, z, ldz, klim, acc, zr); break;        \
     }
 
 T256 void fast_gdn_gemm_avx2(const float *X, int64_t ldx, const float *Y, int64_t ldy, float *Z,
@@ -94,16 +101,16 @@ T256_INLINE void solve_panel(const int NR, const float *L, int64_t ldl, float *R
 {
     for (int32_t s = 0; s < m; s++) {
         __m256 acc[8];
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int j = 0; j < NR; j++)
             acc[j] = _mm256_loadu_ps(R + s * ldr + 8 * j);
         for (int32_t i = 0; i < s; i++) {
             const __m256 l = _mm256_set1_ps(L[s * ldl + i]);
-            #pragma GCC unroll 8
+#pragma GCC unroll 8
             for (int j = 0; j < NR; j++)
                 acc[j] = _mm256_fnmadd_ps(l, _mm256_loadu_ps(R + i * ldr + 8 * j), acc[j]);
         }
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int j = 0; j < NR; j++)
             _mm256_storeu_ps(R + s * ldr + 8 * j, acc[j]);
     }
@@ -130,9 +137,12 @@ T256 void fast_gdn_solve_avx2(const float *L, int64_t ldl, float *R, int64_t ldr
     }
 }
 
-T256 void fast_gdn_axpby_avx2(float *d, float a, const float *x, float b, const float *y, int32_t n)
+T256 void fast_gdn_axpby_avx2(float *d, float a, const float *x, float b, const float *y,
+                              int32_t n)
 {
     const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
-    for (int32_t i = 0; i < n; i += 8)
-        _mm256_storeu_ps(d + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_mul_ps(vb, _mm256_loadu_ps(y + i))));
+    for (int32_t i = 0; i < n; i += 8) {
+        const __m256 by = _mm256_mul_ps(vb, _mm256_loadu_ps(y + i));
+        _mm256_storeu_ps(d + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), by));
+    }
 }

@@ -1,10 +1,13 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * AVX-512 products of the chunked Gated DeltaNet (fast-gdn.c): a small
- * fp32 GEMM and a forward substitution, both over matrices of at most
- * 128 x 128 that sit in L1/L2 per head and chunk. Register tile: 4 rows x
- * 64 columns (16 accumulators); the 64-column panel of Y is the outer
- * loop, so it stays in L1 while the row tiles pass over it. Target
+ * fp32 GEMM, a forward substitution and an axpby, over one head's chunk
+ * (at most 2 x FAST_GDN_CHUNK rows by dk or dv columns, in L1/L2).
+ * Register tile: 4 rows x 64 columns (16 accumulators); the 64-column
+ * panel of Y is the outer loop, so it stays in L1 while the row tiles pass
+ * over it. The tile loops carry `#pragma GCC unroll`: GCC 12 at -O2 kept
+ * the accumulator array on the stack without it (a load and a store per
+ * FMA; the chunked form was then slower than the recurrence). Target
  * attributes as in fast-avx512.c: only called after fast.c's CPUID check.
  */
 #include "kernels/cpu/fast-gdn.h"
@@ -21,39 +24,46 @@ T512_INLINE void gemm_tile(const int MT, const int NR, const float *X, int64_t x
                            bool acc_in, const float *zs)
 {
     __m512 acc[4][4];
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int r = 0; r < MT; r++)
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int j = 0; j < NR; j++)
-            acc[r][j] = !acc_in ? _mm512_setzero_ps() :
-                        zs ? _mm512_mul_ps(_mm512_set1_ps(zs[r]), _mm512_loadu_ps(Z + r * ldz + 16 * j)) :
-                             _mm512_loadu_ps(Z + r * ldz + 16 * j);
+            acc[r][j] = !acc_in ? _mm512_setzero_ps() : _mm512_loadu_ps(Z + r * ldz + 16 * j);
+    if (acc_in && zs) {
+#pragma GCC unroll 8
+        for (int r = 0; r < MT; r++) {
+            const __m512 sc = _mm512_set1_ps(zs[r]);
+#pragma GCC unroll 8
+            for (int j = 0; j < NR; j++)
+                acc[r][j] = _mm512_mul_ps(sc, acc[r][j]);
+        }
+    }
     for (int32_t i = 0; i < kd; i++) {
         __m512 y[4];
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int j = 0; j < NR; j++)
             y[j] = _mm512_loadu_ps(Y + i * ldy + 16 * j);
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int r = 0; r < MT; r++) {
             const __m512 x = _mm512_set1_ps(X[r * xr + i * xi]);
-            #pragma GCC unroll 8
+#pragma GCC unroll 8
             for (int j = 0; j < NR; j++)
                 acc[r][j] = _mm512_fmadd_ps(x, y[j], acc[r][j]);
         }
     }
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int r = 0; r < MT; r++)
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int j = 0; j < NR; j++)
             _mm512_storeu_ps(Z + r * ldz + 16 * j, acc[r][j]);
 }
 
-#define GEMM_NR(MT)                                                                      \
-    switch (nr) {                                                                        \
-    case 4: gemm_tile(MT, 4, x, xr, xi, y, ldy, z, ldz, klim, acc, zr); break;                  \
-    case 3: gemm_tile(MT, 3, x, xr, xi, y, ldy, z, ldz, klim, acc, zr); break;                  \
-    case 2: gemm_tile(MT, 2, x, xr, xi, y, ldy, z, ldz, klim, acc, zr); break;                  \
-    default: gemm_tile(MT, 1, x, xr, xi, y, ldy, z, ldz, klim, acc, zr); break;                 \
+#define GEMM_NR(MT)                                                                    \
+    switch (nr) {                                                                      \
+    case 4: gemm_tile(MT, 4, x, xr, xi, y, ldy, z, ldz, klim, acc, zr); break;         \
+    case 3: gemm_tile(MT, 3, x, xr, xi, y, ldy, z, ldz, klim, acc, zr); break;         \
+    case 2: gemm_tile(MT, 2, x, xr, xi, y, ldy, z, ldz, klim, acc, zr); break;         \
+    default: gemm_tile(MT, 1, x, xr, xi, y, ldy, z, ldz, klim, acc, zr); break;        \
     }
 
 T512 void fast_gdn_gemm_avx512(const float *X, int64_t ldx, const float *Y, int64_t ldy, float *Z,
@@ -96,16 +106,16 @@ T512_INLINE void solve_panel(const int NR, const float *L, int64_t ldl, float *R
 {
     for (int32_t s = 0; s < m; s++) {
         __m512 acc[8];
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int j = 0; j < NR; j++)
             acc[j] = _mm512_loadu_ps(R + s * ldr + 16 * j);
         for (int32_t i = 0; i < s; i++) {
             const __m512 l = _mm512_set1_ps(L[s * ldl + i]);
-            #pragma GCC unroll 8
+#pragma GCC unroll 8
             for (int j = 0; j < NR; j++)
                 acc[j] = _mm512_fnmadd_ps(l, _mm512_loadu_ps(R + i * ldr + 16 * j), acc[j]);
         }
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int j = 0; j < NR; j++)
             _mm512_storeu_ps(R + s * ldr + 16 * j, acc[j]);
     }
@@ -132,9 +142,12 @@ T512 void fast_gdn_solve_avx512(const float *L, int64_t ldl, float *R, int64_t l
     }
 }
 
-T512 void fast_gdn_axpby_avx512(float *d, float a, const float *x, float b, const float *y, int32_t n)
+T512 void fast_gdn_axpby_avx512(float *d, float a, const float *x, float b, const float *y,
+                                int32_t n)
 {
     const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b);
-    for (int32_t i = 0; i < n; i += 16)
-        _mm512_storeu_ps(d + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_mul_ps(vb, _mm512_loadu_ps(y + i))));
+    for (int32_t i = 0; i < n; i += 16) {
+        const __m512 by = _mm512_mul_ps(vb, _mm512_loadu_ps(y + i));
+        _mm512_storeu_ps(d + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), by));
+    }
 }

@@ -115,7 +115,8 @@ static void fix_init(struct fix *f, int32_t nk, int32_t nv, int32_t dk, int32_t 
     }
     for (int i = 0; i < dv; i++)
         f->nw[i] = kb_f32_to_bf16(1.0f + 0.3f * rnd_f());
-    f->cw = (struct kb_weight){ .type = KB_WTYPE_BF16, .rows = f->conv_dim, .cols = f->K, .data = f->conv };
+    f->cw = (struct kb_weight){ .type = KB_WTYPE_BF16, .rows = f->conv_dim, .cols = f->K,
+                                .data = f->conv };
     f->aw = (struct kb_weight){ .type = KB_WTYPE_BF16, .rows = 1, .cols = nv, .data = f->alog };
     f->dw = (struct kb_weight){ .type = KB_WTYPE_BF16, .rows = 1, .cols = nv, .data = f->dtb };
     f->nwt = (struct kb_weight){ .type = KB_WTYPE_BF16, .rows = 1, .cols = dv, .data = f->nw };
@@ -185,7 +186,8 @@ static void check_one(struct kb_backend *ref, struct kb_backend *fa, const struc
     assert_true(y0 && y1);
     assert_int_equal(ref->ops->gdn(ref, &f->g, &s0, in.qkv, in.z, in.b, in.a, n, y0), 0);
     assert_int_equal(fa->ops->gdn(fa, &f->g, &s1, in.qkv, in.z, in.b, in.a, n, y1), 0);
-    const double e = rel_l2(y1, y0, (size_t)(n * f->val)), es = rel_l2(s1.ssm, s0.ssm, (size_t)f->ns);
+    const double e = rel_l2(y1, y0, (size_t)(n * f->val));
+    const double es = rel_l2(s1.ssm, s0.ssm, (size_t)f->ns);
     printf("  %-9s nk %2d nv %2d dk %3d dv %3d  n %3d  out rel L2 %.3g  state %.3g (<= %.0e)\n",
            what, f->nk, f->nv, f->dk, f->dv, n, e, es, TOL);
     assert_true(e <= TOL && es <= TOL);
