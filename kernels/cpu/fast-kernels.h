@@ -183,6 +183,11 @@ struct fast_kernels {
                       float *y, int64_t y_stride, float *xbuf);
     void (*gdn_head)(float *S, const float *q, const float *k, const float *v,
                      float beta, float decay, int32_t dk, int32_t dv, float *o);
+    /* the chunked GDN form's products (fast-gdn.h) */
+    void (*gdn_gemm)(const float *X, int64_t ldx, const float *Y, int64_t ldy, float *Z,
+                     int64_t ldz, int32_t m, int32_t n, int32_t kd, int flags, const float *zs);
+    void (*gdn_solve)(const float *L, int64_t ldl, float *R, int64_t ldr, int32_t m, int32_t n);
+    void (*gdn_axpby)(float *d, float a, const float *x, float b, const float *y, int32_t n);
     void (*swiglu)(float *y, const float *g, const float *u, int64_t count);
     void (*attn_row)(const float *q, const float *kc, const float *vc, int64_t row_stride,
                      int64_t len, int32_t hd, float scale, float *scores, float *out);

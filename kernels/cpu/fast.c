@@ -45,18 +45,21 @@
  *   the grouping (fast-kernels.h).
  * - Other ops: SwiGLU and the Gated DeltaNet recurrence (value
  *   heads split across threads, each running its heads through all tokens
- *   of the call) are vectorised here; embed, RMSNorm, RoPE, add and the
- *   sigmoid gate are in fast-elem.c (row kernels in fast-elem-avx512.c /
- *   fast-elem-avx2.c): the reference's numerics (bit-identical but for
- *   the gate's rare 1-ulp expf differences), rows split across the pool
- *   only for prefill-sized calls, RoPE's cos / sin built once per forward
- *   chunk. Residual add + RMSNorm are not fused: measured, the fusion
- *   saves nothing at the engine's 64-row chunks (docs/performance.md,
- *   CPU, "Norms, RoPE and elementwise ops").
+ *   of the call; token by token for decode, in chunks of 16 tokens as
+ *   matrix products for prefill, fast-gdn.c) are vectorised here; embed,
+ *   RMSNorm, RoPE, add and the sigmoid gate are in fast-elem.c (row
+ *   kernels in fast-elem-avx512.c / fast-elem-avx2.c): the reference's
+ *   numerics (bit-identical but for the gate's rare 1-ulp expf
+ *   differences), rows split across the pool only for prefill-sized calls,
+ *   RoPE's cos / sin built once per forward chunk. Residual add + RMSNorm
+ *   are not fused: measured, the fusion saves nothing at the engine's
+ *   64-row chunks (docs/performance.md, CPU, "Norms, RoPE and elementwise
+ *   ops").
  */
 #include "kernels/cpu/fast.h"
 
 #include "kernels/cpu/fast-elem.h"
+#include "kernels/cpu/fast-gdn.h"
 #include "kernels/cpu/fast-kernels.h"
 #include "kernels/cpu/ref.h"
 #include "kernels/cpu/threadpool.h"
@@ -88,6 +91,7 @@ struct cpu_fast {
     int32_t              isa;
     const struct fast_kernels *kn;       /* the ISA's kernels (NULL: scalar) */
     bool                 exact;
+    int32_t              gdn_chunk_min;  /* tokens per call for chunked GDN  */
     char                 err[256];
     uint8_t             *scr;            /* per-call scratch (calling thread) */
     size_t               scr_cap;
@@ -158,6 +162,9 @@ static const struct fast_kernels fast_kernels_avx512 = {
     .q4_f32 = fast_q4_f32_avx512,
     .dense_f32 = fast_dense_f32_avx512,
     .gdn_head = fast_gdn_head_avx512,
+    .gdn_gemm = fast_gdn_gemm_avx512,
+    .gdn_solve = fast_gdn_solve_avx512,
+    .gdn_axpby = fast_gdn_axpby_avx512,
     .swiglu = fast_swiglu_avx512,
     .attn_row = fast_attn_row_avx512,
     .attn_rows = fast_attn_rows_avx512,
@@ -174,6 +181,9 @@ static const struct fast_kernels fast_kernels_avx2 = {
     .q4_f32 = fast_q4_f32_avx2,
     .dense_f32 = fast_dense_f32_avx2,
     .gdn_head = fast_gdn_head_avx2,
+    .gdn_gemm = fast_gdn_gemm_avx2,
+    .gdn_solve = fast_gdn_solve_avx2,
+    .gdn_axpby = fast_gdn_axpby_avx2,
     .swiglu = fast_swiglu_avx2,
     .attn_row = fast_attn_row_avx2,
     .attn_rows = fast_attn_rows_avx2,
@@ -868,12 +878,14 @@ static const float *const_floats(struct cpu_fast *f, const struct kb_weight *w)
 
 struct gdn_ctx {
     const struct fast_kernels *kn;
+    const struct fast_tscratch *ts;      /* per-thread scratch (chunked form) */
     const struct kb_gdn *g;
     struct kb_gdn_state *st;
     const float *u;                      /* [n][conv_dim] after conv, SiLU, l2norm */
     const float *z, *b, *a, *A_log, *dt_bias, *norm;
     int32_t n;
     float *y;
+    bool chunked;
 };
 
 static float silu_f(float x)
@@ -881,7 +893,25 @@ static float silu_f(float x)
     return x / (1.0f + expf(-x));
 }
 
-/* Threads own value heads; each runs its heads through all n tokens. */
+/* Gated RMSNorm of token t, value head j, in place:
+ * w * (o * rsqrt(mean(o^2) + eps)) * silu(z) */
+static void gdn_out_norm(const struct gdn_ctx *c, int32_t t, int64_t j)
+{
+    const int32_t dv = c->g->d_v;
+    const int64_t val_dim = (int64_t)c->g->n_v_heads * dv;
+    float *yo = c->y + (int64_t)t * val_dim + j * dv;
+    double ss = 0.0;
+    for (int32_t i = 0; i < dv; i++)
+        ss += (double)yo[i] * yo[i];
+    float inv = (float)(1.0 / sqrt(ss / dv + (double)c->g->norm_eps));
+    const float *zj = c->z + (int64_t)t * val_dim + j * dv;
+    for (int32_t i = 0; i < dv; i++)
+        yo[i] = c->norm[i] * (yo[i] * inv) * silu_f(zj[i]);
+}
+
+/* Threads own value heads; each runs its heads through all n tokens:
+ * token by token (the recurrence) for decode and short calls, in chunks
+ * (fast-gdn.c) from gdn_chunk_min tokens on (FAST_GDN_CHUNK_MIN). */
 static void gdn_job(void *arg, int32_t tid, int32_t nth)
 {
     struct gdn_ctx *c = arg;
@@ -899,9 +929,27 @@ static void gdn_job(void *arg, int32_t tid, int32_t nth)
      * (docs/performance.md, CPU). Values that small carry nothing into
      * the output (the state meets q and k of norm 1). The previous mode
      * is restored, so no other op and no other user of this thread sees
-     * the change, and the result does not depend on the thread count. */
+     * the change, and the result does not depend on the thread count.
+     * The chunked form meets the same state (and decay ratios that
+     * underflow), so it runs under the same mode. */
     const unsigned csr = _mm_getcsr();
     _mm_setcsr(csr | 0x8040);
+    if (c->chunked) {
+        for (int64_t j = j0; j < j1; j++) {
+            const struct fast_gdn_seq seq = {
+                .q = c->u + (j / r) * dk, .k = c->u + key_dim + (j / r) * dk,
+                .v = c->u + 2 * key_dim + j * dv, .in_stride = conv_dim,
+                .b = c->b + j, .a = c->a + j, .gate_stride = nv,
+                .A = expf(c->A_log[j]), .dt_bias = c->dt_bias[j],
+                .o = c->y + j * dv, .o_stride = val_dim, .n = c->n, .dk = dk, .dv = dv,
+            };
+            fast_gdn_chunked(c->kn, c->st->ssm + j * dk * dv, &seq, c->ts[tid].buf);
+            for (int32_t t = 0; t < c->n; t++)
+                gdn_out_norm(c, t, j);
+        }
+        _mm_setcsr(csr);
+        return;
+    }
     for (int32_t t = 0; t < c->n; t++) {
         const float *u = c->u + (int64_t)t * conv_dim;
         for (int64_t j = j0; j < j1; j++) {
@@ -913,14 +961,7 @@ static void gdn_job(void *arg, int32_t tid, int32_t nth)
             float decay = expf(-expf(c->A_log[j]) * sp);
             float *yo = c->y + (int64_t)t * val_dim + j * dv;
             c->kn->gdn_head(c->st->ssm + j * dk * dv, qh, kh, vh, beta, decay, dk, dv, yo);
-            /* gated RMSNorm: w * (o * rsqrt(mean(o^2) + eps)) * silu(z) */
-            double ss = 0.0;
-            for (int32_t i = 0; i < dv; i++)
-                ss += (double)yo[i] * yo[i];
-            float inv = (float)(1.0 / sqrt(ss / dv + (double)g->norm_eps));
-            const float *zj = c->z + (int64_t)t * val_dim + j * dv;
-            for (int32_t i = 0; i < dv; i++)
-                yo[i] = c->norm[i] * (yo[i] * inv) * silu_f(zj[i]);
+            gdn_out_norm(c, t, j);
         }
     }
     _mm_setcsr(csr);
@@ -987,7 +1028,10 @@ static int fast_gdn(struct kb_backend *be, const struct kb_gdn *g,
             memcpy(st->conv + (int64_t)j * conv_dim, qkv + p * conv_dim,
                    (size_t)conv_dim * sizeof(float));
     }
-    struct gdn_ctx c = { f->kn, g, st, u, z, b, a, A_log, dt_bias, norm, n, y };
+    const bool chunked = n >= f->gdn_chunk_min;
+    if (chunked && tscratch(f, fast_gdn_chunked_scratch(dk, dv)))
+        return fast_fail(be, -ENOMEM, "gdn: out of memory");
+    struct gdn_ctx c = { f->kn, f->ts, g, st, u, z, b, a, A_log, dt_bias, norm, n, y, chunked };
     tp_pool_run(f->tp, gdn_job, &c);
     return 0;
 }
@@ -1110,6 +1154,17 @@ int kb_cpu_fast_create(const struct kb_cpu_fast_params *params, struct kb_backen
     /* the levels are ordered: a CPU with the AVX-512 set also runs AVX2 */
     if (isa > best)
         return -ENOTSUP;
+    int32_t chunk_min = p.gdn_chunk_min < 0 ? INT32_MAX : p.gdn_chunk_min;
+    const char *cm = getenv("RESIDENT_GDN_CHUNK_MIN");
+    if (chunk_min == 0 && cm && *cm) {
+        char *end;
+        long v = strtol(cm, &end, 10);
+        if (*end || v < 0 || v > INT32_MAX)
+            return -EINVAL;
+        chunk_min = v == 0 ? INT32_MAX : (int32_t)v;
+    }
+    if (chunk_min == 0)
+        chunk_min = FAST_GDN_CHUNK_MIN;
     int32_t nt = p.n_threads;
     if (nt == 0) {
         long c = sysconf(_SC_NPROCESSORS_ONLN);
@@ -1128,6 +1183,7 @@ int kb_cpu_fast_create(const struct kb_cpu_fast_params *params, struct kb_backen
     f->kn = isa == KB_CPU_ISA_AVX512 ? &fast_kernels_avx512 :
             isa == KB_CPU_ISA_AVX2 ? &fast_kernels_avx2 : NULL;
     f->exact = p.exact;
+    f->gdn_chunk_min = chunk_min;
     f->n_threads = nt;
     struct kb_cpu_params rp = { .n_threads = nt > 64 ? 64 : nt };
     int rc = kb_cpu_ref_create(&rp, &f->ref);

@@ -24,13 +24,22 @@ struct kb_cpu_fast_params {
     bool    exact;                       /* fp32 activations everywhere (no
                                             int8 activation planes)          */
     int32_t isa;                         /* enum kb_cpu_isa                  */
+    int32_t gdn_chunk_min;               /* GDN calls of at least this many
+                                            tokens take the chunked form; 0 =
+                                            RESIDENT_GDN_CHUNK_MIN or the
+                                            built-in default, < 0 = never    */
 };
-#define KB_CPU_FAST_PARAMS_DEFAULT { .n_threads = 0, .exact = false, .isa = KB_CPU_ISA_AUTO }
+#define KB_CPU_FAST_PARAMS_DEFAULT { .n_threads = 0, .exact = false, .isa = KB_CPU_ISA_AUTO, \
+                                     .gdn_chunk_min = 0 }
 
 /* Create the fast backend. params->isa AUTO takes the level named by the
  * environment variable RESIDENT_CPU_ISA (avx512, avx2, scalar or auto;
  * -EINVAL for anything else) and otherwise the best the CPU supports.
- * -ENOTSUP if an explicitly requested ISA is not supported by this CPU. The backend's name is "cpu" ("cpu-exact" with
+ * -ENOTSUP if an explicitly requested ISA is not supported by this CPU.
+ * params->gdn_chunk_min 0 takes the environment variable
+ * RESIDENT_GDN_CHUNK_MIN (a token count >= 1, or 0 for never; -EINVAL for
+ * anything else) and otherwise the built-in threshold (for A/B
+ * measurements and tests). The backend's name is "cpu" ("cpu-exact" with
  * exact set). */
 int kb_cpu_fast_create(const struct kb_cpu_fast_params *params, struct kb_backend **out);
 
