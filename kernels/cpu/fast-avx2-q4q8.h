@@ -41,16 +41,17 @@ Q4Q8_INLINE float q4q8_hsum(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-/* Per int32 lane: the 8 products of bytes 4l..4l+3 of (u0, s0) and of
- * (u1, s1), u unsigned, s signed. */
-Q4Q8_INLINE __m256i q4q8_dot2(__m256i u0, __m256i s0, __m256i u1, __m256i s1)
+/* Per int32 lane: acc + the 8 products of bytes 4l..4l+3 of (u0, s0) and
+ * of (u1, s1), u unsigned, s signed (exact in int32: at most 8 * 15 * 128
+ * plus an acc below 2^23 here). */
+Q4Q8_INLINE __m256i q4q8_dot2(__m256i acc, __m256i u0, __m256i s0, __m256i u1, __m256i s1)
 {
 #if Q4Q8_VNNI
-    return _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u0, s0), u1, s1);
+    return _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(acc, u0, s0), u1, s1);
 #else
     /* no int16 saturates here (see the top of the file) */
     __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(u0, s0), _mm256_maddubs_epi16(u1, s1));
-    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 #endif
 }
 
@@ -94,10 +95,12 @@ Q4Q8_INLINE void q4q8_tile2(const uint8_t *wr, const uint16_t *sr, int64_t ng, i
                 __m256i qh = _mm256_loadu_si256((const __m256i *)(c + 64));
                 __m256i rl = _mm256_loadu_si256((const __m256i *)(c + 128));
                 __m256i rh = _mm256_loadu_si256((const __m256i *)(c + 192));
-                __m256i d = q4q8_dot2(lo, ql, hi, qh);
-                __m256i e = q4q8_dot2(lo, rl, hi, rh);
-                __m256i x = q4q8_dot2(elo, ql, ehi, qh);
-                d = _mm256_add_epi32(_mm256_slli_epi32(d, 8), e);
+                const __m256i z = _mm256_setzero_si256();
+                /* 256 acc(q) + acc(r), the r products added onto the
+                 * shifted q sum (saves an add with vpdpbusd) */
+                __m256i d = q4q8_dot2(z, lo, ql, hi, qh);
+                d = q4q8_dot2(_mm256_slli_epi32(d, 8), lo, rl, hi, rh);
+                __m256i x = q4q8_dot2(z, elo, ql, ehi, qh);
                 /* this half's 8 lanes of d / c / e (lanes 8h .. 8h+7) */
                 const float *fl = (const float *)(c + 256);
                 __m256 dl = _mm256_loadu_ps(fl);
