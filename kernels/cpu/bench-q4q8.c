@@ -11,7 +11,9 @@
  * and memory-bus sharing; each round calls every level once, in turn
  * (alternating, so a slow period hits all levels alike), each call
  * repeating the whole product for >= 40 ms. Prints GMAC/s (rows x cols x
- * n per product) per level and round, then the best and median per level.
+ * n per product) per level and round, then the best and median per level
+ * and the median over rounds of each level's ratio to avx2 in the same
+ * round (the number least moved by a load that changes between rounds).
  * The outputs of the levels are compared too: avx2-vnni must equal avx2
  * bit for bit (exit 1 if not). Not a test (not run by meson test); built
  * with `meson compile -C BUILD bench-kernels-q4q8`.
@@ -111,7 +113,7 @@ int main(int argc, char **argv)
     printf("W4 x int8, %lld x %lld weight (%.2f MB incl. scales), n %d, %d reps per call, "
            "one thread, thread CPU time:\n", (long long)rows, (long long)cols,
            (double)(rows * cols / 2 + rows * cols / 16) / 1e6, n, reps);
-    double g[3][99];
+    double g[3][99], ratio[3][99];
     for (int k = 0; k < rounds; k++) {
         printf("  round %d:", k + 1);
         for (int j = 0; j < nl; j++) {
@@ -120,6 +122,7 @@ int main(int argc, char **argv)
             for (int r = 0; r < reps; r++)
                 all[i].fn(&w, 0, rows, act, rb, NULL, n, y[i], rows);
             g[i][k] = macs * reps / (thread_s() - t0) / 1e9;
+            ratio[i][k] = g[i][k] / g[li[0]][k];
             printf("  %s %.2f", kb_cpu_isa_name(all[i].isa), g[i][k]);
         }
         printf(" GMAC/s\n");
@@ -127,8 +130,10 @@ int main(int argc, char **argv)
     for (int j = 0; j < nl; j++) {
         const int i = li[j];
         qsort(g[i], (size_t)rounds, sizeof(double), cmp_double);
-        printf("  %-12s best %.2f  median %.2f GMAC/s\n", kb_cpu_isa_name(all[i].isa),
-               g[i][rounds - 1], g[i][rounds / 2]);
+        qsort(ratio[i], (size_t)rounds, sizeof(double), cmp_double);
+        printf("  %-12s best %.2f  median %.2f GMAC/s  median ratio to %s %.3f\n",
+               kb_cpu_isa_name(all[i].isa), g[i][rounds - 1], g[i][rounds / 2],
+               kb_cpu_isa_name(all[li[0]].isa), ratio[i][rounds / 2]);
     }
     int rc = 0;
     if (kb_cpu_isa_supported(KB_CPU_ISA_AVX2_VNNI) &&
