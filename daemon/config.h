@@ -39,8 +39,9 @@
  *   backend                  auto   auto: a usable GPU (cuda, then hip, where built and a
  *                                   driver, a device and the code objects are present),
  *                                   else the fast CPU backend, logging why;
- *                                   cpu: the fast CPU backend (AVX-512 VNNI kernels where
- *                                   the CPU has them, the reference kernels elsewhere);
+ *                                   cpu: the fast CPU backend (AVX-512 VNNI, AVX2 +
+ *                                   AVX-VNNI or AVX2 kernels by CPUID, the reference
+ *                                   kernels elsewhere; RESIDENT_CPU_ISA forces one);
  *                                   cpu-ref: the scalar oracle; cuda / hip: that GPU or
  *                                   refuse to start (engine/backend-open.h, docs/gpu.md)
  *   kernel_dir               (installed) the GPU code objects NAME.sm_90.cubin /

@@ -180,7 +180,7 @@ int model_load(const char *dir, const struct model_params *params,
         if (rc) {
             const char *isa = getenv("RESIDENT_CPU_ISA");
             engine_error_set(err, rc, "cannot create the %s backend with %d threads (0..256) "
-                             "and RESIDENT_CPU_ISA=%s (avx512, avx2, scalar or auto; "
+                             "and RESIDENT_CPU_ISA=%s (avx512, avx2vnni, avx2, scalar or auto; "
                              "a level this CPU lacks is refused): %s", p.backend, p.n_threads,
                              isa ? isa : "(unset)", strerror(-rc));
             goto fail;

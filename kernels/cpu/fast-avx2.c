@@ -9,12 +9,11 @@
  * The int8 path has no vpdpbusd here. Its replacement, vpmaddubsw
  * (u8 x s8 pairs summed to saturating int16) followed by vpmaddwd with
  * ones (int16 pairs to int32), gives the same int32 lane sums as vpdpbusd
- * as long as no int16 saturates: the weights are nibbles (u <= 15) and the
- * bf16-correction operand is eps + 4 <= 8, so a vpmaddubsw pair is at most
- * 2 * 15 * 128 = 3840 and the sum of the two pairs that this file adds in
- * int16 before widening (even + odd columns) at most 7680, far below
- * 32767. The integer sums are therefore bit-identical to the AVX-512 path;
- * only the order of the final fp32 reductions differs (8 lanes, not 16).
+ * because no int16 saturates for the operands used (fast-avx2-q4q8.h, the
+ * W4 x int8 kernel, which CPUs with AVX-VNNI run as the avx2-vnni level
+ * with the real vpdpbusd on ymm, fast-avx2-vnni.c). The integer sums are
+ * therefore bit-identical to the AVX-512 path; only the order of the
+ * final fp32 reductions differs (8 lanes, not 16).
  *
  * Lane layout: a 64-byte chunk of packed weights (4 groups of one row) is
  * two 32-byte halves of 2 groups each; a 32-byte register's 128-bit lanes
@@ -136,111 +135,12 @@ T256 void fast_q8_quantize_avx2(const float *x, int64_t cols, uint8_t *out)
 }
 
 /* ------------------------------------------------------------------ */
-/* W4 x int8                                                            */
+/* W4 x int8: fast-avx2-q4q8.h, shared with the avx2-vnni level        */
 
-/* vpdpbusd of two (u8, s8) register pairs: the int16 sum of both
- * vpmaddubsw results cannot saturate here (see the top of the file) */
-T256_INLINE __m256i dot2_u8s8(__m256i u0, __m256i s0, __m256i u1, __m256i s1)
-{
-    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(u0, s0), _mm256_maddubs_epi16(u1, s1));
-    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
-}
-
-T256_INLINE void q4q8_tile2(const uint8_t *wr, const uint16_t *sr, int64_t ng, int64_t nch,
-                            const uint8_t *const a[4], const int nt, float out[4])
-{
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
-    __m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                      _mm256_setzero_ps() };
-    for (int64_t k = 0; k < nch; k++) {
-        _mm_prefetch((const char *)(wr + 64 * k + FAST_Q4_PREFETCH), _MM_HINT_T0);
-        for (int h = 0; h < 2; h++) {
-            const int64_t g0 = 4 * k + 2 * h, grem = ng - g0;
-            if (grem <= 0)
-                break;
-            const uint8_t *wp = wr + 64 * k + 32 * h;
-            __m256i wv;
-            uint16_t s0 = sr[g0], s1 = 0;
-            if (grem >= 2) {
-                wv = _mm256_loadu_si256((const __m256i *)wp);
-                s1 = sr[g0 + 1];
-            } else {
-                /* last odd group: never read past the row */
-                wv = _mm256_inserti128_si256(_mm256_setzero_si256(),
-                                             _mm_loadu_si128((const __m128i *)wp), 0);
-            }
-            const float f0 = kb_bf16_to_f32(s0), f1 = kb_bf16_to_f32(s1);
-            const __m256 sw = _mm256_set_m128(_mm_set1_ps(f1), _mm_set1_ps(f0));
-            /* 2^E * 256 per group, as in the AVX-512 kernel */
-            const __m256 swe = _mm256_mul_ps(
-                _mm256_and_ps(sw, _mm256_castsi256_ps(_mm256_set1_epi32(0x7f800000))),
-                _mm256_set1_ps(2.0f));
-            __m256i lo = _mm256_and_si256(wv, m4);
-            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
-            __m256i et = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)fast_q4_eps[s1 & 0x7f]),
-                                          _mm_loadu_si128((const __m128i *)fast_q4_eps[s0 & 0x7f]));
-            __m256i elo = _mm256_shuffle_epi8(et, lo), ehi = _mm256_shuffle_epi8(et, hi);
-            for (int i = 0; i < nt; i++) {
-                const uint8_t *c = a[i] + (size_t)k * FAST_Q8_CHUNK_BYTES + 32 * h;
-                __m256i ql = _mm256_loadu_si256((const __m256i *)c);
-                __m256i qh = _mm256_loadu_si256((const __m256i *)(c + 64));
-                __m256i rl = _mm256_loadu_si256((const __m256i *)(c + 128));
-                __m256i rh = _mm256_loadu_si256((const __m256i *)(c + 192));
-                __m256i d = dot2_u8s8(lo, ql, hi, qh);
-                __m256i e = dot2_u8s8(lo, rl, hi, rh);
-                __m256i x = dot2_u8s8(elo, ql, ehi, qh);
-                d = _mm256_add_epi32(_mm256_slli_epi32(d, 8), e);
-                /* this half's 8 lanes of d / c / e (lanes 8h .. 8h+7) */
-                const float *fl = (const float *)(c + 256);
-                __m256 dl = _mm256_loadu_ps(fl);
-                __m256 f = _mm256_fmsub_ps(_mm256_cvtepi32_ps(d), dl, _mm256_loadu_ps(fl + 16));
-                __m256 fe = _mm256_sub_ps(_mm256_cvtepi32_ps(x), _mm256_loadu_ps(fl + 32));
-                acc[i] = _mm256_fmadd_ps(f, sw, acc[i]);
-                acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(fe, dl), swe, acc[i]);
-            }
-        }
-    }
-    for (int i = 0; i < nt; i++)
-        out[i] = hsum256(acc[i]);
-}
-
-T256 void fast_q4_q8_avx2(const struct kb_weight *w, int64_t r0, int64_t r1,
-                          const uint8_t *act, size_t act_stride, const int32_t *tok, int32_t n,
-                          float *y, int64_t y_stride)
-{
-    const int64_t cols = w->cols, ng = cols / KB_Q4_GROUP;
-    const int64_t nch = (cols + FAST_Q8_CHUNK_COLS - 1) / FAST_Q8_CHUNK_COLS;
-    const uint8_t *wd = (const uint8_t *)w->data;
-    const uint16_t *sd = (const uint16_t *)w->scales;
-    for (int64_t rb = r0; rb < r1; rb += FAST_Q4_ROW_BLOCK) {
-        const int64_t re = r1 - rb < FAST_Q4_ROW_BLOCK ? r1 : rb + FAST_Q4_ROW_BLOCK;
-        for (int32_t t0 = 0; t0 < n; t0 += 4) {
-            const int nt = n - t0 >= 4 ? 4 : n - t0;
-            const uint8_t *a[4];
-            for (int i = 0; i < 4; i++) {
-                int32_t ti = t0 + (i < nt ? i : 0);
-                a[i] = act + (size_t)(tok ? tok[ti] : ti) * act_stride;
-            }
-            for (int64_t r = rb; r < re; r++) {
-                const uint8_t *wr = wd + r * (cols / 2);
-                const uint16_t *sr = sd + r * ng;
-                if (t0 == 0 && r + 1 < r1) {
-                    _mm_prefetch((const char *)(wr + cols / 2), _MM_HINT_T0);
-                    _mm_prefetch((const char *)(sr + ng), _MM_HINT_T0);
-                }
-                float o[4];
-                switch (nt) {
-                case 1: q4q8_tile2(wr, sr, ng, nch, a, 1, o); break;
-                case 2: q4q8_tile2(wr, sr, ng, nch, a, 2, o); break;
-                case 3: q4q8_tile2(wr, sr, ng, nch, a, 3, o); break;
-                default: q4q8_tile2(wr, sr, ng, nch, a, 4, o); break;
-                }
-                for (int i = 0; i < nt; i++)
-                    y[(int64_t)(t0 + i) * y_stride + r] = o[i];
-            }
-        }
-    }
-}
+#define Q4Q8_TARGET "avx2,fma,f16c"
+#define Q4Q8_NAME   fast_q4_q8_avx2
+#define Q4Q8_VNNI   0
+#include "kernels/cpu/fast-avx2-q4q8.h"
 
 /* ------------------------------------------------------------------ */
 /* fp32 dot products                                                    */

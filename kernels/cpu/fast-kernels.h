@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ISA-specific kernels of the fast CPU backend (fast-avx512.c,
- * fast-avx2.c). Every
+ * fast-avx2.c, fast-avx2-vnni.c). Every
  * kernel computes output rows [r0, r1) of one weight for n token rows and
  * writes y[i * y_stride + r]; token i's input row is row tok[i] (or i when
  * tok is NULL) of the activation array, so MoE can run an expert over the
@@ -168,6 +168,13 @@ void fast_rmsnorm_row_avx2(float *y, const float *x, const float *w, int32_t dim
 void fast_rope_head_avx2(float *x, const float *cs, const float *sn, int32_t half);
 void fast_add_avx2(float *y, const float *a, const float *b, int64_t count);
 void fast_mul_sigmoid_avx2(float *y, const float *x, const float *g, int64_t count);
+
+/* The avx2-vnni level's W4 x int8 product (fast-avx2-vnni.c): the avx2
+ * kernel with AVX-VNNI's vpdpbusd, bit-identical results; the level's
+ * other kernels are the avx2 ones. */
+void fast_q4_q8_avx2vnni(const struct kb_weight *w, int64_t r0, int64_t r1,
+                         const uint8_t *act, size_t act_stride, const int32_t *tok, int32_t n,
+                         float *y, int64_t y_stride);
 
 /* One ISA's kernels; fast.c picks the table once at backend creation. */
 struct fast_kernels {

@@ -6,12 +6,14 @@
  *
  * - ISA by CPUID at creation: AVX-512 (F/BW/VL/DQ + VNNI) kernels in
  *   fast-avx512.c, else AVX2 + FMA + F16C kernels in fast-avx2.c (same
- *   numerics; see there), else every op is delegated to the reference
- *   backend (correct, slow). One binary for all x86-64: only those two
- *   files' functions carry target attributes. A lower level can be forced
- *   with kb_cpu_fast_params.isa or, when that is "auto", the environment
- *   variable RESIDENT_CPU_ISA=avx512|avx2|scalar (tests run every level on
- *   one machine this way).
+ *   numerics; see there) with, where the CPU has AVX-VNNI (level
+ *   avx2-vnni), the W4 x int8 product of fast-avx2-vnni.c (bit-identical
+ *   to the avx2 one), else every op is delegated to the reference
+ *   backend (correct, slow). One binary for all x86-64: only those
+ *   files' functions carry target attributes. Another level the CPU has
+ *   can be forced with kb_cpu_fast_params.isa or, when that is "auto",
+ *   the environment variable RESIDENT_CPU_ISA=avx512|avx2vnni|avx2|scalar
+ *   (tests run every level on one machine this way).
  * - Two numeric modes. "cpu" (fast): activations entering a W4 product are
  *   quantised per group of 32 to two int8 planes (x = d (q + r/256), one
  *   fp32 scale each; see fast-kernels.h for why one plane is not enough)
@@ -66,6 +68,9 @@
 
 #include <errno.h>
 #include <math.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -115,19 +120,54 @@ static int fast_fail(struct kb_backend *be, int code, const char *what)
 /* ------------------------------------------------------------------ */
 /* CPU features                                                         */
 
-int32_t kb_cpu_fast_best_isa(void)
+/* AVX-VNNI: CPUID leaf 7 subleaf 1, EAX bit 4. Read directly because
+ * clang (14, the fuzz build's compiler) has no "avxvnni" name for
+ * __builtin_cpu_supports (gcc 12 has). The OS's saving of the ymm state
+ * (XGETBV) is already part of __builtin_cpu_supports("avx2"), which every
+ * caller checks first. */
+static bool cpu_has_avxvnni(void)
 {
 #if defined(__x86_64__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma"))
-        return KB_CPU_ISA_AVX512;
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 4 & 1);
+#else
+    return false;
+#endif
+}
+
+bool kb_cpu_isa_supported(int32_t isa)
+{
+    switch (isa) {
+    case KB_CPU_ISA_AUTO:
+    case KB_CPU_ISA_SCALAR:
+        return true;
+#if defined(__x86_64__)
+    case KB_CPU_ISA_AVX512:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma");
     /* F16C is not a __builtin_cpu_supports feature name: every CPU with
      * AVX2 and FMA (Haswell, Zen 1 and later) has it */
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return KB_CPU_ISA_AVX2;
+    case KB_CPU_ISA_AVX2:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case KB_CPU_ISA_AVX2_VNNI:
+        return kb_cpu_isa_supported(KB_CPU_ISA_AVX2) && cpu_has_avxvnni();
 #endif
+    default:
+        return false;
+    }
+}
+
+int32_t kb_cpu_fast_best_isa(void)
+{
+    /* preference order: on a CPU with both (Sapphire Rapids and later),
+     * the AVX-512 kernels are the faster ones */
+    static const int32_t order[] = { KB_CPU_ISA_AVX512, KB_CPU_ISA_AVX2_VNNI, KB_CPU_ISA_AVX2 };
+    for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++)
+        if (kb_cpu_isa_supported(order[i]))
+            return order[i];
     return KB_CPU_ISA_SCALAR;
 }
 
@@ -135,6 +175,7 @@ const char *kb_cpu_isa_name(int32_t isa)
 {
     switch (isa) {
     case KB_CPU_ISA_AVX512: return "avx512-vnni";
+    case KB_CPU_ISA_AVX2_VNNI: return "avx2-vnni";
     case KB_CPU_ISA_AVX2: return "avx2-fma";
     case KB_CPU_ISA_SCALAR: return "scalar (cpu-ref kernels)";
     default: return "auto";
@@ -147,6 +188,8 @@ int kb_cpu_isa_parse(const char *s, int32_t *isa)
         *isa = KB_CPU_ISA_AUTO;
     else if (!strcmp(s, "avx512"))
         *isa = KB_CPU_ISA_AVX512;
+    else if (!strcmp(s, "avx2vnni") || !strcmp(s, "avx2-vnni"))
+        *isa = KB_CPU_ISA_AVX2_VNNI;
     else if (!strcmp(s, "avx2"))
         *isa = KB_CPU_ISA_AVX2;
     else if (!strcmp(s, "scalar"))
@@ -178,6 +221,26 @@ static const struct fast_kernels fast_kernels_avx512 = {
 static const struct fast_kernels fast_kernels_avx2 = {
     .q8_quantize = fast_q8_quantize_avx2,
     .q4_q8 = fast_q4_q8_avx2,
+    .q4_f32 = fast_q4_f32_avx2,
+    .dense_f32 = fast_dense_f32_avx2,
+    .gdn_head = fast_gdn_head_avx2,
+    .gdn_gemm = fast_gdn_gemm_avx2,
+    .gdn_solve = fast_gdn_solve_avx2,
+    .gdn_axpby = fast_gdn_axpby_avx2,
+    .swiglu = fast_swiglu_avx2,
+    .attn_row = fast_attn_row_avx2,
+    .attn_rows = fast_attn_rows_avx2,
+    .cvt_row = fast_cvt_row_avx2,
+    .rmsnorm_row = fast_rmsnorm_row_avx2,
+    .rope_head = fast_rope_head_avx2,
+    .add = fast_add_avx2,
+    .mul_sigmoid = fast_mul_sigmoid_avx2,
+};
+
+/* the avx2 table but for the int8 product (fast-avx2-vnni.c) */
+static const struct fast_kernels fast_kernels_avx2vnni = {
+    .q8_quantize = fast_q8_quantize_avx2,
+    .q4_q8 = fast_q4_q8_avx2vnni,
     .q4_f32 = fast_q4_f32_avx2,
     .dense_f32 = fast_dense_f32_avx2,
     .gdn_head = fast_gdn_head_avx2,
@@ -1141,18 +1204,18 @@ int kb_cpu_fast_create(const struct kb_cpu_fast_params *params, struct kb_backen
         p = *params;
     if (p.n_threads < 0 || p.n_threads > FAST_MAX_THREADS)
         return -EINVAL;
-    int32_t best = kb_cpu_fast_best_isa();
     static pthread_once_t eps_once = PTHREAD_ONCE_INIT;
     pthread_once(&eps_once, fast_q4_eps_init);
     int32_t isa = p.isa;
     if (isa == KB_CPU_ISA_AUTO && kb_cpu_isa_parse(getenv("RESIDENT_CPU_ISA"), &isa))
         return -EINVAL;
     if (isa == KB_CPU_ISA_AUTO)
-        isa = best;
-    if (isa != KB_CPU_ISA_SCALAR && isa != KB_CPU_ISA_AVX2 && isa != KB_CPU_ISA_AVX512)
+        isa = kb_cpu_fast_best_isa();
+    if (isa != KB_CPU_ISA_SCALAR && isa != KB_CPU_ISA_AVX2 && isa != KB_CPU_ISA_AVX2_VNNI &&
+        isa != KB_CPU_ISA_AVX512)
         return -EINVAL;
-    /* the levels are ordered: a CPU with the AVX-512 set also runs AVX2 */
-    if (isa > best)
+    /* per level, not by order: an AVX-512 CPU may lack AVX-VNNI */
+    if (!kb_cpu_isa_supported(isa))
         return -ENOTSUP;
     int32_t chunk_min = p.gdn_chunk_min < 0 ? INT32_MAX : p.gdn_chunk_min;
     const char *cm = getenv("RESIDENT_GDN_CHUNK_MIN");
@@ -1181,6 +1244,7 @@ int kb_cpu_fast_create(const struct kb_cpu_fast_params *params, struct kb_backen
     be->ops = p.exact ? &fast_exact_ops : &fast_ops;
     f->isa = isa;
     f->kn = isa == KB_CPU_ISA_AVX512 ? &fast_kernels_avx512 :
+            isa == KB_CPU_ISA_AVX2_VNNI ? &fast_kernels_avx2vnni :
             isa == KB_CPU_ISA_AVX2 ? &fast_kernels_avx2 : NULL;
     f->exact = p.exact;
     f->gdn_chunk_min = chunk_min;

@@ -12,11 +12,15 @@
 
 #include "kernels/backend.h"
 
+/* In the order auto-selection prefers them (last = first choice). Not a
+ * capability order: AVX-512 CPUs before Sapphire Rapids / Zen 5 lack
+ * AVX-VNNI, so ask kb_cpu_isa_supported(), never compare levels. */
 enum kb_cpu_isa {
-    KB_CPU_ISA_AUTO   = 0,               /* best the CPU supports            */
-    KB_CPU_ISA_SCALAR = 1,               /* every op delegated to cpu-ref    */
-    KB_CPU_ISA_AVX2   = 2,               /* AVX2 + FMA + F16C                */
-    KB_CPU_ISA_AVX512 = 3,               /* AVX-512 F/BW/VL/DQ + VNNI        */
+    KB_CPU_ISA_AUTO      = 0,            /* best the CPU supports            */
+    KB_CPU_ISA_SCALAR    = 1,            /* every op delegated to cpu-ref    */
+    KB_CPU_ISA_AVX2      = 2,            /* AVX2 + FMA + F16C                */
+    KB_CPU_ISA_AVX2_VNNI = 3,            /* the same + AVX-VNNI (ymm)        */
+    KB_CPU_ISA_AVX512    = 4,            /* AVX-512 F/BW/VL/DQ + VNNI        */
 };
 
 struct kb_cpu_fast_params {
@@ -33,23 +37,29 @@ struct kb_cpu_fast_params {
                                      .gdn_chunk_min = 0 }
 
 /* Create the fast backend. params->isa AUTO takes the level named by the
- * environment variable RESIDENT_CPU_ISA (avx512, avx2, scalar or auto;
- * -EINVAL for anything else) and otherwise the best the CPU supports.
- * -ENOTSUP if an explicitly requested ISA is not supported by this CPU.
- * params->gdn_chunk_min 0 takes the environment variable
+ * environment variable RESIDENT_CPU_ISA (avx512, avx2vnni, avx2, scalar or
+ * auto; -EINVAL for anything else) and otherwise the best the CPU
+ * supports. -ENOTSUP if an explicitly requested ISA is not supported by
+ * this CPU. params->gdn_chunk_min 0 takes the environment variable
  * RESIDENT_GDN_CHUNK_MIN (a token count >= 1, or 0 for never; -EINVAL for
  * anything else) and otherwise the built-in threshold (for A/B
  * measurements and tests). The backend's name is "cpu" ("cpu-exact" with
  * exact set). */
 int kb_cpu_fast_create(const struct kb_cpu_fast_params *params, struct kb_backend **out);
 
-/* Best ISA this CPU supports (enum kb_cpu_isa), and a name for it. */
+/* Best ISA this CPU supports (enum kb_cpu_isa: avx512, else avx2-vnni,
+ * else avx2, else scalar), and a name for it. */
 int32_t kb_cpu_fast_best_isa(void);
 const char *kb_cpu_isa_name(int32_t isa);
 
+/* Whether this CPU (and OS) can run level @isa: true for SCALAR and AUTO,
+ * false for values outside enum kb_cpu_isa. */
+bool kb_cpu_isa_supported(int32_t isa);
+
 /**
  * kb_cpu_isa_parse() - ISA level from its RESIDENT_CPU_ISA spelling.
- * @s:   "avx512", "avx2", "scalar", "auto", or NULL / "" (auto)
+ * @s:   "avx512", "avx2vnni" (or "avx2-vnni"), "avx2", "scalar", "auto",
+ *       or NULL / "" (auto)
  * @isa: set to the enum kb_cpu_isa value
  *
  * Return: 0, or -EINVAL for any other string (@isa untouched).

@@ -17,13 +17,16 @@
  *     however its rows were grouped)
  *   Gated DeltaNet output and state over 6 calls: <= 1e-5 (conv state exact),
  *     also from a state of denormals (which the fast path flushes)
- * Every test runs once per kernel level the CPU has (AVX-512 VNNI, then
- * AVX2 + FMA), forced through kb_cpu_fast_params.isa; test_isa_agree
- * checks that the two levels build the same int8 activation bytes and
- * that their W4 x int8 products agree to fp32 reduction order (<= 1e-6;
- * the integer sums are the same). RESIDENT_CPU_ISA is checked to select a
- * level and to refuse a bad name. Exits 77 (skipped) on a CPU without
- * AVX2 + FMA.
+ * Every test runs once per kernel level the CPU has (AVX-512 VNNI, AVX2 +
+ * AVX-VNNI, AVX2 + FMA), forced through kb_cpu_fast_params.isa;
+ * test_isa_agree checks that the AVX-512 and AVX2 levels build the same
+ * int8 activation bytes and that their W4 x int8 products agree to fp32
+ * reduction order (<= 1e-6; the integer sums are the same), and
+ * test_vnni_exact that the avx2-vnni product equals the avx2 one bit for
+ * bit (skipped, with the reason, on a CPU without AVX-VNNI).
+ * RESIDENT_CPU_ISA is checked to select each level, to refuse a bad name,
+ * and forcing a level is checked to fail with -ENOTSUP exactly where
+ * the CPU lacks it. Exits 77 (skipped) on a CPU without AVX2 + FMA.
  */
 #include <errno.h>
 #include <math.h>
@@ -516,8 +519,8 @@ static void test_bad_args(void **state)
  * sums, so the products differ only by fp32 reduction order. */
 static void test_isa_agree(void **state)
 {
-    if (kb_cpu_fast_best_isa() < KB_CPU_ISA_AVX512) {
-        print_message("  (only one SIMD level on this CPU: nothing to compare)\n");
+    if (!kb_cpu_isa_supported(KB_CPU_ISA_AVX512)) {
+        print_message("  (no AVX-512 level on this CPU: nothing to compare)\n");
         return;
     }
     fast_q4_eps_init();
@@ -552,6 +555,60 @@ static void test_isa_agree(void **state)
     assert_true(worst <= 1e-6);
 }
 
+/* The avx2-vnni level's W4 x int8 product (real vpdpbusd) against the avx2
+ * one (vpmaddubsw + vpmaddwd): the same int32 sums and the same fp32 code
+ * after them, so every output must be equal bit for bit, on random weights
+ * and activations, column counts with tails (not a multiple of the
+ * 128-column chunk, an odd group count), row ranges not starting at 0,
+ * 1..9 tokens (full and partial 4-token tiles), and a token index list. */
+static void test_vnni_exact(void **state)
+{
+    if (!kb_cpu_isa_supported(KB_CPU_ISA_AVX2_VNNI)) {
+        print_message("  skip: this CPU lacks AVX-VNNI (CPUID.7.1:EAX[4]), the avx2-vnni level "
+                      "cannot run here\n");
+        skip();
+    }
+    fast_q4_eps_init();
+    const int64_t colss[] = { 2048, 2080, 160, 96, 32, 4096 + 224 };
+    size_t values = 0, diff = 0;
+    for (size_t ci = 0; ci < sizeof(colss) / sizeof(colss[0]); ci++) {
+        const int64_t cols = colss[ci], rows = 29;
+        const size_t rb = fast_q8_row_bytes(cols);
+        struct q4w q = q4_new(rows, cols, KB_WTYPE_BF16, false);
+        for (int32_t n = 1; n <= 9; n++) {
+            float *x = rnd_vec((size_t)n * (size_t)cols);
+            for (int64_t i = 0; i < n * cols; i += 7)
+                x[i] *= 40.0f;                     /* wide per-group ranges */
+            x[0] = 0.0f;
+            uint8_t *a = calloc((size_t)n, rb);
+            assert_non_null(a);
+            for (int32_t t = 0; t < n; t++)
+                fast_q8_quantize_avx2(x + (int64_t)t * cols, cols, a + t * rb);
+            float *y0 = calloc((size_t)(n * rows), sizeof(float));
+            float *y1 = calloc((size_t)(n * rows), sizeof(float));
+            assert_non_null(y0);
+            assert_non_null(y1);
+            /* rows 3..rows-1 of all tokens, then the tokens in reverse
+             * through the index list for rows 0..2 */
+            int32_t tok[9];
+            for (int32_t t = 0; t < n; t++)
+                tok[t] = n - 1 - t;
+            fast_q4_q8_avx2(&q.w, 3, rows, a, rb, NULL, n, y0, rows);
+            fast_q4_q8_avx2vnni(&q.w, 3, rows, a, rb, NULL, n, y1, rows);
+            fast_q4_q8_avx2(&q.w, 0, 3, a, rb, tok, n, y0, rows);
+            fast_q4_q8_avx2vnni(&q.w, 0, 3, a, rb, tok, n, y1, rows);
+            for (int64_t i = 0; i < n * rows; i++)
+                diff += memcmp(&y0[i], &y1[i], sizeof(float)) != 0;
+            values += (size_t)(n * rows);
+            free(x); free(a); free(y0); free(y1);
+        }
+        q4_free(&q);
+    }
+    print_message("  avx2-vnni vs avx2 W4 x int8: %zu of %zu values differ (required: 0, "
+                  "bit-identical)\n", diff, values);
+    assert_true(diff == 0);
+}
+
 /* Non-finite activations (a corrupted model makes them): each level
  * quantises a block holding Inf or NaN to zero bytes with NaN scales, so
  * the product of that row is NaN like the exact path's, and no lane is
@@ -567,7 +624,7 @@ static void test_q8_nonfinite(void **state)
         uint8_t *clean = calloc(1, rb), *q = calloc(1, rb);
         assert_non_null(clean);
         assert_non_null(q);
-        int32_t levels = kb_cpu_fast_best_isa() >= KB_CPU_ISA_AVX512 ? 2 : 1;
+        int32_t levels = kb_cpu_isa_supported(KB_CPU_ISA_AVX512) ? 2 : 1;
         for (int32_t l = 0; l < levels; l++) {
             void (*quant)(const float *, int64_t, uint8_t *) = l == 0 ? fast_q8_quantize_avx2
                                                                       : fast_q8_quantize_avx512;
@@ -591,11 +648,50 @@ static void test_q8_nonfinite(void **state)
     print_message("  Inf, -Inf and NaN activations: zero bytes and NaN scales in their block only\n");
 }
 
-/* RESIDENT_CPU_ISA picks the level when the params say "auto". */
+/* RESIDENT_CPU_ISA picks the level when the params say "auto"; a level
+ * the CPU lacks is refused with -ENOTSUP, through the environment and the
+ * params alike. */
 static void test_isa_env(void **state)
 {
     struct kb_cpu_fast_params p = { .n_threads = 1, .isa = KB_CPU_ISA_AUTO };
     struct kb_backend *be = NULL;
+    static const struct { int32_t isa; const char *env; } named[] = {
+        { KB_CPU_ISA_AVX512, "avx512" }, { KB_CPU_ISA_AVX2_VNNI, "avx2vnni" },
+        { KB_CPU_ISA_AVX2_VNNI, "avx2-vnni" }, { KB_CPU_ISA_AVX2, "avx2" },
+    };
+    for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++) {
+        const bool has = kb_cpu_isa_supported(named[i].isa);
+        int32_t parsed = -1;
+        assert_int_equal(kb_cpu_isa_parse(named[i].env, &parsed), 0);
+        assert_int_equal(parsed, named[i].isa);
+        assert_int_equal(setenv("RESIDENT_CPU_ISA", named[i].env, 1), 0);
+        be = NULL;
+        int rc = kb_cpu_fast_create(&p, &be);
+        print_message("  RESIDENT_CPU_ISA=%-9s -> %s (%s on this CPU)\n", named[i].env,
+                      rc ? strerror(-rc) : kb_cpu_isa_name(kb_cpu_fast_isa(be)),
+                      has ? "present" : "absent");
+        if (has) {
+            assert_int_equal(rc, 0);
+            assert_int_equal(kb_cpu_fast_isa(be), named[i].isa);
+            be->ops->destroy(be);
+        } else {
+            assert_int_equal(rc, -ENOTSUP);
+            assert_null(be);
+        }
+        struct kb_cpu_fast_params pf = { .n_threads = 1, .isa = named[i].isa };
+        be = NULL;
+        assert_int_equal(unsetenv("RESIDENT_CPU_ISA"), 0);
+        assert_int_equal(kb_cpu_fast_create(&pf, &be), has ? 0 : -ENOTSUP);
+        if (be)
+            be->ops->destroy(be);
+    }
+    assert_string_equal(kb_cpu_isa_name(KB_CPU_ISA_AVX2_VNNI), "avx2-vnni");
+    /* the best level is one the CPU has, and every better one is absent */
+    const int32_t best = kb_cpu_fast_best_isa();
+    assert_true(kb_cpu_isa_supported(best));
+    for (int32_t l = best + 1; l <= KB_CPU_ISA_AVX512; l++)
+        assert_false(kb_cpu_isa_supported(l));
+    assert_false(kb_cpu_isa_supported(KB_CPU_ISA_AVX512 + 1));
     assert_int_equal(setenv("RESIDENT_CPU_ISA", "avx2", 1), 0);
     assert_int_equal(kb_cpu_fast_create(&p, &be), 0);
     assert_int_equal(kb_cpu_fast_isa(be), KB_CPU_ISA_AVX2);
@@ -620,8 +716,7 @@ static void test_isa_env(void **state)
 
 int main(void)
 {
-    const int32_t best = kb_cpu_fast_best_isa();
-    if (best < KB_CPU_ISA_AVX2) {
+    if (!kb_cpu_isa_supported(KB_CPU_ISA_AVX2)) {
         printf("skip: this CPU lacks AVX2 + FMA, which the lowest fast kernel level needs\n");
         return 77;
     }
@@ -638,13 +733,14 @@ int main(void)
     };
     const struct CMUnitTest once[] = {
         cmocka_unit_test(test_isa_agree),
+        cmocka_unit_test(test_vnni_exact),
         cmocka_unit_test(test_q8_nonfinite),
         cmocka_unit_test(test_isa_env),
     };
     int failed = 0;
-    const int32_t levels[] = { KB_CPU_ISA_AVX512, KB_CPU_ISA_AVX2 };
+    const int32_t levels[] = { KB_CPU_ISA_AVX512, KB_CPU_ISA_AVX2_VNNI, KB_CPU_ISA_AVX2 };
     for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++) {
-        if (levels[i] > best) {
+        if (!kb_cpu_isa_supported(levels[i])) {
             printf("level %s: not on this CPU, not tested here\n", kb_cpu_isa_name(levels[i]));
             continue;
         }
