@@ -19,10 +19,26 @@
  * would be padded (docs/performance.md, CPU, "Chunked GDN prefill"). */
 #define FAST_GDN_CHUNK 16
 
-/* Calls with at least this many tokens take the chunked form; fewer run
- * the recurrence token by token (decode). Measured crossover: 4-6 tokens
- * at AVX-512, 8 at AVX2 (a call of fewer than 16 is padded to 16). */
+/* When the chunked form is switched on (RESIDENT_GDN_CHUNK_MIN or
+ * kb_cpu_fast_params.gdn_chunk_min), calls with at least that many tokens
+ * take it and fewer run the recurrence token by token (decode). Measured
+ * crossover: 4-6 tokens at AVX-512, 8 at AVX2 (a call of fewer than 16 is
+ * padded to 16), so 8 is the value to switch it on with.
+ *
+ * It is off by default. The recurrence gives a token the same bits however
+ * the tokens before it were split into calls; the chunked form's rounding
+ * depends on where a call's chunks start. residentd promises a prompt the
+ * same tokens whatever its scheduler did (prefill chunk size, batch
+ * neighbours, a prefix-cache restore vs a recompute, `resident-engine
+ * generate` offline): it-engine-cpu failed with the chunked form on (greedy
+ * token 1 of a prompt prefilled 8 tokens per step differed from the
+ * offline run's; the int8-activation mode turns the ~1e-7 relative change
+ * of the GDN output into ~2e-4 on the logits of the random-weight fixture,
+ * enough to flip a near-tie). The gain it would buy is the recurrence's
+ * share of a prefill, 2-3 % on synth-8L (docs/performance.md, CPU,
+ * "Chunked GDN prefill"): not worth the guarantee. */
 #define FAST_GDN_CHUNK_MIN 8
+#define FAST_GDN_CHUNK_DEFAULT INT32_MAX   /* off */
 
 /* fast_gdn_gemm flags */
 #define FAST_GDN_ACC   1   /* Z += X Y instead of Z = X Y                    */

@@ -973,8 +973,9 @@ static void gdn_out_norm(const struct gdn_ctx *c, int32_t t, int64_t j)
 }
 
 /* Threads own value heads; each runs its heads through all n tokens:
- * token by token (the recurrence) for decode and short calls, in chunks
- * (fast-gdn.c) from gdn_chunk_min tokens on (FAST_GDN_CHUNK_MIN). */
+ * token by token (the recurrence), or in chunks (fast-gdn.c) from
+ * gdn_chunk_min tokens on when the chunked form is switched on (off by
+ * default: fast-gdn.h, FAST_GDN_CHUNK_DEFAULT). */
 static void gdn_job(void *arg, int32_t tid, int32_t nth)
 {
     struct gdn_ctx *c = arg;
@@ -1227,7 +1228,7 @@ int kb_cpu_fast_create(const struct kb_cpu_fast_params *params, struct kb_backen
         chunk_min = v == 0 ? INT32_MAX : (int32_t)v;
     }
     if (chunk_min == 0)
-        chunk_min = FAST_GDN_CHUNK_MIN;
+        chunk_min = FAST_GDN_CHUNK_DEFAULT;
     int32_t nt = p.n_threads;
     if (nt == 0) {
         long c = sysconf(_SC_NPROCESSORS_ONLN);

@@ -15,12 +15,14 @@
  *   sums; the recurrent fast path meets the same bound in test-fast.c).
  * - one call vs two: the same n tokens in one call and split in two (state
  *   carried, chunks aligned differently): relative L2 <= 1e-5.
- * - the default threshold: a call of FAST_GDN_CHUNK_MIN tokens takes the
- *   chunked form and one token fewer the recurrence, both within the same
- *   tolerance of ref.
+ * - the threshold: with gdn_chunk_min FAST_GDN_CHUNK_MIN a call of that
+ *   many tokens takes the chunked form and one token fewer the recurrence,
+ *   both within the same tolerance of ref; by default (chunked form off) a
+ *   split prefill equals one call bit for bit.
  * Exits 77 (skipped) on a CPU without AVX2 + FMA.
  */
 #include <math.h>
+#include <stdbool.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -215,28 +217,32 @@ static void test_chunked_vs_ref(void **state)
     }
 }
 
-/* The built-in threshold: FAST_GDN_CHUNK_MIN tokens chunked, one fewer
+/* The switch-on threshold: FAST_GDN_CHUNK_MIN tokens chunked, one fewer
  * recurrent, both vs ref. */
 static void test_default_threshold(void **state)
 {
     (void)state;
-    struct kb_backend *ref = ref_new(), *fa = fast_new(0);
+    struct kb_backend *ref = ref_new(), *fa = fast_new(FAST_GDN_CHUNK_MIN);
     struct fix f;
     fix_init(&f, 2, 4, 32, 32);
-    check_one(ref, fa, &f, FAST_GDN_CHUNK_MIN, "default");
-    check_one(ref, fa, &f, FAST_GDN_CHUNK_MIN - 1, "default");
+    check_one(ref, fa, &f, FAST_GDN_CHUNK_MIN, "threshold");
+    check_one(ref, fa, &f, FAST_GDN_CHUNK_MIN - 1, "threshold");
     fix_free(&f);
     ref->ops->destroy(ref);
     fa->ops->destroy(fa);
 }
 
-/* n tokens in one call vs the same tokens in two calls (n1 + n - n1). */
+/* n tokens in one call vs the same tokens in two calls (n1 + n - n1):
+ * chunked form on (gdn_chunk_min 1), within TOL; by default (off), bit for
+ * bit, which residentd's split invariance rests on (fast-gdn.h). */
 static void test_split(void **state)
 {
     (void)state;
     const int32_t splits[][2] = { { 130, 64 }, { 130, 37 }, { 200, 150 }, { 65, 1 } };
-    for (size_t sh = 0; sh < N_SHAPES; sh++) {
-        struct kb_backend *fa = fast_new(1);            /* per fixture: see above */
+    for (size_t m = 0; m < 2 * N_SHAPES; m++) {
+        const size_t sh = m % N_SHAPES;
+        const bool chunked = m < N_SHAPES;
+        struct kb_backend *fa = fast_new(chunked ? 1 : 0);  /* per fixture: see above */
         struct fix f;
         fix_init(&f, shapes[sh][0], shapes[sh][1], shapes[sh][2], shapes[sh][3]);
         for (size_t i = 0; i < sizeof(splits) / sizeof(splits[0]); i++) {
@@ -258,9 +264,14 @@ static void test_split(void **state)
                                           y1 + (int64_t)n1 * f.val), 0);
             const double e = rel_l2(y1, y0, (size_t)(n * f.val));
             const double es = rel_l2(s1.ssm, s0.ssm, (size_t)f.ns);
-            printf("  split     nk %2d nv %2d dk %3d dv %3d  %3d vs %3d + %3d  out rel L2 %.3g  "
-                   "state %.3g (<= %.0e)\n", f.nk, f.nv, f.dk, f.dv, n, n1, n - n1, e, es, TOL);
-            assert_true(e <= TOL && es <= TOL);
+            printf("  split %-7s nk %2d nv %2d dk %3d dv %3d  %3d vs %3d + %3d  out rel L2 %.3g  "
+                   "state %.3g (<= %.0e)\n", chunked ? "chunked" : "default", f.nk, f.nv, f.dk, f.dv, n,
+                   n1, n - n1, e, es, chunked ? TOL : 0.0);
+            if (chunked)
+                assert_true(e <= TOL && es <= TOL);
+            else
+                assert_true(!memcmp(y0, y1, sizeof(float) * (size_t)(n * f.val)) &&
+                            !memcmp(s0.ssm, s1.ssm, sizeof(float) * (size_t)f.ns));
             free(y0); free(y1); free(conv0); free(ssm0);
             inputs_free(&in);
             state_free(&s0); state_free(&s1);
