@@ -95,6 +95,9 @@ struct cpu_fast {
     int32_t              n_threads;
     int32_t              isa;
     const struct fast_kernels *kn;       /* the ISA's kernels (NULL: scalar) */
+    struct fast_kernels  kn_vnni;        /* avx2-vnni: the avx2 table with the
+                                          * int8 product of fast-avx2-vnni.c,
+                                          * copied so no kernel can be missed */
     bool                 exact;
     int32_t              gdn_chunk_min;  /* tokens per call for chunked GDN  */
     char                 err[256];
@@ -237,25 +240,6 @@ static const struct fast_kernels fast_kernels_avx2 = {
     .mul_sigmoid = fast_mul_sigmoid_avx2,
 };
 
-/* the avx2 table but for the int8 product (fast-avx2-vnni.c) */
-static const struct fast_kernels fast_kernels_avx2vnni = {
-    .q8_quantize = fast_q8_quantize_avx2,
-    .q4_q8 = fast_q4_q8_avx2vnni,
-    .q4_f32 = fast_q4_f32_avx2,
-    .dense_f32 = fast_dense_f32_avx2,
-    .gdn_head = fast_gdn_head_avx2,
-    .gdn_gemm = fast_gdn_gemm_avx2,
-    .gdn_solve = fast_gdn_solve_avx2,
-    .gdn_axpby = fast_gdn_axpby_avx2,
-    .swiglu = fast_swiglu_avx2,
-    .attn_row = fast_attn_row_avx2,
-    .attn_rows = fast_attn_rows_avx2,
-    .cvt_row = fast_cvt_row_avx2,
-    .rmsnorm_row = fast_rmsnorm_row_avx2,
-    .rope_head = fast_rope_head_avx2,
-    .add = fast_add_avx2,
-    .mul_sigmoid = fast_mul_sigmoid_avx2,
-};
 
 /* ------------------------------------------------------------------ */
 /* Scratch                                                              */
@@ -1244,8 +1228,10 @@ int kb_cpu_fast_create(const struct kb_cpu_fast_params *params, struct kb_backen
     be->impl = f;
     be->ops = p.exact ? &fast_exact_ops : &fast_ops;
     f->isa = isa;
+    f->kn_vnni = fast_kernels_avx2;
+    f->kn_vnni.q4_q8 = fast_q4_q8_avx2vnni;
     f->kn = isa == KB_CPU_ISA_AVX512 ? &fast_kernels_avx512 :
-            isa == KB_CPU_ISA_AVX2_VNNI ? &fast_kernels_avx2vnni :
+            isa == KB_CPU_ISA_AVX2_VNNI ? &f->kn_vnni :
             isa == KB_CPU_ISA_AVX2 ? &fast_kernels_avx2 : NULL;
     f->exact = p.exact;
     f->gdn_chunk_min = chunk_min;
