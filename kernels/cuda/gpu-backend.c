@@ -614,7 +614,7 @@ static int gb_gdn(struct kb_backend *be, const struct kb_gdn *g, struct kb_gdn_s
         rc = gb_gdn_chunked(be, du, n, nk, nv, db, da, dal, ddt, dss, dyo);
     } else if (dk == 128 && dv == 128) {
         void *ra[] = { &du, &n, &nk_, &nv_, &db, &da, &dal, &ddt, &dss, &dyo };
-        rc = gb_launch(be, GB_GDN_REC, (unsigned)nv, 1, 1, 256, ra);
+        rc = gb_launch(be, GB_GDN_REC, (unsigned)nv, 1, 1, 512, ra);   /* gdn.cu GDN_REC_THREADS */
     } else {
         void *ra[] = { &du, &n, &nk_, &nv_, &dk_, &dv_, &db, &da, &dal, &ddt, &dss, &dyo };
         rc = gb_launch(be, GB_GDN_REC_ANY, (unsigned)nv, 1, 1, 128, ra);

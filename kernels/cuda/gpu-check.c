@@ -962,7 +962,7 @@ void check_gdn_launch(struct check *c, bool chunked, gcd_ptr du, int n, int nk, 
     int n_ = n, nk_ = nk, nv_ = nv;
     if (!chunked) {
         void *ra[] = { &du, &n_, &nk_, &nv_, &db, &da, &dal, &ddt, &dss, &dyo };
-        CK(gcd_launch(c->d, c->gdn_rec, (unsigned)nv, 1, 1, 256, 0, ra));
+        CK(gcd_launch(c->d, c->gdn_rec, (unsigned)nv, 1, 1, 512, 0, ra));  /* gdn.cu GDN_REC_THREADS */
         return;
     }
     const int nc = (n + CHECK_GDN_C - 1) / CHECK_GDN_C;

@@ -8,9 +8,10 @@
  *   gdn_conv       causal depthwise conv (kernel K) + SiLU, one thread per
  *                  channel walking the n tokens in order; the conv state
  *                  [K-1][conv_dim] (oldest first) is updated in place.
- *   gdn_recurrent  one block per value head, one thread per value column v:
- *                  column v of the fp32 state S[k][v] (128 values) lives in
- *                  registers for the whole call, so the state is read and
+ *   gdn_recurrent  one block per value head, 4 neighbouring threads per value
+ *                  column v (GDN_SPLIT): column v of the fp32 state S[k][v]
+ *                  (128 values, 32 per thread) lives in registers for the
+ *                  whole call, so the state is read and
  *                  written once per call, not once per token. Per token:
  *                    q^, k^ = l2norm(q), l2norm(k) (eps 1e-6), q^ *= dk^-1/2
  *                    g = -exp(A_log) * softplus(a + dt_bias),  beta = sigmoid(b)
@@ -89,20 +90,29 @@ GPU_KERNEL(gdn_conv, 256)
  * threads: thread (v = tid / 2, half = tid % 2) keeps rows k = 64*half ..
  * 64*half+63 of column v in registers (64 floats: no spills on either
  * vendor) and the two halves of a column are combined with one shuffle. */
-GPU_KERNEL(gdn_recurrent, 2 * GDN_D)
+/* Threads per state column of gdn_recurrent (neighbouring lanes; the dot
+ * products over d_k reduce with GDN_SPLIT - 1 shuffles): 2 held 64 state
+ * values per thread and compiled on gfx1151 to 256 VGPRs with 12 spilled
+ * (52 bytes of scratch per lane, on the decode path of every GDN layer);
+ * 4 hold 32. Block = GDN_SPLIT * GDN_D = 512 threads (the launch sites in
+ * gpu-backend.c, gpu-check.c and test-gpu-emu.c pass the same number). */
+#define GDN_SPLIT 4
+#define GDN_REC_THREADS (GDN_SPLIT * GDN_D)
+
+GPU_KERNEL(gdn_recurrent, GDN_REC_THREADS)
 (const float *GPU_RESTRICT u, int n, int nk, int nv, const float *GPU_RESTRICT b,
  const float *GPU_RESTRICT a, const float *GPU_RESTRICT A_log, const float *GPU_RESTRICT dt_bias,
  float *GPU_RESTRICT ssm, float *GPU_RESTRICT o)
 {
     __shared__ float qs[GDN_D], ks[GDN_D], scratch[32];
     const int j = gpu_bid_x(), tid = gpu_tid_x();
-    const int v = tid >> 1, k0 = (tid & 1) * (GDN_D / 2);
+    const int v = tid / GDN_SPLIT, k0 = (tid % GDN_SPLIT) * (GDN_D / GDN_SPLIT);
     const int hk = j / (nv / nk);
     const long long conv_dim = 2LL * nk * GDN_D + (long long)nv * GDN_D;
     float *sp = ssm + (long long)j * GDN_D * GDN_D + v;
-    float s[GDN_D / 2];
+    float s[GDN_D / GDN_SPLIT];
 #pragma unroll
-    for (int k = 0; k < GDN_D / 2; k++)
+    for (int k = 0; k < GDN_D / GDN_SPLIT; k++)
         s[k] = sp[(long long)(k0 + k) * GDN_D];
     const float neg_a = -gpu_exp(A_log[j]);
 
@@ -111,8 +121,8 @@ GPU_KERNEL(gdn_recurrent, 2 * GDN_D)
         const float q = tid < GDN_D ? ut[hk * GDN_D + tid] : 0.0f;
         const float k = tid < GDN_D ? ut[(long long)nk * GDN_D + hk * GDN_D + tid] : 0.0f;
         const float vv = ut[2LL * nk * GDN_D + (long long)j * GDN_D + v];
-        const float qq = gpu_block_sum(q * q, scratch, 2 * GDN_D / GPU_WARP);
-        const float kk = gpu_block_sum(k * k, scratch, 2 * GDN_D / GPU_WARP);
+        const float qq = gpu_block_sum(q * q, scratch, GDN_REC_THREADS / GPU_WARP);
+        const float kk = gpu_block_sum(k * k, scratch, GDN_REC_THREADS / GPU_WARP);
         /* every thread has read scratch inside gpu_block_sum before the
          * next barrier, so qs/ks may be written now */
         if (tid < GDN_D) {
@@ -126,25 +136,29 @@ GPU_KERNEL(gdn_recurrent, 2 * GDN_D)
         const float beta = gpu_sigmoid(b[(long long)t * nv + j]);
         float kv = 0.0f;
 #pragma unroll
-        for (int i = 0; i < GDN_D / 2; i++) {
+        for (int i = 0; i < GDN_D / GDN_SPLIT; i++) {
             s[i] *= decay;
             kv += s[i] * ks[k0 + i];
         }
-        kv += gpu_shfl_xor_f(kv, 1);
+#pragma unroll
+        for (int m = 1; m < GDN_SPLIT; m <<= 1)
+            kv += gpu_shfl_xor_f(kv, m);
         const float d = beta * (vv - kv);
         float out = 0.0f;
 #pragma unroll
-        for (int i = 0; i < GDN_D / 2; i++) {
+        for (int i = 0; i < GDN_D / GDN_SPLIT; i++) {
             s[i] += ks[k0 + i] * d;
             out += s[i] * qs[k0 + i];
         }
-        out += gpu_shfl_xor_f(out, 1);
-        if ((tid & 1) == 0)
+#pragma unroll
+        for (int m = 1; m < GDN_SPLIT; m <<= 1)
+            out += gpu_shfl_xor_f(out, m);
+        if (tid % GDN_SPLIT == 0)
             o[(long long)t * nv * GDN_D + (long long)j * GDN_D + v] = out;
         gpu_sync();                        /* qs/ks are rewritten next token */
     }
 #pragma unroll
-    for (int k = 0; k < GDN_D / 2; k++)
+    for (int k = 0; k < GDN_D / GDN_SPLIT; k++)
         sp[(long long)(k0 + k) * GDN_D] = s[k];
 }
 

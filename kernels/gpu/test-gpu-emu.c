@@ -39,7 +39,7 @@
 #define __shared__ static
 #define GPU_KERNEL(name, threads) static __attribute__((unused)) void name
 
-#define EMU_MAX_THREADS 256
+#define EMU_MAX_THREADS 1024
 static _Thread_local int emu_tid;
 static int emu_bid, emu_threads;
 static pthread_barrier_t emu_bar;
@@ -110,6 +110,11 @@ static void *emu_trampoline(void *p)
 static void emu_run(unsigned grid, int threads, void (*body)(const void *), const void *args)
 {
     struct emu_launch l = { body, args };
+    if (threads <= 0 || threads > EMU_MAX_THREADS) {
+        fprintf(stderr, "test-gpu-emu: %d threads per block, the emulation takes 1..%d\n", threads,
+                EMU_MAX_THREADS);
+        exit(2);
+    }
     struct emu_thread th[EMU_MAX_THREADS];
     pthread_t pt[EMU_MAX_THREADS];
     pthread_attr_t attr;
@@ -296,7 +301,7 @@ static void check_gdn(struct kb_backend *ref, int n, int nk, int nv, int dk, int
         emu_run_2d((unsigned)nv, 2, 256, body_scan, &g);
         emu_run_2d((unsigned)nc, (unsigned)nv, 256, body_out, &g);
     } else if (fast)
-        emu_run((unsigned)nv, 256, body_rec, &g);
+        emu_run((unsigned)nv, 512, body_rec, &g);   /* gdn.cu GDN_REC_THREADS */
     else
         emu_run((unsigned)nv, 128, body_rec_any, &g);
     emu_run((unsigned)(n * nv), 128, body_norm, &g);
