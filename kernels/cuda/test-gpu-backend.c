@@ -274,7 +274,7 @@ static void test_gdn(int n, int d, int split)
     }
     float *got = host_of(dy, (size_t)n * vd), *gs = host_of(dssm, (size_t)nv * d * d);
     float *gc = host_of(dconv, (size_t)(K - 1) * cd);
-    char name[80], calls[24] = "";
+    char name[128], calls[32] = "";
     if (split > 0)
         snprintf(calls, sizeof(calls), " as %d+%d", split, n - split);
     snprintf(name, sizeof(name), "gdn d %d, %d tokens%s (output)", d, n, calls);
