@@ -96,7 +96,8 @@ struct pc_node {
     struct pc_node *next;                 /* next sibling                     */
     struct pc_node *lru_prev, *lru_next;  /* while snap is set                */
     int32_t        *tok;                  /* edge token ids [ntok]            */
-    float          *kv;                   /* [n_attn][K,V][ntok][kv_dim]      */
+    unsigned char  *kv;                   /* [n_attn][K,V][ntok][kv_dim] elements
+                                             of geom.kv_elem_bytes (state.h)  */
     void           *snap;                 /* GDN image at `end`, or NULL      */
     int64_t         ntok;
     int64_t         end;                  /* tokens from the root to here     */
@@ -136,10 +137,10 @@ static void *alloc_bytes(uint64_t bytes)
     return malloc(bytes ? (size_t)bytes : 1);
 }
 
-/* Float offset of block b (attention layer b/2, K or V) of an edge. */
+/* Byte offset of block b (attention layer b/2, K or V) of an edge. */
 static size_t kv_block(const struct prefix_cache *c, int64_t ntok, int64_t b)
 {
-    return (size_t)(b * ntok * c->geom.kv_dim);
+    return (size_t)(b * ntok * c->geom.kv_dim) * c->geom.kv_elem_bytes;
 }
 
 uint64_t prefix_cache_budget_default(void)
@@ -374,16 +375,16 @@ static int restore_locked(struct prefix_cache *c, struct model_seq *seq, struct 
  * allocated for m tokens) and ch (the rest, now upper's only child). */
 static void edge_split(struct prefix_cache *c, struct pc_node *ch, int64_t m, struct pc_node *upper)
 {
-    const int64_t L = ch->ntok, D = c->geom.kv_dim, blocks = 2 * (int64_t)c->geom.n_attn_layers;
+    const int64_t L = ch->ntok, blocks = 2 * (int64_t)c->geom.n_attn_layers;
+    const size_t D = (size_t)c->geom.kv_dim * c->geom.kv_elem_bytes;     /* bytes per row */
     memcpy(upper->tok, ch->tok, (size_t)m * sizeof(int32_t));
     memmove(ch->tok, ch->tok + m, (size_t)(L - m) * sizeof(int32_t));
     for (int64_t b = 0; b < blocks; b++) {
-        memcpy(upper->kv + kv_block(c, m, b), ch->kv + kv_block(c, L, b),
-               (size_t)(m * D) * sizeof(float));
+        memcpy(upper->kv + kv_block(c, m, b), ch->kv + kv_block(c, L, b), (size_t)m * D);
         /* block b of the shorter edge starts before block b of the longer
          * one, and blocks move in increasing order: memmove is safe */
-        memmove(ch->kv + kv_block(c, L - m, b), ch->kv + kv_block(c, L, b) + m * D,
-                (size_t)((L - m) * D) * sizeof(float));
+        memmove(ch->kv + kv_block(c, L - m, b), ch->kv + kv_block(c, L, b) + (size_t)m * D,
+                (size_t)(L - m) * D);
     }
     upper->ntok = m;
     upper->end = ch->end - (L - m);
@@ -402,7 +403,7 @@ static void edge_split(struct prefix_cache *c, struct pc_node *ch, int64_t m, st
     if (tok)
         ch->tok = tok;
     if (c->geom.kv_token_bytes) {
-        float *kv = realloc(ch->kv, (size_t)(L - m) * (size_t)c->geom.kv_token_bytes);
+        unsigned char *kv = realloc(ch->kv, (size_t)(L - m) * (size_t)c->geom.kv_token_bytes);
         if (kv)
             ch->kv = kv;
     }

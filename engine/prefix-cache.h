@@ -50,7 +50,8 @@ struct prefix_cache;
 
 /* Default distance between snapshots inside one long message (tokens).
  * On the 35B model a snapshot is 62.8 MiB (GDN state) while 512 tokens of
- * KV are 20 MiB: at 512 the snapshots of a long message weigh 3x its KV,
+ * KV are 20 MiB (fp32; 10 MiB where the backend stores f16, KB_CAP_KV_F16):
+ * at 512 the snapshots of a long message weigh 3x (6x) its KV,
  * and only pay off when two prompts diverge inside that message (turns
  * resume at boundaries); a prompt that does re-prefills at most 512 tokens
  * more than needed. docs/prefix-cache.md has the reasoning. */

@@ -454,25 +454,24 @@ static int cmd_info(int argc, char **argv)
     if (parse_opts(argc, argv, &o))
         return EXIT_USAGE;
     struct model *m = NULL;
-    struct model_seq *s = NULL;
+    struct model_seq *s = NULL, *s2 = NULL;
     struct engine_error err = { 0 };
     if (load(&o.c, 1, &m))
         return EXIT_FAILURE;
     model_report_write(m, stdout);
     int status = EXIT_SUCCESS;
-    if (model_seq_new(m, 1, &s, &err)) {
+    if (model_seq_new(m, 1, &s, &err) || model_seq_new(m, 2, &s2, &err)) {
         fprintf(stderr, "resident-engine info: %s\n", err.msg);
         status = EXIT_FAILURE;
     } else {
-        const struct model_config *c = model_get_config(m);
-        uint64_t per_tok = 0;
-        for (int i = 0; i < c->num_hidden_layers; i++)
-            if (c->layer_types[i] == MODEL_LAYER_FULL_ATTENTION)
-                per_tok += 2ull * (uint64_t)c->num_key_value_heads * (uint64_t)c->head_dim * sizeof(float);
+        /* measured, not derived from the config: the KV element size is the
+         * backend's (f16 on the fast "cpu" backend, else fp32) */
+        const uint64_t per_tok = model_seq_bytes(s2) - model_seq_bytes(s);
         printf("sequence state: %" PRIu64 " bytes fixed + %" PRIu64 " bytes per token of context\n",
                model_seq_bytes(s) - per_tok, per_tok);
     }
     model_seq_free(s);
+    model_seq_free(s2);
     unload(m);
     return status;
 }

@@ -13,6 +13,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Bytes of one K or V element: the backend's choice (KB_CAP_KV_F16). */
+static size_t kv_elem_bytes(const struct model *m)
+{
+    return kb_kv_elem_bytes(m->be->ops->caps(m->be));
+}
+
 static void *be_alloc_bytes(struct kb_backend *be, uint64_t bytes)
 {
     if (bytes > SIZE_MAX)
@@ -69,8 +75,8 @@ int model_seq_new(struct model *m, int64_t capacity, struct model_seq **out,
                                (uint64_t)c->linear_value_head_dim * sizeof(float);
     uint64_t kv_bytes;
     if (__builtin_mul_overflow((uint64_t)capacity,
-                               (uint64_t)c->num_key_value_heads * (uint64_t)c->head_dim * sizeof(float),
-                               &kv_bytes)) {
+                               (uint64_t)c->num_key_value_heads * (uint64_t)c->head_dim *
+                               kv_elem_bytes(m), &kv_bytes)) {
         model_seq_free(s);
         return engine_error_set(err, -EOVERFLOW, "KV cache size for %" PRId64 " tokens overflows", capacity);
     }
@@ -167,7 +173,8 @@ void model_state_geom_get(const struct model *m, struct model_state_geom *g)
         else
             g->n_attn_layers++;
     }
-    g->kv_token_bytes = (uint64_t)g->n_attn_layers * 2u * (uint64_t)g->kv_dim * sizeof(float);
+    g->kv_elem_bytes = (uint32_t)kv_elem_bytes(m);
+    g->kv_token_bytes = (uint64_t)g->n_attn_layers * 2u * (uint64_t)g->kv_dim * g->kv_elem_bytes;
     g->gdn_bytes = (uint64_t)g->n_gdn_layers * (conv_bytes + ssm_bytes);
 }
 
@@ -202,26 +209,27 @@ int model_seq_gdn_save(struct model_seq *s, void *dst, struct engine_error *err)
 }
 
 /* Move KV rows [pos, pos+n) between the cache and a host image (state.h). */
-static int kv_move(struct model_seq *s, int64_t pos, int64_t n, float *host, bool save)
+static int kv_move(struct model_seq *s, int64_t pos, int64_t n, unsigned char *host, bool save)
 {
     struct model *m = s->model;
     struct kb_backend *be = m->be;
     struct model_state_geom g;
     model_state_geom_get(m, &g);
-    const size_t rows = (size_t)n * (size_t)g.kv_dim;
+    const size_t bytes = (size_t)n * (size_t)g.kv_dim * g.kv_elem_bytes;
+    const size_t at = (size_t)pos * (size_t)g.kv_dim * g.kv_elem_bytes;
     int rc = 0;
     for (int32_t l = 0; l < m->w.n_layers && !rc; l++) {
         if (m->w.layers[l].type == MODEL_LAYER_LINEAR_ATTENTION)
             continue;
-        float *dev[2] = { s->kv[l].k + pos * g.kv_dim, s->kv[l].v + pos * g.kv_dim };
-        for (int kv = 0; kv < 2 && !rc; kv++, host += rows)
-            rc = save ? be->ops->download(be, host, dev[kv], rows * sizeof(float))
-                      : be->ops->upload(be, dev[kv], host, rows * sizeof(float));
+        unsigned char *dev[2] = { (unsigned char *)s->kv[l].k + at, (unsigned char *)s->kv[l].v + at };
+        for (int kv = 0; kv < 2 && !rc; kv++, host += bytes)
+            rc = save ? be->ops->download(be, host, dev[kv], bytes)
+                      : be->ops->upload(be, dev[kv], host, bytes);
     }
     return rc;
 }
 
-int model_seq_kv_save(struct model_seq *s, int64_t pos, int64_t n, float *dst,
+int model_seq_kv_save(struct model_seq *s, int64_t pos, int64_t n, void *dst,
                       struct engine_error *err)
 {
     if (s->broken)
@@ -235,7 +243,7 @@ int model_seq_kv_save(struct model_seq *s, int64_t pos, int64_t n, float *dst,
     return rc ? be_fail(s->model, rc, "download of KV rows", err) : 0;
 }
 
-int model_seq_kv_load(struct model_seq *s, int64_t pos, int64_t n, const float *src,
+int model_seq_kv_load(struct model_seq *s, int64_t pos, int64_t n, const void *src,
                       struct engine_error *err)
 {
     if (pos < s->len || n < 0 || n > s->capacity - pos)
@@ -244,7 +252,7 @@ int model_seq_kv_load(struct model_seq *s, int64_t pos, int64_t n, const float *
                                 s->capacity);
     pthread_mutex_lock(&s->model->lock);
     /* kv_move only reads through `host` when uploading */
-    int rc = kv_move(s, pos, n, (float *)(uintptr_t)src, false);
+    int rc = kv_move(s, pos, n, (unsigned char *)(uintptr_t)src, false);
     if (rc)
         s->broken = true;
     pthread_mutex_unlock(&s->model->lock);
@@ -297,7 +305,7 @@ int model_seq_copy(struct model_seq *dst, struct model_seq *src, struct engine_e
     size_t conv_bytes, ssm_bytes;
     gdn_sizes(&m->cfg, &conv_bytes, &ssm_bytes);
     const size_t kv_bytes = (size_t)src->len * (size_t)m->cfg.num_key_value_heads *
-                            (size_t)m->cfg.head_dim * sizeof(float);
+                            (size_t)m->cfg.head_dim * kv_elem_bytes(m);
     int rc = 0;
     pthread_mutex_lock(&m->lock);
     for (int32_t l = 0; l < m->w.n_layers && !rc; l++) {

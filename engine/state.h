@@ -7,7 +7,8 @@
  * Sequence state per layer, all in backend memory (kernels/backend.h):
  *   linear_attention: conv  [K-1][conv_dim] fp32 (last K-1 pre-conv qkv rows)
  *                     ssm   [n_v_heads][d_k][d_v] fp32 (HF layout)
- *   full_attention:   k, v  [capacity][n_kv_heads][head_dim] fp32 each
+ *   full_attention:   k, v  [capacity][n_kv_heads][head_dim] each, fp32 or
+ *                     f16 as the backend stores them (KB_CAP_KV_F16)
  * Zeroed at creation and on reset (spec model.md §2.4: zero at start).
  */
 #ifndef RESIDENT_ENGINE_STATE_H
@@ -69,12 +70,16 @@ void forward_scratch_release(struct model *m);
 
 /*
  * Snapshot / restore / copy of a sequence's state (engine/prefix-cache.c,
- * forking a sequence). Host images are fp32 in these layouts:
+ * forking a sequence). Host images are the backend's bytes, in these
+ * layouts:
  *   GDN image: for each linear_attention layer, in layer order,
- *              conv [K-1][conv_dim] then ssm [n_v_heads][d_k][d_v];
+ *              conv [K-1][conv_dim] then ssm [n_v_heads][d_k][d_v] (fp32);
  *   KV rows:   for each full_attention layer, in layer order,
  *              K [n][kv_dim] then V [n][kv_dim] of positions pos..pos+n-1
- *              (kv_dim = num_key_value_heads * head_dim).
+ *              (kv_dim = num_key_value_heads * head_dim elements of
+ *              kv_elem_bytes each: 2 (f16) under KB_CAP_KV_F16, else 4).
+ * Nothing converts them, so a restore is byte-exact; an image is only
+ * meaningful to a model on the same kind of backend.
  * The GDN state cannot be rolled back, so an image is only ever taken at
  * the sequence's current length; KV rows are position-addressed and can be
  * taken for any range below it. Transfers go through the backend
@@ -88,7 +93,8 @@ void forward_scratch_release(struct model *m);
 struct model_state_geom {
     int32_t  n_gdn_layers;                /* linear_attention layers          */
     int32_t  n_attn_layers;               /* full_attention layers            */
-    int64_t  kv_dim;                      /* floats of K (or V) per token/layer */
+    int64_t  kv_dim;                      /* elements of K (or V) per token/layer */
+    uint32_t kv_elem_bytes;               /* 4 (fp32) or 2 (KB_CAP_KV_F16)    */
     uint64_t kv_token_bytes;              /* K+V of one token, all attn layers */
     uint64_t gdn_bytes;                   /* one GDN image                    */
 };
@@ -99,12 +105,12 @@ void model_state_geom_get(const struct model *m, struct model_state_geom *g);
 int model_seq_gdn_save(struct model_seq *s, void *dst, struct engine_error *err);
 
 /* Copy KV rows [pos, pos+n) (pos+n <= len) into dst (n * kv_token_bytes). */
-int model_seq_kv_save(struct model_seq *s, int64_t pos, int64_t n, float *dst,
+int model_seq_kv_save(struct model_seq *s, int64_t pos, int64_t n, void *dst,
                       struct engine_error *err);
 
 /* Write KV rows [pos, pos+n) from src; pos must be >= len (rows in use are
  * never overwritten) and pos+n <= capacity. */
-int model_seq_kv_load(struct model_seq *s, int64_t pos, int64_t n, const float *src,
+int model_seq_kv_load(struct model_seq *s, int64_t pos, int64_t n, const void *src,
                       struct engine_error *err);
 
 /* Set the GDN state from src and the length to len (1..capacity) on a

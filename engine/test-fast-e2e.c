@@ -6,7 +6,7 @@
  *     transformers goldens, like the reference backend: relative L2 of the
  *     logits per position <= 1e-4 for prompts of 1, 7, 64 and 320 tokens,
  *     and every step of the golden 40-token greedy decode;
- *   - "cpu" (int8 activations into W4, bf16 into dense bf16) against
+ *   - "cpu" (int8 activations into W4, bf16 into dense bf16, f16 KV cache) against
  *     "cpu-exact" on the same prompts: mean KL(exact || fast) of the
  *     next-token distributions <= 1e-3 and top-1 agreement >= 99 %;
  *   - "cpu" is deterministic: logits bit-identical with 1, 2, 3 and 4

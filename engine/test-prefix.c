@@ -20,7 +20,8 @@
  *     cache exactly as it was; a forward pass failing or being cancelled
  *     midway keeps only complete snapshots of earlier positions.
  * Failures are injected through a pass-through wrapper of the reference
- * backend handed to model_load as backend_instance.
+ * backend handed to model_load as backend_instance. The state API also
+ * runs on the fast backend, whose KV cache is f16: images stay byte-exact.
  * Exits 77 when tests/data has no fixtures.
  */
 #include <errno.h>
@@ -256,31 +257,31 @@ static void test_state_api(void **unused)
     assert_int_equal(model_prefill(model, a, ids, 100, NULL, &err), 0);
 
     void *gdn = malloc(geom.gdn_bytes);
-    float *kv = malloc(100 * geom.kv_token_bytes);
+    unsigned char *kv = malloc(100 * geom.kv_token_bytes);
     assert_true(gdn && kv);
     assert_int_equal(model_seq_gdn_save(a, gdn, &err), 0);
     assert_int_equal(model_seq_kv_save(a, 0, 60, kv, &err), 0);
-    assert_int_equal(model_seq_kv_save(a, 60, 40, kv + 60 * geom.kv_token_bytes / sizeof(float),
-                                       &err), 0);
+    assert_int_equal(model_seq_kv_save(a, 60, 40, kv + 60 * geom.kv_token_bytes, &err), 0);
     assert_int_equal(model_seq_kv_save(a, 90, 11, kv, &err), -EINVAL);     /* past len */
 
-    /* restore in two KV pieces with a different split than the save */
-    const float *k0 = kv;
-    float *piece = malloc(100 * geom.kv_token_bytes);
+    /* restore in two KV pieces with a different split than the save; the
+     * image is the backend's bytes (rows of kv_dim elements) */
+    const size_t rb = (size_t)geom.kv_dim * geom.kv_elem_bytes;
+    const unsigned char *k0 = kv;
+    unsigned char *piece = malloc(100 * geom.kv_token_bytes);
     assert_non_null(piece);
     /* re-slice [0,100) image (per-layer blocks) into [0,30) and [30,100) */
     for (int part = 0; part < 2; part++) {
         const int64_t p0 = part ? 30 : 0, pn = part ? 70 : 30;
-        float *dst = piece;
+        unsigned char *dst = piece;
         for (int32_t blk = 0; blk < 2 * geom.n_attn_layers; blk++) {
             /* the saved image came in two calls: rows [0,60) then [60,100) */
             for (int64_t r = p0; r < p0 + pn; r++) {
-                const float *src = r < 60
-                    ? k0 + ((int64_t)blk * 60 + r) * geom.kv_dim
-                    : k0 + 60 * geom.kv_token_bytes / sizeof(float) +
-                      ((int64_t)blk * 40 + (r - 60)) * geom.kv_dim;
-                memcpy(dst, src, (size_t)geom.kv_dim * sizeof(float));
-                dst += geom.kv_dim;
+                const unsigned char *src = r < 60
+                    ? k0 + (size_t)((int64_t)blk * 60 + r) * rb
+                    : k0 + 60 * geom.kv_token_bytes + (size_t)((int64_t)blk * 40 + (r - 60)) * rb;
+                memcpy(dst, src, rb);
+                dst += rb;
             }
         }
         assert_int_equal(model_seq_kv_load(b, p0, pn, piece, &err), 0);
@@ -316,6 +317,70 @@ static void test_state_api(void **unused)
     model_seq_free(c);
     model_seq_free(tiny);
     report("state API");
+}
+
+/* The same snapshot / restore / copy on the fast backend ("cpu"), whose KV
+ * cache holds f16 (KB_CAP_KV_F16): the geometry counts 2 bytes per
+ * element, a saved image loads back byte for byte, and the next token's
+ * logits of the restored and the copied sequence equal the original's bit
+ * for bit (tolerance 0: same backend, same bytes, same one-token step). */
+static void test_state_api_f16_kv(void **unused)
+{
+    (void)unused;
+    struct model_params mp = MODEL_PARAMS_DEFAULT;
+    mp.backend = "cpu";
+    mp.n_threads = 2;
+    struct model *fm = NULL;
+    struct engine_error err = { 0 };
+    if (model_load(model_dir, &mp, &fm, &err))
+        fail_msg("model_load (cpu): %s", err.msg);
+    struct model_state_geom g;
+    model_state_geom_get(fm, &g);
+    if (g.kv_elem_bytes != 2) {
+        print_message("  skip: the cpu backend keeps an fp32 KV cache here (no SIMD level)\n");
+        model_free(fm);
+        skip();
+    }
+    printf("state API (cpu, f16 KV): KV %llu bytes/token vs %llu on cpu-ref\n",
+           (unsigned long long)g.kv_token_bytes, (unsigned long long)geom.kv_token_bytes);
+    assert_int_equal(g.kv_dim, geom.kv_dim);
+    assert_int_equal(2 * g.kv_token_bytes, geom.kv_token_bytes);
+    int32_t ids[101];
+    ids_fill(ids, 101, 3);
+    struct model_seq *a = NULL, *b = NULL, *c = NULL;
+    assert_int_equal(model_seq_new(fm, 128, &a, &err), 0);
+    assert_int_equal(model_seq_new(fm, 128, &b, &err), 0);
+    assert_int_equal(model_seq_new(fm, 128, &c, &err), 0);
+    assert_int_equal(model_prefill(fm, a, ids, 100, NULL, &err), 0);
+    void *gdn = malloc(g.gdn_bytes);
+    unsigned char *kv = malloc(100 * g.kv_token_bytes), *back = malloc(100 * g.kv_token_bytes);
+    assert_true(gdn && kv && back);
+    assert_int_equal(model_seq_gdn_save(a, gdn, &err), 0);
+    assert_int_equal(model_seq_kv_save(a, 0, 100, kv, &err), 0);
+    assert_int_equal(model_seq_kv_load(b, 0, 100, kv, &err), 0);
+    assert_int_equal(model_seq_gdn_load(b, gdn, 100, &err), 0);
+    assert_int_equal(model_seq_kv_save(b, 0, 100, back, &err), 0);
+    assert_memory_equal(kv, back, 100 * g.kv_token_bytes);
+    assert_int_equal(model_seq_copy(c, a, &err), 0);
+    assert_int_equal(model_seq_kv_save(c, 0, 100, back, &err), 0);
+    assert_memory_equal(kv, back, 100 * g.kv_token_bytes);
+    float *la = malloc((size_t)V * 3 * sizeof(float));
+    assert_non_null(la);
+    struct model_seq *seqs[3] = { a, b, c };
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(model_decode(fm, &seqs[i], &ids[100], 1, la + (size_t)i * V, &err), 0);
+    printf("state API (cpu, f16 KV): restored / copied vs original, next-token max |diff| = "
+           "%.3g / %.3g (tolerance 0)\n", max_diff(la, la + V), max_diff(la, la + 2 * (size_t)V));
+    assert_memory_equal(la, la + V, (size_t)V * sizeof(float));
+    assert_memory_equal(la, la + 2 * (size_t)V, (size_t)V * sizeof(float));
+    free(la);
+    free(gdn);
+    free(kv);
+    free(back);
+    model_seq_free(a);
+    model_seq_free(b);
+    model_seq_free(c);
+    model_free(fm);
 }
 
 static void test_boundaries_find(void **unused)
@@ -845,6 +910,7 @@ int main(void)
            (unsigned long long)geom.kv_token_bytes, geom.n_attn_layers);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_state_api),
+        cmocka_unit_test(test_state_api_f16_kv),
         cmocka_unit_test(test_boundaries_find),
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_splits),

@@ -16,6 +16,10 @@
  * - All activations are fp32, row-major, rows = tokens. A "row stride" is in
  *   elements (floats), so a view of every 512-float row's first 256 floats is
  *   (ptr, stride 512, dim 256).
+ * - The KV cache is the exception: its element type is the backend's
+ *   (fp32, or f16 where caps() has KB_CAP_KV_F16; struct kb_kv). caps()
+ *   is per instance and must not change over the instance's life: the
+ *   engine sizes sequence state and prefix-cache images from it once.
  * - Weights are described by `struct kb_weight`: host pointers into the
  *   read-only mmap'd checkpoint (never copied by the engine). A backend that
  *   cannot read host memory implements `weight_prepare` to copy a weight into
@@ -63,7 +67,7 @@
 #include <stdint.h>
 
 #define KB_API_VERSION_MAJOR 1
-#define KB_API_VERSION_MINOR 0
+#define KB_API_VERSION_MINOR 1          /* 1: KB_CAP_KV_F16, untyped kb_kv */
 #define KB_API_VERSION       ((KB_API_VERSION_MAJOR << 16) | KB_API_VERSION_MINOR)
 
 #define KB_Q4_GROUP          32          /* input columns per scale          */
@@ -131,10 +135,15 @@ struct kb_gdn_state {
 };
 
 /* One sequence's KV cache for one attention layer (backend memory).
- * Token p's key for kv head h is k[(p * n_kv_heads + h) * head_dim ...]. */
+ * Token p's key for kv head h is element (p * n_kv_heads + h) * head_dim
+ * of k. The element type is the backend's choice, fixed per instance:
+ * fp32, or IEEE f16 (round to nearest even) where caps() has
+ * KB_CAP_KV_F16. The engine only sizes, copies and moves these bytes
+ * (kb_kv_elem_bytes), never reads them as numbers, so the storage is
+ * untyped here. */
 struct kb_kv {
-    float   *k;                          /* [capacity][n_kv_heads][head_dim] */
-    float   *v;                          /* [capacity][n_kv_heads][head_dim] */
+    void    *k;                          /* [capacity][n_kv_heads][head_dim] */
+    void    *v;                          /* [capacity][n_kv_heads][head_dim] */
     int64_t  capacity;                   /* tokens                           */
 };
 
@@ -153,7 +162,17 @@ enum kb_cap {
     KB_CAP_DENSE_F16     = 1u << 4,
     KB_CAP_DENSE_F32     = 1u << 5,
     KB_CAP_G_IDX         = 1u << 6,      /* Q4 with act-order group ids      */
+    KB_CAP_KV_F16        = 1u << 7,      /* K and V rows are stored as IEEE
+                                          * f16: the engine allocates, saves
+                                          * and copies 2 bytes per element
+                                          * (else 4: fp32) */
 };
+
+/* Bytes of one K (or V) element in a backend with these caps. */
+static inline size_t kb_kv_elem_bytes(uint32_t caps)
+{
+    return caps & KB_CAP_KV_F16 ? 2 : 4;
+}
 
 struct kb_backend;
 
@@ -223,8 +242,8 @@ struct kb_backend_ops {
 
     /* Causal attention for n new tokens of ONE sequence at positions
      * past .. past+n-1: stores k, v ([n][n_kv][head_dim], already normed and
-     * rotated) into the cache, then out[t][h] = softmax(q.K^T * scale) V over
-     * cache positions 0 .. past+t. q [n][n_heads][head_dim] with row stride
+     * rotated) into the cache (as f16 under KB_CAP_KV_F16), then
+     * out[t][h] = softmax(q.K^T * scale) V over cache positions 0 .. past+t. q [n][n_heads][head_dim] with row stride
      * q_stride floats per head; out [n][n_heads][head_dim] contiguous. */
     int (*attention)(struct kb_backend *be, const struct kb_attn *a,
                      struct kb_kv *kv, int64_t past,

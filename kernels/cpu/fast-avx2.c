@@ -406,15 +406,48 @@ T256 void fast_gdn_head_avx2(float *S, const float *q, const float *k, const flo
     }
 }
 
-T256 void fast_attn_row_avx2(const float *q, const float *kc, const float *vc, int64_t row_stride,
-                             int64_t len, int32_t hd, float scale, float *scores, float *out)
+/* ------------------------------------------------------------------ */
+/* KV cache elements (see fast-avx512.c)                                */
+
+/* dst[i] = f16(src[i]), round to nearest even (explicit rounding mode). */
+T256 void fast_f32_to_f16_avx2(uint16_t *dst, const float *src, int64_t count)
+{
+    int64_t i = 0;
+    for (; i + 8 <= count; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    if (i < count) {
+        uint16_t t[8];
+        const __m256 x = _mm256_maskload_ps(src + i, mask8(count - i));
+        _mm_storeu_si128((__m128i *)t, _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+        memcpy(dst + i, t, (size_t)(count - i) * sizeof(uint16_t));
+    }
+}
+
+/* 8 elements (fewer when rem < 8; the rest zero) of a K or V row from
+ * element idx on, as fp32. */
+T256_INLINE __m256 kv_load8(const void *base, int64_t idx, int64_t rem, bool f16)
+{
+    if (!f16)
+        return load_x8((const float *)base, idx, rem);
+    const uint16_t *h = (const uint16_t *)base + idx;
+    if (rem >= 8)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+    uint16_t t[8] = { 0 };
+    memcpy(t, h, (size_t)rem * sizeof(uint16_t));
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)t));
+}
+
+T256_INLINE void attn_row_body(const float *q, const void *kc, const void *vc, int64_t row_stride,
+                               int64_t len, int32_t hd, float scale, float *scores, float *out,
+                               const bool f16)
 {
     float mx = -INFINITY;
     for (int64_t s = 0; s < len; s++) {
-        const float *k = kc + s * row_stride;
+        const int64_t k = s * row_stride;
         __m256 acc = _mm256_setzero_ps();
         for (int32_t i = 0; i < hd; i += 8)
-            acc = _mm256_fmadd_ps(load_x8(q, i, hd - i), load_x8(k, i, hd - i), acc);
+            acc = _mm256_fmadd_ps(load_x8(q, i, hd - i), kv_load8(kc, k + i, hd - i, f16), acc);
         float v = hsum256(acc) * scale;
         scores[s] = v;
         if (v > mx)
@@ -442,9 +475,9 @@ T256 void fast_attn_row_avx2(const float *q, const float *kc, const float *vc, i
         const int nr = hd - i >= 32 ? 4 : (hd - i + 7) / 8;
         for (int64_t t = 0; t < len; t++) {
             const __m256 p = _mm256_set1_ps(scores[t]);
-            const float *v = vc + t * row_stride + i;
+            const int64_t v = t * row_stride + i;
             for (int j = 0; j < nr; j++)
-                o[j] = _mm256_fmadd_ps(p, load_x8(v, 8 * j, hd - i - 8 * j), o[j]);
+                o[j] = _mm256_fmadd_ps(p, kv_load8(vc, v + 8 * j, hd - i - 8 * j, f16), o[j]);
         }
         for (int j = 0; j < nr; j++) {
             __m256 r = _mm256_mul_ps(o[j], inv);
@@ -455,6 +488,16 @@ T256 void fast_attn_row_avx2(const float *q, const float *kc, const float *vc, i
                 _mm256_maskstore_ps(out + i + 8 * j, mask8(rem), r);
         }
     }
+}
+
+T256 void fast_attn_row_avx2(const float *q, const void *kc, const void *vc, int64_t row_stride,
+                             int64_t len, int32_t hd, float scale, float *scores, float *out,
+                             bool kv_f16)
+{
+    if (kv_f16)
+        attn_row_body(q, kc, vc, row_stride, len, hd, scale, scores, out, true);
+    else
+        attn_row_body(q, kc, vc, row_stride, len, hd, scale, scores, out, false);
 }
 
 /* ------------------------------------------------------------------ */
@@ -470,12 +513,12 @@ T256_INLINE __m256 sum8x8(const __m256 a[8])
 }
 
 /* out[r] += sum_s p[r][s] v[s] for s in [s0, s1), nr <= 4 rows, 16 dims */
-T256_INLINE void attn_pv_tile2(float *const *p, int nr, const float *vc, int64_t row_stride,
-                               int64_t s0, int64_t s1, int32_t d, __m256 acc[4][2])
+T256_INLINE void attn_pv_tile2(float *const *p, int nr, const void *vc, int64_t row_stride,
+                               int64_t s0, int64_t s1, int32_t d, __m256 acc[4][2], const bool f16)
 {
     for (int64_t s = s0; s < s1; s++) {
-        const float *v = vc + s * row_stride + d;
-        const __m256 v0 = _mm256_loadu_ps(v), v1 = _mm256_loadu_ps(v + 8);
+        const int64_t v = s * row_stride + d;
+        const __m256 v0 = kv_load8(vc, v, 8, f16), v1 = kv_load8(vc, v + 8, 8, f16);
         for (int r = 0; r < nr; r++) {
             const __m256 pr = _mm256_broadcast_ss(&p[r][s]);
             acc[r][0] = _mm256_fmadd_ps(pr, v0, acc[r][0]);
@@ -484,18 +527,19 @@ T256_INLINE void attn_pv_tile2(float *const *p, int nr, const float *vc, int64_t
     }
 }
 
-T256 void fast_attn_rows_avx2(const float *const *q, const int64_t *len, int32_t nr,
-                              const float *kc, const float *vc, int64_t row_stride, int32_t hd,
-                              float scale, float *scores, int64_t scores_ld, float *const *out)
+T256_INLINE void attn_rows_body(const float *const *q, const int64_t *len, int32_t nr,
+                                const void *kc, const void *vc, int64_t row_stride, int32_t hd,
+                                float scale, float *scores, int64_t scores_ld, float *const *out,
+                                const bool f16)
 {
     int64_t maxlen = 0;
     for (int32_t r = 0; r < nr; r++)
         maxlen = len[r] > maxlen ? len[r] : maxlen;
     /* scores, 8 keys at a time (see fast_attn_rows_avx512) */
     for (int64_t s0 = 0; s0 < maxlen; s0 += 8) {
-        const float *kp[8];
+        int64_t kp[8];
         for (int k = 0; k < 8; k++)
-            kp[k] = kc + (s0 + k < maxlen ? s0 + k : maxlen - 1) * row_stride;
+            kp[k] = (s0 + k < maxlen ? s0 + k : maxlen - 1) * row_stride;
         for (int32_t r = 0; r < nr; r++) {
             if (s0 >= len[r])
                 continue;
@@ -505,7 +549,7 @@ T256 void fast_attn_rows_avx2(const float *const *q, const int64_t *len, int32_t
             for (int32_t d = 0; d < hd; d += 8) {
                 const __m256 qv = _mm256_loadu_ps(q[r] + d);
                 for (int k = 0; k < 8; k++)
-                    acc[k] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp[k] + d), acc[k]);
+                    acc[k] = _mm256_fmadd_ps(qv, kv_load8(kc, kp[k] + d, 8, f16), acc[k]);
             }
             const int64_t valid = len[r] - s0 >= 8 ? 8 : len[r] - s0;
             const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
@@ -551,20 +595,31 @@ T256 void fast_attn_rows_avx2(const float *const *q, const int64_t *len, int32_t
             for (int r = 0; r < 4; r++)
                 acc[r][0] = acc[r][1] = _mm256_setzero_ps();
             switch (g) {
-            case 1: attn_pv_tile2(prow + r0, 1, vc, row_stride, 0, common, d, acc); break;
-            case 2: attn_pv_tile2(prow + r0, 2, vc, row_stride, 0, common, d, acc); break;
-            case 3: attn_pv_tile2(prow + r0, 3, vc, row_stride, 0, common, d, acc); break;
-            default: attn_pv_tile2(prow + r0, 4, vc, row_stride, 0, common, d, acc); break;
+            case 1: attn_pv_tile2(prow + r0, 1, vc, row_stride, 0, common, d, acc, f16); break;
+            case 2: attn_pv_tile2(prow + r0, 2, vc, row_stride, 0, common, d, acc, f16); break;
+            case 3: attn_pv_tile2(prow + r0, 3, vc, row_stride, 0, common, d, acc, f16); break;
+            default: attn_pv_tile2(prow + r0, 4, vc, row_stride, 0, common, d, acc, f16); break;
             }
             for (int r = 0; r < g; r++) {
                 __m256 one[4][2];
                 one[0][0] = acc[r][0];
                 one[0][1] = acc[r][1];
-                attn_pv_tile2(prow + r0 + r, 1, vc, row_stride, common, len[r0 + r], d, one);
+                attn_pv_tile2(prow + r0 + r, 1, vc, row_stride, common, len[r0 + r], d, one, f16);
                 const __m256 sc = _mm256_set1_ps(inv[r0 + r]);
                 _mm256_storeu_ps(out[r0 + r] + d, _mm256_mul_ps(one[0][0], sc));
                 _mm256_storeu_ps(out[r0 + r] + d + 8, _mm256_mul_ps(one[0][1], sc));
             }
         }
     }
+}
+
+T256 void fast_attn_rows_avx2(const float *const *q, const int64_t *len, int32_t nr,
+                              const void *kc, const void *vc, int64_t row_stride, int32_t hd,
+                              float scale, float *scores, int64_t scores_ld, float *const *out,
+                              bool kv_f16)
+{
+    if (kv_f16)
+        attn_rows_body(q, len, nr, kc, vc, row_stride, hd, scale, scores, scores_ld, out, true);
+    else
+        attn_rows_body(q, len, nr, kc, vc, row_stride, hd, scale, scores, scores_ld, out, false);
 }

@@ -516,18 +516,58 @@ T512 void fast_gdn_head_avx512(float *S, const float *q, const float *k, const f
     }
 }
 
+/* ------------------------------------------------------------------ */
+/* KV cache elements                                                    */
+
+/* dst[i] = f16(src[i]), round to nearest even (vcvtps2ph with an explicit
+ * rounding mode: MXCSR plays no part). */
+T512 void fast_f32_to_f16_avx512(uint16_t *dst, const float *src, int64_t count)
+{
+    int64_t i = 0;
+    for (; i + 16 <= count; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(src + i),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    if (i < count) {
+        const __mmask16 m = (__mmask16)((1u << (count - i)) - 1);
+        _mm256_mask_storeu_epi16(dst + i, m,
+                                 _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, src + i),
+                                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+}
+
+/* 16 elements of a K or V row from element idx on, as fp32 (f16 widens
+ * exactly). The attention kernels below take the element type as a
+ * constant argument of an always-inline body: each entry point calls the
+ * body once per type, so each type gets its own compiled loop with no
+ * test inside it, from one source. */
+T512_INLINE __m512 kv_load16(const void *base, int64_t idx, bool f16)
+{
+    return f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + idx)))
+               : _mm512_loadu_ps((const float *)base + idx);
+}
+
+/* The same with the lanes outside m zero. */
+T512_INLINE __m512 kv_load16_mask(const void *base, int64_t idx, __mmask16 m, bool f16)
+{
+    return f16 ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)base + idx))
+               : _mm512_maskz_loadu_ps(m, (const float *)base + idx);
+}
+
 /* One query row against cache rows 0..len-1 (kc / vc advance row_stride
- * floats per position): out[hd] = softmax(q.k * scale) v. scores[len]. */
-T512 void fast_attn_row_avx512(const float *q, const float *kc, const float *vc, int64_t row_stride,
-                               int64_t len, int32_t hd, float scale, float *scores, float *out)
+ * elements per position): out[hd] = softmax(q.k * scale) v. scores[len]. */
+T512_INLINE void attn_row_body(const float *q, const void *kc, const void *vc, int64_t row_stride,
+                               int64_t len, int32_t hd, float scale, float *scores, float *out,
+                               const bool f16)
 {
     float mx = -INFINITY;
     for (int64_t s = 0; s < len; s++) {
-        const float *k = kc + s * row_stride;
+        const int64_t k = s * row_stride;
         __m512 acc = _mm512_setzero_ps();
         for (int32_t i = 0; i < hd; i += 16) {
             __mmask16 m = hd - i >= 16 ? 0xffff : (__mmask16)((1u << (hd - i)) - 1);
-            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i), _mm512_maskz_loadu_ps(m, k + i), acc);
+            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i), kv_load16_mask(kc, k + i, m, f16),
+                                  acc);
         }
         float v = _mm512_reduce_add_ps(acc) * scale;
         scores[s] = v;
@@ -555,13 +595,23 @@ T512 void fast_attn_row_avx512(const float *q, const float *kc, const float *vc,
         }
         for (int64_t s = 0; s < len; s++) {
             __m512 p = _mm512_set1_ps(scores[s]);
-            const float *v = vc + s * row_stride + i;
+            const int64_t v = s * row_stride + i;
             for (int j = 0; j < 4; j++)
-                o[j] = _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(mk[j], v + 16 * j), o[j]);
+                o[j] = _mm512_fmadd_ps(p, kv_load16_mask(vc, v + 16 * j, mk[j], f16), o[j]);
         }
         for (int j = 0; j < 4; j++)
             _mm512_mask_storeu_ps(out + i + 16 * j, mk[j], _mm512_mul_ps(o[j], _mm512_set1_ps(inv)));
     }
+}
+
+T512 void fast_attn_row_avx512(const float *q, const void *kc, const void *vc, int64_t row_stride,
+                               int64_t len, int32_t hd, float scale, float *scores, float *out,
+                               bool kv_f16)
+{
+    if (kv_f16)
+        attn_row_body(q, kc, vc, row_stride, len, hd, scale, scores, out, true);
+    else
+        attn_row_body(q, kc, vc, row_stride, len, hd, scale, scores, out, false);
 }
 
 /* ------------------------------------------------------------------ */
@@ -588,12 +638,12 @@ T512_INLINE __m512 sum16x16(const __m512 a[16])
 
 /* out[r] += sum_s p[r][s] v[s] for s in [s0, s1), nr <= 8 rows, 32
  * dims at d: 16 accumulators, each V load used by every row. */
-T512_INLINE void attn_pv_tile(float *const *p, int nr, const float *vc, int64_t row_stride,
-                              int64_t s0, int64_t s1, int32_t d, __m512 acc[8][2])
+T512_INLINE void attn_pv_tile(float *const *p, int nr, const void *vc, int64_t row_stride,
+                              int64_t s0, int64_t s1, int32_t d, __m512 acc[8][2], const bool f16)
 {
     for (int64_t s = s0; s < s1; s++) {
-        const float *v = vc + s * row_stride + d;
-        const __m512 v0 = _mm512_loadu_ps(v), v1 = _mm512_loadu_ps(v + 16);
+        const int64_t v = s * row_stride + d;
+        const __m512 v0 = kv_load16(vc, v, f16), v1 = kv_load16(vc, v + 16, f16);
         for (int r = 0; r < nr; r++) {
             const __m512 pr = _mm512_set1_ps(p[r][s]);
             acc[r][0] = _mm512_fmadd_ps(pr, v0, acc[r][0]);
@@ -602,9 +652,10 @@ T512_INLINE void attn_pv_tile(float *const *p, int nr, const float *vc, int64_t 
     }
 }
 
-T512 void fast_attn_rows_avx512(const float *const *q, const int64_t *len, int32_t nr,
-                                const float *kc, const float *vc, int64_t row_stride, int32_t hd,
-                                float scale, float *scores, int64_t scores_ld, float *const *out)
+T512_INLINE void attn_rows_body(const float *const *q, const int64_t *len, int32_t nr,
+                                const void *kc, const void *vc, int64_t row_stride, int32_t hd,
+                                float scale, float *scores, int64_t scores_ld, float *const *out,
+                                const bool f16)
 {
     int64_t maxlen = 0;
     for (int32_t r = 0; r < nr; r++)
@@ -612,9 +663,9 @@ T512 void fast_attn_rows_avx512(const float *const *q, const int64_t *len, int32
     /* scores: 16 keys at a time; the block's K rows (16 x hd floats) stay
      * in L1 while every row of the block meets them */
     for (int64_t s0 = 0; s0 < maxlen; s0 += 16) {
-        const float *kp[16];
+        int64_t kp[16];
         for (int k = 0; k < 16; k++)
-            kp[k] = kc + (s0 + k < maxlen ? s0 + k : maxlen - 1) * row_stride;
+            kp[k] = (s0 + k < maxlen ? s0 + k : maxlen - 1) * row_stride;
         for (int32_t r = 0; r < nr; r++) {
             if (s0 >= len[r])
                 continue;
@@ -624,7 +675,7 @@ T512 void fast_attn_rows_avx512(const float *const *q, const int64_t *len, int32
             for (int32_t d = 0; d < hd; d += 16) {
                 const __m512 qv = _mm512_loadu_ps(q[r] + d);
                 for (int k = 0; k < 16; k++)
-                    acc[k] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(kp[k] + d), acc[k]);
+                    acc[k] = _mm512_fmadd_ps(qv, kv_load16(kc, kp[k] + d, f16), acc[k]);
             }
             const int64_t valid = len[r] - s0 >= 16 ? 16 : len[r] - s0;
             const __mmask16 m = (__mmask16)((1u << valid) - 1);
@@ -668,24 +719,35 @@ T512 void fast_attn_rows_avx512(const float *const *q, const int64_t *len, int32
             for (int r = 0; r < 8; r++)
                 acc[r][0] = acc[r][1] = _mm512_setzero_ps();
             switch (g) {
-            case 1: attn_pv_tile(prow + r0, 1, vc, row_stride, 0, common, d, acc); break;
-            case 2: attn_pv_tile(prow + r0, 2, vc, row_stride, 0, common, d, acc); break;
-            case 3: attn_pv_tile(prow + r0, 3, vc, row_stride, 0, common, d, acc); break;
-            case 4: attn_pv_tile(prow + r0, 4, vc, row_stride, 0, common, d, acc); break;
-            case 5: attn_pv_tile(prow + r0, 5, vc, row_stride, 0, common, d, acc); break;
-            case 6: attn_pv_tile(prow + r0, 6, vc, row_stride, 0, common, d, acc); break;
-            case 7: attn_pv_tile(prow + r0, 7, vc, row_stride, 0, common, d, acc); break;
-            default: attn_pv_tile(prow + r0, 8, vc, row_stride, 0, common, d, acc); break;
+            case 1: attn_pv_tile(prow + r0, 1, vc, row_stride, 0, common, d, acc, f16); break;
+            case 2: attn_pv_tile(prow + r0, 2, vc, row_stride, 0, common, d, acc, f16); break;
+            case 3: attn_pv_tile(prow + r0, 3, vc, row_stride, 0, common, d, acc, f16); break;
+            case 4: attn_pv_tile(prow + r0, 4, vc, row_stride, 0, common, d, acc, f16); break;
+            case 5: attn_pv_tile(prow + r0, 5, vc, row_stride, 0, common, d, acc, f16); break;
+            case 6: attn_pv_tile(prow + r0, 6, vc, row_stride, 0, common, d, acc, f16); break;
+            case 7: attn_pv_tile(prow + r0, 7, vc, row_stride, 0, common, d, acc, f16); break;
+            default: attn_pv_tile(prow + r0, 8, vc, row_stride, 0, common, d, acc, f16); break;
             }
             for (int r = 0; r < g; r++) {
                 __m512 one[8][2];
                 one[0][0] = acc[r][0];
                 one[0][1] = acc[r][1];
-                attn_pv_tile(prow + r0 + r, 1, vc, row_stride, common, len[r0 + r], d, one);
+                attn_pv_tile(prow + r0 + r, 1, vc, row_stride, common, len[r0 + r], d, one, f16);
                 const __m512 sc = _mm512_set1_ps(inv[r0 + r]);
                 _mm512_storeu_ps(out[r0 + r] + d, _mm512_mul_ps(one[0][0], sc));
                 _mm512_storeu_ps(out[r0 + r] + d + 16, _mm512_mul_ps(one[0][1], sc));
             }
         }
     }
+}
+
+T512 void fast_attn_rows_avx512(const float *const *q, const int64_t *len, int32_t nr,
+                                const void *kc, const void *vc, int64_t row_stride, int32_t hd,
+                                float scale, float *scores, int64_t scores_ld, float *const *out,
+                                bool kv_f16)
+{
+    if (kv_f16)
+        attn_rows_body(q, len, nr, kc, vc, row_stride, hd, scale, scores, scores_ld, out, true);
+    else
+        attn_rows_body(q, len, nr, kc, vc, row_stride, hd, scale, scores, scores_ld, out, false);
 }

@@ -43,6 +43,7 @@
 #ifndef RESIDENT_KERNELS_CPU_FAST_KERNELS_H
 #define RESIDENT_KERNELS_CPU_FAST_KERNELS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -112,9 +113,18 @@ void fast_gdn_head_avx512(float *S, const float *q, const float *k, const float 
 /* y[i] = silu(g[i]) * u[i] (y may alias g). */
 void fast_swiglu_avx512(float *y, const float *g, const float *u, int64_t count);
 
+/* The KV cache (kb_kv): fp32, or IEEE f16 when kv_f16 (the "cpu" mode's
+ * default, KB_CAP_KV_F16). f32_to_f16 stores a row rounded to nearest
+ * even; the attention kernels widen f16 exactly (vcvtph2ps) and then run
+ * the fp32 arithmetic of the fp32 cache, so the element type changes
+ * what is stored, never how it is summed. kc / vc and row_stride are in
+ * elements of that type. */
+void fast_f32_to_f16_avx512(uint16_t *dst, const float *src, int64_t count);
+
 /* Causal attention for one query row block of one head group: see fast.c. */
-void fast_attn_row_avx512(const float *q, const float *kc, const float *vc, int64_t row_stride,
-                          int64_t len, int32_t hd, float scale, float *scores, float *out);
+void fast_attn_row_avx512(const float *q, const void *kc, const void *vc, int64_t row_stride,
+                          int64_t len, int32_t hd, float scale, float *scores, float *out,
+                          bool kv_f16);
 
 /* Causal attention for nr <= FAST_ATTN_MAX_ROWS query rows that share one
  * KV head (a block of tokens x the query heads of a GQA group): row r is
@@ -128,8 +138,9 @@ void fast_attn_row_avx512(const float *q, const float *kc, const float *vc, int6
  * token's output. */
 #define FAST_ATTN_MAX_ROWS 64
 void fast_attn_rows_avx512(const float *const *q, const int64_t *len, int32_t nr,
-                           const float *kc, const float *vc, int64_t row_stride, int32_t hd,
-                           float scale, float *scores, int64_t scores_ld, float *const *out);
+                           const void *kc, const void *vc, int64_t row_stride, int32_t hd,
+                           float scale, float *scores, int64_t scores_ld, float *const *out,
+                           bool kv_f16);
 
 /* The AVX2 + FMA + F16C versions (fast-avx2.c): same contracts and the
  * same q8 row format; the int8 products give bit-identical integer sums. */
@@ -146,11 +157,14 @@ void fast_dense_f32_avx2(const struct kb_weight *w, int64_t r0, int64_t r1,
 void fast_gdn_head_avx2(float *S, const float *q, const float *k, const float *v,
                         float beta, float decay, int32_t dk, int32_t dv, float *o);
 void fast_swiglu_avx2(float *y, const float *g, const float *u, int64_t count);
-void fast_attn_row_avx2(const float *q, const float *kc, const float *vc, int64_t row_stride,
-                        int64_t len, int32_t hd, float scale, float *scores, float *out);
+void fast_f32_to_f16_avx2(uint16_t *dst, const float *src, int64_t count);
+void fast_attn_row_avx2(const float *q, const void *kc, const void *vc, int64_t row_stride,
+                        int64_t len, int32_t hd, float scale, float *scores, float *out,
+                        bool kv_f16);
 void fast_attn_rows_avx2(const float *const *q, const int64_t *len, int32_t nr,
-                         const float *kc, const float *vc, int64_t row_stride, int32_t hd,
-                         float scale, float *scores, int64_t scores_ld, float *const *out);
+                         const void *kc, const void *vc, int64_t row_stride, int32_t hd,
+                         float scale, float *scores, int64_t scores_ld, float *const *out,
+                         bool kv_f16);
 
 /* Norms, RoPE and elementwise rows (fast-elem-avx512.c, fast-elem-avx2.c;
  * fast-elem.c splits rows and threads). cvt_row: a dense f32 / f16 / bf16
@@ -196,12 +210,14 @@ struct fast_kernels {
     void (*gdn_solve)(const float *L, int64_t ldl, float *R, int64_t ldr, int32_t m, int32_t n);
     void (*gdn_axpby)(float *d, float a, const float *x, float b, const float *y, int32_t n);
     void (*swiglu)(float *y, const float *g, const float *u, int64_t count);
-    void (*attn_row)(const float *q, const float *kc, const float *vc, int64_t row_stride,
-                     int64_t len, int32_t hd, float scale, float *scores, float *out);
+    void (*f32_to_f16)(uint16_t *dst, const float *src, int64_t count);
+    void (*attn_row)(const float *q, const void *kc, const void *vc, int64_t row_stride,
+                     int64_t len, int32_t hd, float scale, float *scores, float *out,
+                     bool kv_f16);
     /* NULL: attention runs row by row through attn_row */
-    void (*attn_rows)(const float *const *q, const int64_t *len, int32_t nr, const float *kc,
-                      const float *vc, int64_t row_stride, int32_t hd, float scale,
-                      float *scores, int64_t scores_ld, float *const *out);
+    void (*attn_rows)(const float *const *q, const int64_t *len, int32_t nr, const void *kc,
+                      const void *vc, int64_t row_stride, int32_t hd, float scale,
+                      float *scores, int64_t scores_ld, float *const *out, bool kv_f16);
     /* norms, RoPE, elementwise (fast-elem.c) */
     void (*cvt_row)(float *out, const void *src, enum kb_wtype type, int64_t count);
     void (*rmsnorm_row)(float *y, const float *x, const float *w, int32_t dim, float eps);

@@ -44,7 +44,11 @@
  *   (one head per item when there are too few items for the threads, as in
  *   decode), so a prefill reads each KV head's cache once per 4 tokens
  *   instead of once per (token, head); a token's output does not depend on
- *   the grouping (fast-kernels.h).
+ *   the grouping (fast-kernels.h). The "cpu" mode stores K and V as IEEE
+ *   f16 (KB_CAP_KV_F16; RESIDENT_KV_F16=0 keeps fp32 for A/B runs): half
+ *   the bytes per token to read in decode and to hold per session; the
+ *   kernels widen them exactly and sum in fp32 as for the fp32 cache
+ *   ("cpu-exact" and the scalar level, which is cpu-ref, keep fp32).
  * - Other ops: SwiGLU and the Gated DeltaNet recurrence (value
  *   heads split across threads, each running its heads through all tokens
  *   of the call; token by token for decode, in chunks of 16 tokens as
@@ -99,6 +103,7 @@ struct cpu_fast {
                                           * int8 product of fast-avx2-vnni.c,
                                           * copied so no kernel can be missed */
     bool                 exact;
+    bool                 kv_f16;         /* KB_CAP_KV_F16: K, V stored as f16 */
     int32_t              gdn_chunk_min;  /* tokens per call for chunked GDN  */
     char                 err[256];
     uint8_t             *scr;            /* per-call scratch (calling thread) */
@@ -212,6 +217,7 @@ static const struct fast_kernels fast_kernels_avx512 = {
     .gdn_solve = fast_gdn_solve_avx512,
     .gdn_axpby = fast_gdn_axpby_avx512,
     .swiglu = fast_swiglu_avx512,
+    .f32_to_f16 = fast_f32_to_f16_avx512,
     .attn_row = fast_attn_row_avx512,
     .attn_rows = fast_attn_rows_avx512,
     .cvt_row = fast_cvt_row_avx512,
@@ -231,6 +237,7 @@ static const struct fast_kernels fast_kernels_avx2 = {
     .gdn_solve = fast_gdn_solve_avx2,
     .gdn_axpby = fast_gdn_axpby_avx2,
     .swiglu = fast_swiglu_avx2,
+    .f32_to_f16 = fast_f32_to_f16_avx2,
     .attn_row = fast_attn_row_avx2,
     .attn_rows = fast_attn_rows_avx2,
     .cvt_row = fast_cvt_row_avx2,
@@ -743,6 +750,12 @@ struct attn_ctx {
     atomic_int            next;
 };
 
+/* Element i of a K or V cache array (f16 or fp32 elements). */
+static void *kv_elem(void *base, int64_t i, bool f16)
+{
+    return (char *)base + i * (f16 ? 2 : 4);
+}
+
 /* One row per (token, head): the kernels without attn_rows, and head
  * sizes that are not a multiple of 32. */
 static void attn_job_rows(struct attn_ctx *c, int32_t tid)
@@ -757,8 +770,10 @@ static void attn_job_rows(struct attn_ctx *c, int32_t tid)
         int32_t t = (int32_t)(idx / nh), h = (int32_t)(idx % nh);
         const int64_t kh = h / group;
         c->f->kn->attn_row(c->q + ((int64_t)t * nh + h) * c->q_stride,
-                             c->kv->k + kh * hd, c->kv->v + kh * hd, row, c->past + t + 1, hd,
-                             c->a->scale, scores, c->out + ((int64_t)t * nh + h) * hd);
+                           kv_elem(c->kv->k, kh * hd, c->f->kv_f16),
+                           kv_elem(c->kv->v, kh * hd, c->f->kv_f16), row, c->past + t + 1, hd,
+                           c->a->scale, scores, c->out + ((int64_t)t * nh + h) * hd,
+                           c->f->kv_f16);
     }
 }
 
@@ -796,8 +811,9 @@ static void attn_job(void *arg, int32_t tid, int32_t nth)
                 outs[nr] = c->out + ((int64_t)t * nh + h) * hd;
                 lens[nr++] = c->past + t + 1;
             }
-        c->f->kn->attn_rows(qs, lens, nr, c->kv->k + (int64_t)kh * hd, c->kv->v + (int64_t)kh * hd,
-                            row, hd, c->a->scale, scores, c->scores_ld, outs);
+        c->f->kn->attn_rows(qs, lens, nr, kv_elem(c->kv->k, (int64_t)kh * hd, c->f->kv_f16),
+                            kv_elem(c->kv->v, (int64_t)kh * hd, c->f->kv_f16), row, hd,
+                            c->a->scale, scores, c->scores_ld, outs, c->f->kv_f16);
     }
 }
 
@@ -815,8 +831,13 @@ static int fast_attention(struct kb_backend *be, const struct kb_attn *at,
     if (past < 0 || n < 0 || past + n > kv->capacity)
         return fast_fail(be, -EINVAL, "attention: KV cache capacity exceeded");
     const int64_t row = (int64_t)nkv * hd;
-    memcpy(kv->k + past * row, k, (size_t)n * (size_t)row * sizeof(float));
-    memcpy(kv->v + past * row, v, (size_t)n * (size_t)row * sizeof(float));
+    if (f->kv_f16) {
+        f->kn->f32_to_f16(kv_elem(kv->k, past * row, true), k, (int64_t)n * row);
+        f->kn->f32_to_f16(kv_elem(kv->v, past * row, true), v, (int64_t)n * row);
+    } else {
+        memcpy(kv_elem(kv->k, past * row, false), k, (size_t)n * (size_t)row * sizeof(float));
+        memcpy(kv_elem(kv->v, past * row, false), v, (size_t)n * (size_t)row * sizeof(float));
+    }
     /* blocks of rows where the kernel has them; the whole GQA group per
      * item when there are enough items to keep the threads busy, else one
      * head per item (decode: n = 1) */
@@ -1126,10 +1147,16 @@ static void fast_destroy(struct kb_backend *be)
     free(be);
 }
 
+/* Per instance: the f16 KV cache is the "cpu" mode's (fast_create). */
+static uint32_t fast_caps(struct kb_backend *be)
+{
+    return kb_host_caps(be) | (fast_of(be)->kv_f16 ? KB_CAP_KV_F16 : 0);
+}
+
 static const struct kb_backend_ops fast_ops = {
     .api_version = KB_API_VERSION,
     .name = "cpu",
-    .caps = kb_host_caps,
+    .caps = fast_caps,
     .last_error = fast_last_error,
     .destroy = fast_destroy,
     .alloc = fast_alloc,
@@ -1152,7 +1179,7 @@ static const struct kb_backend_ops fast_ops = {
 static const struct kb_backend_ops fast_exact_ops = {
     .api_version = KB_API_VERSION,
     .name = "cpu-exact",
-    .caps = kb_host_caps,
+    .caps = fast_caps,
     .last_error = fast_last_error,
     .destroy = fast_destroy,
     .alloc = fast_alloc,
@@ -1213,6 +1240,14 @@ int kb_cpu_fast_create(const struct kb_cpu_fast_params *params, struct kb_backen
     }
     if (chunk_min == 0)
         chunk_min = FAST_GDN_CHUNK_DEFAULT;
+    /* f16 KV: the fast mode on a SIMD level (the scalar level's attention
+     * is cpu-ref's, which reads fp32) unless RESIDENT_KV_F16=0 */
+    bool kv_f16 = !p.exact && isa != KB_CPU_ISA_SCALAR;
+    const char *kf = getenv("RESIDENT_KV_F16");
+    if (kf && *kf && strcmp(kf, "0") && strcmp(kf, "1"))
+        return -EINVAL;
+    if (kf && !strcmp(kf, "0"))
+        kv_f16 = false;
     int32_t nt = p.n_threads;
     if (nt == 0) {
         long c = sysconf(_SC_NPROCESSORS_ONLN);
@@ -1234,6 +1269,7 @@ int kb_cpu_fast_create(const struct kb_cpu_fast_params *params, struct kb_backen
             isa == KB_CPU_ISA_AVX2_VNNI ? &f->kn_vnni :
             isa == KB_CPU_ISA_AVX2 ? &fast_kernels_avx2 : NULL;
     f->exact = p.exact;
+    f->kv_f16 = kv_f16;
     f->gdn_chunk_min = chunk_min;
     f->n_threads = nt;
     struct kb_cpu_params rp = { .n_threads = nt > 64 ? 64 : nt };

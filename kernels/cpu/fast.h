@@ -44,7 +44,10 @@ struct kb_cpu_fast_params {
  * RESIDENT_GDN_CHUNK_MIN (a token count >= 1, or 0 for never; -EINVAL for
  * anything else) and otherwise the built-in threshold (for A/B
  * measurements and tests). The backend's name is "cpu" ("cpu-exact" with
- * exact set). */
+ * exact set). "cpu" on a SIMD level stores the KV cache as f16
+ * (KB_CAP_KV_F16) unless the environment variable RESIDENT_KV_F16 is "0"
+ * ("1" or unset: the default; -EINVAL for anything else); "cpu-exact"
+ * and the scalar level keep fp32. */
 int kb_cpu_fast_create(const struct kb_cpu_fast_params *params, struct kb_backend **out);
 
 /* Best ISA this CPU supports (enum kb_cpu_isa: avx512, else avx2-vnni,

@@ -505,8 +505,9 @@ static int ref_attention(struct kb_backend *be, const struct kb_attn *at,
     if (past < 0 || n < 0 || past + n > kv->capacity)
         return ref_fail(be, -EINVAL, "attention: KV cache capacity exceeded");
     const int64_t row = (int64_t)nkv * hd;
-    memcpy(kv->k + past * row, k, (size_t)n * (size_t)row * sizeof(float));
-    memcpy(kv->v + past * row, v, (size_t)n * (size_t)row * sizeof(float));
+    float *kc = kv->k, *vc = kv->v;              /* fp32: no KB_CAP_KV_F16 */
+    memcpy(kc + past * row, k, (size_t)n * (size_t)row * sizeof(float));
+    memcpy(vc + past * row, v, (size_t)n * (size_t)row * sizeof(float));
 
     double *p = malloc((size_t)(past + n) * sizeof(double));
     double *acc = malloc((size_t)hd * sizeof(double));
@@ -523,7 +524,7 @@ static int ref_attention(struct kb_backend *be, const struct kb_attn *at,
             const int64_t kh = h / group;
             double mx = -INFINITY;
             for (int64_t s = 0; s < len; s++) {
-                const float *ks = kv->k + s * row + kh * hd;
+                const float *ks = kc + s * row + kh * hd;
                 double d = 0.0;
                 for (int32_t i = 0; i < hd; i++)
                     d += (double)qh[i] * ks[i];
@@ -539,7 +540,7 @@ static int ref_attention(struct kb_backend *be, const struct kb_attn *at,
             for (int32_t i = 0; i < hd; i++)
                 acc[i] = 0.0;
             for (int64_t s = 0; s < len; s++) {
-                const float *vs = kv->v + s * row + kh * hd;
+                const float *vs = vc + s * row + kh * hd;
                 for (int32_t i = 0; i < hd; i++)
                     acc[i] += p[s] * vs[i];
             }

@@ -12,9 +12,13 @@
  *   dense f32 / f16 / bf16 weights (fp32 activations, both modes, and the
  *     one-token bf16 kernel of the lm_head): <= 2e-6
  *   MoE (fast mode) whole block:                  <= 1e-4
- *   attention (both modes):                       <= 1e-5 (row by row and
+ *   attention, fp32 KV cache ("cpu-exact"):        <= 1e-5 (row by row and
  *     in blocks of rows sharing a KV head; a token's output is bit-identical
- *     however its rows were grouped)
+ *     however its rows were grouped, with either cache)
+ *   attention, f16 KV cache ("cpu"):  stored bytes = round to nearest even
+ *     (checked element by element); <= 1e-5 against cpu-ref run on the
+ *     f16-rounded K and V, <= 4 * 2^-11 against cpu-ref's fp32 cache
+ *     (derivation at ATTN_F16_TOL)
  *   Gated DeltaNet output and state over 6 calls: <= 1e-5 (conv state exact),
  *     also from a state of denormals (which the fast path flushes)
  * Every test runs once per kernel level the CPU has (AVX-512 VNNI, AVX2 +
@@ -304,14 +308,74 @@ static void test_moe(void **state)
     run_moe(5, true, 2e-6, 256);
 }
 
-static void attention_case(int32_t nh, int32_t hd)
+/* f16 bits of x rounded to nearest even: the oracle of the cache's stored
+ * bytes, in plain C (independent of the F16C instructions the backend
+ * uses). */
+static uint16_t f16_bits(float x)
 {
-    struct kb_backend *ref = ref_new(), *fa = fast_new(false, 2);
+    uint32_t b;
+    memcpy(&b, &x, sizeof(b));
+    const uint32_t sign = b >> 16 & 0x8000u, ab = b & 0x7fffffffu;
+    if (ab > 0x7f800000u)
+        return (uint16_t)(sign | 0x7e00u);              /* NaN: quiet       */
+    if (ab >= 0x477ff000u)
+        return (uint16_t)(sign | 0x7c00u);              /* >= 65520: inf    */
+    if (ab < 0x38800000u) {                             /* below 2^-14      */
+        float a;
+        memcpy(&a, &ab, sizeof(a));
+        return (uint16_t)(sign | (uint32_t)nearbyint((double)a * 16777216.0)); /* units of 2^-24 */
+    }
+    uint32_t h = ((ab >> 23) - 112) << 10 | (ab >> 13 & 0x3ffu);
+    const uint32_t rest = ab & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1)))
+        h++;                                            /* may carry into e */
+    return (uint16_t)(sign | h);
+}
+
+/* The cache rows [past, past + n) of kv hold k and v: as f16 bits
+ * (f16_bits) or as the fp32 bytes. */
+static void check_stored(const struct kb_kv *kv, size_t eb, int64_t past, int64_t count,
+                         const float *k, const float *v)
+{
+    if (eb == 4) {
+        assert_memory_equal((const float *)kv->k + past, k, (size_t)count * 4);
+        assert_memory_equal((const float *)kv->v + past, v, (size_t)count * 4);
+        return;
+    }
+    const uint16_t *hk = (const uint16_t *)kv->k + past, *hv = (const uint16_t *)kv->v + past;
+    for (int64_t i = 0; i < count; i++) {
+        if (hk[i] != f16_bits(k[i]) || hv[i] != f16_bits(v[i]))
+            fail_msg("stored f16 element %lld: k %04x want %04x, v %04x want %04x", (long long)i,
+                     hk[i], f16_bits(k[i]), hv[i], f16_bits(v[i]));
+    }
+}
+
+/* Tolerance of the f16 cache against cpu-ref's fp32 one. Every stored
+ * element is within 2^-11 relative of its fp32 value (round to nearest
+ * even, 11-bit significand): V's rounding moves the output by ~2^-11 /
+ * sqrt(3) relative (RMS of uniform rounding errors), K's moves each score
+ * by at most 2^-11 * scale * sum |q_i k_i| (<= 2^-11 * 0.11 * 3 * hd / 2
+ * here, ~1.5e-2 at hd 96, typically 30x less), which changes the softmax
+ * weights by about as much relatively; 4 * 2^-11 covers both with a
+ * margin. The kernels' own error is checked separately, against cpu-ref
+ * run on the f16-rounded K and V, with the fp32 tolerance. */
+#define ATTN_F16_TOL (4.0 / 2048.0)
+
+/* exact: the "cpu-exact" instance (fp32 cache); else "cpu" (f16 cache). */
+static void attention_case(int32_t nh, int32_t hd, bool exact)
+{
+    struct kb_backend *ref = ref_new(), *fa = fast_new(exact, 2);
+    const uint32_t caps = fa->ops->caps(fa);
+    assert_int_equal(!!(caps & KB_CAP_KV_F16), !exact);
+    assert_int_equal(ref->ops->caps(ref) & KB_CAP_KV_F16, 0);
+    const size_t eb = kb_kv_elem_bytes(caps);
     struct kb_attn a = { .n_heads = nh, .n_kv_heads = 2, .head_dim = hd, .scale = 0.11f };
     const int64_t cap = 300, row = 2 * (int64_t)hd;
     struct kb_kv kv0 = { calloc((size_t)(cap * row), 4), calloc((size_t)(cap * row), 4), cap };
-    struct kb_kv kv1 = { calloc((size_t)(cap * row), 4), calloc((size_t)(cap * row), 4), cap };
+    struct kb_kv kv1 = { calloc((size_t)(cap * row), eb), calloc((size_t)(cap * row), eb), cap };
+    struct kb_kv kv2 = { calloc((size_t)(cap * row), 4), calloc((size_t)(cap * row), 4), cap };
     int64_t past = 0;
+    double worst = 0.0, worst_kern = 0.0;
     const int32_t steps[] = { 37, 1, 1, 200, 1 };
     for (size_t s = 0; s < sizeof(steps) / sizeof(steps[0]); s++) {
         int32_t n = steps[s];
@@ -320,64 +384,135 @@ static void attention_case(int32_t nh, int32_t hd)
         float *v = rnd_vec((size_t)(n * row));
         for (int64_t i = 0; i < n * nh * qs; i++)
             q[i] *= 3.0f;
+        /* K and V as the f16 cache holds them (cpu-ref run on these is
+         * what the kernels must match to fp32 accumulation order) */
+        float *kr = malloc((size_t)(n * row) * 4), *vr = malloc((size_t)(n * row) * 4);
+        assert_true(kr && vr);
+        for (int64_t i = 0; i < n * row; i++) {
+            kr[i] = eb == 2 ? kb_f16_to_f32(f16_bits(k[i])) : k[i];
+            vr[i] = eb == 2 ? kb_f16_to_f32(f16_bits(v[i])) : v[i];
+        }
         float *o0 = calloc((size_t)n * nh * hd, 4), *o1 = calloc((size_t)n * nh * hd, 4);
+        float *o2 = calloc((size_t)n * nh * hd, 4);
         assert_int_equal(ref->ops->attention(ref, &a, &kv0, past, q, qs, k, v, n, o0), 0);
         assert_int_equal(fa->ops->attention(fa, &a, &kv1, past, q, qs, k, v, n, o1), 0);
-        double e = rel_l2(o1, o0, (size_t)n * nh * hd);
-        printf("  cpu       attention heads %2d/2 d %3d past %4lld n %3d  rel L2 %.3g\n", nh, hd,
-               (long long)past, n, e);
-        assert_true(e <= 1e-5);
+        assert_int_equal(ref->ops->attention(ref, &a, &kv2, past, q, qs, kr, vr, n, o2), 0);
+        check_stored(&kv1, eb, past * row, n * row, k, v);
+        const double e = rel_l2(o1, o0, (size_t)n * nh * hd);
+        const double ek = rel_l2(o1, o2, (size_t)n * nh * hd);
+        printf("  %-9s attention %s KV heads %2d/2 d %3d past %4lld n %3d  rel L2 %.3g "
+               "(vs cpu-ref on the stored K, V: %.3g)\n", fa->ops->name, eb == 2 ? "f16" : "f32",
+               nh, hd, (long long)past, n, e, ek);
+        assert_true(ek <= 1e-5);
+        assert_true(e <= (eb == 2 ? ATTN_F16_TOL : 1e-5));
+        worst = e > worst ? e : worst;
+        worst_kern = ek > worst_kern ? ek : worst_kern;
         past += n;
         free(q);
         free(k);
         free(v);
+        free(kr);
+        free(vr);
         free(o0);
         free(o1);
+        free(o2);
     }
+    printf("  %-9s attention %s KV heads %2d/2 d %3d: max rel L2 %.3g vs cpu-ref (tolerance %.3g), "
+           "%.3g vs cpu-ref on the stored values (tolerance 1e-5)\n", fa->ops->name,
+           eb == 2 ? "f16" : "f32", nh, hd, worst, eb == 2 ? ATTN_F16_TOL : 1e-5, worst_kern);
     float dummy[4096] = { 0 };
     assert_int_equal(fa->ops->attention(fa, &a, &kv1, past, dummy, hd, dummy, dummy, 1000, dummy),
                      -EINVAL);
-    free(kv0.k); free(kv0.v); free(kv1.k); free(kv1.v);
+    free(kv0.k); free(kv0.v); free(kv1.k); free(kv1.v); free(kv2.k); free(kv2.v);
     ref->ops->destroy(ref);
     fa->ops->destroy(fa);
 }
 
-/* head dim 80: row by row; 64 and 96 (multiples of 32): blocks of rows
- * sharing a KV head (GQA groups of 4 and 8) */
+/* head dim 80 and 36: row by row (36: ragged 16- and 8-element tails of
+ * the K and V loads); 64 and 96 (multiples of 32): blocks of rows sharing
+ * a KV head (GQA groups of 4 and 8). Each with the f16 cache ("cpu") and
+ * the fp32 one ("cpu-exact"). */
 static void test_attention(void **state)
 {
-    attention_case(6, 80);
-    attention_case(8, 64);
-    attention_case(16, 96);
+    for (int exact = 0; exact < 2; exact++) {
+        attention_case(6, 80, exact);
+        attention_case(4, 36, exact);
+        attention_case(8, 64, exact);
+        attention_case(16, 96, exact);
+    }
 }
 
 /* A token's attention output does not depend on how its rows were grouped:
  * one 45-token prefill gives, bit for bit, what 45 single-token calls give
- * (rows grouped 4 tokens x 8 heads vs one head per item). */
+ * (rows grouped 4 tokens x 8 heads vs one head per item), with the f16
+ * cache and with the fp32 one. */
 static void test_attention_grouping(void **state)
 {
-    struct kb_backend *fa = fast_new(false, 2);
-    enum { NH = 16, HD = 64, N = 45 };
-    struct kb_attn a = { .n_heads = NH, .n_kv_heads = 2, .head_dim = HD, .scale = 0.125f };
-    const int64_t row = 2 * HD;
-    struct kb_kv kv0 = { calloc((size_t)(N * row), 4), calloc((size_t)(N * row), 4), N };
-    struct kb_kv kv1 = { calloc((size_t)(N * row), 4), calloc((size_t)(N * row), 4), N };
-    float *q = rnd_vec((size_t)N * NH * HD), *k = rnd_vec((size_t)(N * row)), *v = rnd_vec((size_t)(N * row));
-    float *o0 = calloc((size_t)N * NH * HD, 4), *o1 = calloc((size_t)N * NH * HD, 4);
-    assert_int_equal(fa->ops->attention(fa, &a, &kv0, 0, q, HD, k, v, N, o0), 0);
-    for (int32_t t = 0; t < N; t++)
-        assert_int_equal(fa->ops->attention(fa, &a, &kv1, t, q + (int64_t)t * NH * HD, HD,
-                                            k + t * row, v + t * row, 1,
-                                            o1 + (int64_t)t * NH * HD), 0);
-    size_t diff = 0;
-    for (size_t i = 0; i < (size_t)N * NH * HD; i++)
-        diff += memcmp(&o0[i], &o1[i], 4) != 0;
-    printf("  cpu       attention prefill of %d vs %d single tokens: %zu of %d values differ\n",
-           N, N, diff, N * NH * HD);
-    assert_true(diff == 0);
-    free(q); free(k); free(v); free(o0); free(o1);
-    free(kv0.k); free(kv0.v); free(kv1.k); free(kv1.v);
-    fa->ops->destroy(fa);
+    for (int exact = 0; exact < 2; exact++) {
+        struct kb_backend *fa = fast_new(exact, 2);
+        const size_t eb = kb_kv_elem_bytes(fa->ops->caps(fa));
+        enum { NH = 16, HD = 64, N = 45 };
+        struct kb_attn a = { .n_heads = NH, .n_kv_heads = 2, .head_dim = HD, .scale = 0.125f };
+        const int64_t row = 2 * HD;
+        struct kb_kv kv0 = { calloc((size_t)(N * row), eb), calloc((size_t)(N * row), eb), N };
+        struct kb_kv kv1 = { calloc((size_t)(N * row), eb), calloc((size_t)(N * row), eb), N };
+        float *q = rnd_vec((size_t)N * NH * HD), *k = rnd_vec((size_t)(N * row));
+        float *v = rnd_vec((size_t)(N * row));
+        float *o0 = calloc((size_t)N * NH * HD, 4), *o1 = calloc((size_t)N * NH * HD, 4);
+        assert_int_equal(fa->ops->attention(fa, &a, &kv0, 0, q, HD, k, v, N, o0), 0);
+        for (int32_t t = 0; t < N; t++)
+            assert_int_equal(fa->ops->attention(fa, &a, &kv1, t, q + (int64_t)t * NH * HD, HD,
+                                                k + t * row, v + t * row, 1,
+                                                o1 + (int64_t)t * NH * HD), 0);
+        size_t diff = 0;
+        for (size_t i = 0; i < (size_t)N * NH * HD; i++)
+            diff += memcmp(&o0[i], &o1[i], 4) != 0;
+        printf("  %-9s attention %s KV prefill of %d vs %d single tokens: %zu of %d values "
+               "differ\n", fa->ops->name, eb == 2 ? "f16" : "f32", N, N, diff, N * NH * HD);
+        assert_true(diff == 0);
+        assert_memory_equal(kv0.k, kv1.k, (size_t)(N * row) * eb);
+        assert_memory_equal(kv0.v, kv1.v, (size_t)(N * row) * eb);
+        free(q); free(k); free(v); free(o0); free(o1);
+        free(kv0.k); free(kv0.v); free(kv1.k); free(kv1.v);
+        fa->ops->destroy(fa);
+    }
+}
+
+/* The f16 store against the plain-C rounding on the values where rounding
+ * is delicate: ties to even, the carry into the exponent, f16 subnormals
+ * and their ties, the overflow threshold 65520, signed zero, inf and NaN,
+ * at every length 1..40 (the kernels' vector bodies and ragged tails). */
+static void test_f16_store(void **state)
+{
+    float x[40];
+    const float special[] = { 1.0f + 1.0f / 2048.0f, 1.0f + 3.0f / 2048.0f, 2047.0f / 1024.0f + 1.0f / 2048.0f,
+                              65504.0f, 65519.0f, 65520.0f, -70000.0f, 6.1035156e-05f, 6.0e-05f,
+                              5.9604645e-08f, 2.9802322e-08f, 8.940697e-08f, 1e-9f, -0.0f, 0.0f,
+                              INFINITY, -INFINITY, NAN, 0.33333334f, -123.456f };
+    const size_t ns = sizeof(special) / sizeof(special[0]);
+    for (int i = 0; i < 40; i++)
+        x[i] = i < (int)ns ? special[i] : rnd_f() * (float)(1 << (i % 20));
+    const struct { const char *name; int32_t isa;
+        void (*fn)(uint16_t *, const float *, int64_t); } kk[] = {
+        { "avx512", KB_CPU_ISA_AVX512, fast_f32_to_f16_avx512 },
+        { "avx2", KB_CPU_ISA_AVX2, fast_f32_to_f16_avx2 },
+    };
+    for (size_t e = 0; e < sizeof(kk) / sizeof(kk[0]); e++) {
+        if (!kb_cpu_isa_supported(kk[e].isa))
+            continue;
+        int bad = 0;
+        for (int64_t len = 1; len <= 40; len++) {
+            uint16_t h[41];
+            h[len] = 0xabcd;                              /* must survive   */
+            kk[e].fn(h, x, len);
+            assert_int_equal(h[len], 0xabcd);
+            for (int64_t i = 0; i < len; i++)
+                bad += h[i] != f16_bits(x[i]);
+        }
+        print_message("  %s f32 -> f16 store: %d of 820 elements differ from round to nearest "
+                      "even\n", kk[e].name, bad);
+        assert_int_equal(bad, 0);
+    }
 }
 
 /* A Gated DeltaNet block's constant tensors (bf16, random unless alog is
@@ -736,6 +871,7 @@ int main(void)
         cmocka_unit_test(test_vnni_exact),
         cmocka_unit_test(test_q8_nonfinite),
         cmocka_unit_test(test_isa_env),
+        cmocka_unit_test(test_f16_store),
     };
     int failed = 0;
     const int32_t levels[] = { KB_CPU_ISA_AVX512, KB_CPU_ISA_AVX2_VNNI, KB_CPU_ISA_AVX2 };

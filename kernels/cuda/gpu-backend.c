@@ -219,6 +219,7 @@ static const struct gb_weight *gb_w(const struct kb_weight *w)
 /* ------------------------------------------------------------------ */
 /* Memory                                                               */
 
+/* No KB_CAP_KV_F16: the KV cache is fp32 (attn.cu reads float rows). */
 static uint32_t gb_caps(struct kb_backend *be)
 {
     return KB_CAP_Q4G32 | KB_CAP_DENSE_BF16 | KB_CAP_DENSE_F16 | KB_CAP_DENSE_F32;
